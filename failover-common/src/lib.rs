@@ -1,0 +1,368 @@
+//! Map keys, values and constants shared by the XDP program and the
+//! userspace daemon/CLI.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and a compile-time
+//! size assertion, so that the kernel, the eBPF program and userspace agree on
+//! the layout byte for byte. Addresses and ports are stored exactly as they
+//! appear on the wire (network byte order, as byte arrays), so neither side
+//! ever has to guess an endianness.
+//!
+//! The crate is `no_std` so the eBPF program can use it; the `user` feature
+//! adds `aya::Pod` and `bytemuck` impls for the userspace side.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+
+/// Address family tag stored in keys (not the kernel's AF_* numbers).
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag stored in keys.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers used in keys.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol numbers used in keys.
+pub const PROTO_UDP: u8 = 17;
+
+/// Priority tiers per service (active-passive groups).
+pub const MAX_TIERS: usize = 4;
+/// Backends per tier (active-active members spread by the Maglev table).
+pub const MAX_TIER_MEMBERS: usize = 32;
+/// Compile-time capacity of one Maglev table (a prime). A service may use any
+/// prime size up to this.
+pub const MAX_TABLE_SIZE: usize = 65537;
+
+/// Backend state words, stored in `BACKEND_STATE[backend_id]`. A zeroed
+/// (never written) slot reads as `DOWN`, so an unknown backend is never used.
+pub const STATE_DOWN: u32 = 0;
+/// Healthy: takes new flows and keeps its established ones.
+pub const STATE_UP: u32 = 1;
+/// Keeps its established flows, takes no new ones.
+pub const STATE_DRAINING: u32 = 2;
+/// Administratively disabled: treated like down by the dataplane.
+pub const STATE_DISABLED: u32 = 3;
+
+/// `ServiceValue::flags`: forwarding mode in the low two bits.
+pub const FLAG_MODE_MASK: u32 = 0b11;
+/// NAT mode: destination address/port rewritten, replies translated back.
+pub const MODE_NAT: u32 = 0;
+/// DSR mode: only MAC addresses rewritten, backends hold the VIP.
+pub const MODE_DSR: u32 = 1;
+/// `ServiceValue::flags`: when set, a packet for a service with no usable
+/// backend is passed to the host stack instead of dropped.
+pub const FLAG_NO_BACKEND_PASS: u32 = 1 << 4;
+
+/// Why a packet was not forwarded (or how it was). Index into `REASON_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed untouched.
+    PassNonIp = 0,
+    /// IP, but not addressed to a VIP and not a reply of a tracked NAT flow.
+    PassNotVip = 1,
+    /// Addressed to a VIP address but to no configured (port, protocol).
+    PassVipOtherPort = 2,
+    /// Addressed to a VIP address, but the headers are truncated or invalid.
+    DropMalformed = 3,
+    /// An IP fragment addressed to a VIP: ports cannot be read; dropped.
+    DropFragment = 4,
+    /// The service has no usable backend and its rule is `drop`.
+    DropNoBackend = 5,
+    /// The service has no usable backend and its rule is `pass`.
+    PassNoBackend = 6,
+    /// No neighbour entry for the next hop yet: handed to the kernel (NAT:
+    /// already rewritten, so the kernel resolves and forwards it).
+    PassNoNeigh = 7,
+    /// DSR with no neighbour entry for the backend: dropped.
+    DropNoNeigh = 8,
+    /// The FIB lookup failed (no route, blackhole, forwarding disabled).
+    DropFibFail = 9,
+    /// The egress device is not in the redirect devmap: handed to the kernel.
+    PassNoEgress = 10,
+    /// Packet too big for the egress MTU: handed to the kernel (ICMP).
+    PassFragNeeded = 11,
+    /// TTL/hop limit would expire: handed to the kernel (ICMP time exceeded).
+    PassTtlExceeded = 12,
+    /// Internal inconsistency (a map the config promised is missing).
+    DropInternal = 13,
+    /// Forwarded with XDP_TX (same interface).
+    FwdTx = 14,
+    /// Forwarded with XDP_REDIRECT (devmap).
+    FwdRedirect = 15,
+    /// A reply translated back (NAT) and forwarded.
+    FwdReply = 16,
+    /// The IP header is truncated or invalid and its destination is not a
+    /// VIP (or unknown): passed to the host untouched.
+    PassMalformed = 17,
+}
+
+/// Number of entries in `REASON_STATS`.
+pub const REASON_COUNT: u32 = 18;
+
+impl Reason {
+    /// All reasons in index order.
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNonIp,
+        Reason::PassNotVip,
+        Reason::PassVipOtherPort,
+        Reason::DropMalformed,
+        Reason::DropFragment,
+        Reason::DropNoBackend,
+        Reason::PassNoBackend,
+        Reason::PassNoNeigh,
+        Reason::DropNoNeigh,
+        Reason::DropFibFail,
+        Reason::PassNoEgress,
+        Reason::PassFragNeeded,
+        Reason::PassTtlExceeded,
+        Reason::DropInternal,
+        Reason::FwdTx,
+        Reason::FwdRedirect,
+        Reason::FwdReply,
+        Reason::PassMalformed,
+    ];
+
+    /// Stable snake_case name used in CLI output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNonIp => "pass_non_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassVipOtherPort => "pass_vip_other_port",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::PassNoBackend => "pass_no_backend",
+            Reason::PassNoNeigh => "pass_no_neigh",
+            Reason::DropNoNeigh => "drop_no_neigh",
+            Reason::DropFibFail => "drop_fib_fail",
+            Reason::PassNoEgress => "pass_no_egress",
+            Reason::PassFragNeeded => "pass_frag_needed",
+            Reason::PassTtlExceeded => "pass_ttl_exceeded",
+            Reason::DropInternal => "drop_internal",
+            Reason::FwdTx => "fwd_tx",
+            Reason::FwdRedirect => "fwd_redirect",
+            Reason::FwdReply => "fwd_reply",
+            Reason::PassMalformed => "pass_malformed",
+        }
+    }
+}
+
+/// An L4 endpoint: the key of `SERVICES` (a VIP) and of `REVERSE` (a NAT
+/// backend). IPv4 addresses occupy the first four bytes, the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u8; 16],
+    /// Port in network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// The key of `VIP_ADDRS`: every address that carries at least one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index into the per-service stats and the id stored in flows.
+    pub id: u32,
+    /// `MODE_*` in the low bits, `FLAG_*` above.
+    pub flags: u32,
+    /// The service's tiers are `first_tier .. first_tier + tier_count`,
+    /// highest priority first.
+    pub first_tier: u32,
+    pub tier_count: u32,
+}
+
+/// One Maglev lookup table of one tier. `TABLES` holds two per tier (double
+/// buffering): the agent writes the inactive one whole, then flips
+/// `TIER_ACTIVE[tier]` with a single 4-byte write, so a packet never sees a
+/// half-written table.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TableValue {
+    /// The table's prime size (entries used), `<= MAX_TABLE_SIZE`.
+    pub size: u32,
+    /// Members used in `members`.
+    pub member_count: u32,
+    /// Backend ids of the tier's members.
+    pub members: [u32; MAX_TIER_MEMBERS],
+    /// Maglev entries: indexes into `members`.
+    pub entries: [u16; MAX_TABLE_SIZE],
+    pub _pad: [u8; 2],
+}
+
+impl TableValue {
+    /// An empty table (no members).
+    pub const EMPTY: TableValue = TableValue {
+        size: 0,
+        member_count: 0,
+        members: [0; MAX_TIER_MEMBERS],
+        entries: [0; MAX_TABLE_SIZE],
+        _pad: [0; 2],
+    };
+}
+
+/// The value of `BACKENDS[backend_id]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr: [u8; 16],
+    /// Port in network byte order (NAT rewrites the destination port to it).
+    pub port: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
+    /// The service this backend belongs to.
+    pub service_id: u32,
+}
+
+/// The key of `CONNTRACK`: a client's flow towards a VIP, as the client sent
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns()` of the last packet seen in either direction.
+    pub last_seen_ns: u64,
+}
+
+/// The value of `REVERSE`: which VIP a NAT backend's replies are translated
+/// back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseValue {
+    pub vip: [u8; 16],
+    pub vport: [u8; 2],
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Per-CPU packet/byte counters (service and backend stats).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-CPU per-service counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Client packets forwarded to a backend.
+    pub fwd: Counter,
+    /// Backend replies translated back (NAT).
+    pub reply: Counter,
+    /// Packets not forwarded (no backend, no route, ...).
+    pub dropped: Counter,
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<TableValue>() == 8 + 4 * MAX_TIER_MEMBERS + 2 * MAX_TABLE_SIZE + 2
+);
+const _: () = assert!(core::mem::size_of::<TableValue>() % 4 == 0);
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ReverseValue>() == 28);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 48);
+
+/// Names of the maps, as declared in the eBPF program and pinned under the
+/// bpffs directory.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const TIER_ACTIVE: &str = "TIER_ACTIVE";
+    pub const TABLES: &str = "TABLES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const BACKEND_STATE: &str = "BACKEND_STATE";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const REVERSE: &str = "REVERSE";
+    pub const DEVMAP: &str = "DEVMAP";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    /// Every map the daemon pins, in a stable order.
+    pub const ALL: [&str; 12] = [
+        SERVICES,
+        VIP_ADDRS,
+        TIER_ACTIVE,
+        TABLES,
+        BACKENDS,
+        BACKEND_STATE,
+        CONNTRACK,
+        REVERSE,
+        DEVMAP,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        REASON_STATS,
+    ];
+}
+
+/// Default capacities (compile-time `max_entries`; the daemon may override
+/// them from the config's `[limits]` at load time).
+pub mod defaults {
+    pub const MAX_SERVICES: u32 = 64;
+    pub const MAX_VIP_ADDRS: u32 = 64;
+    /// Tiers across all services; `TABLES` holds twice as many tables.
+    pub const MAX_TIERS_TOTAL: u32 = 64;
+    pub const MAX_BACKENDS: u32 = 1024;
+    pub const CONNTRACK_ENTRIES: u32 = 65536;
+    pub const DEVMAP_ENTRIES: u32 = 64;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: `#[repr(C)]`, only integer/array fields, explicit
+            // padding fields and no implicit padding (sizes asserted above).
+            unsafe impl aya::Pod for $t {}
+            // SAFETY: as above: every bit pattern is valid, no padding bytes.
+            unsafe impl bytemuck::Zeroable for $t {}
+            // SAFETY: as above.
+            unsafe impl bytemuck::Pod for $t {}
+        )*};
+    }
+    pod!(
+        EndpointKey,
+        VipAddrKey,
+        ServiceValue,
+        TableValue,
+        BackendValue,
+        FlowKey,
+        FlowValue,
+        ReverseValue,
+        Counter,
+        ServiceStats,
+    );
+}

@@ -1,0 +1,117 @@
+//! Forwarding: next hop and MAC addresses from the kernel's FIB
+//! (`bpf_fib_lookup`), then XDP_TX (same interface) or XDP_REDIRECT through
+//! the devmap.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+    EbpfContext,
+};
+use failover_common::FAMILY_V4;
+
+use crate::{maps::DEVMAP, packet::Packet};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
+
+pub enum Fib {
+    /// Route and neighbour known.
+    Ok { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Route known, no neighbour entry (yet).
+    NoNeigh,
+    /// Larger than the egress MTU.
+    FragNeeded,
+    /// No route, blackhole, forwarding disabled, ...
+    Fail,
+}
+
+pub struct Lookup<'a> {
+    pub family: u8,
+    pub proto: u8,
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// L3 length of the packet (for the MTU check).
+    pub tot_len: u16,
+}
+
+#[inline(never)]
+pub fn fib(ctx: &XdpContext, l: &Lookup) -> Fib {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers
+    // and unions of integers).
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.l4_protocol = l.proto;
+    p.sport = u16::from_ne_bytes(l.sport);
+    p.dport = u16::from_ne_bytes(l.dport);
+    p.__bindgen_anon_1.tot_len = l.tot_len;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    if l.family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([l.src[0], l.src[1], l.src[2], l.src[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([l.dst[0], l.dst[1], l.dst[2], l.dst[3]]);
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = words(l.src);
+        p.__bindgen_anon_4.ipv6_dst = words(l.dst);
+    }
+    // SAFETY: the helper reads and writes `p`, which lives for the call and
+    // has the size we pass.
+    let rc = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0)
+    };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => Fib::Ok { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded,
+        _ => Fib::Fail,
+    }
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// How a frame leaves.
+pub enum Egress {
+    /// Back out of the interface it came in on.
+    Tx,
+    /// Out of another interface in the devmap.
+    Redirect(u32),
+}
+
+/// Whether we can send out of `ifindex` ourselves.
+#[inline(always)]
+pub fn egress(ctx: &XdpContext, ifindex: u32) -> Option<Egress> {
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        Some(Egress::Tx)
+    } else if DEVMAP.get_ifindex(ifindex).is_some() {
+        Some(Egress::Redirect(ifindex))
+    } else {
+        None
+    }
+}
+
+/// Writes the MACs and returns the XDP action that sends the frame.
+#[inline(always)]
+pub fn send(pkt: &Packet, e: Egress, smac: [u8; 6], dmac: [u8; 6]) -> Option<u32> {
+    pkt.store(0, dmac)?;
+    pkt.store(6, smac)?;
+    Some(match e {
+        Egress::Tx => xdp_action::XDP_TX,
+        Egress::Redirect(ifindex) => match DEVMAP.redirect(ifindex, 0) {
+            Ok(a) => a,
+            Err(_) => xdp_action::XDP_DROP,
+        },
+    })
+}

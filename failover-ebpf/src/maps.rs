@@ -1,0 +1,71 @@
+//! The program's maps. Capacities here are defaults; the daemon overrides
+//! them from the config's `[limits]` when it loads the program. Types are in
+//! `failover-common`, shared with userspace.
+
+use aya_ebpf::{
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use failover_common::{
+    BackendValue, Counter, EndpointKey, FlowKey, FlowValue, REASON_COUNT, ReverseValue,
+    ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
+};
+
+const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
+const MAX_VIP_ADDRS: usize = defaults::MAX_VIP_ADDRS as usize;
+const MAX_TIERS_TOTAL: usize = defaults::MAX_TIERS_TOTAL as usize;
+const MAX_TABLES: usize = 2 * MAX_TIERS_TOTAL;
+const MAX_BACKENDS: usize = defaults::MAX_BACKENDS as usize;
+const CONNTRACK_ENTRIES: usize = defaults::CONNTRACK_ENTRIES as usize;
+const DEVMAP_ENTRIES: usize = defaults::DEVMAP_ENTRIES as usize;
+const REASONS: usize = REASON_COUNT as usize;
+/// BPF_F_NO_PREALLOC is not used: preallocated hash maps never fail an
+/// insert for lack of memory on the packet path.
+const NO_FLAGS: usize = 0;
+
+/// (VIP, port, protocol) -> service.
+#[btf_map]
+pub static SERVICES: HashMap<EndpointKey, ServiceValue, MAX_SERVICES, NO_FLAGS> = HashMap::new();
+
+/// Every VIP address, so traffic to a VIP that cannot be parsed is never
+/// handed to the host by mistake.
+#[btf_map]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32, MAX_VIP_ADDRS, NO_FLAGS> = HashMap::new();
+
+/// Which of a tier's two tables is live (0 or 1).
+#[btf_map]
+pub static TIER_ACTIVE: Array<u32, MAX_TIERS_TOTAL, NO_FLAGS> = Array::new();
+
+/// Maglev tables, two per tier: `TABLES[tier * 2 + TIER_ACTIVE[tier]]`.
+#[btf_map]
+pub static TABLES: Array<TableValue, MAX_TABLES, NO_FLAGS> = Array::new();
+
+/// Backend id -> address, port, service.
+#[btf_map]
+pub static BACKENDS: Array<BackendValue, MAX_BACKENDS, NO_FLAGS> = Array::new();
+
+/// Backend id -> `STATE_*` word, read on every packet.
+#[btf_map]
+pub static BACKEND_STATE: Array<u32, MAX_BACKENDS, NO_FLAGS> = Array::new();
+
+/// Client flow -> backend.
+#[btf_map]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowValue, CONNTRACK_ENTRIES, NO_FLAGS> =
+    LruHashMap::new();
+
+/// NAT backend endpoint -> the VIP its replies are translated back to.
+#[btf_map]
+pub static REVERSE: HashMap<EndpointKey, ReverseValue, MAX_BACKENDS, NO_FLAGS> = HashMap::new();
+
+/// Interfaces we may redirect to, keyed by ifindex.
+#[btf_map]
+pub static DEVMAP: DevMapHash<DEVMAP_ENTRIES, NO_FLAGS> = DevMapHash::new();
+
+#[btf_map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats, MAX_SERVICES, NO_FLAGS> = PerCpuArray::new();
+
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<Counter, MAX_BACKENDS, NO_FLAGS> = PerCpuArray::new();
+
+#[btf_map]
+pub static REASON_STATS: PerCpuArray<u64, REASONS, NO_FLAGS> = PerCpuArray::new();

@@ -1,0 +1,104 @@
+//! NAT rewrites with incremental checksum updates (RFC 1624), for both
+//! directions: client->VIP becomes client->backend (destination rewritten),
+//! backend->client becomes VIP->client (source rewritten).
+
+use core::mem::offset_of;
+
+use failover_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, csum};
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::{packet::Packet, parse::Flow};
+
+/// Which side of the flow is rewritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// The TTL / hop limit of the packet, if readable.
+#[inline(always)]
+pub fn ttl(pkt: &Packet, flow: &Flow) -> Option<u8> {
+    if flow.key.family == FAMILY_V4 {
+        pkt.load::<u8>(flow.l3_off + offset_of!(Ipv4Hdr, ttl))
+    } else {
+        pkt.load::<u8>(flow.l3_off + offset_of!(Ipv6Hdr, hop_limit))
+    }
+}
+
+/// Rewrites the address and port of `side` to `addr`/`port`, patches the IP
+/// and L4 checksums, and decrements the TTL/hop limit when `dec_ttl` (the
+/// caller has checked it is > 1). `None` if the packet is shorter than the
+/// parser promised (then nothing useful was written; callers drop).
+#[inline(always)]
+pub fn rewrite(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [u8; 2], dec_ttl: bool) -> Option<()> {
+    let (old_port, port_off) = match side {
+        Side::Src => (flow.key.sport, flow.l4_off),
+        Side::Dst => (flow.key.dport, flow.l4_off + 2),
+    };
+    let l4_check_off = match flow.key.proto {
+        PROTO_TCP => flow.l4_off + offset_of!(TcpHdr, check),
+        PROTO_UDP => flow.l4_off + offset_of!(UdpHdr, check),
+        _ => return None,
+    };
+    let l4_check = u16::from_be_bytes(pkt.load::<[u8; 2]>(l4_check_off)?);
+
+    let new_l4_check = if flow.key.family == FAMILY_V4 {
+        let addr_off = flow.l3_off
+            + match side {
+                Side::Src => offset_of!(Ipv4Hdr, src_addr),
+                Side::Dst => offset_of!(Ipv4Hdr, dst_addr),
+            };
+        let old: [u8; 4] = pkt.load(addr_off)?;
+        let new = [addr[0], addr[1], addr[2], addr[3]];
+        let ip_check_off = flow.l3_off + offset_of!(Ipv4Hdr, check);
+        let mut ip_check = u16::from_be_bytes(pkt.load::<[u8; 2]>(ip_check_off)?);
+        ip_check = csum::replace(ip_check, &old, &new);
+        if dec_ttl {
+            // TTL shares a 16-bit word with the protocol.
+            let ttl_off = flow.l3_off + offset_of!(Ipv4Hdr, ttl);
+            let word: [u8; 2] = pkt.load(ttl_off)?;
+            let dec = [word[0].wrapping_sub(1), word[1]];
+            ip_check = csum::replace(ip_check, &word, &dec);
+            pkt.store(ttl_off, dec)?;
+        }
+        pkt.store(ip_check_off, ip_check.to_be_bytes())?;
+        pkt.store(addr_off, new)?;
+        l4_update(flow.key.proto, l4_check, &old, &new, &old_port, &port)
+    } else {
+        let addr_off = flow.l3_off
+            + match side {
+                Side::Src => offset_of!(Ipv6Hdr, src_addr),
+                Side::Dst => offset_of!(Ipv6Hdr, dst_addr),
+            };
+        let old: [u8; 16] = pkt.load(addr_off)?;
+        if dec_ttl {
+            let hl_off = flow.l3_off + offset_of!(Ipv6Hdr, hop_limit);
+            let hl: u8 = pkt.load(hl_off)?;
+            pkt.store(hl_off, hl.wrapping_sub(1))?;
+        }
+        pkt.store(addr_off, *addr)?;
+        l4_update(flow.key.proto, l4_check, &old, addr, &old_port, &port)
+    };
+    pkt.store(port_off, port)?;
+    pkt.store(l4_check_off, new_l4_check.to_be_bytes())
+}
+
+/// The L4 checksum covers the pseudo-header (addresses) and the ports.
+#[inline(always)]
+fn l4_update<const N: usize>(proto: u8, check: u16, old: &[u8; N], new: &[u8; N], old_port: &[u8; 2], port: &[u8; 2]) -> u16 {
+    if proto == PROTO_UDP {
+        if check == 0 {
+            // IPv4 UDP without checksum stays without.
+            return 0;
+        }
+        let c = csum::replace(csum::replace(check, old, new), old_port, port);
+        if c == 0 { 0xffff } else { c }
+    } else {
+        csum::replace(csum::replace(check, old, new), old_port, port)
+    }
+}

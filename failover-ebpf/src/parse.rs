@@ -1,0 +1,191 @@
+//! Parsing: Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6
+//! (with a bounded walk over extension headers), TCP and UDP. Produces the
+//! offsets and the 5-tuple the rest of the packet path works on.
+
+use core::mem::{offset_of, size_of};
+
+use failover_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::packet::Packet;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_HDR_LEN: usize = 4;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// Extension headers walked before giving up on finding the L4 header.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// What parsing found out about a packet.
+pub enum Parsed {
+    /// Not IPv4/IPv6, or the Ethernet header itself is truncated.
+    NotIp,
+    /// An IP header that cannot be read or is invalid; `dst` is known if the
+    /// header was long enough to hold it.
+    BadIp { family: u8, dst: Option<[u8; 16]> },
+    /// A valid IP packet.
+    Ip(Flow),
+}
+
+/// An IP packet's layout and 5-tuple. The tuple is kept in the conntrack key
+/// layout (addresses 16 bytes, IPv4 in the first four), so it is built once.
+pub struct Flow {
+    /// family, protocol, addresses and ports (ports valid when `l4`).
+    pub key: FlowKey,
+    pub l3_off: usize,
+    /// Offset of the L4 header (valid when `l4` is `true`).
+    pub l4_off: usize,
+    /// A fragment (IPv4 MF/offset, or an IPv6 fragment header).
+    pub fragment: bool,
+    /// TCP or UDP with a complete header: ports are valid.
+    pub l4: bool,
+    /// TCP or UDP, but the header is cut short.
+    pub l4_truncated: bool,
+}
+
+#[inline(always)]
+fn v4_to_16(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
+}
+
+#[inline(always)]
+pub fn parse(pkt: &Packet) -> Parsed {
+    let Some(mut ether_type) = pkt.load::<[u8; 2]>(offset_of!(EthHdr, ether_type)) else {
+        return Parsed::NotIp;
+    };
+    let mut l3_off = size_of::<EthHdr>();
+    let outer = u16::from_be_bytes(ether_type);
+    if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
+        // One tag: the inner EtherType follows the 2-byte TCI.
+        let Some(inner) = pkt.load::<[u8; 2]>(l3_off + 2) else {
+            return Parsed::NotIp;
+        };
+        ether_type = inner;
+        l3_off += VLAN_HDR_LEN;
+    }
+    match u16::from_be_bytes(ether_type) {
+        ETH_P_IP => parse_v4(pkt, l3_off),
+        ETH_P_IPV6 => parse_v6(pkt, l3_off),
+        _ => Parsed::NotIp,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(pkt: &Packet, l3_off: usize) -> Parsed {
+    let Some(ip) = pkt.load::<Ipv4Hdr>(l3_off) else {
+        let dst = pkt
+            .load::<[u8; 4]>(l3_off + offset_of!(Ipv4Hdr, dst_addr))
+            .map(v4_to_16);
+        return Parsed::BadIp { family: FAMILY_V4, dst };
+    };
+    let dst = v4_to_16(ip.dst_addr);
+    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip.vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3_off + tot_len > pkt.len() {
+        return Parsed::BadIp { family: FAMILY_V4, dst: Some(dst) };
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    // MF flag or a non-zero fragment offset.
+    let fragment = frags & 0x3fff != 0;
+    let mut flow = Flow {
+        key: FlowKey {
+            src: v4_to_16(ip.src_addr),
+            dst,
+            sport: [0; 2],
+            dport: [0; 2],
+            proto: ip.proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        },
+        l3_off,
+        l4_off: l3_off + ihl,
+        fragment,
+        l4: false,
+        l4_truncated: false,
+    };
+    if !fragment {
+        parse_l4(pkt, &mut flow);
+    }
+    Parsed::Ip(flow)
+}
+
+#[inline(always)]
+fn parse_v6(pkt: &Packet, l3_off: usize) -> Parsed {
+    // Field by field: copying the whole 40-byte header costs BPF stack.
+    let dst = pkt.load::<[u8; 16]>(l3_off + offset_of!(Ipv6Hdr, dst_addr));
+    let (Some(dst), Some(src), Some(first), Some(plen), Some(next)) = (
+        dst,
+        pkt.load::<[u8; 16]>(l3_off + offset_of!(Ipv6Hdr, src_addr)),
+        pkt.load::<u8>(l3_off),
+        pkt.load::<[u8; 2]>(l3_off + offset_of!(Ipv6Hdr, payload_len)),
+        pkt.load::<u8>(l3_off + offset_of!(Ipv6Hdr, next_hdr)),
+    ) else {
+        return Parsed::BadIp { family: FAMILY_V6, dst };
+    };
+    let payload_len = u16::from_be_bytes(plen) as usize;
+    if first >> 4 != 6 || l3_off + size_of::<Ipv6Hdr>() + payload_len > pkt.len() {
+        return Parsed::BadIp { family: FAMILY_V6, dst: Some(dst) };
+    }
+    let mut flow = Flow {
+        key: FlowKey { src, dst, sport: [0; 2], dport: [0; 2], proto: next, family: FAMILY_V6, _pad: [0; 2] },
+        l3_off,
+        l4_off: l3_off + size_of::<Ipv6Hdr>(),
+        fragment: false,
+        l4: false,
+        l4_truncated: false,
+    };
+    // Bounded walk over the extension headers that may precede L4.
+    for _ in 0..MAX_EXT_HEADERS {
+        match flow.key.proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = pkt.load::<[u8; 2]>(flow.l4_off) else {
+                    flow.l4_truncated = true;
+                    return Parsed::Ip(flow);
+                };
+                flow.key.proto = ext[0];
+                flow.l4_off += (ext[1] as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                flow.fragment = true;
+                return Parsed::Ip(flow);
+            }
+            _ => break,
+        }
+    }
+    parse_l4(pkt, &mut flow);
+    Parsed::Ip(flow)
+}
+
+#[inline(always)]
+fn parse_l4(pkt: &Packet, flow: &mut Flow) {
+    let ok = match flow.key.proto {
+        // The whole fixed TCP header must be there: we patch its checksum.
+        PROTO_TCP => pkt.load::<TcpHdr>(flow.l4_off).map(|t| (t.source, t.dest)),
+        PROTO_UDP => pkt.load::<UdpHdr>(flow.l4_off).map(|u| (u.src, u.dst)),
+        _ => return,
+    };
+    match ok {
+        Some((s, d)) => {
+            flow.key.sport = s;
+            flow.key.dport = d;
+            flow.l4 = true;
+        }
+        None => flow.l4_truncated = true,
+    }
+}

@@ -1,0 +1,48 @@
+//! Per-CPU counters: every outcome by reason, per service and per backend.
+
+use failover_common::{Counter, Reason, ServiceStats};
+
+use crate::maps::{BACKEND_STATS, REASON_STATS, SERVICE_STATS};
+
+#[inline(always)]
+fn bump(c: &mut Counter, bytes: u64) {
+    c.packets += 1;
+    c.bytes += bytes;
+}
+
+#[inline(always)]
+pub fn reason(r: Reason) {
+    if let Some(p) = REASON_STATS.get_ptr_mut(r as u32) {
+        // SAFETY: a per-CPU array slot of this CPU, valid for the program's
+        // run; nothing else on this CPU runs concurrently with us.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Which per-service counter a packet goes to.
+pub enum Dir {
+    Fwd,
+    Reply,
+    Dropped,
+}
+
+#[inline(always)]
+pub fn service(id: u32, dir: Dir, bytes: u64) {
+    if let Some(p) = SERVICE_STATS.get_ptr_mut(id) {
+        // SAFETY: as in `reason`.
+        let s: &mut ServiceStats = unsafe { &mut *p };
+        match dir {
+            Dir::Fwd => bump(&mut s.fwd, bytes),
+            Dir::Reply => bump(&mut s.reply, bytes),
+            Dir::Dropped => bump(&mut s.dropped, bytes),
+        }
+    }
+}
+
+#[inline(always)]
+pub fn backend(id: u32, bytes: u64) {
+    if let Some(p) = BACKEND_STATS.get_ptr_mut(id) {
+        // SAFETY: as in `reason`.
+        bump(unsafe { &mut *p }, bytes);
+    }
+}

@@ -1,0 +1,392 @@
+//! The loaded XDP program and its maps: load (with map capacities from the
+//! config and maps pinned under the bpffs directory), attach to interfaces,
+//! and write a config's services, tiers, tables and backends into the maps.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use failover_common::{
+    BackendValue, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, MAX_TIER_MEMBERS,
+    MODE_DSR, MODE_NAT, ReverseValue, STATE_DOWN, ServiceValue, TableValue, VipAddrKey, map_names,
+};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, Limits, Mode, NoBackend, XdpModeCfg},
+    layout::Layout,
+    maglev, objects,
+};
+
+/// 16-byte address as stored in keys (IPv4 in the first four bytes).
+pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The inverse of [`addr16`].
+pub fn ip_from16(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    }
+}
+
+/// The pin path of a map under `dir`.
+pub fn map_pin_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// The pin path of the XDP link of `iface` under `dir`.
+pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link_{iface}"))
+}
+
+/// How the program was attached to one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Dataplane {
+    /// Loads the program with the map capacities of `limits`. With
+    /// `pin_dir`, maps are pinned there, and maps already pinned there (by a
+    /// previous run) are reused, so conntrack and state survive restarts.
+    pub fn load(limits: &Limits, pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        objects::check(objects::FAILOVER, "failover")?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(map_names::SERVICES, limits.max_services)
+            .map_max_entries(map_names::SERVICE_STATS, limits.max_services)
+            .map_max_entries(map_names::VIP_ADDRS, limits.max_vip_addresses)
+            .map_max_entries(map_names::TIER_ACTIVE, limits.max_tiers)
+            .map_max_entries(map_names::TABLES, limits.max_tiers * 2)
+            .map_max_entries(map_names::BACKENDS, limits.max_backends)
+            .map_max_entries(map_names::BACKEND_STATE, limits.max_backends)
+            .map_max_entries(map_names::BACKEND_STATS, limits.max_backends)
+            .map_max_entries(map_names::REVERSE, limits.max_backends)
+            .map_max_entries(map_names::CONNTRACK, limits.conntrack_entries);
+        if let Some(dir) = pin_dir {
+            create_private_dir(dir)?;
+            for name in map_names::ALL {
+                loader.map_pin_path(name, map_pin_path(dir, name));
+            }
+        }
+        let mut ebpf = loader.load(objects::FAILOVER).context(
+            "loading the XDP program and its maps (needs root: CAP_BPF, CAP_NET_ADMIN; if maps are \
+             pinned from an older version with other sizes, remove the pin directory)",
+        )?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(objects::FAILOVER_PROGRAM)
+            .context("the eBPF object has no `failover` program")?
+            .try_into()
+            .context("the `failover` program is not an XDP program")?;
+        prog.load().context("the kernel refused the XDP program (verifier)")?;
+        Ok(Self { ebpf, pin_dir: pin_dir.map(Path::to_path_buf) })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn program(&self) -> anyhow::Result<&Xdp> {
+        self.ebpf
+            .program(objects::FAILOVER_PROGRAM)
+            .context("no `failover` program")?
+            .try_into()
+            .context("the `failover` program is not XDP")
+    }
+
+    fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(objects::FAILOVER_PROGRAM)
+            .context("no `failover` program")?
+            .try_into()
+            .context("the `failover` program is not XDP")
+    }
+
+    /// Attaches to `iface` (native mode, or generic as configured/as
+    /// fallback), pins the link when a pin directory is set (replacing a
+    /// link left by a previous run), and adds the interface to the devmap.
+    pub fn attach(&mut self, iface: &str, mode: XdpModeCfg) -> anyhow::Result<Attached> {
+        let ifindex = ifindex(iface)?;
+        if let Some(dir) = &self.pin_dir {
+            let path = link_pin_path(dir, iface);
+            if path.exists() {
+                // A previous daemon left its link pinned (fail-static). Take
+                // it down so ours can go up.
+                let old = PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening the pinned link {}", path.display()))?;
+                let old = old.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+                drop(old);
+                info!(iface, "replaced the XDP link left by a previous run");
+            }
+        }
+        let prog = self.program_mut()?;
+        let (link_id, how) = match mode {
+            XdpModeCfg::Native => (
+                prog.attach_to_if_index(ifindex, XdpMode::Driver)
+                    .with_context(|| format!("attaching XDP in native mode to {iface}"))?,
+                Attached::Native,
+            ),
+            XdpModeCfg::Generic => (
+                prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP in generic mode to {iface}"))?,
+                Attached::Generic,
+            ),
+            XdpModeCfg::Auto => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, Attached::Native),
+                Err(e) => {
+                    warn!(iface, error = %e, "native XDP not available, falling back to generic (slower) mode");
+                    (
+                        prog.attach_to_if_index(ifindex, XdpMode::Skb)
+                            .with_context(|| format!("attaching XDP in generic mode to {iface}"))?,
+                        Attached::Generic,
+                    )
+                }
+            },
+        };
+        if let Some(dir) = self.pin_dir.clone() {
+            let link = self.program_mut()?.take_link(link_id).context("taking the XDP link")?;
+            let fd: FdLink = link
+                .try_into()
+                .context("the kernel attached XDP without a bpf_link (kernel too old to pin it)")?;
+            let path = link_pin_path(&dir, iface);
+            fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+        }
+        let mut devmap: DevMapHash<&mut MapData> = self.map_mut(map_names::DEVMAP)?;
+        devmap
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {iface} (ifindex {ifindex}) to the devmap"))?;
+        info!(iface, ifindex, mode = ?how, "XDP program attached");
+        Ok(how)
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the program"))?;
+        T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    }
+
+    /// Writes `cfg` into the maps with the slots of `layout`. Order matters
+    /// for packets in flight: backends and their state first, then tables
+    /// (into the inactive half, then one flip per tier), then replies, then
+    /// the services that make all of it reachable; stale entries go last.
+    pub fn apply(&mut self, cfg: &Config, layout: &Layout) -> anyhow::Result<()> {
+        let mut live_backends = HashSet::new();
+        {
+            let mut backends: Array<&mut MapData, BackendValue> = self.map_mut(map_names::BACKENDS)?;
+            for (s, sl) in cfg.services.iter().zip(&layout.services) {
+                for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                    let (addr, family) = addr16(b.address);
+                    let v = BackendValue { addr, port: b.port.to_be_bytes(), family, _pad: 0, service_id: sl.id };
+                    backends
+                        .set(bl.id, v, 0)
+                        .with_context(|| format!("writing backend {}/{} (slot {})", s.name, b.name, bl.id))?;
+                    live_backends.insert(bl.id);
+                }
+            }
+        }
+        {
+            let mut state: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
+            for (s, sl) in cfg.services.iter().zip(&layout.services) {
+                for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                    state
+                        .set(bl.id, b.state.word(), 0)
+                        .with_context(|| format!("writing the state of {}/{}", s.name, b.name))?;
+                }
+            }
+            // Slots no longer in the config: down, so pinned flows move off.
+            for id in 0..state.len() {
+                if !live_backends.contains(&id) && state.get(&id, 0).context("reading BACKEND_STATE")? != STATE_DOWN {
+                    state.set(id, STATE_DOWN, 0).context("clearing a stale backend state")?;
+                }
+            }
+        }
+        for (s, sl) in cfg.services.iter().zip(&layout.services) {
+            for (ti, (tier, tl)) in s.tiers.iter().zip(&sl.tiers).enumerate() {
+                let members: Vec<maglev::Member> =
+                    tier.iter().map(|b| maglev::Member { key: b.key(), weight: b.weight }).collect();
+                let entries = maglev::build(&members, s.table_size)
+                    .with_context(|| format!("building the Maglev table of {} tier {ti}", s.name))?;
+                let ids: Vec<u32> = tl.iter().map(|b| b.id).collect();
+                self.write_table(sl.first_tier + ti as u32, s.table_size, &ids, &entries)
+                    .with_context(|| format!("writing the table of {} tier {ti}", s.name))?;
+            }
+        }
+        let mut reverse_keys = HashSet::new();
+        {
+            let mut reverse: BpfHashMap<&mut MapData, EndpointKey, ReverseValue> = self.map_mut(map_names::REVERSE)?;
+            for (s, sl) in cfg.services.iter().zip(&layout.services) {
+                if s.mode != Mode::Nat {
+                    continue;
+                }
+                let (vip, _) = addr16(s.vip);
+                for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                    let (addr, family) = addr16(b.address);
+                    let k = EndpointKey { addr, port: b.port.to_be_bytes(), proto: s.protocol.number(), family };
+                    let v = ReverseValue {
+                        vip,
+                        vport: s.port.to_be_bytes(),
+                        _pad: [0; 2],
+                        service_id: sl.id,
+                        backend_id: bl.id,
+                    };
+                    reverse.insert(k, v, 0).with_context(|| format!("writing the reply entry of {}/{}", s.name, b.name))?;
+                    reverse_keys.insert(k);
+                }
+            }
+            remove_stale(&mut reverse, &reverse_keys).context("pruning REVERSE")?;
+        }
+        let mut vip_keys = HashSet::new();
+        {
+            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> = self.map_mut(map_names::VIP_ADDRS)?;
+            for s in &cfg.services {
+                let (addr, family) = addr16(s.vip);
+                let k = VipAddrKey { addr, family, _pad: [0; 3] };
+                vips.insert(k, 1, 0).with_context(|| format!("writing VIP address {}", s.vip))?;
+                vip_keys.insert(k);
+            }
+        }
+        let mut svc_keys = HashSet::new();
+        {
+            let mut services: BpfHashMap<&mut MapData, EndpointKey, ServiceValue> = self.map_mut(map_names::SERVICES)?;
+            for (s, sl) in cfg.services.iter().zip(&layout.services) {
+                let (addr, family) = addr16(s.vip);
+                let k = EndpointKey { addr, port: s.port.to_be_bytes(), proto: s.protocol.number(), family };
+                let mut flags = match s.mode {
+                    Mode::Nat => MODE_NAT,
+                    Mode::Dsr => MODE_DSR,
+                };
+                if s.on_no_backend == NoBackend::Pass {
+                    flags |= FLAG_NO_BACKEND_PASS;
+                }
+                let v = ServiceValue { id: sl.id, flags, first_tier: sl.first_tier, tier_count: sl.tiers.len() as u32 };
+                services.insert(k, v, 0).with_context(|| format!("writing service {}", s.name))?;
+                svc_keys.insert(k);
+            }
+            remove_stale(&mut services, &svc_keys).context("pruning SERVICES")?;
+        }
+        {
+            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> = self.map_mut(map_names::VIP_ADDRS)?;
+            remove_stale(&mut vips, &vip_keys).context("pruning VIP_ADDRS")?;
+        }
+        Ok(())
+    }
+
+    /// Writes one tier's table into its inactive half, then flips the tier
+    /// to it with a single 4-byte map write.
+    pub fn write_table(&mut self, tier: u32, size: u32, members: &[u32], entries: &[u16]) -> anyhow::Result<()> {
+        if members.len() > MAX_TIER_MEMBERS {
+            bail!("{} members, at most {MAX_TIER_MEMBERS}", members.len());
+        }
+        let mut table: Box<TableValue> = bytemuck::zeroed_box();
+        table.size = size;
+        table.member_count = members.len() as u32;
+        table.members[..members.len()].copy_from_slice(members);
+        table
+            .entries
+            .get_mut(..entries.len())
+            .context("Maglev table larger than the dataplane's capacity")?
+            .copy_from_slice(entries);
+        let active = {
+            let act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
+            act.get(&tier, 0).with_context(|| format!("reading TIER_ACTIVE[{tier}]"))? & 1
+        };
+        let next = 1 - active;
+        {
+            let mut tables: Array<&mut MapData, TableValue> = self.map_mut(map_names::TABLES)?;
+            tables
+                .set(tier * 2 + next, &*table, 0)
+                .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;
+        }
+        let mut act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
+        act.set(tier, next, 0).with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))?;
+        Ok(())
+    }
+
+    /// Sets one backend's state word: the single map write that moves
+    /// traffic on the next packet.
+    pub fn set_state(&mut self, backend_id: u32, state: u32) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
+        a.set(backend_id, state, 0).with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+    }
+}
+
+fn remove_stale<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    map: &mut BpfHashMap<&mut MapData, K, V>,
+    keep: &HashSet<K>,
+) -> anyhow::Result<()> {
+    let stale: Vec<K> = map
+        .keys()
+        .collect::<Result<Vec<K>, _>>()
+        .context("listing keys")?
+        .into_iter()
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).context("removing a stale entry")?;
+    }
+    Ok(())
+}
+
+/// Sets one backend's state in the pinned map under `pin_dir` (works while
+/// the daemon runs, or without it).
+pub fn set_pinned_state(pin_dir: &Path, backend_id: u32, state: u32) -> anyhow::Result<()> {
+    let path = map_pin_path(pin_dir, map_names::BACKEND_STATE);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!("opening {} (is the daemon running with this bpffs directory, and are you root?)", path.display())
+    })?;
+    let mut map = aya::maps::Map::Array(data);
+    let mut a: Array<&mut MapData, u32> = Array::try_from(&mut map).context("BACKEND_STATE has an unexpected type")?;
+    a.set(backend_id, state, 0).with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+}
+
+/// The ifindex of `iface` in the current network namespace.
+pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        bail!("no interface named {iface:?} in this network namespace");
+    }
+    Ok(idx)
+}
+
+/// Creates `dir` (and parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting 0700 on {}", dir.display()))
+}
