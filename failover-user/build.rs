@@ -46,7 +46,8 @@ fn which(name: &str) -> Option<PathBuf> {
 fn run() -> Result<(), String> {
     println!("cargo:rerun-if-env-changed=FAILOVER_BUILD_EBPF");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR not set")?);
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR not set")?);
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR not set")?);
     let ebpf_dir = manifest.join("../failover-ebpf");
     let common_dir = manifest.join("../failover-common");
     for d in [&ebpf_dir, &common_dir] {
@@ -95,13 +96,28 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, linker: Option<&Path>) -> Result<
     };
 
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins", "-Z", "build-std=core"])
-        .args(["--target", target])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(ebpf_dir);
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--release",
+        "--bins",
+        "-Z",
+        "build-std=core",
+    ])
+    .args(["--target", target])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(ebpf_dir);
     // Don't let the host build's compiler settings leak into the BPF build.
-    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
         cmd.env_remove(key);
     }
     let mut flags = OsString::new();
@@ -129,7 +145,9 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, linker: Option<&Path>) -> Result<
         }
         cmd.env("PATH", path);
     }
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e} (is rustup installed?)"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {cmd:?}: {e} (is rustup installed?)"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         for line in stderr.lines() {
@@ -144,7 +162,8 @@ fn build_ebpf(ebpf_dir: &Path, out_dir: &Path, linker: Option<&Path>) -> Result<
     for bin in BINS {
         let src = target_dir.join(target).join("release").join(bin);
         let dst = out_dir.join(bin);
-        fs::copy(&src, &dst).map_err(|e| format!("copying {} to {}: {e}", src.display(), dst.display()))?;
+        fs::copy(&src, &dst)
+            .map_err(|e| format!("copying {} to {}: {e}", src.display(), dst.display()))?;
     }
     Ok(())
 }

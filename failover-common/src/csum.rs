@@ -77,7 +77,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u8 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 56) as u8
         }
     }
@@ -128,7 +131,11 @@ mod tests {
 
     #[test]
     fn udp_zero_checksum_rules() {
-        assert_eq!(replace_udp(0, &[1, 2], &[3, 4]), 0, "no checksum stays none");
+        assert_eq!(
+            replace_udp(0, &[1, 2], &[3, 4]),
+            0,
+            "no checksum stays none"
+        );
         // Find an update that computes 0 and check it becomes 0xffff.
         // check' = ~(~c + ~m + m'); with c = 0xffff, m = 0, m' = 0: ~(0 + 0xffff + 0) = 0.
         assert_eq!(replace(0xffff, &[0, 0], &[0, 0]), 0);

@@ -20,7 +20,13 @@ const fn word(b: &[u8; 16], i: usize) -> u32 {
 /// Hash of a flow's 5-tuple (addresses as stored in keys, ports as on the
 /// wire). Stable across hosts of the same endianness.
 #[inline(always)]
-pub const fn flow_hash(src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+pub const fn flow_hash(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+) -> u32 {
     let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
     h = mix(h ^ word(src, 0));
     h = mix(h ^ word(src, 4));
@@ -45,8 +51,14 @@ mod tests {
         let h1 = flow_hash(&a, &v, 1000u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
         let h2 = flow_hash(&a, &v, 1001u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
         assert_ne!(h1, h2);
-        assert_eq!(h1, flow_hash(&a, &v, 1000u16.to_be_bytes(), 80u16.to_be_bytes(), 6));
-        assert_ne!(h1, flow_hash(&a, &v, 1000u16.to_be_bytes(), 80u16.to_be_bytes(), 17));
+        assert_eq!(
+            h1,
+            flow_hash(&a, &v, 1000u16.to_be_bytes(), 80u16.to_be_bytes(), 6)
+        );
+        assert_ne!(
+            h1,
+            flow_hash(&a, &v, 1000u16.to_be_bytes(), 80u16.to_be_bytes(), 17)
+        );
     }
 
     #[test]
@@ -59,7 +71,10 @@ mod tests {
             buckets[(h % 8) as usize] += 1;
         }
         for b in buckets {
-            assert!((1843..=2253).contains(&b), "bucket {b} not within 10% of 2048");
+            assert!(
+                (1843..=2253).contains(&b),
+                "bucket {b} not within 10% of 2048"
+            );
         }
     }
 }

@@ -18,9 +18,12 @@ const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 
+/// Outcome of a FIB lookup; on `Ok` the egress ifindex and MACs are in the
+/// lookup parameters.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fib {
     /// Route and neighbour known.
-    Ok { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Ok,
     /// Route known, no neighbour entry (yet).
     NoNeigh,
     /// Larger than the egress MTU.
@@ -29,43 +32,47 @@ pub enum Fib {
     Fail,
 }
 
-pub struct Lookup<'a> {
-    pub family: u8,
-    pub proto: u8,
-    pub src: &'a [u8; 16],
-    pub dst: &'a [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    /// L3 length of the packet (for the MTU check).
-    pub tot_len: u16,
-}
-
-#[inline(never)]
-pub fn fib(ctx: &XdpContext, l: &Lookup) -> Fib {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers
+/// Fills the FIB lookup parameters (in the per-CPU scratch, not on the
+/// stack) for a packet from `src` to `dst`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn prepare(
+    p: &mut FibParams,
+    ctx: &XdpContext,
+    family: u8,
+    proto: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    ports: ([u8; 2], [u8; 2]),
+    tot_len: u16,
+) {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers
     // and unions of integers).
-    let mut p: FibParams = unsafe { core::mem::zeroed() };
-    p.l4_protocol = l.proto;
-    p.sport = u16::from_ne_bytes(l.sport);
-    p.dport = u16::from_ne_bytes(l.dport);
-    p.__bindgen_anon_1.tot_len = l.tot_len;
+    *p = unsafe { core::mem::zeroed() };
+    p.l4_protocol = proto;
+    p.sport = u16::from_ne_bytes(ports.0);
+    p.dport = u16::from_ne_bytes(ports.1);
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = ctx.ingress_ifindex() as u32;
-    if l.family == FAMILY_V4 {
+    if family == FAMILY_V4 {
         p.family = AF_INET;
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([l.src[0], l.src[1], l.src[2], l.src[3]]);
-        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([l.dst[0], l.dst[1], l.dst[2], l.dst[3]]);
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     } else {
         p.family = AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = words(l.src);
-        p.__bindgen_anon_4.ipv6_dst = words(l.dst);
+        p.__bindgen_anon_3.ipv6_src = words(src);
+        p.__bindgen_anon_4.ipv6_dst = words(dst);
     }
-    // SAFETY: the helper reads and writes `p`, which lives for the call and
-    // has the size we pass.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut p, core::mem::size_of::<FibParams>() as i32, 0)
-    };
+}
+
+/// Runs the lookup prepared in `p`.
+#[inline(never)]
+pub fn fib(ctx: &XdpContext, p: &mut FibParams) -> Fib {
+    // SAFETY: the helper reads and writes `p` (our per-CPU scratch slot),
+    // which is valid for the call and has the size we pass.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => Fib::Ok { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
+        BPF_FIB_LKUP_RET_SUCCESS => Fib::Ok,
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded,
         _ => Fib::Fail,
@@ -102,11 +109,12 @@ pub fn egress(ctx: &XdpContext, ifindex: u32) -> Option<Egress> {
     }
 }
 
-/// Writes the MACs and returns the XDP action that sends the frame.
+/// Writes the MACs found by the FIB lookup `p` and returns the XDP action
+/// that sends the frame.
 #[inline(always)]
-pub fn send(pkt: &Packet, e: Egress, smac: [u8; 6], dmac: [u8; 6]) -> Option<u32> {
-    pkt.store(0, dmac)?;
-    pkt.store(6, smac)?;
+pub fn send(pkt: &Packet, e: Egress, p: &FibParams) -> Option<u32> {
+    pkt.store(0, p.dmac)?;
+    pkt.store(6, p.smac)?;
     Some(match e {
         Egress::Tx => xdp_action::XDP_TX,
         Egress::Redirect(ifindex) => match DEVMAP.redirect(ifindex, 0) {

@@ -20,19 +20,24 @@ mod parse;
 mod select;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
 use aya_log_ebpf::warn;
 use failover_common::{
-    EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FlowKey, MODE_DSR, Reason,
-    ReverseValue, ServiceValue, VipAddrKey, hash::flow_hash,
+    BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FlowKey, MODE_DSR,
+    Reason, ReverseValue, ServiceValue, VipAddrKey, hash::flow_hash,
 };
 
 use crate::{
-    forward::{Egress, Fib, Lookup},
-    maps::{REVERSE, SERVICES, VIP_ADDRS},
-    nat::Side,
+    forward::{Egress, Fib},
+    maps::{REVERSE, SCRATCH, SERVICES, Scratch, VIP_ADDRS},
+    nat::{Rewrite, Side},
     packet::Packet,
-    parse::{Flow, Parsed},
+    parse::{Flow, Kind},
     stats::Dir,
 };
 
@@ -42,33 +47,43 @@ const DROP: u32 = xdp_action::XDP_DROP;
 #[xdp]
 pub fn failover(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
-    let (action, reason) = process(&ctx, &pkt);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        // Cannot happen (a one-slot per-CPU array always has slot 0); if it
+        // did, leave the host's traffic alone.
+        return PASS;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; XDP runs to completion on
+    // one CPU and never nests, so nothing else uses it meanwhile.
+    let scratch = unsafe { &mut *scratch };
+    let (action, reason) = process(&ctx, &pkt, scratch);
     stats::reason(reason);
     action
 }
 
+/// Whether the flow's destination is a VIP address (any port).
 #[inline(always)]
-fn is_vip_addr(family: u8, addr: &[u8; 16]) -> bool {
-    let key = VipAddrKey { addr: *addr, family, _pad: [0; 3] };
-    // SAFETY: lookup result is only tested for presence.
-    unsafe { VIP_ADDRS.get(&key) }.is_some()
+fn dst_is_vip(flow: &Flow, key: &mut VipAddrKey) -> bool {
+    *key = VipAddrKey { addr: flow.key.dst, family: flow.key.family, _pad: [0; 3] };
+    VIP_ADDRS.get_ptr(&*key).is_some()
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
-    let flow = match parse::parse(pkt) {
-        Parsed::NotIp => return (PASS, Reason::PassNonIp),
-        Parsed::BadIp { family, dst } => {
-            return match dst {
-                Some(d) if is_vip_addr(family, &d) => (DROP, Reason::DropMalformed),
-                _ => (PASS, Reason::PassMalformed),
-            };
+fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reason) {
+    scratch.flow = Flow::new();
+    parse::parse(pkt, &mut scratch.flow);
+    let flow = &scratch.flow;
+    match flow.kind {
+        Kind::NotIp => return (PASS, Reason::PassNonIp),
+        Kind::BadIp => {
+            if flow.dst_known && dst_is_vip(flow, &mut scratch.vip) {
+                return (DROP, Reason::DropMalformed);
+            }
+            return (PASS, Reason::PassMalformed);
         }
-        Parsed::Ip(f) => f,
-    };
-    let k = &flow.key;
+        Kind::Ip => {}
+    }
     if flow.fragment || flow.l4_truncated {
-        if is_vip_addr(k.family, &k.dst) {
+        if dst_is_vip(flow, &mut scratch.vip) {
             let r = if flow.fragment { Reason::DropFragment } else { Reason::DropMalformed };
             return (DROP, r);
         }
@@ -76,23 +91,22 @@ fn process(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
     }
     if !flow.l4 {
         // Not TCP/UDP (ICMP, ...): the host handles it.
-        let r = if is_vip_addr(k.family, &k.dst) { Reason::PassVipOtherPort } else { Reason::PassNotVip };
+        let r = if dst_is_vip(flow, &mut scratch.vip) { Reason::PassVipOtherPort } else { Reason::PassNotVip };
         return (PASS, r);
     }
-    let to = EndpointKey { addr: k.dst, port: k.dport, proto: k.proto, family: k.family };
-    if let Some(svc) = SERVICES.get_ptr(&to) {
+    let k = &flow.key;
+    scratch.ep = EndpointKey { addr: k.dst, port: k.dport, proto: k.proto, family: k.family };
+    if let Some(svc) = SERVICES.get_ptr(&scratch.ep) {
         // SAFETY: a value of our hash map, kept alive by RCU for the
         // program's run; the daemon replaces values whole, never in place.
-        return to_backend(ctx, pkt, &flow, unsafe { &*svc });
+        return to_backend(ctx, pkt, scratch, unsafe { &*svc });
     }
-    let from = EndpointKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
-    if let Some(rev) = REVERSE.get_ptr(&from) {
+    scratch.ep = EndpointKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
+    if let Some(rev) = REVERSE.get_ptr(&scratch.ep) {
         // SAFETY: as above.
-        if let Some(out) = reply(ctx, pkt, &flow, unsafe { &*rev }) {
-            return out;
-        }
+        return reply(ctx, pkt, scratch, unsafe { &*rev });
     }
-    if is_vip_addr(k.family, &k.dst) {
+    if dst_is_vip(flow, &mut scratch.vip) {
         return (PASS, Reason::PassVipOtherPort);
     }
     (PASS, Reason::PassNotVip)
@@ -101,13 +115,15 @@ fn process(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
 /// L3 length of the packet, for the FIB's MTU check.
 #[inline(always)]
 fn l3_len(pkt: &Packet, flow: &Flow) -> u16 {
-    (pkt.len() - flow.l3_off) as u16
+    (pkt.len() - flow.l3()) as u16
 }
 
 /// A client packet for service `svc`. Not inlined: its stack frame and the
 /// reply path's are never live together.
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, flow: &Flow, svc: &ServiceValue) -> (u32, Reason) {
+fn to_backend(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, svc: &ServiceValue) -> (u32, Reason) {
+    let Scratch { flow, fib, rw, .. } = scratch;
+    let flow = &*flow;
     let bytes = pkt.len() as u64;
     let k = &flow.key;
     let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
@@ -121,44 +137,38 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, flow: &Flow, svc: &ServiceValue) -
         return (DROP, Reason::DropNoBackend);
     };
     let dsr = svc.flags & FLAG_MODE_MASK == MODE_DSR;
-    let lookup = Lookup {
-        family: k.family,
-        proto: k.proto,
-        src: &k.src,
-        dst: &b.addr,
-        sport: k.sport,
-        dport: if dsr { k.dport } else { b.port },
-        tot_len: l3_len(pkt, flow),
-    };
-    let out = match forward::fib(ctx, &lookup) {
-        Fib::Ok { ifindex, smac, dmac } => {
-            let Some(e) = forward::egress(ctx, ifindex) else {
+    let dport = if dsr { k.dport } else { b.port };
+    forward::prepare(fib, ctx, k.family, k.proto, &k.src, &b.addr, (k.sport, dport), l3_len(pkt, flow));
+    let out = match forward::fib(ctx, fib) {
+        Fib::Ok => {
+            let Some(e) = forward::egress(ctx, fib.ifindex) else {
                 if dsr {
                     stats::service(svc.id, Dir::Dropped, bytes);
                     return (DROP, Reason::DropFibFail);
                 }
                 // The kernel can still route the rewritten packet.
-                return pass_rewritten(pkt, flow, svc, &b.addr, b.port, Reason::PassNoEgress);
+                return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoEgress);
             };
             if dsr {
-                send(pkt, e, smac, dmac)
+                send(pkt, e, fib)
             } else {
                 match nat::ttl(pkt, flow) {
                     Some(t) if t > 1 => {}
                     _ => return (PASS, Reason::PassTtlExceeded),
                 }
-                if nat::rewrite(pkt, flow, Side::Dst, &b.addr, b.port, true).is_none() {
+                *rw = Rewrite { addr: b.addr, port: b.port, side: Side::Dst, dec_ttl: true };
+                if !nat::rewrite(pkt, flow, rw) {
                     return (DROP, Reason::DropMalformed);
                 }
-                send(pkt, e, smac, dmac)
+                send(pkt, e, fib)
             }
         }
         Fib::NoNeigh if !dsr => {
-            return pass_rewritten(pkt, flow, svc, &b.addr, b.port, Reason::PassNoNeigh);
+            return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoNeigh);
         }
         Fib::NoNeigh => (DROP, Reason::DropNoNeigh),
         Fib::FragNeeded if !dsr => {
-            return pass_rewritten(pkt, flow, svc, &b.addr, b.port, Reason::PassFragNeeded);
+            return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassFragNeeded);
         }
         Fib::FragNeeded => (PASS, Reason::PassFragNeeded),
         Fib::Fail => (DROP, Reason::DropFibFail),
@@ -177,8 +187,9 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, flow: &Flow, svc: &ServiceValue) -
 /// NAT: rewrite towards the backend and let the kernel forward it (it will
 /// resolve the neighbour, fragment, or route as needed).
 #[inline(always)]
-fn pass_rewritten(pkt: &Packet, flow: &Flow, svc: &ServiceValue, addr: &[u8; 16], port: [u8; 2], r: Reason) -> (u32, Reason) {
-    if nat::rewrite(pkt, flow, Side::Dst, addr, port, false).is_none() {
+fn pass_rewritten(pkt: &Packet, flow: &Flow, rw: &mut Rewrite, svc: &ServiceValue, b: &BackendValue, r: Reason) -> (u32, Reason) {
+    *rw = Rewrite { addr: b.addr, port: b.port, side: Side::Dst, dec_ttl: false };
+    if !nat::rewrite(pkt, flow, rw) {
         stats::service(svc.id, Dir::Dropped, pkt.len() as u64);
         return (DROP, Reason::DropMalformed);
     }
@@ -186,23 +197,33 @@ fn pass_rewritten(pkt: &Packet, flow: &Flow, svc: &ServiceValue, addr: &[u8; 16]
 }
 
 #[inline(always)]
-fn send(pkt: &Packet, e: Egress, smac: [u8; 6], dmac: [u8; 6]) -> (u32, Reason) {
+fn send(pkt: &Packet, e: Egress, fib: &FibParams) -> (u32, Reason) {
     let r = match e {
         Egress::Tx => Reason::FwdTx,
         Egress::Redirect(_) => Reason::FwdRedirect,
     };
-    match forward::send(pkt, e, smac, dmac) {
+    match forward::send(pkt, e, fib) {
         Some(a) if a != DROP => (a, r),
         _ => (DROP, Reason::DropInternal),
     }
 }
 
 /// A packet from a NAT backend: if it belongs to a flow we sent there,
-/// translate the source back to the VIP. `None`: not ours, pass untouched.
+/// translate the source back to the VIP; otherwise (a probe reply, the
+/// backend's own traffic) pass it untouched. Not inlined, and returns a
+/// plain tuple (an `Option` here would give the kernel BTF it rejects).
 #[inline(never)]
-fn reply(ctx: &XdpContext, pkt: &Packet, flow: &Flow, rev: &ReverseValue) -> Option<(u32, Reason)> {
+fn reply(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &ReverseValue) -> (u32, Reason) {
+    reply_inner(ctx, pkt, scratch, rev).unwrap_or((PASS, Reason::PassNotVip))
+}
+
+/// `None`: not a reply of a tracked flow.
+#[inline(always)]
+fn reply_inner(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &ReverseValue) -> Option<(u32, Reason)> {
+    let Scratch { flow, fib, ct: fkey, rw, .. } = scratch;
+    let flow = &*flow;
     let k = &flow.key;
-    let fkey = FlowKey {
+    *fkey = FlowKey {
         src: k.dst,
         dst: rev.vip,
         sport: k.dport,
@@ -211,7 +232,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, flow: &Flow, rev: &ReverseValue) -> Opt
         family: k.family,
         _pad: [0; 2],
     };
-    let ct = maps::CONNTRACK.get_ptr_mut(&fkey)?;
+    let ct = maps::CONNTRACK.get_ptr_mut(&*fkey)?;
     // SAFETY: a value of our LRU map, alive for the program's run.
     let ct = unsafe { &mut *ct };
     if ct.backend_id != rev.backend_id || ct.service_id != rev.service_id {
@@ -220,39 +241,25 @@ fn reply(ctx: &XdpContext, pkt: &Packet, flow: &Flow, rev: &ReverseValue) -> Opt
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     ct.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     let bytes = pkt.len() as u64;
-    let lookup = Lookup {
-        family: k.family,
-        proto: k.proto,
-        src: &rev.vip,
-        dst: &k.dst,
-        sport: rev.vport,
-        dport: k.dport,
-        tot_len: l3_len(pkt, flow),
-    };
-    let out = match forward::fib(ctx, &lookup) {
-        Fib::Ok { ifindex, smac, dmac } => match forward::egress(ctx, ifindex) {
+    forward::prepare(fib, ctx, k.family, k.proto, &rev.vip, &k.dst, (rev.vport, k.dport), l3_len(pkt, flow));
+    let out = match forward::fib(ctx, fib) {
+        Fib::Ok => match forward::egress(ctx, fib.ifindex) {
             Some(e) => {
                 match nat::ttl(pkt, flow) {
                     Some(t) if t > 1 => {}
                     _ => return Some((PASS, Reason::PassTtlExceeded)),
                 }
-                nat::rewrite(pkt, flow, Side::Src, &rev.vip, rev.vport, true)?;
-                let (a, _) = send(pkt, e, smac, dmac);
+                *rw = Rewrite { addr: rev.vip, port: rev.vport, side: Side::Src, dec_ttl: true };
+                if !nat::rewrite(pkt, flow, rw) {
+                    return Some((DROP, Reason::DropMalformed));
+                }
+                let (a, _) = send(pkt, e, fib);
                 (a, if a == DROP { Reason::DropInternal } else { Reason::FwdReply })
             }
-            None => {
-                nat::rewrite(pkt, flow, Side::Src, &rev.vip, rev.vport, false)?;
-                (PASS, Reason::PassNoEgress)
-            }
+            None => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoEgress),
         },
-        Fib::NoNeigh => {
-            nat::rewrite(pkt, flow, Side::Src, &rev.vip, rev.vport, false)?;
-            (PASS, Reason::PassNoNeigh)
-        }
-        Fib::FragNeeded => {
-            nat::rewrite(pkt, flow, Side::Src, &rev.vip, rev.vport, false)?;
-            (PASS, Reason::PassFragNeeded)
-        }
+        Fib::NoNeigh => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoNeigh),
+        Fib::FragNeeded => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassFragNeeded),
         Fib::Fail => (DROP, Reason::DropFibFail),
     };
     if out.0 == DROP {
@@ -264,6 +271,13 @@ fn reply(ctx: &XdpContext, pkt: &Packet, flow: &Flow, rev: &ReverseValue) -> Opt
         warn!(ctx, "failover: redirect of a reply failed");
     }
     Some(out)
+}
+
+/// A reply the kernel must forward: translated back, then passed.
+#[inline(always)]
+fn pass_reply_rewritten(pkt: &Packet, flow: &Flow, rw: &mut Rewrite, rev: &ReverseValue, r: Reason) -> (u32, Reason) {
+    *rw = Rewrite { addr: rev.vip, port: rev.vport, side: Side::Src, dec_ttl: false };
+    if nat::rewrite(pkt, flow, rw) { (PASS, r) } else { (DROP, Reason::DropMalformed) }
 }
 
 #[cfg(not(test))]

@@ -3,6 +3,7 @@
 //! `failover-common`, shared with userspace.
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
     btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -10,6 +11,8 @@ use failover_common::{
     BackendValue, Counter, EndpointKey, FlowKey, FlowValue, REASON_COUNT, ReverseValue,
     ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
+
+use crate::{nat::Rewrite, parse::Flow};
 
 const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
 const MAX_VIP_ADDRS: usize = defaults::MAX_VIP_ADDRS as usize;
@@ -66,6 +69,24 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats, MAX_SERVICES, NO_FLAGS> = Pe
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<Counter, MAX_BACKENDS, NO_FLAGS> = PerCpuArray::new();
+
+/// Per-CPU scratch space for what would not fit the 512-byte BPF stack:
+/// the parsed flow and the FIB lookup parameters of the packet being
+/// processed. XDP runs to completion on one CPU, so one slot per CPU is
+/// never shared.
+pub struct Scratch {
+    pub flow: Flow,
+    pub fib: FibParams,
+    /// Lookup keys built from the flow.
+    pub ep: EndpointKey,
+    pub vip: VipAddrKey,
+    pub ct: FlowKey,
+    /// The NAT rewrite to apply.
+    pub rw: Rewrite,
+}
+
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1, NO_FLAGS> = PerCpuArray::new();
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<u64, REASONS, NO_FLAGS> = PerCpuArray::new();

@@ -24,43 +24,56 @@ pub enum Side {
 #[inline(always)]
 pub fn ttl(pkt: &Packet, flow: &Flow) -> Option<u8> {
     if flow.key.family == FAMILY_V4 {
-        pkt.load::<u8>(flow.l3_off + offset_of!(Ipv4Hdr, ttl))
+        pkt.load::<u8>(flow.l3() + offset_of!(Ipv4Hdr, ttl))
     } else {
-        pkt.load::<u8>(flow.l3_off + offset_of!(Ipv6Hdr, hop_limit))
+        pkt.load::<u8>(flow.l3() + offset_of!(Ipv6Hdr, hop_limit))
     }
 }
 
-/// Rewrites the address and port of `side` to `addr`/`port`, patches the IP
-/// and L4 checksums, and decrements the TTL/hop limit when `dec_ttl` (the
-/// caller has checked it is > 1). `None` if the packet is shorter than the
-/// parser promised (then nothing useful was written; callers drop).
+/// A NAT rewrite: `side`'s address and port become `addr`/`port`.
+pub struct Rewrite {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub side: Side,
+    /// Decrement the TTL/hop limit (the caller checked it is > 1).
+    pub dec_ttl: bool,
+}
+
+/// Applies `rw` and patches the IP and L4 checksums. `false` if the packet
+/// is shorter than the parser promised (callers drop it). Not inlined: its
+/// checksum temporaries get their own stack frame.
+#[inline(never)]
+pub fn rewrite(pkt: &Packet, flow: &Flow, rw: &Rewrite) -> bool {
+    rewrite_inner(pkt, flow, rw.side, &rw.addr, rw.port, rw.dec_ttl).is_some()
+}
+
 #[inline(always)]
-pub fn rewrite(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [u8; 2], dec_ttl: bool) -> Option<()> {
+fn rewrite_inner(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [u8; 2], dec_ttl: bool) -> Option<()> {
     let (old_port, port_off) = match side {
-        Side::Src => (flow.key.sport, flow.l4_off),
-        Side::Dst => (flow.key.dport, flow.l4_off + 2),
+        Side::Src => (flow.key.sport, flow.l4()),
+        Side::Dst => (flow.key.dport, flow.l4() + 2),
     };
     let l4_check_off = match flow.key.proto {
-        PROTO_TCP => flow.l4_off + offset_of!(TcpHdr, check),
-        PROTO_UDP => flow.l4_off + offset_of!(UdpHdr, check),
+        PROTO_TCP => flow.l4() + offset_of!(TcpHdr, check),
+        PROTO_UDP => flow.l4() + offset_of!(UdpHdr, check),
         _ => return None,
     };
     let l4_check = u16::from_be_bytes(pkt.load::<[u8; 2]>(l4_check_off)?);
 
     let new_l4_check = if flow.key.family == FAMILY_V4 {
-        let addr_off = flow.l3_off
+        let addr_off = flow.l3()
             + match side {
                 Side::Src => offset_of!(Ipv4Hdr, src_addr),
                 Side::Dst => offset_of!(Ipv4Hdr, dst_addr),
             };
         let old: [u8; 4] = pkt.load(addr_off)?;
         let new = [addr[0], addr[1], addr[2], addr[3]];
-        let ip_check_off = flow.l3_off + offset_of!(Ipv4Hdr, check);
+        let ip_check_off = flow.l3() + offset_of!(Ipv4Hdr, check);
         let mut ip_check = u16::from_be_bytes(pkt.load::<[u8; 2]>(ip_check_off)?);
         ip_check = csum::replace(ip_check, &old, &new);
         if dec_ttl {
             // TTL shares a 16-bit word with the protocol.
-            let ttl_off = flow.l3_off + offset_of!(Ipv4Hdr, ttl);
+            let ttl_off = flow.l3() + offset_of!(Ipv4Hdr, ttl);
             let word: [u8; 2] = pkt.load(ttl_off)?;
             let dec = [word[0].wrapping_sub(1), word[1]];
             ip_check = csum::replace(ip_check, &word, &dec);
@@ -70,14 +83,14 @@ pub fn rewrite(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [u8
         pkt.store(addr_off, new)?;
         l4_update(flow.key.proto, l4_check, &old, &new, &old_port, &port)
     } else {
-        let addr_off = flow.l3_off
+        let addr_off = flow.l3()
             + match side {
                 Side::Src => offset_of!(Ipv6Hdr, src_addr),
                 Side::Dst => offset_of!(Ipv6Hdr, dst_addr),
             };
         let old: [u8; 16] = pkt.load(addr_off)?;
         if dec_ttl {
-            let hl_off = flow.l3_off + offset_of!(Ipv6Hdr, hop_limit);
+            let hl_off = flow.l3() + offset_of!(Ipv6Hdr, hop_limit);
             let hl: u8 = pkt.load(hl_off)?;
             pkt.store(hl_off, hl.wrapping_sub(1))?;
         }

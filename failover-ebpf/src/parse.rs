@@ -28,19 +28,24 @@ const IPPROTO_DSTOPTS: u8 = 60;
 const MAX_EXT_HEADERS: usize = 4;
 
 /// What parsing found out about a packet.
-pub enum Parsed {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// Not IPv4/IPv6, or the Ethernet header itself is truncated.
     NotIp,
-    /// An IP header that cannot be read or is invalid; `dst` is known if the
-    /// header was long enough to hold it.
-    BadIp { family: u8, dst: Option<[u8; 16]> },
+    /// An IP header that cannot be read or is invalid; `key.dst` is valid if
+    /// `dst_known`.
+    BadIp,
     /// A valid IP packet.
-    Ip(Flow),
+    Ip,
 }
 
-/// An IP packet's layout and 5-tuple. The tuple is kept in the conntrack key
+/// A packet's layout and 5-tuple. The tuple is kept in the conntrack key
 /// layout (addresses 16 bytes, IPv4 in the first four), so it is built once.
+/// Every field is always initialised (the verifier rejects reads of
+/// registers the compiler thought it could leave undefined).
 pub struct Flow {
+    pub kind: Kind,
+    pub dst_known: bool,
     /// family, protocol, addresses and ports (ports valid when `l4`).
     pub key: FlowKey,
     pub l3_off: usize,
@@ -54,122 +59,155 @@ pub struct Flow {
     pub l4_truncated: bool,
 }
 
-#[inline(always)]
-fn v4_to_16(a: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[0] = a[0];
-    out[1] = a[1];
-    out[2] = a[2];
-    out[3] = a[3];
-    out
+/// Every offset the parser produces is below this (Ethernet + VLAN + IPv6 +
+/// four extension headers of at most 2 KiB each is 8250), so masking with it
+/// loses nothing; it gives the verifier bounds for offsets read back from
+/// map memory, which it otherwise sees as unbounded.
+const OFF_MASK: usize = 0x3fff;
+
+impl Flow {
+    /// Offset of the IP header.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        self.l3_off & OFF_MASK
+    }
+
+    /// Offset of the L4 header.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        self.l4_off & OFF_MASK
+    }
+
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Self {
+            kind: Kind::NotIp,
+            dst_known: false,
+            key: FlowKey {
+                src: [0; 16],
+                dst: [0; 16],
+                sport: [0; 2],
+                dport: [0; 2],
+                proto: 0,
+                family: 0,
+                _pad: [0; 2],
+            },
+            l3_off: 0,
+            l4_off: 0,
+            fragment: false,
+            l4: false,
+            l4_truncated: false,
+        }
+    }
 }
 
 #[inline(always)]
-pub fn parse(pkt: &Packet) -> Parsed {
+fn copy4(dst: &mut [u8; 16], a: [u8; 4]) {
+    dst[0] = a[0];
+    dst[1] = a[1];
+    dst[2] = a[2];
+    dst[3] = a[3];
+}
+
+/// Fills `flow` (from [`Flow::new`]) from the packet.
+#[inline(always)]
+pub fn parse(pkt: &Packet, flow: &mut Flow) {
     let Some(mut ether_type) = pkt.load::<[u8; 2]>(offset_of!(EthHdr, ether_type)) else {
-        return Parsed::NotIp;
+        return;
     };
     let mut l3_off = size_of::<EthHdr>();
     let outer = u16::from_be_bytes(ether_type);
     if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
         // One tag: the inner EtherType follows the 2-byte TCI.
         let Some(inner) = pkt.load::<[u8; 2]>(l3_off + 2) else {
-            return Parsed::NotIp;
+            return;
         };
         ether_type = inner;
         l3_off += VLAN_HDR_LEN;
     }
+    flow.l3_off = l3_off;
     match u16::from_be_bytes(ether_type) {
-        ETH_P_IP => parse_v4(pkt, l3_off),
-        ETH_P_IPV6 => parse_v6(pkt, l3_off),
-        _ => Parsed::NotIp,
+        ETH_P_IP => parse_v4(pkt, flow),
+        ETH_P_IPV6 => parse_v6(pkt, flow),
+        _ => {}
     }
 }
 
 #[inline(always)]
-fn parse_v4(pkt: &Packet, l3_off: usize) -> Parsed {
+fn parse_v4(pkt: &Packet, flow: &mut Flow) {
+    let l3_off = flow.l3_off;
+    flow.kind = Kind::BadIp;
+    flow.key.family = FAMILY_V4;
+    if let Some(d) = pkt.load::<[u8; 4]>(l3_off + offset_of!(Ipv4Hdr, dst_addr)) {
+        copy4(&mut flow.key.dst, d);
+        flow.dst_known = true;
+    }
     let Some(ip) = pkt.load::<Ipv4Hdr>(l3_off) else {
-        let dst = pkt
-            .load::<[u8; 4]>(l3_off + offset_of!(Ipv4Hdr, dst_addr))
-            .map(v4_to_16);
-        return Parsed::BadIp { family: FAMILY_V4, dst };
+        return;
     };
-    let dst = v4_to_16(ip.dst_addr);
     let ihl = (ip.vihl & 0x0f) as usize * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     if ip.vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3_off + tot_len > pkt.len() {
-        return Parsed::BadIp { family: FAMILY_V4, dst: Some(dst) };
+        return;
     }
-    let frags = u16::from_be_bytes(ip.frags);
+    flow.kind = Kind::Ip;
+    copy4(&mut flow.key.src, ip.src_addr);
+    flow.key.proto = ip.proto;
+    flow.l4_off = l3_off + ihl;
     // MF flag or a non-zero fragment offset.
-    let fragment = frags & 0x3fff != 0;
-    let mut flow = Flow {
-        key: FlowKey {
-            src: v4_to_16(ip.src_addr),
-            dst,
-            sport: [0; 2],
-            dport: [0; 2],
-            proto: ip.proto,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        },
-        l3_off,
-        l4_off: l3_off + ihl,
-        fragment,
-        l4: false,
-        l4_truncated: false,
-    };
-    if !fragment {
-        parse_l4(pkt, &mut flow);
+    flow.fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
+    if !flow.fragment {
+        parse_l4(pkt, flow);
     }
-    Parsed::Ip(flow)
 }
 
 #[inline(always)]
-fn parse_v6(pkt: &Packet, l3_off: usize) -> Parsed {
+fn parse_v6(pkt: &Packet, flow: &mut Flow) {
+    let l3_off = flow.l3_off;
+    flow.kind = Kind::BadIp;
+    flow.key.family = FAMILY_V6;
     // Field by field: copying the whole 40-byte header costs BPF stack.
-    let dst = pkt.load::<[u8; 16]>(l3_off + offset_of!(Ipv6Hdr, dst_addr));
-    let (Some(dst), Some(src), Some(first), Some(plen), Some(next)) = (
-        dst,
+    if let Some(d) = pkt.load::<[u8; 16]>(l3_off + offset_of!(Ipv6Hdr, dst_addr)) {
+        flow.key.dst = d;
+        flow.dst_known = true;
+    } else {
+        return;
+    }
+    let (Some(src), Some(first), Some(plen), Some(next)) = (
         pkt.load::<[u8; 16]>(l3_off + offset_of!(Ipv6Hdr, src_addr)),
         pkt.load::<u8>(l3_off),
         pkt.load::<[u8; 2]>(l3_off + offset_of!(Ipv6Hdr, payload_len)),
         pkt.load::<u8>(l3_off + offset_of!(Ipv6Hdr, next_hdr)),
     ) else {
-        return Parsed::BadIp { family: FAMILY_V6, dst };
+        return;
     };
     let payload_len = u16::from_be_bytes(plen) as usize;
     if first >> 4 != 6 || l3_off + size_of::<Ipv6Hdr>() + payload_len > pkt.len() {
-        return Parsed::BadIp { family: FAMILY_V6, dst: Some(dst) };
+        return;
     }
-    let mut flow = Flow {
-        key: FlowKey { src, dst, sport: [0; 2], dport: [0; 2], proto: next, family: FAMILY_V6, _pad: [0; 2] },
-        l3_off,
-        l4_off: l3_off + size_of::<Ipv6Hdr>(),
-        fragment: false,
-        l4: false,
-        l4_truncated: false,
-    };
+    flow.kind = Kind::Ip;
+    flow.key.src = src;
+    flow.key.proto = next;
+    flow.l4_off = l3_off + size_of::<Ipv6Hdr>();
     // Bounded walk over the extension headers that may precede L4.
     for _ in 0..MAX_EXT_HEADERS {
         match flow.key.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let Some(ext) = pkt.load::<[u8; 2]>(flow.l4_off) else {
                     flow.l4_truncated = true;
-                    return Parsed::Ip(flow);
+                    return;
                 };
                 flow.key.proto = ext[0];
                 flow.l4_off += (ext[1] as usize + 1) * 8;
             }
             IPPROTO_FRAGMENT => {
                 flow.fragment = true;
-                return Parsed::Ip(flow);
+                return;
             }
             _ => break,
         }
     }
-    parse_l4(pkt, &mut flow);
-    Parsed::Ip(flow)
+    parse_l4(pkt, flow);
 }
 
 #[inline(always)]

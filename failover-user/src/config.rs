@@ -359,16 +359,31 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("{name:?} is not a valid interface name (1-15 characters, no '/', ':' or spaces)"),
             );
         } else if !seen_if.insert(name) {
-            errs.push(format!("daemon.interfaces[{i}]"), format!("{name:?} is listed twice"));
+            errs.push(
+                format!("daemon.interfaces[{i}]"),
+                format!("{name:?} is listed twice"),
+            );
         }
     }
-    let bpffs = raw.daemon.bpffs.unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
+    let bpffs = raw
+        .daemon
+        .bpffs
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
     if !bpffs.is_absolute() {
-        errs.push("daemon.bpffs", format!("{} must be an absolute path", bpffs.display()));
+        errs.push(
+            "daemon.bpffs",
+            format!("{} must be an absolute path", bpffs.display()),
+        );
     }
-    let state_dir = raw.daemon.state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let state_dir = raw
+        .daemon
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     if !state_dir.is_absolute() {
-        errs.push("daemon.state_dir", format!("{} must be an absolute path", state_dir.display()));
+        errs.push(
+            "daemon.state_dir",
+            format!("{} must be an absolute path", state_dir.display()),
+        );
     }
 
     // [limits]
@@ -377,14 +392,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         match v {
             None => default,
             Some(v) if v < min || v > max => {
-                errs.push(format!("limits.{field}"), format!("{v} is out of range {min}..={max}"));
+                errs.push(
+                    format!("limits.{field}"),
+                    format!("{v} is out of range {min}..={max}"),
+                );
                 default
             }
             Some(v) => v,
         }
     };
     let limits = Limits {
-        max_services: limit("max_services", raw.limits.max_services, d.max_services, 1, 1 << 16),
+        max_services: limit(
+            "max_services",
+            raw.limits.max_services,
+            d.max_services,
+            1,
+            1 << 16,
+        ),
         max_vip_addresses: limit(
             "max_vip_addresses",
             raw.limits.max_vip_addresses,
@@ -394,7 +418,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ),
         // Two tables of ~128 KiB per tier: 4096 tiers is already 1 GiB.
         max_tiers: limit("max_tiers", raw.limits.max_tiers, d.max_tiers, 1, 4096),
-        max_backends: limit("max_backends", raw.limits.max_backends, d.max_backends, 1, 1 << 20),
+        max_backends: limit(
+            "max_backends",
+            raw.limits.max_backends,
+            d.max_backends,
+            1,
+            1 << 20,
+        ),
         conntrack_entries: limit(
             "conntrack_entries",
             raw.limits.conntrack_entries,
@@ -416,22 +446,40 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     for (si, s) in raw.services.into_iter().enumerate() {
         let p = format!("service[{si}]");
-        if s.name.is_empty() || s.name.len() > 64 || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            errs.push(format!("{p}.name"), format!("{:?}: use 1-64 characters of [A-Za-z0-9._-]", s.name));
+        if s.name.is_empty()
+            || s.name.len() > 64
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            errs.push(
+                format!("{p}.name"),
+                format!("{:?}: use 1-64 characters of [A-Za-z0-9._-]", s.name),
+            );
         } else if let Some(prev) = names.insert(s.name.clone(), si) {
-            errs.push(format!("{p}.name"), format!("{:?} is already the name of service[{prev}]", s.name));
+            errs.push(
+                format!("{p}.name"),
+                format!("{:?} is already the name of service[{prev}]", s.name),
+            );
         }
         let vip: Option<IpAddr> = match s.vip.parse() {
             Ok(ip) => Some(ip),
             Err(_) => {
-                errs.push(format!("{p}.vip"), format!("{:?} is not an IP address", s.vip));
+                errs.push(
+                    format!("{p}.vip"),
+                    format!("{:?} is not an IP address", s.vip),
+                );
                 None
             }
         };
         if let Some(ip) = vip
             && (ip.is_unspecified() || ip.is_multicast() || ip.is_loopback())
         {
-            errs.push(format!("{p}.vip"), format!("{ip} cannot be a VIP (unspecified, multicast or loopback)"));
+            errs.push(
+                format!("{p}.vip"),
+                format!("{ip} cannot be a VIP (unspecified, multicast or loopback)"),
+            );
         }
         if s.port == 0 {
             errs.push(format!("{p}.port"), "must be 1-65535");
@@ -441,7 +489,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             if let Some(prev) = endpoints.insert((ip, s.port, s.protocol), si) {
                 errs.push(
                     format!("{p}.vip"),
-                    format!("{ip} port {} {} is already service[{prev}]", s.port, s.protocol),
+                    format!(
+                        "{ip} port {} {} is already service[{prev}]",
+                        s.port, s.protocol
+                    ),
                 );
             }
         }
@@ -449,7 +500,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         if !maglev::is_prime(table_size) || table_size > maglev::MAX_TABLE_SIZE || table_size < 7 {
             errs.push(
                 format!("{p}.table_size"),
-                format!("{table_size} must be a prime between 7 and {}", maglev::MAX_TABLE_SIZE),
+                format!(
+                    "{table_size} must be a prime between 7 and {}",
+                    maglev::MAX_TABLE_SIZE
+                ),
             );
         }
 
@@ -458,19 +512,37 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let mut bnames = HashMap::new();
         let mut bkeys = HashMap::new();
         if s.backends.is_empty() {
-            errs.push(format!("{p}.backend"), "a service needs at least one backend");
+            errs.push(
+                format!("{p}.backend"),
+                "a service needs at least one backend",
+            );
         }
         for (bi, b) in s.backends.into_iter().enumerate() {
             let bp = format!("{p}.backend[{bi}]");
-            if b.name.is_empty() || b.name.len() > 64 || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                errs.push(format!("{bp}.name"), format!("{:?}: use 1-64 characters of [A-Za-z0-9._-]", b.name));
+            if b.name.is_empty()
+                || b.name.len() > 64
+                || !b
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                errs.push(
+                    format!("{bp}.name"),
+                    format!("{:?}: use 1-64 characters of [A-Za-z0-9._-]", b.name),
+                );
             } else if let Some(prev) = bnames.insert(b.name.clone(), bi) {
-                errs.push(format!("{bp}.name"), format!("{:?} is already the name of backend[{prev}]", b.name));
+                errs.push(
+                    format!("{bp}.name"),
+                    format!("{:?} is already the name of backend[{prev}]", b.name),
+                );
             }
             let address: Option<IpAddr> = match b.address.parse() {
                 Ok(ip) => Some(ip),
                 Err(_) => {
-                    errs.push(format!("{bp}.address"), format!("{:?} is not an IP address", b.address));
+                    errs.push(
+                        format!("{bp}.address"),
+                        format!("{:?} is not an IP address", b.address),
+                    );
                     None
                 }
             };
@@ -480,14 +552,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 errs.push(format!("{bp}.port"), "must be 1-65535");
             }
             if b.weight == 0 || b.weight > 1000 {
-                errs.push(format!("{bp}.weight"), format!("{} must be 1-1000", b.weight));
+                errs.push(
+                    format!("{bp}.weight"),
+                    format!("{} must be 1-1000", b.weight),
+                );
             }
             if b.tier as usize >= MAX_TIERS {
-                errs.push(format!("{bp}.tier"), format!("{} must be below {MAX_TIERS}", b.tier));
+                errs.push(
+                    format!("{bp}.tier"),
+                    format!("{} must be below {MAX_TIERS}", b.tier),
+                );
             }
             let Some(address) = address else { continue };
             if address.is_unspecified() || address.is_multicast() {
-                errs.push(format!("{bp}.address"), format!("{address} is not a unicast address"));
+                errs.push(
+                    format!("{bp}.address"),
+                    format!("{address} is not a unicast address"),
+                );
             }
             if let Some(v) = vip
                 && v.is_ipv4() != address.is_ipv4()
@@ -498,7 +579,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 );
             }
             if let Some(prev) = bkeys.insert((address, port), bi) {
-                errs.push(format!("{bp}.address"), format!("{address} port {port} is already backend[{prev}]"));
+                errs.push(
+                    format!("{bp}.address"),
+                    format!("{address} port {port} is already backend[{prev}]"),
+                );
             }
             if s.mode == Mode::Nat
                 && let Some(prev) = nat_backends.insert((address, port, s.protocol), si)
@@ -525,7 +609,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             if members.len() > MAX_TIER_MEMBERS {
                 errs.push(
                     format!("{p}.backend"),
-                    format!("tier {tier} has {} backends, at most {MAX_TIER_MEMBERS} per tier", members.len()),
+                    format!(
+                        "tier {tier} has {} backends, at most {MAX_TIER_MEMBERS} per tier",
+                        members.len()
+                    ),
                 );
             }
         }
@@ -546,19 +633,42 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     if services.len() as u32 > limits.max_services {
-        errs.push("service", format!("{} services, limits.max_services is {}", services.len(), limits.max_services));
+        errs.push(
+            "service",
+            format!(
+                "{} services, limits.max_services is {}",
+                services.len(),
+                limits.max_services
+            ),
+        );
     }
     if vip_addrs.len() as u32 > limits.max_vip_addresses {
         errs.push(
             "service",
-            format!("{} VIP addresses, limits.max_vip_addresses is {}", vip_addrs.len(), limits.max_vip_addresses),
+            format!(
+                "{} VIP addresses, limits.max_vip_addresses is {}",
+                vip_addrs.len(),
+                limits.max_vip_addresses
+            ),
         );
     }
     if total_tiers > limits.max_tiers {
-        errs.push("service", format!("{total_tiers} tiers in all, limits.max_tiers is {}", limits.max_tiers));
+        errs.push(
+            "service",
+            format!(
+                "{total_tiers} tiers in all, limits.max_tiers is {}",
+                limits.max_tiers
+            ),
+        );
     }
     if total_backends > limits.max_backends {
-        errs.push("service", format!("{total_backends} backends in all, limits.max_backends is {}", limits.max_backends));
+        errs.push(
+            "service",
+            format!(
+                "{total_backends} backends in all, limits.max_backends is {}",
+                limits.max_backends
+            ),
+        );
     }
 
     if !errs.0.is_empty() {
@@ -641,7 +751,10 @@ address = "2001:db8:1::2"
         assert_eq!(web.tiers[0][0].port, 8080);
         let dns = &c.services[1];
         assert_eq!(dns.mode, Mode::Dsr);
-        assert_eq!(dns.tiers[0][0].port, 53, "backend port defaults to the service port");
+        assert_eq!(
+            dns.tiers[0][0].port, 53,
+            "backend port defaults to the service port"
+        );
         assert_eq!(dns.on_no_backend, NoBackend::Pass);
         assert_eq!(dns.table_size, 251);
     }
@@ -705,7 +818,10 @@ address = "198.18.1.2"
             "service[1].backend[0].address: 198.18.1.2 is not of the VIP's address family",
         ];
         for want in expect {
-            assert!(e.iter().any(|got| got.starts_with(want)), "missing {want:?} in {e:#?}");
+            assert!(
+                e.iter().any(|got| got.starts_with(want)),
+                "missing {want:?} in {e:#?}"
+            );
         }
         assert_eq!(e.len(), expect.len(), "unexpected extra errors: {e:#?}");
     }
@@ -716,34 +832,71 @@ address = "198.18.1.2"
             "{GOOD}\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\n[[service.backend]]\nname = \"p\"\naddress = \"198.18.1.2\"\nport = 8080\n"
         );
         let e = errors(&text);
-        assert!(e.iter().any(|m| m.starts_with("service[2].name: \"web\" is already the name of service[0]")), "{e:#?}");
-        assert!(e.iter().any(|m| m.starts_with("service[2].vip: 198.18.0.10 port 80 tcp is already service[0]")), "{e:#?}");
+        assert!(
+            e.iter().any(
+                |m| m.starts_with("service[2].name: \"web\" is already the name of service[0]")
+            ),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m
+                    .starts_with("service[2].vip: 198.18.0.10 port 80 tcp is already service[0]")),
+            "{e:#?}"
+        );
         assert!(e.iter().any(|m| m.starts_with("service[2].backend[0].address: 198.18.1.2 port 8080 tcp is also a NAT backend of service[0]")), "{e:#?}");
     }
 
     #[test]
     fn unknown_fields_and_bad_enums_are_syntax_errors() {
-        let e = parse("[daemon]\ninterface = [\"x\"]\n", "f.toml").unwrap_err().to_string();
-        assert!(e.contains("f.toml: invalid TOML") && e.contains("unknown field `interface`"), "{e}");
-        let e = parse("[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=1\nmode=\"tunnel\"\n", "f.toml")
+        let e = parse("[daemon]\ninterface = [\"x\"]\n", "f.toml")
             .unwrap_err()
             .to_string();
+        assert!(
+            e.contains("f.toml: invalid TOML") && e.contains("unknown field `interface`"),
+            "{e}"
+        );
+        let e = parse(
+            "[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=1\nmode=\"tunnel\"\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown variant `tunnel`"), "{e}");
-        let e = parse("[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=70000\n", "f.toml").unwrap_err().to_string();
+        let e = parse(
+            "[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=70000\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("invalid TOML"), "{e}");
     }
 
     #[test]
     fn limits_are_enforced() {
-        let text = format!("[limits]\nmax_services = 1\nmax_backends = 2\n{}", GOOD.replace("[daemon]\ninterfaces = [\"lb0\", \"lb1\"]\n", ""));
+        let text = format!(
+            "[limits]\nmax_services = 1\nmax_backends = 2\n{}",
+            GOOD.replace("[daemon]\ninterfaces = [\"lb0\", \"lb1\"]\n", "")
+        );
         let e = errors(&text);
-        assert!(e.iter().any(|m| m == "service: 2 services, limits.max_services is 1"), "{e:#?}");
-        assert!(e.iter().any(|m| m == "service: 3 backends in all, limits.max_backends is 2"), "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|m| m == "service: 2 services, limits.max_services is 1"),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m == "service: 3 backends in all, limits.max_backends is 2"),
+            "{e:#?}"
+        );
     }
 
     #[test]
     fn service_without_backends() {
         let e = errors("[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=1\n");
-        assert_eq!(e, ["service[0].backend: a service needs at least one backend"]);
+        assert_eq!(
+            e,
+            ["service[0].backend: a service needs at least one backend"]
+        );
     }
 }

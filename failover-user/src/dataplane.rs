@@ -11,15 +11,16 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData},
+    maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
 use failover_common::{
-    BackendValue, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, MAX_TIER_MEMBERS,
-    MODE_DSR, MODE_NAT, ReverseValue, STATE_DOWN, ServiceValue, TableValue, VipAddrKey, map_names,
+    BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, FlowKey,
+    FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, ReverseValue, STATE_DOWN, ServiceStats,
+    ServiceValue, TableValue, VipAddrKey, map_names,
 };
 use tracing::{info, warn};
 
@@ -105,8 +106,12 @@ impl Dataplane {
             .context("the eBPF object has no `failover` program")?
             .try_into()
             .context("the `failover` program is not an XDP program")?;
-        prog.load().context("the kernel refused the XDP program (verifier)")?;
-        Ok(Self { ebpf, pin_dir: pin_dir.map(Path::to_path_buf) })
+        prog.load()
+            .context("the kernel refused the XDP program (verifier)")?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -141,7 +146,9 @@ impl Dataplane {
                 // it down so ours can go up.
                 let old = PinnedLink::from_pin(&path)
                     .with_context(|| format!("opening the pinned link {}", path.display()))?;
-                let old = old.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+                let old = old
+                    .unpin()
+                    .with_context(|| format!("unpinning {}", path.display()))?;
                 drop(old);
                 info!(iface, "replaced the XDP link left by a previous run");
             }
@@ -171,26 +178,39 @@ impl Dataplane {
             },
         };
         if let Some(dir) = self.pin_dir.clone() {
-            let link = self.program_mut()?.take_link(link_id).context("taking the XDP link")?;
+            let link = self
+                .program_mut()?
+                .take_link(link_id)
+                .context("taking the XDP link")?;
             let fd: FdLink = link
                 .try_into()
                 .context("the kernel attached XDP without a bpf_link (kernel too old to pin it)")?;
             let path = link_pin_path(&dir, iface);
-            fd.pin(&path).with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            fd.pin(&path)
+                .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
         }
+        self.allow_egress(iface)?;
+        info!(iface, ifindex, mode = ?how, "XDP program attached");
+        Ok(how)
+    }
+
+    /// Adds `iface` to the devmap: the program may redirect frames to it.
+    pub fn allow_egress(&mut self, iface: &str) -> anyhow::Result<()> {
+        let ifindex = ifindex(iface)?;
         let mut devmap: DevMapHash<&mut MapData> = self.map_mut(map_names::DEVMAP)?;
         devmap
             .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding {iface} (ifindex {ifindex}) to the devmap"))?;
-        info!(iface, ifindex, mode = ?how, "XDP program attached");
-        Ok(how)
+            .with_context(|| format!("adding {iface} (ifindex {ifindex}) to the devmap"))
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the program"))?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("map {name} missing from the program"))?;
         T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
     }
 
@@ -201,14 +221,21 @@ impl Dataplane {
     pub fn apply(&mut self, cfg: &Config, layout: &Layout) -> anyhow::Result<()> {
         let mut live_backends = HashSet::new();
         {
-            let mut backends: Array<&mut MapData, BackendValue> = self.map_mut(map_names::BACKENDS)?;
+            let mut backends: Array<&mut MapData, BackendValue> =
+                self.map_mut(map_names::BACKENDS)?;
             for (s, sl) in cfg.services.iter().zip(&layout.services) {
                 for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
                     let (addr, family) = addr16(b.address);
-                    let v = BackendValue { addr, port: b.port.to_be_bytes(), family, _pad: 0, service_id: sl.id };
-                    backends
-                        .set(bl.id, v, 0)
-                        .with_context(|| format!("writing backend {}/{} (slot {})", s.name, b.name, bl.id))?;
+                    let v = BackendValue {
+                        addr,
+                        port: b.port.to_be_bytes(),
+                        family,
+                        _pad: 0,
+                        service_id: sl.id,
+                    };
+                    backends.set(bl.id, v, 0).with_context(|| {
+                        format!("writing backend {}/{} (slot {})", s.name, b.name, bl.id)
+                    })?;
                     live_backends.insert(bl.id);
                 }
             }
@@ -224,17 +251,27 @@ impl Dataplane {
             }
             // Slots no longer in the config: down, so pinned flows move off.
             for id in 0..state.len() {
-                if !live_backends.contains(&id) && state.get(&id, 0).context("reading BACKEND_STATE")? != STATE_DOWN {
-                    state.set(id, STATE_DOWN, 0).context("clearing a stale backend state")?;
+                if !live_backends.contains(&id)
+                    && state.get(&id, 0).context("reading BACKEND_STATE")? != STATE_DOWN
+                {
+                    state
+                        .set(id, STATE_DOWN, 0)
+                        .context("clearing a stale backend state")?;
                 }
             }
         }
         for (s, sl) in cfg.services.iter().zip(&layout.services) {
             for (ti, (tier, tl)) in s.tiers.iter().zip(&sl.tiers).enumerate() {
-                let members: Vec<maglev::Member> =
-                    tier.iter().map(|b| maglev::Member { key: b.key(), weight: b.weight }).collect();
-                let entries = maglev::build(&members, s.table_size)
-                    .with_context(|| format!("building the Maglev table of {} tier {ti}", s.name))?;
+                let members: Vec<maglev::Member> = tier
+                    .iter()
+                    .map(|b| maglev::Member {
+                        key: b.key(),
+                        weight: b.weight,
+                    })
+                    .collect();
+                let entries = maglev::build(&members, s.table_size).with_context(|| {
+                    format!("building the Maglev table of {} tier {ti}", s.name)
+                })?;
                 let ids: Vec<u32> = tl.iter().map(|b| b.id).collect();
                 self.write_table(sl.first_tier + ti as u32, s.table_size, &ids, &entries)
                     .with_context(|| format!("writing the table of {} tier {ti}", s.name))?;
@@ -242,7 +279,8 @@ impl Dataplane {
         }
         let mut reverse_keys = HashSet::new();
         {
-            let mut reverse: BpfHashMap<&mut MapData, EndpointKey, ReverseValue> = self.map_mut(map_names::REVERSE)?;
+            let mut reverse: BpfHashMap<&mut MapData, EndpointKey, ReverseValue> =
+                self.map_mut(map_names::REVERSE)?;
             for (s, sl) in cfg.services.iter().zip(&layout.services) {
                 if s.mode != Mode::Nat {
                     continue;
@@ -250,7 +288,12 @@ impl Dataplane {
                 let (vip, _) = addr16(s.vip);
                 for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
                     let (addr, family) = addr16(b.address);
-                    let k = EndpointKey { addr, port: b.port.to_be_bytes(), proto: s.protocol.number(), family };
+                    let k = EndpointKey {
+                        addr,
+                        port: b.port.to_be_bytes(),
+                        proto: s.protocol.number(),
+                        family,
+                    };
                     let v = ReverseValue {
                         vip,
                         vport: s.port.to_be_bytes(),
@@ -258,7 +301,9 @@ impl Dataplane {
                         service_id: sl.id,
                         backend_id: bl.id,
                     };
-                    reverse.insert(k, v, 0).with_context(|| format!("writing the reply entry of {}/{}", s.name, b.name))?;
+                    reverse.insert(k, v, 0).with_context(|| {
+                        format!("writing the reply entry of {}/{}", s.name, b.name)
+                    })?;
                     reverse_keys.insert(k);
                 }
             }
@@ -266,20 +311,32 @@ impl Dataplane {
         }
         let mut vip_keys = HashSet::new();
         {
-            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> = self.map_mut(map_names::VIP_ADDRS)?;
+            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> =
+                self.map_mut(map_names::VIP_ADDRS)?;
             for s in &cfg.services {
                 let (addr, family) = addr16(s.vip);
-                let k = VipAddrKey { addr, family, _pad: [0; 3] };
-                vips.insert(k, 1, 0).with_context(|| format!("writing VIP address {}", s.vip))?;
+                let k = VipAddrKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                };
+                vips.insert(k, 1, 0)
+                    .with_context(|| format!("writing VIP address {}", s.vip))?;
                 vip_keys.insert(k);
             }
         }
         let mut svc_keys = HashSet::new();
         {
-            let mut services: BpfHashMap<&mut MapData, EndpointKey, ServiceValue> = self.map_mut(map_names::SERVICES)?;
+            let mut services: BpfHashMap<&mut MapData, EndpointKey, ServiceValue> =
+                self.map_mut(map_names::SERVICES)?;
             for (s, sl) in cfg.services.iter().zip(&layout.services) {
                 let (addr, family) = addr16(s.vip);
-                let k = EndpointKey { addr, port: s.port.to_be_bytes(), proto: s.protocol.number(), family };
+                let k = EndpointKey {
+                    addr,
+                    port: s.port.to_be_bytes(),
+                    proto: s.protocol.number(),
+                    family,
+                };
                 let mut flags = match s.mode {
                     Mode::Nat => MODE_NAT,
                     Mode::Dsr => MODE_DSR,
@@ -287,14 +344,22 @@ impl Dataplane {
                 if s.on_no_backend == NoBackend::Pass {
                     flags |= FLAG_NO_BACKEND_PASS;
                 }
-                let v = ServiceValue { id: sl.id, flags, first_tier: sl.first_tier, tier_count: sl.tiers.len() as u32 };
-                services.insert(k, v, 0).with_context(|| format!("writing service {}", s.name))?;
+                let v = ServiceValue {
+                    id: sl.id,
+                    flags,
+                    first_tier: sl.first_tier,
+                    tier_count: sl.tiers.len() as u32,
+                };
+                services
+                    .insert(k, v, 0)
+                    .with_context(|| format!("writing service {}", s.name))?;
                 svc_keys.insert(k);
             }
             remove_stale(&mut services, &svc_keys).context("pruning SERVICES")?;
         }
         {
-            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> = self.map_mut(map_names::VIP_ADDRS)?;
+            let mut vips: BpfHashMap<&mut MapData, VipAddrKey, u32> =
+                self.map_mut(map_names::VIP_ADDRS)?;
             remove_stale(&mut vips, &vip_keys).context("pruning VIP_ADDRS")?;
         }
         Ok(())
@@ -302,7 +367,13 @@ impl Dataplane {
 
     /// Writes one tier's table into its inactive half, then flips the tier
     /// to it with a single 4-byte map write.
-    pub fn write_table(&mut self, tier: u32, size: u32, members: &[u32], entries: &[u16]) -> anyhow::Result<()> {
+    pub fn write_table(
+        &mut self,
+        tier: u32,
+        size: u32,
+        members: &[u32],
+        entries: &[u16],
+    ) -> anyhow::Result<()> {
         if members.len() > MAX_TIER_MEMBERS {
             bail!("{} members, at most {MAX_TIER_MEMBERS}", members.len());
         }
@@ -317,7 +388,9 @@ impl Dataplane {
             .copy_from_slice(entries);
         let active = {
             let act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
-            act.get(&tier, 0).with_context(|| format!("reading TIER_ACTIVE[{tier}]"))? & 1
+            act.get(&tier, 0)
+                .with_context(|| format!("reading TIER_ACTIVE[{tier}]"))?
+                & 1
         };
         let next = 1 - active;
         {
@@ -327,15 +400,63 @@ impl Dataplane {
                 .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;
         }
         let mut act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
-        act.set(tier, next, 0).with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))?;
+        act.set(tier, next, 0)
+            .with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))?;
         Ok(())
+    }
+
+    /// Every reason counter, summed over CPUs, indexed by `Reason as usize`.
+    pub fn reason_counts(&mut self) -> anyhow::Result<Vec<u64>> {
+        let a: PerCpuArray<&mut MapData, u64> = self.map_mut(map_names::REASON_STATS)?;
+        (0..failover_common::REASON_COUNT)
+            .map(|i| Ok(a.get(&i, 0).context("reading REASON_STATS")?.iter().sum()))
+            .collect()
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn service_stats(&mut self, id: u32) -> anyhow::Result<ServiceStats> {
+        let a: PerCpuArray<&mut MapData, ServiceStats> = self.map_mut(map_names::SERVICE_STATS)?;
+        let mut t = ServiceStats::default();
+        for s in a.get(&id, 0).context("reading SERVICE_STATS")?.iter() {
+            for (d, x) in [
+                (&mut t.fwd, s.fwd),
+                (&mut t.reply, s.reply),
+                (&mut t.dropped, s.dropped),
+            ] {
+                d.packets += x.packets;
+                d.bytes += x.bytes;
+            }
+        }
+        Ok(t)
+    }
+
+    /// A backend's counters, summed over CPUs.
+    pub fn backend_stats(&mut self, id: u32) -> anyhow::Result<Counter> {
+        let a: PerCpuArray<&mut MapData, Counter> = self.map_mut(map_names::BACKEND_STATS)?;
+        let mut t = Counter::default();
+        for c in a.get(&id, 0).context("reading BACKEND_STATS")?.iter() {
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+        }
+        Ok(t)
+    }
+
+    /// The conntrack entry of a flow, if any.
+    pub fn flow(&mut self, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
+        let m: BpfHashMap<&mut MapData, FlowKey, FlowValue> = self.map_mut(map_names::CONNTRACK)?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading CONNTRACK"),
+        }
     }
 
     /// Sets one backend's state word: the single map write that moves
     /// traffic on the next packet.
     pub fn set_state(&mut self, backend_id: u32, state: u32) -> anyhow::Result<()> {
         let mut a: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
-        a.set(backend_id, state, 0).with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+        a.set(backend_id, state, 0)
+            .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
     }
 }
 
@@ -361,16 +482,22 @@ fn remove_stale<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
 pub fn set_pinned_state(pin_dir: &Path, backend_id: u32, state: u32) -> anyhow::Result<()> {
     let path = map_pin_path(pin_dir, map_names::BACKEND_STATE);
     let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening {} (is the daemon running with this bpffs directory, and are you root?)", path.display())
+        format!(
+            "opening {} (is the daemon running with this bpffs directory, and are you root?)",
+            path.display()
+        )
     })?;
     let mut map = aya::maps::Map::Array(data);
-    let mut a: Array<&mut MapData, u32> = Array::try_from(&mut map).context("BACKEND_STATE has an unexpected type")?;
-    a.set(backend_id, state, 0).with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+    let mut a: Array<&mut MapData, u32> =
+        Array::try_from(&mut map).context("BACKEND_STATE has an unexpected type")?;
+    a.set(backend_id, state, 0)
+        .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
 }
 
 /// The ifindex of `iface` in the current network namespace.
 pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
-    let name = std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
+    let name =
+        std::ffi::CString::new(iface).with_context(|| format!("bad interface name {iface:?}"))?;
     // SAFETY: `name` is a valid NUL-terminated string for the call.
     let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if idx == 0 {

@@ -62,7 +62,12 @@ struct Ids {
 
 impl Ids {
     fn new(limit: u32, what: &'static str, retired: BTreeSet<u32>) -> Self {
-        Self { used: BTreeSet::new(), retired, limit, what }
+        Self {
+            used: BTreeSet::new(),
+            retired,
+            limit,
+            what,
+        }
     }
     fn claim(&mut self, id: u32) -> bool {
         id < self.limit && self.used.insert(id)
@@ -72,7 +77,10 @@ impl Ids {
         let id = (0..self.limit)
             .find(|i| free(i) && !self.retired.contains(i))
             .or_else(|| (0..self.limit).find(free))
-            .ok_or(LayoutError::Full { what: self.what, limit: self.limit })?;
+            .ok_or(LayoutError::Full {
+                what: self.what,
+                limit: self.limit,
+            })?;
         self.used.insert(id);
         Ok(id)
     }
@@ -84,7 +92,11 @@ impl Layout {
     pub fn assign(cfg: &Config, prev: Option<&Layout>) -> Result<Layout, LayoutError> {
         let prev_services = prev.map(|p| p.services.as_slice()).unwrap_or_default();
         let old_svc_ids = prev_services.iter().map(|s| s.id).collect();
-        let old_backend_ids = prev_services.iter().flat_map(|s| s.tiers.iter().flatten()).map(|b| b.id).collect();
+        let old_backend_ids = prev_services
+            .iter()
+            .flat_map(|s| s.tiers.iter().flatten())
+            .map(|b| b.id)
+            .collect();
         let mut svc_ids = Ids::new(cfg.limits.max_services, "service", old_svc_ids);
         let mut backend_ids = Ids::new(cfg.limits.max_backends, "backend", old_backend_ids);
         let mut prev_svc: HashMap<&str, u32> = HashMap::new();
@@ -130,14 +142,22 @@ impl Layout {
                         Some(&id) => id,
                         None => backend_ids.next()?,
                     };
-                    members.push(BackendLayout { name: b.name.clone(), id: bid, address: b.address, port: b.port });
+                    members.push(BackendLayout {
+                        name: b.name.clone(),
+                        id: bid,
+                        address: b.address,
+                        port: b.port,
+                    });
                 }
                 tiers.push(members);
             }
             let first_tier = next_tier;
             next_tier += tiers.len() as u32;
             if next_tier > cfg.limits.max_tiers {
-                return Err(LayoutError::Full { what: "tier", limit: cfg.limits.max_tiers });
+                return Err(LayoutError::Full {
+                    what: "tier",
+                    limit: cfg.limits.max_tiers,
+                });
             }
             services.push(ServiceLayout {
                 name: s.name.clone(),
@@ -159,13 +179,19 @@ impl Layout {
 
     /// The backend id of `service`/`backend`.
     pub fn backend_id(&self, service: &str, backend: &str) -> Option<u32> {
-        self.service(service)?.tiers.iter().flatten().find(|b| b.name == backend).map(|b| b.id)
+        self.service(service)?
+            .tiers
+            .iter()
+            .flatten()
+            .find(|b| b.name == backend)
+            .map(|b| b.id)
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Option<Layout>> {
         match std::fs::read(path) {
             Ok(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("parsing {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -175,7 +201,9 @@ impl Layout {
     /// Writes the layout atomically (temp file + rename), mode 0600.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let dir = path.parent().context("layout path has no parent directory")?;
+        let dir = path
+            .parent()
+            .context("layout path has no parent directory")?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::OpenOptions::new()
@@ -188,7 +216,8 @@ impl Layout {
         f.write_all(&serde_json::to_vec_pretty(self).context("serialising the layout")?)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     }
 }
 
@@ -266,7 +295,11 @@ tier = 1
         let second = Layout::assign(&cfg2, Some(&first)).unwrap();
         assert_eq!(second.service("a").unwrap().id, 0);
         assert_eq!(second.service("b").unwrap().id, 1);
-        assert_eq!(second.backend_id("a", "p"), Some(0), "unchanged backend keeps its slot");
+        assert_eq!(
+            second.backend_id("a", "p"),
+            Some(0),
+            "unchanged backend keeps its slot"
+        );
         assert_eq!(second.backend_id("b", "x"), Some(2));
         // s changed address: a new identity. Its old slot 1 may still be named
         // by pinned flows, so new backends get never-used slots first.

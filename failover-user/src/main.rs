@@ -12,7 +12,11 @@ use failover_user::{
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "failover", version, about = "XDP failover dataplane: daemon and CLI")]
+#[command(
+    name = "failover",
+    version,
+    about = "XDP failover dataplane: daemon and CLI"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -75,7 +79,9 @@ impl StateArg {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -86,9 +92,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.cmd {
-        Cmd::Daemon { config, detach_on_exit } => daemon(config, detach_on_exit),
+        Cmd::Daemon {
+            config,
+            detach_on_exit,
+        } => daemon(config, detach_on_exit),
         Cmd::CheckConfig { config } => check_config(config),
-        Cmd::SetState { service, backend, state, config } => set_state(config, &service, &backend, state),
+        Cmd::SetState {
+            service,
+            backend,
+            state,
+            config,
+        } => set_state(config, &service, &backend, state),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,8 +115,17 @@ fn main() -> ExitCode {
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path)?;
-    let backends: usize = cfg.services.iter().map(|s| s.tiers.iter().map(Vec::len).sum::<usize>()).sum();
-    println!("{}: ok ({} services, {} backends)", path.display(), cfg.services.len(), backends);
+    let backends: usize = cfg
+        .services
+        .iter()
+        .map(|s| s.tiers.iter().map(Vec::len).sum::<usize>())
+        .sum();
+    println!(
+        "{}: ok ({} services, {} backends)",
+        path.display(),
+        cfg.services.len(),
+        backends
+    );
     Ok(())
 }
 
@@ -113,7 +136,8 @@ fn layout_path(cfg: &Config) -> PathBuf {
 fn set_state(path: PathBuf, service: &str, backend: &str, state: StateArg) -> anyhow::Result<()> {
     let cfg = config::load(&path)?;
     let lp = layout_path(&cfg);
-    let layout = Layout::load(&lp)?.with_context(|| format!("no layout at {} (is the daemon running?)", lp.display()))?;
+    let layout = Layout::load(&lp)?
+        .with_context(|| format!("no layout at {} (is the daemon running?)", lp.display()))?;
     let id = layout
         .backend_id(service, backend)
         .with_context(|| format!("no backend {backend:?} in service {service:?}"))?;
@@ -132,7 +156,8 @@ fn apply(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<Layout> {
         }
     };
     let layout = Layout::assign(cfg, prev.as_ref()).context("assigning map slots")?;
-    dp.apply(cfg, &layout).context("writing the config into the maps")?;
+    dp.apply(cfg, &layout)
+        .context("writing the config into the maps")?;
     layout.save(&lp)?;
     Ok(layout)
 }
@@ -140,7 +165,10 @@ fn apply(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<Layout> {
 fn daemon(path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
     let cfg = config::load(&path)?;
     if cfg.daemon.interfaces.is_empty() {
-        anyhow::bail!("{}: daemon.interfaces is empty: nothing to attach to", path.display());
+        anyhow::bail!(
+            "{}: daemon.interfaces is empty: nothing to attach to",
+            path.display()
+        );
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -168,8 +196,10 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     );
     // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays
     // open for as long as it is registered.
-    let mut log_fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {e}"))?;
+    let mut log_fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -231,12 +261,17 @@ fn teardown(cfg: &Config) -> anyhow::Result<()> {
 fn check_forwarding() {
     for (file, what) in [
         ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
-        ("/proc/sys/net/ipv6/conf/all/forwarding", "net.ipv6.conf.all.forwarding"),
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
     ] {
         if let Ok(v) = std::fs::read_to_string(file)
             && v.trim() == "0"
         {
-            warn!("{what} is 0: the FIB lookup will refuse to forward (packets counted as drop_fib_fail); set it to 1");
+            warn!(
+                "{what} is 0: the FIB lookup will refuse to forward (packets counted as drop_fib_fail); set it to 1"
+            );
         }
     }
 }
