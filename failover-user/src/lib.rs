@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod lab;
 pub mod layout;
 pub mod maglev;
 pub mod objects;

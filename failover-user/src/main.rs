@@ -18,6 +18,10 @@ use tracing::{error, info, warn};
     about = "XDP failover dataplane: daemon and CLI"
 )]
 struct Cli {
+    /// Run in this network namespace (`/run/netns/NAME`, as made by `ip
+    /// netns add`), keeping the host's mounts (bpffs) in view.
+    #[arg(long, global = true)]
+    netns: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -45,6 +49,11 @@ enum Cmd {
     },
     /// Validate a config without touching the kernel; prints every error.
     CheckConfig { config: PathBuf },
+    /// The lab: namespaces, a load balancer, two backends and a client.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
     /// Set a backend's state in the pinned maps (one map write).
     SetState {
         service: String,
@@ -54,6 +63,24 @@ enum Cmd {
         /// The daemon's config (for its bpffs and state directories).
         #[arg(long)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab, run the daemon on it, stream client requests, kill
+    /// the primary and show the failover; tears everything down at the end
+    /// or on Ctrl-C.
+    Demo {
+        /// How long the client runs, in seconds.
+        #[arg(long, default_value_t = 12)]
+        duration: u64,
+        /// When the primary is killed, in seconds.
+        #[arg(long, default_value_t = 4)]
+        kill_after: u64,
+        /// Milliseconds between client requests.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
     },
 }
 
@@ -91,7 +118,25 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(ns) = &cli.netns
+        && let Err(e) = failover_user::lab::netns::enter_named(ns)
+    {
+        eprintln!("error: entering network namespace {ns:?}: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.cmd {
+        Cmd::Lab {
+            cmd:
+                LabCmd::Demo {
+                    duration,
+                    kill_after,
+                    interval_ms,
+                },
+        } => failover_user::lab::demo::run(&failover_user::lab::demo::DemoOptions {
+            duration: std::time::Duration::from_secs(duration),
+            kill_after: std::time::Duration::from_secs(kill_after),
+            interval: std::time::Duration::from_millis(interval_ms.max(1)),
+        }),
         Cmd::Daemon {
             config,
             detach_on_exit,

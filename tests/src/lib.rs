@@ -2,7 +2,7 @@
 //! builder whose checksums are computed here, independently of the code
 //! under test, and helpers to run the loaded XDP program on a packet.
 
-pub mod netns;
+pub use failover_user::lab::netns;
 pub mod pkt;
 
 /// Fails (never skips) when not root: these tests need CAP_BPF,

@@ -1,5 +1,6 @@
-//! Network namespaces and veth pairs created by a test and removed when it
-//! ends, also when it fails (Drop). Commands run through `ip` (iproute2).
+//! Network namespaces and veth pairs created by the lab (or a test) and
+//! removed when it ends, also when it fails (Drop). Commands run through
+//! `ip` (iproute2).
 
 use std::{
     fs::File,
@@ -75,10 +76,21 @@ impl Netns {
     /// Moves the calling thread into the namespace until the guard drops.
     pub fn enter(&self) -> anyhow::Result<NsGuard> {
         let own = File::open("/proc/thread-self/ns/net").context("opening our own netns")?;
-        let target =
-            File::open(format!("/run/netns/{}", self.name)).context("opening the test netns")?;
-        setns(&target)?;
+        enter_named(&self.name)?;
         Ok(NsGuard { own })
+    }
+
+    /// Runs `f` on a new thread inside the namespace. Sockets created there
+    /// belong to the namespace and can be used from any thread afterwards.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter_named(&self.name)?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread in netns {} panicked", self.name))?
+        })
     }
 }
 
@@ -86,6 +98,13 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
     }
+}
+
+/// Moves the calling thread into the named namespace (`/run/netns/NAME`).
+pub fn enter_named(name: &str) -> anyhow::Result<()> {
+    let target = File::open(format!("/run/netns/{name}"))
+        .with_context(|| format!("no network namespace {name:?}"))?;
+    setns(&target)
 }
 
 fn setns(f: &File) -> anyhow::Result<()> {
@@ -116,5 +135,56 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> anyhow::Result<()> 
     ])?;
     ns_a.ip(&["link", "set", a, "up"])?;
     ns_b.ip(&["link", "set", b, "up"])?;
+    Ok(())
+}
+
+/// Turns off transmit checksum offload on `dev` (in the calling thread's
+/// namespace). A veth normally leaves TCP/UDP checksums to "hardware" that
+/// never computes them; a frame that crosses XDP loses the skb's note that
+/// the checksum is still partial, so the receiver would drop it. Real NICs
+/// compute them; the lab's senders must do it in software.
+pub fn disable_tx_checksum(dev: &str) -> anyhow::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    if dev.len() >= libc::IFNAMSIZ {
+        bail!("interface name {dev:?} too long");
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (d, s) in req.name.iter_mut().zip(dev.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: a plain datagram socket, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live
+    // ethtool_value for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        bail!("turning off tx checksum offload on {dev}: {err}");
+    }
     Ok(())
 }

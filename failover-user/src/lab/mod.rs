@@ -1,0 +1,500 @@
+//! The lab: a client, a load balancer and two backends, each in its own
+//! network namespace, joined by veth pairs, with addresses from
+//! 198.18.0.0/15 and 2001:db8::/32 and no default routes. Used by
+//! `failover lab demo` (the README's run command) and by the namespace
+//! tests. Everything is removed when the [`Topology`] drops.
+//!
+//! ```text
+//!  client (c) --cl/lc-- lb (l) --lb1/b1-- backend 1 (198.18.1.2, 2001:db8:1::2)
+//!  198.18.0.2           |    \--lb2/b2-- backend 2 (198.18.2.2, 2001:db8:2::2)
+//!  2001:db8::2          VIPs 198.18.100.10, 2001:db8:100::10 (routed via the lb)
+//! ```
+
+pub mod demo;
+pub mod netns;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+
+use self::netns::{Netns, ip};
+use crate::objects;
+
+pub const VIP4: &str = "198.18.100.10";
+pub const VIP6: &str = "2001:db8:100::10";
+/// Backend addresses (v4, v6) of backend 1 and 2.
+pub const BACKENDS: [(&str, &str); 2] = [
+    ("198.18.1.2", "2001:db8:1::2"),
+    ("198.18.2.2", "2001:db8:2::2"),
+];
+pub const BACKEND_TCP_PORT: u16 = 8080;
+pub const BACKEND_UDP_PORT: u16 = 5353;
+/// The load balancer's interfaces in its namespace.
+pub const LB_IFACES: [&str; 3] = ["lc", "lb1", "lb2"];
+
+/// An XDP program that passes everything, attached to a veth peer so that
+/// frames the load balancer sends with XDP_TX/XDP_REDIRECT are accepted
+/// (a veth only takes XDP frames when its peer runs XDP). Detached on drop.
+pub struct PassXdp {
+    _ebpf: Ebpf,
+}
+
+/// Attaches the pass program to `iface` in `ns`.
+pub fn attach_pass(ns: &Netns, iface: &str) -> anyhow::Result<PassXdp> {
+    objects::check(objects::PASS, "failover-pass")?;
+    ns.run(|| {
+        let mut ebpf = Ebpf::load(objects::PASS).context("loading the pass program")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(objects::PASS_PROGRAM)
+            .context("pass program missing")?
+            .try_into()
+            .context("pass program is not XDP")?;
+        prog.load()
+            .context("loading the pass program into the kernel")?;
+        prog.attach(iface, XdpMode::Driver)
+            .with_context(|| format!("attaching the pass program to {iface}"))?;
+        Ok(PassXdp { _ebpf: ebpf })
+    })
+}
+
+/// The lab's namespaces and links.
+pub struct Topology {
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+    // Dropped before the namespaces (fields drop in order).
+    _pass: Vec<PassXdp>,
+}
+
+impl Topology {
+    /// Creates the lab with namespace names `<prefix>c`, `<prefix>l`,
+    /// `<prefix>1`, `<prefix>2` (the prefix must be unique on the host).
+    pub fn create(prefix: &str) -> anyhow::Result<Self> {
+        let client = Netns::new(&format!("{prefix}c"))?;
+        let lb = Netns::new(&format!("{prefix}l"))?;
+        let b1 = Netns::new(&format!("{prefix}1"))?;
+        let b2 = Netns::new(&format!("{prefix}2"))?;
+        netns::veth(&client, "cl", &lb, "lc")?;
+        netns::veth(&lb, "lb1", &b1, "b1")?;
+        netns::veth(&lb, "lb2", &b2, "b2")?;
+        let addr = |ns: &Netns, a: &str, dev: &str| -> anyhow::Result<()> {
+            if a.contains(':') {
+                ns.ip(&["-6", "addr", "add", a, "dev", dev, "nodad"])?;
+            } else {
+                ns.ip(&["addr", "add", a, "dev", dev])?;
+            }
+            Ok(())
+        };
+        addr(&client, "198.18.0.2/24", "cl")?;
+        addr(&client, "2001:db8::2/64", "cl")?;
+        addr(&lb, "198.18.0.1/24", "lc")?;
+        addr(&lb, "2001:db8::1/64", "lc")?;
+        for (i, (b, dev, lbdev)) in [(&b1, "b1", "lb1"), (&b2, "b2", "lb2")]
+            .into_iter()
+            .enumerate()
+        {
+            let n = i + 1;
+            addr(&lb, &format!("198.18.{n}.1/24"), lbdev)?;
+            addr(&lb, &format!("2001:db8:{n}::1/64"), lbdev)?;
+            addr(b, &format!("198.18.{n}.2/24"), dev)?;
+            addr(b, &format!("2001:db8:{n}::2/64"), dev)?;
+            // Replies to clients go back through the load balancer (NAT);
+            // specific routes only, no default route.
+            b.ip(&[
+                "route",
+                "add",
+                "198.18.0.0/24",
+                "via",
+                &format!("198.18.{n}.1"),
+            ])?;
+            b.ip(&[
+                "-6",
+                "route",
+                "add",
+                "2001:db8::/64",
+                "via",
+                &format!("2001:db8:{n}::1"),
+            ])?;
+        }
+        client.ip(&["route", "add", "198.18.100.0/24", "via", "198.18.0.1"])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:100::/64",
+            "via",
+            "2001:db8::1",
+        ])?;
+        lb.forwarding()?;
+        for (ns, dev) in [(&client, "cl"), (&b1, "b1"), (&b2, "b2")] {
+            ns.run(|| netns::disable_tx_checksum(dev))?;
+        }
+        let pass = vec![
+            attach_pass(&client, "cl")?,
+            attach_pass(&b1, "b1")?,
+            attach_pass(&b2, "b2")?,
+        ];
+        Ok(Self {
+            client,
+            lb,
+            backends: vec![b1, b2],
+            _pass: pass,
+        })
+    }
+
+    /// The daemon config for this lab: `web` (TCP 80, backend 1 primary,
+    /// backend 2 standby), `dns` (UDP 53, same), `web6` (TCP 80 over IPv6),
+    /// and `api` (TCP 81, backend 2 primary, backend 1 standby).
+    pub fn config(&self, bpffs: &Path, state_dir: &Path) -> String {
+        let (b1, b1v6) = BACKENDS[0];
+        let (b2, b2v6) = BACKENDS[1];
+        format!(
+            r#"# The lab's config, written by `failover lab`.
+[daemon]
+interfaces = ["lc", "lb1", "lb2"]
+bpffs = "{bpffs}"
+state_dir = "{state}"
+
+[[service]]
+name = "web"
+vip = "{VIP4}"
+port = 80
+[[service.backend]]
+name = "b1"
+address = "{b1}"
+port = {tcp}
+[[service.backend]]
+name = "b2"
+address = "{b2}"
+port = {tcp}
+tier = 1
+
+[[service]]
+name = "dns"
+vip = "{VIP4}"
+port = 53
+protocol = "udp"
+[[service.backend]]
+name = "b1"
+address = "{b1}"
+port = {udp}
+[[service.backend]]
+name = "b2"
+address = "{b2}"
+port = {udp}
+tier = 1
+
+[[service]]
+name = "web6"
+vip = "{VIP6}"
+port = 80
+[[service.backend]]
+name = "b1"
+address = "{b1v6}"
+port = {tcp}
+[[service.backend]]
+name = "b2"
+address = "{b2v6}"
+port = {tcp}
+tier = 1
+
+[[service]]
+name = "api"
+vip = "{VIP4}"
+port = 81
+[[service.backend]]
+name = "b2"
+address = "{b2}"
+port = {api}
+[[service.backend]]
+name = "b1"
+address = "{b1}"
+port = {api}
+tier = 1
+"#,
+            bpffs = bpffs.display(),
+            state = state_dir.display(),
+            tcp = BACKEND_TCP_PORT,
+            udp = BACKEND_UDP_PORT,
+            api = BACKEND_TCP_PORT + 1,
+        )
+    }
+}
+
+/// A backend's TCP and UDP servers: every TCP line and every UDP datagram
+/// is answered with `<name> <what was sent>`. Stops (and closes its
+/// sockets) on [`Server::stop`] or drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on `[::]` (dual stack) TCP `tcp_ports` and UDP `udp_port` in
+    /// `ns`.
+    pub fn start(ns: &Netns, name: &str, tcp_ports: &[u16], udp_port: u16) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let (listeners, udp) = ns.run(|| {
+            let mut ls = Vec::new();
+            for p in tcp_ports {
+                let l =
+                    TcpListener::bind(("::", *p)).with_context(|| format!("binding TCP {p}"))?;
+                l.set_nonblocking(true)?;
+                ls.push(l);
+            }
+            let u = UdpSocket::bind(("::", udp_port))
+                .with_context(|| format!("binding UDP {udp_port}"))?;
+            u.set_read_timeout(Some(Duration::from_millis(20)))?;
+            Ok((ls, u))
+        })?;
+        for l in listeners {
+            let (stop, name) = (stop.clone(), name.to_string());
+            threads.push(std::thread::spawn(move || tcp_loop(&l, &name, &stop)));
+        }
+        let (stop2, name2) = (stop.clone(), name.to_string());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let reply = format!("{name2} {}", String::from_utf8_lossy(&buf[..n]));
+                    let _ = udp.send_to(reply.as_bytes(), from);
+                }
+            }
+        }));
+        Ok(Self { stop, threads })
+    }
+
+    /// Stops the servers: listeners and open connections close (the
+    /// backend's process "dies").
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn tcp_loop(l: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((s, _)) => {
+                let (stop, name) = (stop.clone(), name.to_string());
+                conns.push(std::thread::spawn(move || serve_conn(s, &name, &stop)));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+        conns.retain(|c| !c.is_finished());
+    }
+    for c in conns {
+        let _ = c.join();
+    }
+}
+
+fn serve_conn(s: TcpStream, name: &str, stop: &Arc<AtomicBool>) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if w.write_all(format!("{name} {}", line).as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A client TCP connection made from inside `ns`: one line out, one back.
+pub struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    pub fn open(ns: &Netns, to: SocketAddr, timeout: Duration) -> anyhow::Result<Self> {
+        let s = ns.run(|| {
+            TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))
+        })?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        let w = s.try_clone()?;
+        Ok(Self {
+            r: BufReader::new(s),
+            w,
+        })
+    }
+
+    /// Sends `msg` and returns the name of the backend that answered.
+    pub fn ask(&mut self, msg: &str) -> anyhow::Result<String> {
+        self.w
+            .write_all(format!("{msg}\n").as_bytes())
+            .context("sending")?;
+        let mut line = String::new();
+        let n = self.r.read_line(&mut line).context("reading the answer")?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        parse_answer(&line, msg)
+    }
+}
+
+fn parse_answer(line: &str, msg: &str) -> anyhow::Result<String> {
+    let line = line.trim_end();
+    match line.split_once(' ') {
+        Some((name, echoed)) if echoed == msg => Ok(name.to_string()),
+        _ => bail!("unexpected answer {line:?} to {msg:?}"),
+    }
+}
+
+/// One TCP request on a new connection: the backend that answered.
+pub fn tcp_request(
+    ns: &Netns,
+    to: SocketAddr,
+    msg: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    Conn::open(ns, to, timeout)?.ask(msg)
+}
+
+/// One UDP request from inside `ns`: the backend that answered.
+pub fn udp_request(
+    ns: &Netns,
+    to: SocketAddr,
+    msg: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = ns.run(|| UdpSocket::bind(bind).context("binding a UDP client socket"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(msg.as_bytes(), to).context("sending")?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .context("waiting for the UDP answer")?;
+    if from != to {
+        bail!("UDP answer from {from}, not from {to}: the reply was not translated back");
+    }
+    parse_answer(&String::from_utf8_lossy(&buf[..n]), msg)
+}
+
+/// The VIP socket address of a lab service port.
+pub fn vip(v6: bool, port: u16) -> SocketAddr {
+    let ip: IpAddr = if v6 {
+        IpAddr::from([0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10])
+    } else {
+        IpAddr::from([198, 18, 100, 10])
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Fails unless the lab can run here.
+pub fn check_prerequisites() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root (network namespaces, XDP): run it with sudo or as root");
+    }
+    ip(&["-V"]).context("iproute2's `ip` is needed for the lab")?;
+    Ok(())
+}
+
+/// A `failover daemon` child process, stopped (SIGTERM, then SIGKILL after
+/// 5 s) on drop.
+pub struct DaemonProcess(pub Child);
+
+impl DaemonProcess {
+    /// Starts `exe --netns NETNS daemon --detach-on-exit --config CONFIG`.
+    pub fn spawn(exe: &Path, netns: &str, config: &Path) -> anyhow::Result<Self> {
+        let child = Command::new(exe)
+            .args(["--netns", netns, "daemon", "--detach-on-exit", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        Ok(Self(child))
+    }
+
+    /// Waits (at most 20 s) until the daemon has pinned an XDP link for
+    /// every interface.
+    pub fn wait_attached(&mut self, bpffs: &Path, ifaces: &[&str]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().context("checking the daemon")? {
+                bail!("the daemon exited early ({status})");
+            }
+            if ifaces
+                .iter()
+                .all(|i| crate::dataplane::link_pin_path(bpffs, i).exists())
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the daemon did not attach within 20 s")
+    }
+
+    /// Sends SIGTERM and waits (at most 5 s) for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(st) = self.0.try_wait().context("waiting for the daemon")? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        bail!("the daemon did not exit within 5 s of SIGTERM")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.terminate();
+        }
+        let _ = self.0.wait();
+    }
+}
