@@ -89,6 +89,12 @@ impl Topology {
         let lb = Netns::new(&format!("{prefix}l"))?;
         let b1 = Netns::new(&format!("{prefix}1"))?;
         let b2 = Netns::new(&format!("{prefix}2"))?;
+        // No duplicate address detection: link-local addresses would stay
+        // tentative for a second or two, and neighbour discovery with them.
+        for ns in [&client, &lb, &b1, &b2] {
+            ns.sysctl("net/ipv6/conf/all/accept_dad", "0")?;
+            ns.sysctl("net/ipv6/conf/default/accept_dad", "0")?;
+        }
         netns::veth(&client, "cl", &lb, "lc")?;
         netns::veth(&lb, "lb1", &b1, "b1")?;
         netns::veth(&lb, "lb2", &b2, "b2")?;

@@ -1,0 +1,285 @@
+//! Namespace tests: real packets between network namespaces made here, the
+//! real daemon (`failover --netns ... daemon`) on the load balancer, real
+//! TCP and UDP servers on two backends. Needs root; fails (never skips)
+//! without it. Every namespace, pin and file is removed at the end, also
+//! on failure.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use failover_user::lab::{
+    self, BACKEND_TCP_PORT, BACKEND_UDP_PORT, Conn, DaemonProcess, LB_IFACES, Server, Topology,
+    tcp_request, udp_request, vip,
+};
+
+const T: Duration = Duration::from_millis(1000);
+
+/// Per-test names and directories; removes the directories on drop.
+struct Scratch {
+    prefix: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("failover-nstest-{id}"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self {
+            prefix: format!("fot{id}"),
+            dir,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/failover-test-{id}")),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "namespace tests need root: run `cargo xtask test`"
+    );
+}
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+}
+
+/// `failover set-state SERVICE BACKEND STATE --config CONFIG`
+fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
+    let out = Command::new(exe())
+        .args(["set-state", service, backend, state, "--config"])
+        .arg(config)
+        .output()
+        .expect("running failover set-state");
+    assert!(
+        out.status.success(),
+        "set-state failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asks until `want` answers (the first answer after a switch may still be
+/// in flight), bounded in time; returns how long it took.
+fn until_answered_by(f: impl Fn() -> anyhow::Result<String>, want: &str) -> Duration {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        match f() {
+            Ok(who) if who == want => return start.elapsed(),
+            Ok(who) => last = who,
+            Err(e) => last = format!("error: {e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{want} never answered within 5 s (last: {last})");
+}
+
+struct Lab {
+    topo: Topology,
+    config: PathBuf,
+    daemon: DaemonProcess,
+    servers: Vec<Server>,
+    s: Scratch,
+}
+
+fn start_lab() -> Lab {
+    require_root();
+    let s = Scratch::new();
+    let topo = Topology::create(&s.prefix).expect("creating the lab topology");
+    let config = s.dir.join("lab.toml");
+    std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("writing config");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let servers = vec![
+        Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 servers"),
+        Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2 servers"),
+    ];
+    let mut daemon =
+        DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("starting the daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("daemon attached");
+    Lab {
+        topo,
+        config,
+        daemon,
+        servers,
+        s,
+    }
+}
+
+/// The client reaches the VIP over IPv4 (TCP, UDP) and IPv6 (TCP) and the
+/// primary answers; after the primary is marked down in the map the next
+/// requests are answered by the standby, while established connections to
+/// a healthy backend carry on undisturbed; after it is marked up again new
+/// flows go back to it and flows on the standby stay there.
+#[test]
+fn failover_through_the_map_keeps_healthy_connections() {
+    let mut lab = start_lab();
+    let c = &lab.topo.client;
+
+    for i in 0..20 {
+        assert_eq!(
+            tcp_request(c, vip(false, 80), &format!("v4-{i}"), T).expect("tcp to VIP"),
+            "b1"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            udp_request(c, vip(false, 53), &format!("dns-{i}"), T).expect("udp to VIP"),
+            "b1"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            tcp_request(c, vip(true, 80), &format!("v6-{i}"), T).expect("tcp to VIPv6"),
+            "b1"
+        );
+    }
+
+    // Established connections: one to `api` (primary b2, stays healthy) and
+    // one to `web` on b1 (about to be marked down).
+    let mut api = Conn::open(c, vip(false, 81), T).expect("api connection");
+    assert_eq!(api.ask("api-before").unwrap(), "b2");
+    let mut web_b1 = Conn::open(c, vip(false, 80), T).expect("web connection");
+    assert_eq!(web_b1.ask("web-before").unwrap(), "b1");
+
+    // Mark b1 down in web, dns and web6: one map write each.
+    let t0 = Instant::now();
+    for svc in ["web", "dns", "web6"] {
+        set_state(&lab.config, svc, "b1", "down");
+    }
+    let took = until_answered_by(|| tcp_request(c, vip(false, 80), "switch", T), "b2");
+    println!(
+        "first standby answer {:?} after the set-state calls started ({:?} of requests)",
+        t0.elapsed(),
+        took
+    );
+    for i in 0..20 {
+        assert_eq!(
+            tcp_request(c, vip(false, 80), &format!("after-{i}"), T).unwrap(),
+            "b2",
+            "new TCP flows go to the standby"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            udp_request(c, vip(false, 53), &format!("dns-after-{i}"), T).unwrap(),
+            "b2",
+            "UDP moves too"
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            tcp_request(c, vip(true, 80), &format!("v6-after-{i}"), T).unwrap(),
+            "b2",
+            "IPv6 moves too"
+        );
+    }
+    // The connection to the healthy b2 was not disturbed.
+    for i in 0..20 {
+        assert_eq!(api.ask(&format!("api-during-{i}")).unwrap(), "b2");
+    }
+    // The flow pinned to b1 now goes to b2, which has no such connection:
+    // it must not be answered by b1 any more (b2 resets it).
+    assert!(
+        web_b1.ask("web-after").is_err(),
+        "a flow of a backend marked down must not reach it"
+    );
+
+    // A connection opened during the failover, on b2.
+    let mut on_b2 = Conn::open(c, vip(false, 80), T).unwrap();
+    assert_eq!(on_b2.ask("on-b2").unwrap(), "b2");
+
+    // b1 back up: new flows go to it; the established one stays on b2.
+    set_state(&lab.config, "web", "b1", "up");
+    until_answered_by(|| tcp_request(c, vip(false, 80), "back", T), "b1");
+    for i in 0..10 {
+        assert_eq!(
+            on_b2.ask(&format!("still-{i}")).unwrap(),
+            "b2",
+            "established flow stays on its healthy backend"
+        );
+        assert_eq!(
+            tcp_request(c, vip(false, 80), &format!("new-{i}"), T).unwrap(),
+            "b1"
+        );
+    }
+    assert_eq!(api.ask("api-end").unwrap(), "b2");
+
+    let status = lab.daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(status.success(), "daemon exit status {status}");
+    assert!(
+        !lab.s.bpffs.join("SERVICES").exists(),
+        "--detach-on-exit unpins the maps"
+    );
+    lab.servers.clear();
+}
+
+/// A backend whose server process died: requests fail until it is marked
+/// down, then the standby answers them; the UDP answer comes from the VIP
+/// (replies are translated back), never from the backend's address.
+#[test]
+fn dead_primary_then_marked_down() {
+    let mut lab = start_lab();
+    let c = &lab.topo.client;
+    assert_eq!(tcp_request(c, vip(false, 80), "hello", T).unwrap(), "b1");
+    // Kill b1's servers.
+    let b1 = lab.servers.remove(0);
+    b1.stop();
+    assert!(
+        tcp_request(c, vip(false, 80), "dead", T).is_err(),
+        "b1 is dead and still in the map"
+    );
+    set_state(&lab.config, "web", "b1", "down");
+    set_state(&lab.config, "dns", "b1", "down");
+    until_answered_by(|| tcp_request(c, vip(false, 80), "x", T), "b2");
+    // udp_request checks the answer's source is the VIP itself.
+    assert_eq!(udp_request(c, vip(false, 53), "q", T).unwrap(), "b2");
+    drop(lab);
+}
+
+/// A config error names the field and changes nothing: the daemon exits
+/// non-zero before touching the kernel.
+#[test]
+fn daemon_refuses_a_bad_config() {
+    require_root();
+    let s = Scratch::new();
+    let bad = s.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[daemon]\ninterfaces = [\"lo\"]\nbpffs = \"{}\"\n[[service]]\nname = \"web\"\nvip = \"198.18.100.10\"\nport = 80\n[[service.backend]]\nname = \"b\"\naddress = \"198.18.1.999\"\n",
+            s.bpffs.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(exe())
+        .args(["daemon", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service[0].backend[0].address: \"198.18.1.999\" is not an IP address"),
+        "{err}"
+    );
+    assert!(!s.bpffs.exists(), "nothing was pinned");
+    let _ = lab::netns::ip(&["-V"]);
+}
