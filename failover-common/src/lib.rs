@@ -286,7 +286,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 const _: () = assert!(
     core::mem::size_of::<TableValue>() == 8 + 4 * MAX_TIER_MEMBERS + 2 * MAX_TABLE_SIZE + 2
 );
-const _: () = assert!(core::mem::size_of::<TableValue>() % 4 == 0);
+const _: () = assert!(core::mem::size_of::<TableValue>().is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);

@@ -3,10 +3,10 @@
 //! the devmap.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
 use failover_common::FAMILY_V4;
 
@@ -70,7 +70,8 @@ pub fn prepare(
 pub fn fib(ctx: &XdpContext, p: &mut FibParams) -> Fib {
     // SAFETY: the helper reads and writes `p` (our per-CPU scratch slot),
     // which is valid for the call and has the size we pass.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => Fib::Ok,
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,

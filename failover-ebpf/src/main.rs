@@ -11,6 +11,10 @@
 //! rule and counted; the program never returns XDP_ABORTED.
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: they live in the per-CPU
+// scratch map, and passing them by value would copy them onto the 512-byte
+// BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod forward;
 mod maps;
@@ -63,7 +67,11 @@ pub fn failover(ctx: XdpContext) -> u32 {
 /// Whether the flow's destination is a VIP address (any port).
 #[inline(always)]
 fn dst_is_vip(flow: &Flow, key: &mut VipAddrKey) -> bool {
-    *key = VipAddrKey { addr: flow.key.dst, family: flow.key.family, _pad: [0; 3] };
+    *key = VipAddrKey {
+        addr: flow.key.dst,
+        family: flow.key.family,
+        _pad: [0; 3],
+    };
     VIP_ADDRS.get_ptr(&*key).is_some()
 }
 
@@ -84,24 +92,42 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
     }
     if flow.fragment || flow.l4_truncated {
         if dst_is_vip(flow, &mut scratch.vip) {
-            let r = if flow.fragment { Reason::DropFragment } else { Reason::DropMalformed };
+            let r = if flow.fragment {
+                Reason::DropFragment
+            } else {
+                Reason::DropMalformed
+            };
             return (DROP, r);
         }
         return (PASS, Reason::PassNotVip);
     }
     if !flow.l4 {
         // Not TCP/UDP (ICMP, ...): the host handles it.
-        let r = if dst_is_vip(flow, &mut scratch.vip) { Reason::PassVipOtherPort } else { Reason::PassNotVip };
+        let r = if dst_is_vip(flow, &mut scratch.vip) {
+            Reason::PassVipOtherPort
+        } else {
+            Reason::PassNotVip
+        };
         return (PASS, r);
     }
     let k = &flow.key;
-    scratch.ep = EndpointKey { addr: k.dst, port: k.dport, proto: k.proto, family: k.family };
+    scratch.ep = EndpointKey {
+        addr: k.dst,
+        port: k.dport,
+        proto: k.proto,
+        family: k.family,
+    };
     if let Some(svc) = SERVICES.get_ptr(&scratch.ep) {
         // SAFETY: a value of our hash map, kept alive by RCU for the
         // program's run; the daemon replaces values whole, never in place.
         return to_backend(ctx, pkt, scratch, unsafe { &*svc });
     }
-    scratch.ep = EndpointKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
+    scratch.ep = EndpointKey {
+        addr: k.src,
+        port: k.sport,
+        proto: k.proto,
+        family: k.family,
+    };
     if let Some(rev) = REVERSE.get_ptr(&scratch.ep) {
         // SAFETY: as above.
         return reply(ctx, pkt, scratch, unsafe { &*rev });
@@ -121,7 +147,12 @@ fn l3_len(pkt: &Packet, flow: &Flow) -> u16 {
 /// A client packet for service `svc`. Not inlined: its stack frame and the
 /// reply path's are never live together.
 #[inline(never)]
-fn to_backend(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, svc: &ServiceValue) -> (u32, Reason) {
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    scratch: &mut Scratch,
+    svc: &ServiceValue,
+) -> (u32, Reason) {
     let Scratch { flow, fib, rw, .. } = scratch;
     let flow = &*flow;
     let bytes = pkt.len() as u64;
@@ -138,7 +169,16 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, svc: &Servi
     };
     let dsr = svc.flags & FLAG_MODE_MASK == MODE_DSR;
     let dport = if dsr { k.dport } else { b.port };
-    forward::prepare(fib, ctx, k.family, k.proto, &k.src, &b.addr, (k.sport, dport), l3_len(pkt, flow));
+    forward::prepare(
+        fib,
+        ctx,
+        k.family,
+        k.proto,
+        &k.src,
+        &b.addr,
+        (k.sport, dport),
+        l3_len(pkt, flow),
+    );
     let out = match forward::fib(ctx, fib) {
         Fib::Ok => {
             let Some(e) = forward::egress(ctx, fib.ifindex) else {
@@ -156,7 +196,12 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, svc: &Servi
                     Some(t) if t > 1 => {}
                     _ => return (PASS, Reason::PassTtlExceeded),
                 }
-                *rw = Rewrite { addr: b.addr, port: b.port, side: Side::Dst, dec_ttl: true };
+                *rw = Rewrite {
+                    addr: b.addr,
+                    port: b.port,
+                    side: Side::Dst,
+                    dec_ttl: true,
+                };
                 if !nat::rewrite(pkt, flow, rw) {
                     return (DROP, Reason::DropMalformed);
                 }
@@ -187,8 +232,20 @@ fn to_backend(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, svc: &Servi
 /// NAT: rewrite towards the backend and let the kernel forward it (it will
 /// resolve the neighbour, fragment, or route as needed).
 #[inline(always)]
-fn pass_rewritten(pkt: &Packet, flow: &Flow, rw: &mut Rewrite, svc: &ServiceValue, b: &BackendValue, r: Reason) -> (u32, Reason) {
-    *rw = Rewrite { addr: b.addr, port: b.port, side: Side::Dst, dec_ttl: false };
+fn pass_rewritten(
+    pkt: &Packet,
+    flow: &Flow,
+    rw: &mut Rewrite,
+    svc: &ServiceValue,
+    b: &BackendValue,
+    r: Reason,
+) -> (u32, Reason) {
+    *rw = Rewrite {
+        addr: b.addr,
+        port: b.port,
+        side: Side::Dst,
+        dec_ttl: false,
+    };
     if !nat::rewrite(pkt, flow, rw) {
         stats::service(svc.id, Dir::Dropped, pkt.len() as u64);
         return (DROP, Reason::DropMalformed);
@@ -213,14 +270,30 @@ fn send(pkt: &Packet, e: Egress, fib: &FibParams) -> (u32, Reason) {
 /// backend's own traffic) pass it untouched. Not inlined, and returns a
 /// plain tuple (an `Option` here would give the kernel BTF it rejects).
 #[inline(never)]
-fn reply(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &ReverseValue) -> (u32, Reason) {
+fn reply(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    scratch: &mut Scratch,
+    rev: &ReverseValue,
+) -> (u32, Reason) {
     reply_inner(ctx, pkt, scratch, rev).unwrap_or((PASS, Reason::PassNotVip))
 }
 
 /// `None`: not a reply of a tracked flow.
 #[inline(always)]
-fn reply_inner(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &ReverseValue) -> Option<(u32, Reason)> {
-    let Scratch { flow, fib, ct: fkey, rw, .. } = scratch;
+fn reply_inner(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    scratch: &mut Scratch,
+    rev: &ReverseValue,
+) -> Option<(u32, Reason)> {
+    let Scratch {
+        flow,
+        fib,
+        ct: fkey,
+        rw,
+        ..
+    } = scratch;
     let flow = &*flow;
     let k = &flow.key;
     *fkey = FlowKey {
@@ -241,7 +314,16 @@ fn reply_inner(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &Reve
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     ct.last_seen_ns = unsafe { bpf_ktime_get_ns() };
     let bytes = pkt.len() as u64;
-    forward::prepare(fib, ctx, k.family, k.proto, &rev.vip, &k.dst, (rev.vport, k.dport), l3_len(pkt, flow));
+    forward::prepare(
+        fib,
+        ctx,
+        k.family,
+        k.proto,
+        &rev.vip,
+        &k.dst,
+        (rev.vport, k.dport),
+        l3_len(pkt, flow),
+    );
     let out = match forward::fib(ctx, fib) {
         Fib::Ok => match forward::egress(ctx, fib.ifindex) {
             Some(e) => {
@@ -249,12 +331,24 @@ fn reply_inner(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &Reve
                     Some(t) if t > 1 => {}
                     _ => return Some((PASS, Reason::PassTtlExceeded)),
                 }
-                *rw = Rewrite { addr: rev.vip, port: rev.vport, side: Side::Src, dec_ttl: true };
+                *rw = Rewrite {
+                    addr: rev.vip,
+                    port: rev.vport,
+                    side: Side::Src,
+                    dec_ttl: true,
+                };
                 if !nat::rewrite(pkt, flow, rw) {
                     return Some((DROP, Reason::DropMalformed));
                 }
                 let (a, _) = send(pkt, e, fib);
-                (a, if a == DROP { Reason::DropInternal } else { Reason::FwdReply })
+                (
+                    a,
+                    if a == DROP {
+                        Reason::DropInternal
+                    } else {
+                        Reason::FwdReply
+                    },
+                )
             }
             None => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoEgress),
         },
@@ -275,9 +369,24 @@ fn reply_inner(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch, rev: &Reve
 
 /// A reply the kernel must forward: translated back, then passed.
 #[inline(always)]
-fn pass_reply_rewritten(pkt: &Packet, flow: &Flow, rw: &mut Rewrite, rev: &ReverseValue, r: Reason) -> (u32, Reason) {
-    *rw = Rewrite { addr: rev.vip, port: rev.vport, side: Side::Src, dec_ttl: false };
-    if nat::rewrite(pkt, flow, rw) { (PASS, r) } else { (DROP, Reason::DropMalformed) }
+fn pass_reply_rewritten(
+    pkt: &Packet,
+    flow: &Flow,
+    rw: &mut Rewrite,
+    rev: &ReverseValue,
+    r: Reason,
+) -> (u32, Reason) {
+    *rw = Rewrite {
+        addr: rev.vip,
+        port: rev.vport,
+        side: Side::Src,
+        dec_ttl: false,
+    };
+    if nat::rewrite(pkt, flow, rw) {
+        (PASS, r)
+    } else {
+        (DROP, Reason::DropMalformed)
+    }
 }
 
 #[cfg(not(test))]

@@ -48,7 +48,14 @@ pub fn rewrite(pkt: &Packet, flow: &Flow, rw: &Rewrite) -> bool {
 }
 
 #[inline(always)]
-fn rewrite_inner(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [u8; 2], dec_ttl: bool) -> Option<()> {
+fn rewrite_inner(
+    pkt: &Packet,
+    flow: &Flow,
+    side: Side,
+    addr: &[u8; 16],
+    port: [u8; 2],
+    dec_ttl: bool,
+) -> Option<()> {
     let (old_port, port_off) = match side {
         Side::Src => (flow.key.sport, flow.l4()),
         Side::Dst => (flow.key.dport, flow.l4() + 2),
@@ -103,7 +110,14 @@ fn rewrite_inner(pkt: &Packet, flow: &Flow, side: Side, addr: &[u8; 16], port: [
 
 /// The L4 checksum covers the pseudo-header (addresses) and the ports.
 #[inline(always)]
-fn l4_update<const N: usize>(proto: u8, check: u16, old: &[u8; N], new: &[u8; N], old_port: &[u8; 2], port: &[u8; 2]) -> u16 {
+fn l4_update<const N: usize>(
+    proto: u8,
+    check: u16,
+    old: &[u8; N],
+    new: &[u8; N],
+    old_port: &[u8; 2],
+    port: &[u8; 2],
+) -> u16 {
     if proto == PROTO_UDP {
         if check == 0 {
             // IPv4 UDP without checksum stays without.

@@ -147,7 +147,11 @@ fn parse_v4(pkt: &Packet, flow: &mut Flow) {
     };
     let ihl = (ip.vihl & 0x0f) as usize * 4;
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3_off + tot_len > pkt.len() {
+    if ip.vihl >> 4 != 4
+        || ihl < size_of::<Ipv4Hdr>()
+        || tot_len < ihl
+        || l3_off + tot_len > pkt.len()
+    {
         return;
     }
     flow.kind = Kind::Ip;

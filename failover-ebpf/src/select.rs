@@ -87,7 +87,12 @@ fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
 
 /// Chooses the backend for a client packet of `svc` and records the flow.
 #[inline(always)]
-pub fn backend_for<'a>(svc: &ServiceValue, key: &FlowKey, hash: u32, now: u64) -> Option<(u32, &'a BackendValue)> {
+pub fn backend_for<'a>(
+    svc: &ServiceValue,
+    key: &FlowKey,
+    hash: u32,
+    now: u64,
+) -> Option<(u32, &'a BackendValue)> {
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a value of our LRU map; the kernel keeps it alive for the
         // program's run. Concurrent writers only store whole aligned words.
@@ -100,7 +105,11 @@ pub fn backend_for<'a>(svc: &ServiceValue, key: &FlowKey, hash: u32, now: u64) -
     }
     let id = pick(svc, hash)?;
     let b = BACKENDS.get(id)?;
-    let v = FlowValue { backend_id: id, service_id: svc.id, last_seen_ns: now };
+    let v = FlowValue {
+        backend_id: id,
+        service_id: svc.id,
+        last_seen_ns: now,
+    };
     // An LRU insert evicts the oldest flow when full; failure to record is
     // not fatal (the next packet hashes to the same backend).
     let _ = CONNTRACK.insert(key, &v, 0);

@@ -497,7 +497,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
         let table_size = s.table_size.unwrap_or(maglev::DEFAULT_TABLE_SIZE);
-        if !maglev::is_prime(table_size) || table_size > maglev::MAX_TABLE_SIZE || table_size < 7 {
+        if !maglev::is_prime(table_size) || !(7..=maglev::MAX_TABLE_SIZE).contains(&table_size) {
             errs.push(
                 format!("{p}.table_size"),
                 format!(

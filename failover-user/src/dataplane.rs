@@ -395,6 +395,8 @@ impl Dataplane {
         let next = 1 - active;
         {
             let mut tables: Array<&mut MapData, TableValue> = self.map_mut(map_names::TABLES)?;
+            // By reference: the table is 128 KiB, not something to move.
+            #[allow(clippy::needless_borrows_for_generic_args)]
             tables
                 .set(tier * 2 + next, &*table, 0)
                 .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;

@@ -212,7 +212,7 @@ impl Pkt {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let l4 = self.l4_bytes(&s.octets(), &d.octets(), false);
-                assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40);
+                assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
                 let ihl = 20 + self.ip_options.len();
                 let mut h = Vec::with_capacity(ihl);
                 h.push(0x40 | (ihl / 4) as u8);
