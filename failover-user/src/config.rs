@@ -892,6 +892,23 @@ address = "198.18.1.2"
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let c = parse(
+            include_str!("../../examples/failover.toml"),
+            "examples/failover.toml",
+        )
+        .expect("the example validates");
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(
+            c.limits,
+            Limits::default(),
+            "the example documents the defaults"
+        );
+        assert_eq!(c.daemon.bpffs, PathBuf::from(DEFAULT_BPFFS));
+        assert_eq!(c.daemon.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    }
+
+    #[test]
     fn service_without_backends() {
         let e = errors("[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=1\n");
         assert_eq!(

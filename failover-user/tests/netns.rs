@@ -283,3 +283,53 @@ fn daemon_refuses_a_bad_config() {
     assert!(!s.bpffs.exists(), "nothing was pinned");
     let _ = lab::netns::ip(&["-V"]);
 }
+
+/// The README's run command (`failover lab demo`, what `cargo xtask
+/// build-and-run` runs with no arguments), shortened: it must show the
+/// failover and leave nothing behind.
+#[test]
+fn lab_demo_shows_failover_and_cleans_up() {
+    require_root();
+    let out = Command::new(exe())
+        .args([
+            "lab",
+            "demo",
+            "--duration",
+            "3",
+            "--kill-after",
+            "1",
+            "--interval-ms",
+            "10",
+        ])
+        .output()
+        .expect("running the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("lab: failover: b2 answered"),
+        "no failover shown:\n{stdout}"
+    );
+    assert!(stdout.contains("client-side recovery time"), "{stdout}");
+    let prefix = format!("fod{}", out_pid_hint(&stdout));
+    let list = lab::netns::ip(&["netns", "list"]).expect("ip netns list");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&prefix),
+        "namespaces left behind"
+    );
+}
+
+/// The namespace prefix the demo printed ("creating namespaces fodNNNNc").
+fn out_pid_hint(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix("fod")
+                .and_then(|r| r.strip_suffix('c'))
+                .map(str::to_string)
+        })
+        .expect("the demo names its namespaces")
+}

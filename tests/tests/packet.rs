@@ -966,25 +966,51 @@ tier = 1
 /// BPF_PROG_TEST_RUN with `repeat` runs the program again and again on the
 /// same buffer, which it rewrites in place: a NAT packet stops being a VIP
 /// packet after the first run, so the repeated VIP path is measured with a
-/// DSR service (only MACs change). Printed for the record; figures are for
-/// `cargo xtask bench`, never asserted.
+/// DSR service (only MACs change). The figures are printed beside the empty
+/// XDP program's for the record; speed is for `cargo xtask bench`, never
+/// asserted here. What is asserted: the verdicts stay right under repeat.
 #[test]
-fn test_run_repeat_works() {
+fn per_packet_cost_beside_the_empty_program() {
     let lab = Lab::new();
-    let p = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    let repeat = 200_000;
+    let run = |prog: &aya::programs::Xdp, frame: &[u8], want: u32| -> f64 {
+        let mut ctx = Vec::new();
+        for v in [0u32, frame.len() as u32, 0, lab.c0, 0, 0] {
+            ctx.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let res = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat,
+                    ..TestRunOptions::default()
+                })
+                .expect("repeat run");
+            assert_eq!(res.return_value, want);
+            best = best.min(res.duration.as_nanos() as f64);
+        }
+        best
+    };
+    let mut empty =
+        aya::Ebpf::load(failover_user::objects::PASS).expect("loading the empty program");
+    let pass: &mut aya::programs::Xdp = empty
+        .program_mut(failover_user::objects::PASS_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    pass.load()
+        .expect("loading the empty program into the kernel");
+    let vip = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    let other = Pkt::new(ip("198.18.0.2"), ip("198.18.0.99"), L4::tcp(42001, 80)).bytes();
+    let floor = run(pass, &vip, XDP_PASS);
     let prog = lab.dp.program().unwrap();
-    let mut ctx = Vec::new();
-    for v in [0u32, p.len() as u32, 0, lab.c0, 0, 0] {
-        ctx.extend_from_slice(&v.to_ne_bytes());
-    }
-    let res = prog
-        .test_run(TestRunOptions {
-            data_in: Some(&p),
-            ctx_in: Some(&ctx),
-            repeat: 10_000,
-            ..TestRunOptions::default()
-        })
-        .expect("repeat run");
-    assert_eq!(res.return_value, XDP_REDIRECT);
-    println!("VIP path (established flow): {:?} per packet", res.duration);
+    let non_vip = run(prog, &other, XDP_PASS);
+    let vip_est = run(prog, &vip, XDP_REDIRECT);
+    println!(
+        "per packet (best of 5 x {repeat}): empty XDP {floor:.0} ns, non-VIP {non_vip:.0} ns ({:.1}x), VIP established flow {vip_est:.0} ns ({:.1}x)",
+        non_vip / floor,
+        vip_est / floor
+    );
 }
