@@ -181,11 +181,70 @@ fn test(release: bool, extra: &[OsString]) -> Result<ExitCode> {
     if !extra.is_empty() {
         command.arg("--").args(extra);
     }
-    let status = cmd::status(&mut command)?;
+    let (status, totals) = run_counting_tests(&mut command)?;
+    // One closing line over every test binary, so the totals are not hidden
+    // behind the last binary's (often empty doc-test) summary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     if !status.success() {
         eprintln!("error: `{}` failed ({status})", cmd::display(&command));
     }
     Ok(ExitCode::from(cmd::exit_code(status)))
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a libtest summary line (`test result: ok. 5 passed; 0 failed; 1
+    /// ignored; ...`); other lines are ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `command` with its stdout echoed line by line and libtest's
+/// summaries added up.
+fn run_counting_tests(
+    command: &mut std::process::Command,
+) -> Result<(std::process::ExitStatus, Totals)> {
+    use std::io::BufRead as _;
+    eprintln!("$ {}", cmd::display(command));
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start `{}`", cmd::display(command)))?;
+    let mut totals = Totals::default();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.context("reading the test output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((status, totals))
 }
 
 fn build_and_run(release: bool, args: Vec<OsString>) -> Result<ExitCode> {
@@ -329,4 +388,25 @@ fn lint_ebpf_fmt(ready: &Ready, root: &Path, manifest: &Path) -> Result<()> {
         .args(["--edition", "2024", "--check"])
         .args(files);
     cmd::run(&mut fmt)
+}
+
+#[cfg(test)]
+mod totals_tests {
+    use super::Totals;
+
+    #[test]
+    fn adds_up_libtest_summaries() {
+        let mut t = Totals::default();
+        t.add_line("test result: ok. 19 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.28s");
+        t.add_line("test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.5s");
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 21,
+                failed: 1,
+                ignored: 1
+            }
+        );
+    }
 }
