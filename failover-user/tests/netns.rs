@@ -333,3 +333,52 @@ fn out_pid_hint(stdout: &str) -> String {
         })
         .expect("the demo names its namespaces")
 }
+
+/// On an interface whose driver has no native XDP (loopback), `auto` falls
+/// back to generic mode with a warning, and `native` fails clearly.
+#[test]
+fn generic_mode_fallback() {
+    require_root();
+    let s = Scratch::new();
+    let ns = lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
+    let write = |mode: &str| {
+        let cfg = s.dir.join(format!("{mode}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[daemon]\ninterfaces = [\"lo\"]\nxdp_mode = \"{mode}\"\nbpffs = \"{}\"\nstate_dir = \"{}\"\n",
+                s.bpffs.join(mode).display(),
+                s.dir.join(mode).display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let native = write("native");
+    let out = Command::new(exe())
+        .args([
+            "--netns",
+            &ns.name,
+            "daemon",
+            "--detach-on-exit",
+            "--config",
+        ])
+        .arg(&native)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "native XDP on loopback must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("attaching XDP in native mode to lo"), "{err}");
+
+    let auto = write("auto");
+    let mut d = DaemonProcess::spawn(&exe(), &ns.name, &auto).expect("daemon");
+    d.wait_attached(&s.bpffs.join("auto"), &["lo"])
+        .expect("attached in generic mode");
+    let link = ns.ip(&["link", "show", "lo"]).expect("ip link");
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdpgeneric"),
+        "{}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+    assert!(d.terminate().expect("stops").success());
+}
