@@ -28,12 +28,17 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use failover_common::{MAX_TIER_MEMBERS, MAX_TIERS, defaults};
 use serde::Deserialize;
 
-use crate::maglev;
+use crate::{
+    hooks::{Hook, HookSpec},
+    maglev,
+    probe::ProbeSpec,
+};
 
 /// Default pin directory on bpffs.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/failover";
@@ -83,6 +88,11 @@ pub enum NoBackend {
     Drop,
     /// Hand the packet to the host stack (counted).
     Pass,
+    /// The health agent never marks the last healthy backend of the service
+    /// down (it stays in the map, an alert event is raised); if the dataplane
+    /// still finds none (admin states), packets are dropped.
+    #[serde(rename = "keep-last")]
+    KeepLast,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
@@ -117,6 +127,99 @@ pub enum XdpModeCfg {
     Generic,
 }
 
+/// What happens to established flows of a backend that goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowsOnDown {
+    /// Rehash on their next packet (to a healthy backend).
+    #[default]
+    Move,
+    /// Keep them on the down backend (drain-like); new flows go elsewhere.
+    Keep,
+}
+
+/// When a recovered backend takes traffic back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failback {
+    /// As soon as it has passed `rise` checks.
+    Auto,
+    /// Only after an operator says so.
+    Manual,
+    /// After it has stayed healthy for this long (after `rise`).
+    HoldDown(Duration),
+}
+
+/// Flap damping: at most `max_changes` state changes of one backend within
+/// `window` bring it back up; beyond that it stays down until the window
+/// allows (going down is never delayed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damping {
+    pub max_changes: u32,
+    pub window: Duration,
+}
+
+/// A health check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub probe: ProbeSpec,
+    pub interval: Duration,
+    /// Used while a backend is suspect (failing, not yet down).
+    pub fast_interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Random spread of each interval, as a fraction (0.1 = +-10%).
+    pub jitter: f64,
+    /// Port probed (default: the backend's port).
+    pub port: Option<u16>,
+}
+
+/// Which events run a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookEvent {
+    /// The service's serving tier changed, or it has no healthy backend.
+    Failover,
+    /// Any backend state change.
+    State,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookCfg {
+    pub hook: Hook,
+    pub events: Vec<HookEvent>,
+}
+
+/// Parses "250us", "10ms", "1s", "1.5s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .ok_or_else(|| format!("{s:?}: missing a unit (us, ms, s, m, h)"))?;
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: not a number followed by a unit"))?;
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use us, ms, s, m, h)"
+            ));
+        }
+    };
+    let secs = v * scale;
+    if !secs.is_finite() || !(0.0..=86400.0 * 365.0).contains(&secs) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 // ---------------------------------------------------------------- raw TOML
 
 #[derive(Debug, Deserialize, Default)]
@@ -139,6 +242,7 @@ struct RawDaemon {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     xdp_mode: XdpModeCfg,
+    events_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -166,6 +270,67 @@ struct RawService {
     table_size: Option<u32>,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+    #[serde(default)]
+    check: RawCheck,
+    failback: Option<String>,
+    hold_down: Option<String>,
+    #[serde(default)]
+    flows_on_down: FlowsOnDown,
+    #[serde(default)]
+    damping: RawDamping,
+    #[serde(default, rename = "hook")]
+    hooks: Vec<RawHook>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CheckKind {
+    #[default]
+    Tcp,
+    Http,
+    Udp,
+    Exec,
+    None,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type", default)]
+    kind: CheckKind,
+    interval: Option<String>,
+    fast_interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    jitter: Option<f64>,
+    port: Option<u16>,
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<Vec<toml::Value>>,
+    expect_body: Option<String>,
+    payload: Option<String>,
+    expect: Option<String>,
+    command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDamping {
+    max_changes: Option<u32>,
+    window: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    command: Option<Vec<String>>,
+    url: Option<String>,
+    timeout: Option<String>,
+    events: Option<Vec<HookEvent>>,
 }
 
 fn default_protocol() -> Protocol {
@@ -205,6 +370,8 @@ pub struct Daemon {
     pub bpffs: PathBuf,
     pub state_dir: PathBuf,
     pub xdp_mode: XdpModeCfg,
+    /// Events are appended here as JSON lines (they also go to the log).
+    pub events_file: Option<PathBuf>,
 }
 
 /// Map capacities, applied when the program is loaded.
@@ -241,6 +408,12 @@ pub struct Service {
     pub table_size: u32,
     /// Tiers in priority order (index 0 first); each non-empty.
     pub tiers: Vec<Vec<Backend>>,
+    /// `None`: no health checks (states come from the config/operator).
+    pub check: Option<Check>,
+    pub failback: Failback,
+    pub flows_on_down: FlowsOnDown,
+    pub damping: Damping,
+    pub hooks: Vec<HookCfg>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +518,213 @@ fn valid_ifname(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', ':', '\0'])
         && !name.chars().any(char::is_whitespace)
+}
+
+fn duration(errs: &mut Errors, path: &str, v: Option<&str>, default: Duration) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push(path, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                errs.push(path, e);
+                default
+            }
+        },
+    }
+}
+
+/// "200", 200, "200-299", "2xx".
+fn status_range(v: &toml::Value) -> Result<(u16, u16), String> {
+    let s = match v {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::String(s) => s.clone(),
+        other => {
+            return Err(format!(
+                "{other}: use a code, a range \"200-299\" or a class \"2xx\""
+            ));
+        }
+    };
+    let code = |t: &str| -> Result<u16, String> {
+        t.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("{t:?} is not an HTTP status code"))
+    };
+    if let Some(class) = s.strip_suffix("xx") {
+        let c = code(&format!("{class}00"))?;
+        return Ok((c, c + 99));
+    }
+    if let Some((a, b)) = s.split_once('-') {
+        let (a, b) = (code(a)?, code(b)?);
+        if a > b {
+            return Err(format!("{s:?}: empty range"));
+        }
+        return Ok((a, b));
+    }
+    let c = code(&s)?;
+    Ok((c, c))
+}
+
+fn validate_check(errs: &mut Errors, p: &str, c: RawCheck) -> Option<Check> {
+    let cp = format!("{p}.check");
+    let unused = |errs: &mut Errors, field: &str, set: bool, kinds: &str| {
+        if set {
+            errs.push(
+                format!("{cp}.{field}"),
+                format!("only used by {kinds} checks"),
+            );
+        }
+    };
+    unused(
+        errs,
+        "path",
+        c.path.is_some() && c.kind != CheckKind::Http,
+        "http",
+    );
+    unused(
+        errs,
+        "host",
+        c.host.is_some() && c.kind != CheckKind::Http,
+        "http",
+    );
+    unused(
+        errs,
+        "expect_status",
+        c.expect_status.is_some() && c.kind != CheckKind::Http,
+        "http",
+    );
+    unused(
+        errs,
+        "expect_body",
+        c.expect_body.is_some() && c.kind != CheckKind::Http,
+        "http",
+    );
+    unused(
+        errs,
+        "payload",
+        c.payload.is_some() && c.kind != CheckKind::Udp,
+        "udp",
+    );
+    unused(
+        errs,
+        "expect",
+        c.expect.is_some() && c.kind != CheckKind::Udp,
+        "udp",
+    );
+    unused(
+        errs,
+        "command",
+        c.command.is_some() && c.kind != CheckKind::Exec,
+        "exec",
+    );
+    let probe = match c.kind {
+        CheckKind::None => return None,
+        CheckKind::Tcp => ProbeSpec::Tcp,
+        CheckKind::Http => {
+            let path = c.path.unwrap_or_else(|| "/".to_string());
+            if !path.starts_with('/')
+                || path.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                errs.push(
+                    format!("{cp}.path"),
+                    format!("{path:?} must start with '/' and have no spaces"),
+                );
+            }
+            if let Some(h) = &c.host
+                && (h.is_empty() || h.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+            {
+                errs.push(
+                    format!("{cp}.host"),
+                    format!("{h:?} is not a valid Host header"),
+                );
+            }
+            let mut expect_status = Vec::new();
+            for (i, v) in c.expect_status.unwrap_or_default().iter().enumerate() {
+                match status_range(v) {
+                    Ok(r) => expect_status.push(r),
+                    Err(e) => errs.push(format!("{cp}.expect_status[{i}]"), e),
+                }
+            }
+            if expect_status.is_empty() {
+                expect_status.push((200, 399));
+            }
+            ProbeSpec::Http {
+                path,
+                host: c.host,
+                expect_status,
+                expect_body: c.expect_body,
+            }
+        }
+        CheckKind::Udp => ProbeSpec::Udp {
+            payload: c.payload.unwrap_or_else(|| "ping".to_string()).into_bytes(),
+            expect: c.expect.map(String::into_bytes),
+        },
+        CheckKind::Exec => match c.command {
+            Some(command) if !command.is_empty() && !command[0].is_empty() => {
+                ProbeSpec::Exec { command }
+            }
+            _ => {
+                errs.push(
+                    format!("{cp}.command"),
+                    "an exec check needs a command (program and arguments, no shell)",
+                );
+                ProbeSpec::Tcp
+            }
+        },
+    };
+    let interval = duration(
+        errs,
+        &format!("{cp}.interval"),
+        c.interval.as_deref(),
+        Duration::from_secs(1),
+    );
+    let fast_interval = duration(
+        errs,
+        &format!("{cp}.fast_interval"),
+        c.fast_interval.as_deref(),
+        (interval / 4).max(Duration::from_millis(1)),
+    );
+    let timeout = duration(
+        errs,
+        &format!("{cp}.timeout"),
+        c.timeout.as_deref(),
+        interval.min(Duration::from_secs(2)),
+    );
+    if interval < Duration::from_millis(1) {
+        errs.push(format!("{cp}.interval"), "must be at least 1ms");
+    }
+    let rise = c.rise.unwrap_or(2);
+    let fall = c.fall.unwrap_or(3);
+    for (f, v) in [("rise", rise), ("fall", fall)] {
+        if v == 0 || v > 100 {
+            errs.push(format!("{cp}.{f}"), format!("{v} must be 1-100"));
+        }
+    }
+    let jitter = c.jitter.unwrap_or(0.1);
+    if !(0.0..=0.5).contains(&jitter) {
+        errs.push(
+            format!("{cp}.jitter"),
+            format!("{jitter} must be between 0 and 0.5"),
+        );
+    }
+    if c.port == Some(0) {
+        errs.push(format!("{cp}.port"), "must be 1-65535");
+    }
+    Some(Check {
+        probe,
+        interval,
+        fast_interval,
+        timeout,
+        rise,
+        fall,
+        jitter,
+        port: c.port,
+    })
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -617,6 +997,116 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
         let tiers: Vec<Vec<Backend>> = by_tier.into_values().collect();
+        let check = validate_check(&mut errs, &p, s.check);
+        let failback = match (s.failback.as_deref(), &s.hold_down) {
+            (None | Some("auto"), None) => Failback::Auto,
+            (Some("manual"), None) => Failback::Manual,
+            (Some("hold-down"), h) => {
+                let d = duration(
+                    &mut errs,
+                    &format!("{p}.hold_down"),
+                    h.as_deref(),
+                    Duration::from_secs(30),
+                );
+                Failback::HoldDown(d)
+            }
+            (None | Some("auto" | "manual"), Some(_)) => {
+                errs.push(
+                    format!("{p}.hold_down"),
+                    "only used with failback = \"hold-down\"",
+                );
+                Failback::Auto
+            }
+            (Some(other), _) => {
+                errs.push(
+                    format!("{p}.failback"),
+                    format!("{other:?}: use \"auto\", \"manual\" or \"hold-down\""),
+                );
+                Failback::Auto
+            }
+        };
+        let max_changes = s.damping.max_changes.unwrap_or(6);
+        if max_changes == 0 || max_changes > 1000 {
+            errs.push(
+                format!("{p}.damping.max_changes"),
+                format!("{max_changes} must be 1-1000"),
+            );
+        }
+        let window = duration(
+            &mut errs,
+            &format!("{p}.damping.window"),
+            s.damping.window.as_deref(),
+            Duration::from_secs(60),
+        );
+        let damping = Damping {
+            max_changes,
+            window,
+        };
+        let mut hooks = Vec::new();
+        let mut hook_names = HashMap::new();
+        for (hi, h) in s.hooks.into_iter().enumerate() {
+            let hp = format!("{p}.hook[{hi}]");
+            if let Some(prev) = hook_names.insert(h.name.clone(), hi) {
+                errs.push(
+                    format!("{hp}.name"),
+                    format!("{:?} is already the name of hook[{prev}]", h.name),
+                );
+            }
+            let timeout = duration(
+                &mut errs,
+                &format!("{hp}.timeout"),
+                h.timeout.as_deref(),
+                Duration::from_secs(10),
+            );
+            let spec = match (h.kind.as_str(), h.command, h.url) {
+                ("exec", Some(command), None) if !command.is_empty() && !command[0].is_empty() => {
+                    HookSpec::Exec { command }
+                }
+                ("exec", _, None) => {
+                    errs.push(
+                        format!("{hp}.command"),
+                        "an exec hook needs a non-empty command (program and arguments, no shell)",
+                    );
+                    continue;
+                }
+                ("webhook", None, Some(url)) => {
+                    if let Err(e) = crate::hooks::parse_webhook_url(&url) {
+                        errs.push(format!("{hp}.url"), e);
+                    }
+                    HookSpec::Webhook { url }
+                }
+                ("webhook", _, None) => {
+                    errs.push(format!("{hp}.url"), "a webhook hook needs a url");
+                    continue;
+                }
+                ("exec" | "webhook", _, _) => {
+                    errs.push(
+                        hp.clone(),
+                        "give `command` for an exec hook or `url` for a webhook, not both",
+                    );
+                    continue;
+                }
+                (other, _, _) => {
+                    errs.push(
+                        format!("{hp}.type"),
+                        format!("{other:?}: use \"exec\" or \"webhook\""),
+                    );
+                    continue;
+                }
+            };
+            let events = h.events.unwrap_or_else(|| vec![HookEvent::Failover]);
+            if events.is_empty() {
+                errs.push(format!("{hp}.events"), "empty: the hook would never run");
+            }
+            hooks.push(HookCfg {
+                hook: Hook {
+                    name: h.name,
+                    spec,
+                    timeout,
+                },
+                events,
+            });
+        }
         total_tiers += tiers.len() as u32;
         total_backends += tiers.iter().map(|t| t.len() as u32).sum::<u32>();
         if let Some(vip) = vip {
@@ -629,6 +1119,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 on_no_backend: s.on_no_backend,
                 table_size,
                 tiers,
+                check,
+                failback,
+                flows_on_down: s.flows_on_down,
+                damping,
+                hooks,
             });
         }
     }
@@ -680,6 +1175,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             bpffs,
             state_dir,
             xdp_mode: raw.daemon.xdp_mode,
+            events_file: raw.daemon.events_file,
         },
         limits,
         services,
@@ -889,6 +1385,120 @@ address = "198.18.1.2"
                 .any(|m| m == "service: 3 backends in all, limits.max_backends is 2"),
             "{e:#?}"
         );
+    }
+
+    const MIN: &str = "[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n";
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("missing a unit"));
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e30h").is_err());
+    }
+
+    #[test]
+    fn check_and_policy_defaults() {
+        let c = parse(MIN, "t").unwrap();
+        let s = &c.services[0];
+        let ch = s.check.as_ref().expect("tcp check by default");
+        assert_eq!(ch.probe, ProbeSpec::Tcp);
+        assert_eq!(
+            (ch.interval, ch.fast_interval, ch.timeout),
+            (
+                Duration::from_secs(1),
+                Duration::from_millis(250),
+                Duration::from_secs(1)
+            )
+        );
+        assert_eq!((ch.rise, ch.fall), (2, 3));
+        assert_eq!(s.failback, Failback::Auto);
+        assert_eq!(s.flows_on_down, FlowsOnDown::Move);
+        assert_eq!(
+            s.damping,
+            Damping {
+                max_changes: 6,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert!(s.hooks.is_empty());
+    }
+
+    #[test]
+    fn checks_policies_and_hooks_parse() {
+        // Service-level keys come before the backend tables, as TOML wants.
+        let text = "[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\nfailback = \"hold-down\"\nhold_down = \"5s\"\nflows_on_down = \"keep\"\non_no_backend = \"keep-last\"\ndamping = { max_changes = 3, window = \"30s\" }\n\
+[[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n\
+[service.check]\ntype = \"http\"\npath = \"/healthz\"\nexpect_status = [200, \"3xx\", \"404-404\"]\nexpect_body = \"ok\"\ninterval = \"5ms\"\nport = 9000\n\
+[[service.hook]]\nname = \"promote\"\ntype = \"exec\"\ncommand = [\"/usr/local/bin/promote\", \"--now\"]\n\
+[[service.hook]]\nname = \"page\"\ntype = \"webhook\"\nurl = \"http://198.18.9.9:8080/alert\"\nevents = [\"failover\", \"state\"]\ntimeout = \"2s\"\n";
+        let c = parse(text, "t").expect("valid");
+        let s = &c.services[0];
+        assert_eq!(s.failback, Failback::HoldDown(Duration::from_secs(5)));
+        assert_eq!(s.flows_on_down, FlowsOnDown::Keep);
+        assert_eq!(s.on_no_backend, NoBackend::KeepLast);
+        assert_eq!(
+            s.damping,
+            Damping {
+                max_changes: 3,
+                window: Duration::from_secs(30)
+            }
+        );
+        let ch = s.check.as_ref().unwrap();
+        assert_eq!(
+            ch.probe,
+            ProbeSpec::Http {
+                path: "/healthz".into(),
+                host: None,
+                expect_status: vec![(200, 200), (300, 399), (404, 404)],
+                expect_body: Some("ok".into())
+            }
+        );
+        assert_eq!(
+            (ch.interval, ch.fast_interval, ch.port),
+            (
+                Duration::from_millis(5),
+                Duration::from_micros(1250),
+                Some(9000)
+            )
+        );
+        assert_eq!(s.hooks.len(), 2);
+        assert_eq!(s.hooks[0].events, [HookEvent::Failover]);
+        assert_eq!(s.hooks[0].hook.timeout, Duration::from_secs(10));
+        assert_eq!(s.hooks[1].events, [HookEvent::Failover, HookEvent::State]);
+    }
+
+    #[test]
+    fn check_errors_name_their_fields() {
+        let text = "[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\nfailback = \"sometimes\"\n\
+[[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n\
+[service.check]\ntype = \"tcp\"\npath = \"/x\"\ninterval = \"10\"\nfall = 0\njitter = 0.9\n\
+[[service.hook]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"https://198.18.9.9/x\"\n\
+[[service.hook]]\nname = \"h\"\ntype = \"exec\"\ncommand = []\n";
+        let e = errors(text);
+        for want in [
+            "service[0].check.path: only used by http checks",
+            "service[0].check.interval: \"10\": missing a unit",
+            "service[0].check.fall: 0 must be 1-100",
+            "service[0].check.jitter: 0.9 must be between 0 and 0.5",
+            "service[0].failback: \"sometimes\": use",
+            "service[0].hook[0].url: \"https://198.18.9.9/x\": https is not supported",
+            "service[0].hook[1].name: \"h\" is already the name of hook[0]",
+            "service[0].hook[1].command: an exec hook needs a non-empty command",
+        ] {
+            assert!(
+                e.iter().any(|got| got.starts_with(want)),
+                "missing {want:?} in {e:#?}"
+            );
+        }
     }
 
     #[test]

@@ -218,7 +218,14 @@ impl Dataplane {
     /// for packets in flight: backends and their state first, then tables
     /// (into the inactive half, then one flip per tier), then replies, then
     /// the services that make all of it reachable; stale entries go last.
-    pub fn apply(&mut self, cfg: &Config, layout: &Layout) -> anyhow::Result<()> {
+    /// `words` overrides the configured state word of some backend slots
+    /// (health carried over a reload).
+    pub fn apply(
+        &mut self,
+        cfg: &Config,
+        layout: &Layout,
+        words: &std::collections::HashMap<u32, u32>,
+    ) -> anyhow::Result<()> {
         let mut live_backends = HashSet::new();
         {
             let mut backends: Array<&mut MapData, BackendValue> =
@@ -244,8 +251,9 @@ impl Dataplane {
             let mut state: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
             for (s, sl) in cfg.services.iter().zip(&layout.services) {
                 for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                    let w = words.get(&bl.id).copied().unwrap_or_else(|| b.state.word());
                     state
-                        .set(bl.id, b.state.word(), 0)
+                        .set(bl.id, w, 0)
                         .with_context(|| format!("writing the state of {}/{}", s.name, b.name))?;
                 }
             }
@@ -374,37 +382,16 @@ impl Dataplane {
         members: &[u32],
         entries: &[u16],
     ) -> anyhow::Result<()> {
-        if members.len() > MAX_TIER_MEMBERS {
-            bail!("{} members, at most {MAX_TIER_MEMBERS}", members.len());
-        }
-        let mut table: Box<TableValue> = bytemuck::zeroed_box();
-        table.size = size;
-        table.member_count = members.len() as u32;
-        table.members[..members.len()].copy_from_slice(members);
-        table
-            .entries
-            .get_mut(..entries.len())
-            .context("Maglev table larger than the dataplane's capacity")?
-            .copy_from_slice(entries);
-        let active = {
-            let act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
-            act.get(&tier, 0)
-                .with_context(|| format!("reading TIER_ACTIVE[{tier}]"))?
-                & 1
-        };
-        let next = 1 - active;
-        {
-            let mut tables: Array<&mut MapData, TableValue> = self.map_mut(map_names::TABLES)?;
-            // By reference: the table is 128 KiB, not something to move.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            tables
-                .set(tier * 2 + next, &*table, 0)
-                .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;
-        }
-        let mut act: Array<&mut MapData, u32> = self.map_mut(map_names::TIER_ACTIVE)?;
-        act.set(tier, next, 0)
-            .with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))?;
-        Ok(())
+        let [tables, active] = self
+            .ebpf
+            .maps_disjoint_mut([map_names::TABLES, map_names::TIER_ACTIVE]);
+        let mut tables: Array<&mut MapData, TableValue> =
+            Array::try_from(tables.context("map TABLES missing")?)
+                .context("TABLES has an unexpected type")?;
+        let mut active: Array<&mut MapData, u32> =
+            Array::try_from(active.context("map TIER_ACTIVE missing")?)
+                .context("TIER_ACTIVE has an unexpected type")?;
+        write_table_to(&mut tables, &mut active, tier, size, members, entries)
     }
 
     /// Every reason counter, summed over CPUs, indexed by `Reason as usize`.
@@ -459,6 +446,75 @@ impl Dataplane {
         let mut a: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
         a.set(backend_id, state, 0)
             .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+    }
+}
+
+/// Writes one tier's table into its inactive half of `tables`, then flips
+/// `active[tier]` to it (one aligned 4-byte write): a packet sees either the
+/// old table or the new one, never a mix.
+pub fn write_table_to<T1, T2>(
+    tables: &mut Array<T1, TableValue>,
+    active: &mut Array<T2, u32>,
+    tier: u32,
+    size: u32,
+    members: &[u32],
+    entries: &[u16],
+) -> anyhow::Result<()>
+where
+    T1: std::borrow::BorrowMut<MapData>,
+    T2: std::borrow::BorrowMut<MapData>,
+{
+    if members.len() > MAX_TIER_MEMBERS {
+        bail!("{} members, at most {MAX_TIER_MEMBERS}", members.len());
+    }
+    let mut table: Box<TableValue> = bytemuck::zeroed_box();
+    table.size = size;
+    table.member_count = members.len() as u32;
+    table.members[..members.len()].copy_from_slice(members);
+    table
+        .entries
+        .get_mut(..entries.len())
+        .context("Maglev table larger than the dataplane's capacity")?
+        .copy_from_slice(entries);
+    let current = active
+        .get(&tier, 0)
+        .with_context(|| format!("reading TIER_ACTIVE[{tier}]"))?
+        & 1;
+    let next = 1 - current;
+    // By reference: the table is 128 KiB, not something to move.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    tables
+        .set(tier * 2 + next, &*table, 0)
+        .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;
+    active
+        .set(tier, next, 0)
+        .with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))
+}
+
+/// The maps the health agent writes, opened from their pins (its own file
+/// descriptors: no sharing with the loader).
+pub struct AgentMaps {
+    pub state: Array<MapData, u32>,
+    pub tables: Array<MapData, TableValue>,
+    pub tier_active: Array<MapData, u32>,
+}
+
+impl AgentMaps {
+    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
+        let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
+            let path = map_pin_path(pin_dir, name);
+            let data =
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            Ok(aya::maps::Map::Array(data))
+        };
+        Ok(Self {
+            state: Array::try_from(open(map_names::BACKEND_STATE)?)
+                .context("BACKEND_STATE has an unexpected type")?,
+            tables: Array::try_from(open(map_names::TABLES)?)
+                .context("TABLES has an unexpected type")?,
+            tier_active: Array::try_from(open(map_names::TIER_ACTIVE)?)
+                .context("TIER_ACTIVE has an unexpected type")?,
+        })
     }
 }
 
@@ -518,4 +574,18 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting 0700 on {}", dir.display()))
+}
+
+/// A backend's forwarded-packet count (summed over CPUs) from the pinned
+/// `BACKEND_STATS` under `pin_dir`.
+pub fn pinned_backend_packets(pin_dir: &Path, backend_id: u32) -> anyhow::Result<u64> {
+    let path = map_pin_path(pin_dir, map_names::BACKEND_STATS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let a: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+        .context("BACKEND_STATS has an unexpected type")?;
+    Ok(a.get(&backend_id, 0)
+        .context("reading BACKEND_STATS")?
+        .iter()
+        .map(|c| c.packets)
+        .sum())
 }

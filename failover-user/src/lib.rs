@@ -2,9 +2,14 @@
 //! that runs without root: config validation, Maglev tables, id layout.
 //! `dataplane` wraps the loaded XDP program and its maps.
 
+pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod events;
+pub mod health;
+pub mod hooks;
 pub mod lab;
 pub mod layout;
 pub mod maglev;
 pub mod objects;
+pub mod probe;

@@ -4,9 +4,14 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::{collections::HashMap, sync::Arc};
+
 use failover_user::{
+    agent::{self, Agent, BackendKey},
     config::{self, Config},
-    dataplane::{self, Dataplane},
+    dataplane::{self, AgentMaps, Dataplane},
+    events,
+    health::State,
     layout::Layout,
 };
 use tracing::{error, info, warn};
@@ -191,7 +196,11 @@ fn set_state(path: PathBuf, service: &str, backend: &str, state: StateArg) -> an
     Ok(())
 }
 
-fn apply(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<Layout> {
+fn apply(
+    dp: &mut Dataplane,
+    cfg: &Config,
+    states: &HashMap<BackendKey, State>,
+) -> anyhow::Result<Layout> {
     let lp = layout_path(cfg);
     let prev = match Layout::load(&lp) {
         Ok(p) => p,
@@ -201,7 +210,22 @@ fn apply(dp: &mut Dataplane, cfg: &Config) -> anyhow::Result<Layout> {
         }
     };
     let layout = Layout::assign(cfg, prev.as_ref()).context("assigning map slots")?;
-    dp.apply(cfg, &layout)
+    // Backends whose health is known (a reload) keep it: their state words
+    // are written from it, not from the config.
+    let mut words = HashMap::new();
+    for (s, sl) in cfg.services.iter().zip(&layout.services) {
+        for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+            let key = (
+                s.name.clone(),
+                b.name.clone(),
+                std::net::SocketAddr::new(b.address, b.port),
+            );
+            if let Some(st) = states.get(&key) {
+                words.insert(bl.id, agent::word_for(*st, s.flows_on_down));
+            }
+        }
+    }
+    dp.apply(cfg, &layout, &words)
         .context("writing the config into the maps")?;
     layout.save(&lp)?;
     Ok(layout)
@@ -230,10 +254,20 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // Keep the logger alive for the daemon's life: it owns the log ring
     // buffer's fd.
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
-    let layout = apply(&mut dp, &cfg)?;
+    let layout = apply(&mut dp, &cfg, &HashMap::new())?;
     for iface in &cfg.daemon.interfaces {
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }
+    let sink = Arc::new(events::Sink::new(cfg.daemon.events_file.as_deref())?);
+    let start_agent = |cfg: &Config,
+                       layout: &Layout,
+                       states: &HashMap<BackendKey, State>|
+     -> anyhow::Result<Agent> {
+        let maps = AgentMaps::open(&cfg.daemon.bpffs)
+            .context("opening the pinned maps for the health agent")?;
+        Agent::start(cfg, layout, maps, sink.clone(), states)
+    };
+    let mut agent = Some(start_agent(&cfg, &layout, &HashMap::new())?);
     info!(
         services = layout.services.len(),
         bpffs = %cfg.daemon.bpffs.display(),
@@ -259,10 +293,24 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
                     Ok(new) if new.daemon != current.daemon || new.limits != current.limits => {
                         error!("reload refused: [daemon] and [limits] changes need a restart");
                     }
-                    Ok(new) => match apply(&mut dp, &new) {
-                        Ok(l) => { info!(services = l.services.len(), "config reloaded"); current = new; }
-                        Err(e) => error!(error = %format!("{e:#}"), "reload failed part-way"),
-                    },
+                    Ok(new) => {
+                        // Stop the agent (keeping what it knows), apply, restart it.
+                        let states = match agent.take() {
+                            Some(a) => a.stop().await.0,
+                            None => HashMap::new(),
+                        };
+                        match apply(&mut dp, &new, &states) {
+                            Ok(l) => {
+                                info!(services = l.services.len(), "config reloaded");
+                                match start_agent(&new, &l, &states) {
+                                    Ok(a) => agent = Some(a),
+                                    Err(e) => error!(error = %format!("{e:#}"), "health agent failed to restart: states are frozen"),
+                                }
+                                current = new;
+                            }
+                            Err(e) => error!(error = %format!("{e:#}"), "reload failed part-way"),
+                        }
+                    }
                 }
             }
             guard = log_fd.readable_mut() => {
@@ -271,6 +319,20 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
                     Err(e) => { warn!(error = %e, "eBPF log buffer unreadable"); }
                 }
             }
+        }
+    }
+    if let Some(a) = agent.take() {
+        let (_, stats) = a.stop().await;
+        if let (Some(p50), Some(p99)) = (
+            stats.decision_to_map_us.quantile(0.5),
+            stats.decision_to_map_us.quantile(0.99),
+        ) {
+            info!(
+                changes = stats.decision_to_map_us.len(),
+                p50_us = p50,
+                p99_us = p99,
+                "decision-to-map latency over this run"
+            );
         }
     }
     if detach_on_exit {

@@ -217,7 +217,7 @@ impl Lab {
         let cfg = config::parse(CONFIG, "packet-test").expect("test config is valid");
         let mut dp = Dataplane::load(&cfg.limits, None).expect("loading the XDP program");
         let layout = Layout::assign(&cfg, None).expect("layout");
-        dp.apply(&cfg, &layout)
+        dp.apply(&cfg, &layout, &Default::default())
             .expect("writing the config into the maps");
         dp.allow_egress("c0").expect("devmap c0");
         dp.allow_egress("b0").expect("devmap b0");
@@ -924,7 +924,9 @@ tier = 1
     )
     .expect("valid");
     let layout = Layout::assign(&cfg, None).unwrap();
-    lab.dp.apply(&cfg, &layout).expect("apply");
+    lab.dp
+        .apply(&cfg, &layout, &Default::default())
+        .expect("apply");
     lab.layout = layout;
     let mut counts = [0u32; 3];
     let n = 400u16;

@@ -17,13 +17,17 @@ use super::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, Server, Topology, check_prerequisites,
     tcp_request, vip,
 };
-use crate::{dataplane, layout::Layout};
+use crate::layout::Layout;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
+
+/// The demo's health check: TCP connect every 10 ms (5 ms while suspect),
+/// down after 3 failures, back after 2 successes.
+const DEMO_CHECK: &str = "type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2";
 
 pub struct DemoOptions {
     pub duration: Duration,
@@ -50,8 +54,16 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         );
         let topo = Topology::create(&prefix)?;
         let cfg_path = work.join("lab.toml");
-        std::fs::write(&cfg_path, topo.config(&bpffs, &work.join("state")))
-            .with_context(|| format!("writing {}", cfg_path.display()))?;
+        let extras = super::LabExtras {
+            check: Some(DEMO_CHECK.to_string()),
+            events_file: Some(work.join("events.jsonl")),
+            ..Default::default()
+        };
+        std::fs::write(
+            &cfg_path,
+            topo.config_with(&bpffs, &work.join("state"), &extras),
+        )
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
         let b1 = Server::start(
             &topo.backends[0],
             "b1",
@@ -100,10 +112,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 }
                 killed_at = Some(Instant::now());
                 println!(
-                    "lab: killed b1's server; marking b1 down (one map write: BACKEND_STATE[{b1_id}] = down)"
+                    "lab: killed b1's server (slot {b1_id}); the health agent probes it every 10 ms and marks it down after 3 failures"
                 );
-                println!("     (the health agent will detect this by itself once it lands)");
-                dataplane::set_pinned_state(&bpffs, b1_id, failover_common::STATE_DOWN)?;
             }
             n += 1;
             let who = match tcp_request(

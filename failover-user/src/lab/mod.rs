@@ -165,21 +165,41 @@ impl Topology {
 
     /// The daemon config for this lab: `web` (TCP 80, backend 1 primary,
     /// backend 2 standby), `dns` (UDP 53, same), `web6` (TCP 80 over IPv6),
-    /// and `api` (TCP 81, backend 2 primary, backend 1 standby).
+    /// and `api` (TCP 81, backend 2 primary, backend 1 standby), with no
+    /// health checks.
     pub fn config(&self, bpffs: &Path, state_dir: &Path) -> String {
+        self.config_with(bpffs, state_dir, &LabExtras::default())
+    }
+
+    /// The same with health checks, policies, hooks or events added.
+    pub fn config_with(&self, bpffs: &Path, state_dir: &Path, x: &LabExtras) -> String {
         let (b1, b1v6) = BACKENDS[0];
         let (b2, b2v6) = BACKENDS[1];
+        let check = |default: &str| -> String {
+            match &x.check {
+                Some(c) => format!("\n[service.check]\n{c}\n"),
+                None => default.to_string(),
+            }
+        };
+        let none = "\n[service.check]\ntype = \"none\"\n";
+        let keys = &x.service_keys;
+        let tail = &x.service_tables;
+        let events = match &x.events_file {
+            Some(p) => format!("events_file = \"{}\"\n", p.display()),
+            None => String::new(),
+        };
         format!(
             r#"# The lab's config, written by `failover lab`.
 [daemon]
 interfaces = ["lc", "lb1", "lb2"]
 bpffs = "{bpffs}"
 state_dir = "{state}"
-
+{events}
 [[service]]
 name = "web"
 vip = "{VIP4}"
 port = 80
+{keys}
 [[service.backend]]
 name = "b1"
 address = "{b1}"
@@ -189,12 +209,14 @@ name = "b2"
 address = "{b2}"
 port = {tcp}
 tier = 1
+{web_check}{tail}
 
 [[service]]
 name = "dns"
 vip = "{VIP4}"
 port = 53
 protocol = "udp"
+{keys}
 [[service.backend]]
 name = "b1"
 address = "{b1}"
@@ -204,11 +226,13 @@ name = "b2"
 address = "{b2}"
 port = {udp}
 tier = 1
+{none}{tail}
 
 [[service]]
 name = "web6"
 vip = "{VIP6}"
 port = 80
+{keys}
 [[service.backend]]
 name = "b1"
 address = "{b1v6}"
@@ -218,11 +242,13 @@ name = "b2"
 address = "{b2v6}"
 port = {tcp}
 tier = 1
+{web_check}{tail}
 
 [[service]]
 name = "api"
 vip = "{VIP4}"
 port = 81
+{keys}
 [[service.backend]]
 name = "b2"
 address = "{b2}"
@@ -232,13 +258,94 @@ name = "b1"
 address = "{b1}"
 port = {api}
 tier = 1
+{api_check}{tail}
 "#,
             bpffs = bpffs.display(),
             state = state_dir.display(),
             tcp = BACKEND_TCP_PORT,
             udp = BACKEND_UDP_PORT,
             api = BACKEND_TCP_PORT + 1,
+            web_check = check(none),
+            api_check = check(none),
         )
+    }
+}
+
+/// Additions to the lab's config (see [`Topology::config_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct LabExtras {
+    /// The body of a `[service.check]` table for the TCP services (`dns`
+    /// stays unchecked); `None`: no checks.
+    pub check: Option<String>,
+    /// Keys added to every service (e.g. `failback = "hold-down"`).
+    pub service_keys: String,
+    /// Tables added to every service (e.g. `[[service.hook]]` ...).
+    pub service_tables: String,
+    pub events_file: Option<std::path::PathBuf>,
+}
+
+/// An HTTP/1.1 health endpoint answering every request with the status in
+/// `status` (body "ok" for 2xx, "unavailable" otherwise), until dropped.
+pub struct HttpHealth {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpHealth {
+    pub fn start(
+        ns: &Netns,
+        port: u16,
+        status: Arc<std::sync::atomic::AtomicU16>,
+    ) -> anyhow::Result<Self> {
+        let l = ns.run(|| {
+            let l =
+                TcpListener::bind(("::", port)).with_context(|| format!("binding TCP {port}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 2048];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 8192 {
+                    match std::io::Read::read(&mut s, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let code = status.load(Ordering::Relaxed);
+                let body = if (200..300).contains(&code) {
+                    "ok"
+                } else {
+                    "unavailable"
+                };
+                let _ = s.write_all(
+                    format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                        .as_bytes(),
+                );
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HttpHealth {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

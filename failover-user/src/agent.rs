@@ -1,0 +1,781 @@
+//! The health agent: one probe task per backend, one decider task that owns
+//! every backend's state machine and the state map, and a table task that
+//! rebuilds Maglev tables off the switching path.
+//!
+//! A decision is applied with one syscall (a 4-byte write to
+//! `BACKEND_STATE`) straight from the decider; the time from the decision to
+//! the end of that write is measured for every change. Events go to the
+//! sink and to hooks, which run in their own tasks and never delay a switch.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use failover_common::{STATE_DISABLED, STATE_DOWN, STATE_DRAINING, STATE_UP, TableValue};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{Check, Config, FlowsOnDown, HookEvent, NoBackend, Service},
+    dataplane::{AgentMaps, write_table_to},
+    events::{Event, Sink},
+    health::{Machine, Notice, Policy, State},
+    hooks,
+    layout::Layout,
+    maglev,
+    probe::{self, ProbeResult, Target},
+};
+
+/// Identity of a backend across reloads.
+pub type BackendKey = (String, String, SocketAddr);
+
+/// The state word the dataplane gets for a backend in `state`.
+pub fn word_for(state: State, flows_on_down: FlowsOnDown) -> u32 {
+    match state {
+        State::Up | State::Suspect => STATE_UP,
+        State::Draining => STATE_DRAINING,
+        State::Disabled => STATE_DISABLED,
+        State::Down => match flows_on_down {
+            FlowsOnDown::Move => STATE_DOWN,
+            FlowsOnDown::Keep => STATE_DRAINING,
+        },
+    }
+}
+
+fn word_name(w: u32) -> &'static str {
+    match w {
+        STATE_UP => "up",
+        STATE_DRAINING => "draining",
+        STATE_DISABLED => "disabled",
+        _ => "down",
+    }
+}
+
+/// Latency samples (µs) with percentiles; bounded.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    samples: Vec<f64>,
+}
+
+impl Histogram {
+    const CAP: usize = 100_000;
+
+    pub fn record(&mut self, v: f64) {
+        if self.samples.len() >= Self::CAP {
+            self.samples.remove(0);
+        }
+        self.samples.push(v);
+    }
+
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// The `q` quantile (0..=1), nearest rank.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut s = self.samples.clone();
+        s.sort_by(f64::total_cmp);
+        let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+        Some(s[rank - 1])
+    }
+}
+
+/// What the agent measured, for the log and for tests.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub decision_to_map_us: Histogram,
+    pub first_failure_to_switch_ms: Histogram,
+    pub map_version: u64,
+}
+
+struct ProbeMsg {
+    idx: usize,
+    result: ProbeResult,
+    at: Instant,
+}
+
+struct BackendRt {
+    svc: usize,
+    tier: usize,
+    key: BackendKey,
+    name: String,
+    id: u32,
+    weight: u32,
+    /// Its identity in Maglev tables (as the config writer uses).
+    maglev_key: String,
+    machine: Machine,
+    policy: Policy,
+    /// What the map holds for it now.
+    word: u32,
+    /// Kept up against its health because it is the last one (keep-last).
+    kept_last: bool,
+    state_tx: watch::Sender<State>,
+}
+
+struct SvcRt {
+    cfg: Service,
+    first_tier: u32,
+    backends: Vec<usize>,
+}
+
+enum Cmd {
+    Snapshot(oneshot::Sender<(HashMap<BackendKey, State>, Stats)>),
+}
+
+/// A running agent; stop it with [`Agent::stop`].
+pub struct Agent {
+    stop_tx: watch::Sender<bool>,
+    cmd_tx: mpsc::Sender<Cmd>,
+    tasks: Vec<JoinHandle<()>>,
+    decider: JoinHandle<Stats>,
+}
+
+impl Agent {
+    /// Starts probing every backend of `cfg` that has a check. `initial`
+    /// carries health states over from a previous agent (reload); others
+    /// start in their configured state.
+    pub fn start(
+        cfg: &Config,
+        layout: &Layout,
+        maps: AgentMaps,
+        sink: Arc<Sink>,
+        initial: &HashMap<BackendKey, State>,
+    ) -> anyhow::Result<Self> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel::<ProbeMsg>(4096);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(16);
+        let (table_tx, table_rx) = mpsc::unbounded_channel::<TableJob>();
+        let mut svcs = Vec::new();
+        let mut backends = Vec::new();
+        let mut tasks = Vec::new();
+        for (si, (s, sl)) in cfg.services.iter().zip(&layout.services).enumerate() {
+            let mut idxs = Vec::new();
+            for (ti, (tier, tl)) in s.tiers.iter().zip(&sl.tiers).enumerate() {
+                for (b, bl) in tier.iter().zip(tl) {
+                    let addr = SocketAddr::new(b.address, b.port);
+                    let key: BackendKey = (s.name.clone(), b.name.clone(), addr);
+                    let configured = match b.state {
+                        crate::config::InitialState::Up => State::Up,
+                        crate::config::InitialState::Down => State::Down,
+                        crate::config::InitialState::Draining => State::Draining,
+                        crate::config::InitialState::Disabled => State::Disabled,
+                    };
+                    let start_state = initial.get(&key).copied().unwrap_or(configured);
+                    let (state_tx, state_rx) = watch::channel(start_state);
+                    let policy = match &s.check {
+                        Some(c) => Policy {
+                            rise: c.rise,
+                            fall: c.fall,
+                            failback: s.failback,
+                            damping: s.damping,
+                        },
+                        None => Policy {
+                            rise: 1,
+                            fall: 1,
+                            failback: s.failback,
+                            damping: s.damping,
+                        },
+                    };
+                    let idx = backends.len();
+                    if let Some(check) = &s.check {
+                        let target = Target {
+                            service: s.name.clone(),
+                            backend: b.name.clone(),
+                            addr: SocketAddr::new(b.address, check.port.unwrap_or(b.port)),
+                        };
+                        tasks.push(tokio::spawn(probe_loop(
+                            idx,
+                            check.clone(),
+                            target,
+                            tx.clone(),
+                            state_rx,
+                            stop_rx.clone(),
+                        )));
+                    }
+                    backends.push(BackendRt {
+                        svc: si,
+                        tier: ti,
+                        key,
+                        name: b.name.clone(),
+                        id: bl.id,
+                        weight: b.weight,
+                        maglev_key: b.key(),
+                        machine: Machine::new(start_state),
+                        policy,
+                        word: STATE_UP,
+                        kept_last: false,
+                        state_tx,
+                    });
+                    idxs.push(idx);
+                }
+            }
+            svcs.push(SvcRt {
+                cfg: s.clone(),
+                first_tier: sl.first_tier,
+                backends: idxs,
+            });
+        }
+        let AgentMaps {
+            state,
+            tables,
+            tier_active,
+        } = maps;
+        let mut d = Decider {
+            svcs,
+            backends,
+            state_map: state,
+            sink,
+            stats: Stats::default(),
+            table_tx,
+        };
+        // Write the starting states (carried over or configured) so the map
+        // and the machines agree from the first packet on.
+        d.sync_all()
+            .context("writing the starting backend states")?;
+        tasks.push(tokio::spawn(table_task(
+            table_rx,
+            tables,
+            tier_active,
+            stop_rx.clone(),
+        )));
+        // Tables over the members that serve now (some may start down).
+        for s in 0..d.svcs.len() {
+            for t in 0..d.svcs[s].cfg.tiers.len() {
+                d.rebuild(s, t);
+            }
+        }
+        let decider = tokio::spawn(d.run(rx, cmd_rx, stop_rx));
+        info!(probed = tasks.len() - 1, "health agent started");
+        Ok(Self {
+            stop_tx,
+            cmd_tx,
+            tasks,
+            decider,
+        })
+    }
+
+    /// Current states and measurements.
+    pub async fn snapshot(&self) -> anyhow::Result<(HashMap<BackendKey, State>, Stats)> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(Cmd::Snapshot(tx))
+            .await
+            .context("the agent has stopped")?;
+        rx.await.context("the agent has stopped")
+    }
+
+    /// Stops every task; returns the final states and measurements.
+    pub async fn stop(self) -> (HashMap<BackendKey, State>, Stats) {
+        let snap = self.snapshot().await.ok();
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let stats = self.decider.await.unwrap_or_default();
+        match snap {
+            Some((states, _)) => (states, stats),
+            None => (HashMap::new(), stats),
+        }
+    }
+}
+
+/// A small xorshift generator for jitter (no need for cryptographic quality).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(seed: u64) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        Self((seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t) | 1)
+    }
+    /// A factor in [1 - j, 1 + j].
+    fn factor(&mut self, j: f64) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let u = (self.0 >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        1.0 + j * (2.0 * u - 1.0)
+    }
+}
+
+async fn probe_loop(
+    idx: usize,
+    check: Check,
+    target: Target,
+    tx: mpsc::Sender<ProbeMsg>,
+    state_rx: watch::Receiver<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut jitter = Jitter::new(idx as u64 + 1);
+    // Start at a random point of the first interval so probes spread out.
+    let mut wait = check.interval.mul_f64((jitter.factor(0.5) - 0.5).max(0.0));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let result = tokio::select! {
+            r = probe::probe(&check.probe, &target, check.timeout) => r,
+            _ = stop.changed() => return,
+        };
+        let ok = result.ok;
+        if tx
+            .send(ProbeMsg {
+                idx,
+                result,
+                at: Instant::now(),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let suspect = !ok || *state_rx.borrow() == State::Suspect;
+        let base = if suspect {
+            check.fast_interval
+        } else {
+            check.interval
+        };
+        wait = base.mul_f64(jitter.factor(check.jitter));
+    }
+}
+
+struct Decider {
+    svcs: Vec<SvcRt>,
+    backends: Vec<BackendRt>,
+    state_map: aya::maps::Array<aya::maps::MapData, u32>,
+    sink: Arc<Sink>,
+    stats: Stats,
+    table_tx: mpsc::UnboundedSender<TableJob>,
+}
+
+impl Decider {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<ProbeMsg>,
+        mut cmd_rx: mpsc::Receiver<Cmd>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Stats {
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => self.on_probe(m),
+                    None => break,
+                },
+                c = cmd_rx.recv() => match c {
+                    Some(Cmd::Snapshot(reply)) => {
+                        let states = self.backends.iter().map(|b| (b.key.clone(), b.machine.state())).collect();
+                        let _ = reply.send((states, self.stats.clone()));
+                    }
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        if let (Some(p50), Some(p99)) = (
+            self.stats.decision_to_map_us.quantile(0.5),
+            self.stats.decision_to_map_us.quantile(0.99),
+        ) {
+            info!(
+                changes = self.stats.decision_to_map_us.len(),
+                p50_us = p50,
+                p99_us = p99,
+                "decision-to-map latency"
+            );
+        }
+        self.stats
+    }
+
+    /// Asks the table task to rebuild tier `ti` of service `svc` over its
+    /// members as the map now has them.
+    fn rebuild(&self, svc: usize, ti: usize) {
+        let s = &self.svcs[svc];
+        let members = s
+            .backends
+            .iter()
+            .map(|&i| &self.backends[i])
+            .filter(|b| b.tier == ti)
+            .map(|b| (b.id, b.maglev_key.clone(), b.weight, b.word == STATE_UP))
+            .collect();
+        let job = TableJob {
+            tier: s.first_tier + ti as u32,
+            size: s.cfg.table_size,
+            members,
+        };
+        let _ = self.table_tx.send(job);
+    }
+
+    /// The word the map should hold for backend `i`, ignoring keep-last.
+    fn desired(&self, i: usize) -> u32 {
+        let b = &self.backends[i];
+        word_for(b.machine.state(), self.svcs[b.svc].cfg.flows_on_down)
+    }
+
+    /// The first tier with a member taking new flows, and those members.
+    fn serving(&self, svc: usize) -> (Option<usize>, Vec<String>) {
+        let s = &self.svcs[svc];
+        for ti in 0..s.cfg.tiers.len() {
+            let up: Vec<String> = s
+                .backends
+                .iter()
+                .map(|&i| &self.backends[i])
+                .filter(|b| b.tier == ti && b.word == STATE_UP)
+                .map(|b| b.name.clone())
+                .collect();
+            if !up.is_empty() {
+                return (Some(ti), up);
+            }
+        }
+        (None, Vec::new())
+    }
+
+    /// Writes one backend's word: the one syscall of a switch. Returns the
+    /// decision-to-map time.
+    fn write(&mut self, i: usize, word: u32, decided: Instant) -> Option<Duration> {
+        let id = self.backends[i].id;
+        match self.state_map.set(id, word, 0) {
+            Ok(()) => {
+                let dt = decided.elapsed();
+                self.backends[i].word = word;
+                self.stats.map_version += 1;
+                self.stats.decision_to_map_us.record(dt.as_secs_f64() * 1e6);
+                Some(dt)
+            }
+            Err(e) => {
+                warn!(error = %e, backend = %self.backends[i].name, "writing BACKEND_STATE failed; the dataplane keeps the old state");
+                None
+            }
+        }
+    }
+
+    fn sync_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.backends.len() {
+            let w = self.desired(i);
+            let id = self.backends[i].id;
+            self.state_map
+                .set(id, w, 0)
+                .with_context(|| format!("writing BACKEND_STATE[{id}]"))?;
+            self.backends[i].word = w;
+        }
+        // Keep-last on start: if a service would start with nothing up.
+        for s in 0..self.svcs.len() {
+            self.keep_last(s, Instant::now(), None);
+        }
+        Ok(())
+    }
+
+    fn on_probe(&mut self, m: ProbeMsg) {
+        let i = m.idx;
+        let detail = format!(
+            "{}: {} in {:.1} ms",
+            kind_name(&self.svcs[self.backends[i].svc].cfg),
+            m.result.detail,
+            m.result.latency.as_secs_f64() * 1e3
+        );
+        let policy = self.backends[i].policy;
+        let (tr, notice) = self.backends[i]
+            .machine
+            .observe(m.at, m.result.ok, &detail, &policy);
+        let svc = self.backends[i].svc;
+        if let Some(Notice::HeldDown(why)) = notice {
+            let mut e = Event::new(
+                "held-down",
+                &self.svcs[svc].cfg.name,
+                why,
+                self.stats.map_version,
+            );
+            e.backend = Some(self.backends[i].name.clone());
+            self.emit(svc, e, HookEvent::State);
+        }
+        let Some(tr) = tr else {
+            debug!(backend = %self.backends[i].name, ok = m.result.ok, detail = %m.result.detail, "probe");
+            return;
+        };
+        // The switch first (one syscall), the bookkeeping after it.
+        let decided = Instant::now();
+        let old_word = self.backends[i].word;
+        let want = self.desired(i);
+        let mut dt = None;
+        let mut reason = tr.reason.clone();
+        if want != old_word {
+            if want != STATE_UP && self.keeps_last(svc, i) {
+                self.backends[i].kept_last = true;
+                reason = format!(
+                    "{reason}; kept in service: it is the last healthy backend (on_no_backend = keep-last)"
+                );
+            } else {
+                self.backends[i].kept_last = false;
+                dt = self.write(i, want, decided);
+            }
+        }
+        let _ = self.backends[i].state_tx.send(tr.to);
+        // What served before the write, for the failover report.
+        let new_word = self.backends[i].word;
+        self.backends[i].word = old_word;
+        let before = self.serving(svc);
+        self.backends[i].word = new_word;
+        let mut e = Event::new(
+            "state",
+            &self.svcs[svc].cfg.name,
+            reason,
+            self.stats.map_version,
+        );
+        e.backend = Some(self.backends[i].name.clone());
+        e.from = Some(tr.from.name().to_string());
+        e.to = Some(tr.to.name().to_string());
+        e.map_word = Some(word_name(self.backends[i].word));
+        e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
+        if let (Some(first), Some(_)) = (tr.first_failure_at, dt) {
+            let ms = first.elapsed().as_secs_f64() * 1e3;
+            self.stats.first_failure_to_switch_ms.record(ms);
+            e.first_failure_to_switch_ms = Some(ms);
+        }
+        self.emit(svc, e, HookEvent::State);
+        if self.backends[i].kept_last {
+            let mut a = Event::new(
+                "keep-last",
+                &self.svcs[svc].cfg.name,
+                "no other healthy backend: keeping the last one in service".into(),
+                self.stats.map_version,
+            );
+            a.backend = Some(self.backends[i].name.clone());
+            self.emit(svc, a, HookEvent::Failover);
+        }
+        // A backend that came up may let a kept one go down now.
+        if self.backends[i].word == STATE_UP {
+            self.keep_last(svc, decided, Some(i));
+        }
+        if dt.is_some() {
+            self.rebuild(svc, self.backends[i].tier);
+        }
+        self.report_failover(svc, before, &tr.reason);
+    }
+
+    /// Whether marking `i` not-up would leave service `svc` with no backend
+    /// taking new flows while its rule is keep-last.
+    fn keeps_last(&self, svc: usize, i: usize) -> bool {
+        self.svcs[svc].cfg.on_no_backend == NoBackend::KeepLast
+            && !self.svcs[svc]
+                .backends
+                .iter()
+                .any(|&j| j != i && self.backends[j].word == STATE_UP)
+    }
+
+    /// Applies pending downs of kept-last backends once another is up.
+    fn keep_last(&mut self, svc: usize, decided: Instant, except: Option<usize>) {
+        let idxs = self.svcs[svc].backends.clone();
+        for i in idxs {
+            if Some(i) == except || !self.backends[i].kept_last {
+                continue;
+            }
+            let want = self.desired(i);
+            if want != STATE_UP && !self.keeps_last(svc, i) {
+                self.backends[i].kept_last = false;
+                let before = self.serving(svc);
+                if self.write(i, want, decided).is_some() {
+                    let mut e = Event::new(
+                        "state",
+                        &self.svcs[svc].cfg.name,
+                        "kept-last backend released: another one is up".into(),
+                        self.stats.map_version,
+                    );
+                    e.backend = Some(self.backends[i].name.clone());
+                    e.to = Some(self.backends[i].machine.state().name().to_string());
+                    e.map_word = Some(word_name(want));
+                    self.emit(svc, e, HookEvent::State);
+                    self.rebuild(svc, self.backends[i].tier);
+                    self.report_failover(svc, before, "kept-last backend released");
+                }
+            }
+        }
+    }
+
+    fn report_failover(&mut self, svc: usize, before: (Option<usize>, Vec<String>), cause: &str) {
+        let after = self.serving(svc);
+        if after.0 == before.0 {
+            return;
+        }
+        let name = self.svcs[svc].cfg.name.clone();
+        let kind = if after.0.is_none() {
+            "no-healthy-backend"
+        } else {
+            "failover"
+        };
+        let reason = match (before.0, after.0) {
+            (_, None) => format!(
+                "no backend takes new flows ({cause}); on_no_backend = {:?}",
+                self.svcs[svc].cfg.on_no_backend
+            ),
+            (Some(a), Some(b)) if b > a => {
+                format!("tier {a} has no healthy backend ({cause}): tier {b} takes over")
+            }
+            (Some(a), Some(b)) => {
+                format!("tier {b} is healthy again ({cause}): it takes over from tier {a}")
+            }
+            (None, Some(b)) => format!("tier {b} is healthy again ({cause})"),
+        };
+        let mut e = Event::new(kind, &name, reason, self.stats.map_version);
+        e.from_tier = Some(before.0);
+        e.to_tier = Some(after.0);
+        e.serving = Some(after.1);
+        self.emit(svc, e, HookEvent::Failover);
+    }
+
+    fn emit(&self, svc: usize, e: Event, class: HookEvent) {
+        let json = self.sink.emit(&e);
+        for h in &self.svcs[svc].cfg.hooks {
+            if h.events.contains(&class) {
+                // Detached: the hook runs (and logs its outcome) on its own.
+                drop(hooks::spawn(&h.hook, json.clone(), e.env()));
+            }
+        }
+    }
+}
+
+fn kind_name(s: &Service) -> &'static str {
+    match s.check.as_ref().map(|c| &c.probe) {
+        Some(probe::ProbeSpec::Tcp) => "tcp",
+        Some(probe::ProbeSpec::Http { .. }) => "http",
+        Some(probe::ProbeSpec::Udp { .. }) => "udp",
+        Some(probe::ProbeSpec::Exec { .. }) => "exec",
+        None => "none",
+    }
+}
+
+/// A table rebuild request: one tier, its members and which take new flows.
+struct TableJob {
+    tier: u32,
+    size: u32,
+    /// (backend id, Maglev key, weight, takes new flows)
+    members: Vec<(u32, String, u32, bool)>,
+}
+
+/// Rebuilds tiers' Maglev tables over the members that take new flows (all
+/// of them if none does), off the switching path, coalescing bursts (the
+/// latest job per tier wins); each table is written into the inactive half
+/// and swapped in with one write.
+async fn table_task(
+    mut rx: mpsc::UnboundedReceiver<TableJob>,
+    tables: aya::maps::Array<aya::maps::MapData, TableValue>,
+    active: aya::maps::Array<aya::maps::MapData, u32>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let maps = Arc::new(std::sync::Mutex::new((tables, active)));
+    loop {
+        let first = tokio::select! {
+            j = rx.recv() => match j { Some(j) => j, None => return },
+            _ = stop.changed() => return,
+        };
+        // Coalesce a burst of changes: keep the newest job per tier.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut pending: Vec<TableJob> = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            pending.retain(|p| p.tier != j.tier);
+            pending.push(j);
+        }
+        for job in pending {
+            let maps = maps.clone();
+            let tier = job.tier;
+            let res = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let entries = build_entries(&job.members, job.size)?;
+                let ids: Vec<u32> = job.members.iter().map(|m| m.0).collect();
+                let mut guard = maps
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("table maps lock poisoned"))?;
+                let (tables, active) = &mut *guard;
+                write_table_to(tables, active, job.tier, job.size, &ids, &entries)
+            })
+            .await;
+            match res {
+                Ok(Ok(())) => debug!(tier, "table rebuilt"),
+                Ok(Err(e)) => {
+                    warn!(tier, error = %format!("{e:#}"), "table rebuild failed; the old table stays")
+                }
+                Err(e) => warn!(tier, error = %e, "table rebuild task failed"),
+            }
+        }
+    }
+}
+
+/// Maglev entries (indexes into `members`) over the members that take new
+/// flows, or over all of them when none does.
+fn build_entries(members: &[(u32, String, u32, bool)], size: u32) -> anyhow::Result<Vec<u16>> {
+    let chosen: Vec<usize> = (0..members.len()).filter(|&k| members[k].3).collect();
+    let chosen = if chosen.is_empty() {
+        (0..members.len()).collect()
+    } else {
+        chosen
+    };
+    let list: Vec<maglev::Member> = chosen
+        .iter()
+        .map(|&k| maglev::Member {
+            key: members[k].1.clone(),
+            weight: members[k].2,
+        })
+        .collect();
+    let table = maglev::build(&list, size).context("building a Maglev table")?;
+    Ok(table
+        .into_iter()
+        .map(|e| chosen[usize::from(e)] as u16)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for v in 1..=100 {
+            h.record(f64::from(v));
+        }
+        assert_eq!(h.quantile(0.5), Some(50.0));
+        assert_eq!(h.quantile(0.99), Some(99.0));
+        assert_eq!(h.quantile(1.0), Some(100.0));
+    }
+
+    #[test]
+    fn tables_cover_only_serving_members() {
+        let m = |up| {
+            vec![
+                (7, "a:1".to_string(), 1, up),
+                (9, "b:1".to_string(), 1, true),
+                (11, "c:1".to_string(), 1, true),
+            ]
+        };
+        let e = build_entries(&m(false), 251).unwrap();
+        assert_eq!(e.len(), 251);
+        assert!(!e.contains(&0), "the down member gets no entries");
+        assert!(e.contains(&1) && e.contains(&2));
+        let all_down = vec![
+            (7, "a:1".to_string(), 1, false),
+            (9, "b:1".to_string(), 1, false),
+        ];
+        let e = build_entries(&all_down, 251).unwrap();
+        assert!(
+            e.contains(&0) && e.contains(&1),
+            "nobody serving: table over everyone"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Events: every state change and failover, as one JSON object per line,
+//! written to the log (target `failover::event`) and, if configured, appended
+//! to `daemon.events_file`; and handed to the service's hooks.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    path::Path,
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// One event. Fields that do not apply are omitted from the JSON.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Event {
+    /// RFC 3339 UTC time with microseconds.
+    pub ts: String,
+    /// `state`, `failover`, `held-down`, `keep-last`, `no-healthy-backend`.
+    pub kind: &'static str,
+    pub service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub reason: String,
+    /// Incremented by every write the agent makes to the state map.
+    pub map_version: u64,
+    /// The state word now in the map for this backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map_word: Option<&'static str>,
+    /// From the decision to the end of the map write syscall.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_to_map_us: Option<f64>,
+    /// From the first failed probe's result to the map write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_failure_to_switch_ms: Option<f64>,
+    /// Failover: the serving tier before and after (`null`: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_tier: Option<Option<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_tier: Option<Option<usize>>,
+    /// Failover: the backends now serving new flows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Vec<String>>,
+}
+
+impl Event {
+    pub fn new(kind: &'static str, service: &str, reason: String, map_version: u64) -> Self {
+        Self {
+            ts: now_rfc3339(),
+            kind,
+            service: service.to_string(),
+            reason,
+            map_version,
+            ..Self::default()
+        }
+    }
+
+    /// Environment for hooks: FAILOVER_KIND, FAILOVER_SERVICE, ... (only the
+    /// fields that apply).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("FAILOVER_KIND".to_string(), self.kind.to_string()),
+            ("FAILOVER_SERVICE".to_string(), self.service.clone()),
+            ("FAILOVER_REASON".to_string(), self.reason.clone()),
+            (
+                "FAILOVER_MAP_VERSION".to_string(),
+                self.map_version.to_string(),
+            ),
+            ("FAILOVER_TIME".to_string(), self.ts.clone()),
+        ];
+        let mut add = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                v.push((k.to_string(), val));
+            }
+        };
+        add("FAILOVER_BACKEND", self.backend.clone());
+        add("FAILOVER_FROM", self.from.clone());
+        add("FAILOVER_TO", self.to.clone());
+        add(
+            "FAILOVER_FROM_TIER",
+            self.from_tier
+                .map(|t| t.map_or("none".to_string(), |t| t.to_string())),
+        );
+        add(
+            "FAILOVER_TO_TIER",
+            self.to_tier
+                .map(|t| t.map_or("none".to_string(), |t| t.to_string())),
+        );
+        add(
+            "FAILOVER_SERVING",
+            self.serving.as_ref().map(|s| s.join(",")),
+        );
+        v
+    }
+}
+
+/// Where events go.
+pub struct Sink {
+    file: Option<Mutex<File>>,
+}
+
+impl Sink {
+    pub fn new(path: Option<&Path>) -> anyhow::Result<Self> {
+        let file = match path {
+            None => None,
+            Some(p) => {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(p)
+                    .with_context(|| format!("opening the events file {}", p.display()))?;
+                Some(Mutex::new(f))
+            }
+        };
+        Ok(Self { file })
+    }
+
+    /// Writes the event; returns its JSON.
+    pub fn emit(&self, e: &Event) -> String {
+        let json = serde_json::to_string(e)
+            .unwrap_or_else(|err| format!("{{\"kind\":\"error\",\"reason\":\"{err}\"}}"));
+        info!(target: "failover::event", "{json}");
+        if let Some(f) = &self.file {
+            match f.lock() {
+                Ok(mut f) => {
+                    if let Err(err) = f.write_all(format!("{json}\n").as_bytes()) {
+                        warn!(error = %err, "writing the events file");
+                    }
+                }
+                Err(_) => warn!("events file lock poisoned"),
+            }
+        }
+        json
+    }
+}
+
+/// The current time as RFC 3339 UTC with microseconds.
+pub fn now_rfc3339() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs(), d.subsec_micros())
+}
+
+fn rfc3339(secs: u64, micros: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(
+            rfc3339(1_795_478_400 + 3661, 123_456),
+            "2026-11-24T01:01:01.123456Z"
+        );
+    }
+
+    #[test]
+    fn env_has_only_the_fields_that_apply() {
+        let mut e = Event::new("state", "web", "tcp: refused".into(), 3);
+        e.backend = Some("b1".into());
+        e.from = Some("up".into());
+        e.to = Some("down".into());
+        let env: std::collections::HashMap<_, _> = e.env().into_iter().collect();
+        assert_eq!(env["FAILOVER_BACKEND"], "b1");
+        assert_eq!(env["FAILOVER_TO"], "down");
+        assert_eq!(env["FAILOVER_MAP_VERSION"], "3");
+        assert!(!env.contains_key("FAILOVER_TO_TIER"));
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("to_tier"), "{json}");
+    }
+}

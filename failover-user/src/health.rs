@@ -1,0 +1,511 @@
+//! The backend health state machine: pure, driven by probe results and an
+//! explicit clock, so every policy is unit-tested with a fake clock.
+//!
+//! ```text
+//!          fail (< fall)              fail streak >= fall
+//!   Up ------------------> Suspect -----------------------> Down
+//!    ^  <------------------   |                               |
+//!    |        ok              |                               | ok streak >= rise, then per failback:
+//!    |                        v (fall = 1: straight to Down)  |   auto: at once
+//!    +--------------------------------------------------------+   hold-down(d): after d of continuous health
+//!                                                                 manual: when an operator releases it
+//! ```
+//!
+//! Flap damping: a backend may come back up only while it has changed state
+//! fewer than `max_changes` times within `window`; going down is never
+//! delayed. So one backend makes at most `max_changes + 1` changes per
+//! window. `Draining` and `Disabled` are operator states: probes are still
+//! recorded, but no transition happens until the operator lifts them.
+
+use std::{collections::VecDeque, time::Instant};
+
+use serde::Serialize;
+
+use crate::config::{Damping, Failback};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Suspect,
+    Down,
+    Draining,
+    Disabled,
+}
+
+impl State {
+    /// Whether the dataplane may send new flows to it.
+    pub fn serving(self) -> bool {
+        matches!(self, State::Up | State::Suspect)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Suspect => "suspect",
+            State::Down => "down",
+            State::Draining => "draining",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+/// The knobs of one backend's machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub rise: u32,
+    pub fall: u32,
+    pub failback: Failback,
+    pub damping: Damping,
+}
+
+/// A state change and why it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+    /// For a change to `Down`: when the first failure of the failing streak
+    /// was seen (to measure first-failure-to-switch time).
+    pub first_failure_at: Option<Instant>,
+}
+
+/// Something worth reporting that is not a state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Healthy again, but staying down: (reason).
+    HeldDown(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    state: State,
+    ok_streak: u32,
+    fail_streak: u32,
+    first_failure_at: Option<Instant>,
+    /// When the ok streak reached `rise` (for hold-down).
+    healthy_since: Option<Instant>,
+    /// Times of recent state changes that the dataplane saw (for damping).
+    changes: VecDeque<Instant>,
+    /// Whether the last notice was already given for the current streak.
+    noticed: bool,
+    /// Recorded while in an operator state: where to return.
+    health: State,
+}
+
+impl Machine {
+    pub fn new(initial: State) -> Self {
+        Self {
+            state: initial,
+            ok_streak: 0,
+            fail_streak: 0,
+            first_failure_at: None,
+            healthy_since: None,
+            changes: VecDeque::new(),
+            noticed: false,
+            health: if initial.serving() {
+                State::Up
+            } else {
+                State::Down
+            },
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The state probes alone would give (also while an operator state holds).
+    pub fn health(&self) -> State {
+        self.health
+    }
+
+    fn damped(&mut self, now: Instant, d: &Damping) -> bool {
+        while let Some(&t) = self.changes.front() {
+            if now.duration_since(t) >= d.window {
+                self.changes.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.changes.len() as u32 >= d.max_changes
+    }
+
+    fn record_change(&mut self, now: Instant) {
+        self.changes.push_back(now);
+        // Bounded: older entries are pruned on the next check anyway.
+        if self.changes.len() > 1024 {
+            self.changes.pop_front();
+        }
+    }
+
+    fn go(&mut self, now: Instant, to: State, reason: String) -> Option<Transition> {
+        let from = self.state;
+        if from == to {
+            return None;
+        }
+        if from.serving() != to.serving() {
+            self.record_change(now);
+        }
+        self.state = to;
+        self.noticed = false;
+        let first_failure_at = if to == State::Down {
+            self.first_failure_at
+        } else {
+            None
+        };
+        Some(Transition {
+            from,
+            to,
+            reason,
+            first_failure_at,
+        })
+    }
+
+    /// Feeds one probe result. Returns the state change it causes, if any,
+    /// and a notice when a healthy backend is held down.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        ok: bool,
+        detail: &str,
+        p: &Policy,
+    ) -> (Option<Transition>, Option<Notice>) {
+        if ok {
+            self.ok_streak = self.ok_streak.saturating_add(1);
+            self.fail_streak = 0;
+            self.first_failure_at = None;
+            if self.ok_streak >= p.rise && self.healthy_since.is_none() {
+                self.healthy_since = Some(now);
+            }
+        } else {
+            self.fail_streak = self.fail_streak.saturating_add(1);
+            self.ok_streak = 0;
+            self.healthy_since = None;
+            if self.first_failure_at.is_none() {
+                self.first_failure_at = Some(now);
+            }
+        }
+        // Track the probes' verdict separately from the operator's state.
+        self.health = match (self.health, ok) {
+            (State::Up | State::Suspect, true) => State::Up,
+            (State::Up | State::Suspect, false) if self.fail_streak >= p.fall => State::Down,
+            (State::Up | State::Suspect, false) => State::Suspect,
+            (_, false) => State::Down,
+            (h, true) => {
+                if self.ok_streak >= p.rise {
+                    State::Up
+                } else {
+                    h
+                }
+            }
+        };
+        if matches!(self.state, State::Draining | State::Disabled) {
+            return (None, None);
+        }
+        match (self.state, ok) {
+            (State::Up | State::Suspect, true) => (
+                self.go(now, State::Up, format!("{detail} (recovered before fall)")),
+                None,
+            ),
+            (State::Up | State::Suspect, false) => {
+                if self.fail_streak >= p.fall {
+                    let reason = format!("{detail} ({} consecutive failures)", self.fail_streak);
+                    (self.go(now, State::Down, reason), None)
+                } else {
+                    let reason = format!("{detail} ({} of {} failures)", self.fail_streak, p.fall);
+                    (self.go(now, State::Suspect, reason), None)
+                }
+            }
+            (State::Down, false) => (None, None),
+            (State::Down, true) => self.try_up(now, detail, p),
+            (State::Draining | State::Disabled, _) => (None, None),
+        }
+    }
+
+    fn try_up(
+        &mut self,
+        now: Instant,
+        detail: &str,
+        p: &Policy,
+    ) -> (Option<Transition>, Option<Notice>) {
+        if self.ok_streak < p.rise {
+            return (None, None);
+        }
+        let since = self.healthy_since.unwrap_or(now);
+        let hold = match p.failback {
+            Failback::Auto => None,
+            Failback::Manual => Some("manual failback: waiting for an operator".to_string()),
+            Failback::HoldDown(d) => {
+                let stable = now.duration_since(since);
+                (stable < d).then(|| format!("hold-down: healthy for {stable:?} of {d:?}"))
+            }
+        };
+        if let Some(why) = hold {
+            return (None, self.notice(why));
+        }
+        if self.damped(now, &p.damping) {
+            let why = format!(
+                "flap damping: {} changes within {:?} (max {})",
+                self.changes.len(),
+                p.damping.window,
+                p.damping.max_changes
+            );
+            return (None, self.notice(why));
+        }
+        let reason = format!("{detail} ({} consecutive successes)", self.ok_streak);
+        (self.go(now, State::Up, reason), None)
+    }
+
+    fn notice(&mut self, why: String) -> Option<Notice> {
+        if self.noticed {
+            return None;
+        }
+        self.noticed = true;
+        Some(Notice::HeldDown(why))
+    }
+
+    /// An operator releases a backend held down by manual failback (or by
+    /// hold-down): it goes up if its probes say it is healthy (damping
+    /// still applies).
+    pub fn release(&mut self, now: Instant, p: &Policy) -> Result<Option<Transition>, String> {
+        if self.state != State::Down {
+            return Err(format!("the backend is {}, not down", self.state.name()));
+        }
+        if self.ok_streak < p.rise {
+            return Err(format!(
+                "the backend is not healthy ({} of {} checks passed)",
+                self.ok_streak, p.rise
+            ));
+        }
+        if self.damped(now, &p.damping) {
+            return Err("flap damping holds it down; try again later".to_string());
+        }
+        Ok(self.go(now, State::Up, "released by an operator".to_string()))
+    }
+
+    /// An operator drains or disables the backend, or lifts that (`None`:
+    /// back to what its probes say).
+    pub fn set_admin(&mut self, now: Instant, admin: Option<State>) -> Option<Transition> {
+        match admin {
+            Some(s @ (State::Draining | State::Disabled)) => {
+                self.go(now, s, format!("{} by an operator", s.name()))
+            }
+            _ => {
+                let to = self.health;
+                self.go(now, to, "returned to its health by an operator".to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn policy(failback: Failback) -> Policy {
+        Policy {
+            rise: 2,
+            fall: 3,
+            failback,
+            damping: Damping {
+                max_changes: 4,
+                window: Duration::from_secs(10),
+            },
+        }
+    }
+
+    /// A fake clock: instants at fixed offsets from one base.
+    struct Clock(Instant);
+    impl Clock {
+        fn at(&self, ms: u64) -> Instant {
+            self.0 + Duration::from_millis(ms)
+        }
+    }
+
+    #[test]
+    fn fall_counts_consecutive_failures_only() {
+        let c = Clock(Instant::now());
+        let p = policy(Failback::Auto);
+        let mut m = Machine::new(State::Up);
+        let (t, _) = m.observe(c.at(0), false, "refused", &p);
+        assert_eq!(t.unwrap().to, State::Suspect);
+        m.observe(c.at(10), false, "refused", &p);
+        // A success in between resets the streak: not cumulative.
+        let (t, _) = m.observe(c.at(20), true, "connected", &p);
+        assert_eq!(t.unwrap().to, State::Up);
+        m.observe(c.at(30), false, "refused", &p);
+        m.observe(c.at(40), false, "refused", &p);
+        assert_eq!(m.state(), State::Suspect);
+        let (t, _) = m.observe(c.at(50), false, "refused", &p);
+        let t = t.expect("down on the third consecutive failure");
+        assert_eq!((t.from, t.to), (State::Suspect, State::Down));
+        assert_eq!(
+            t.first_failure_at,
+            Some(c.at(30)),
+            "the streak started at 30 ms"
+        );
+        assert!(t.reason.contains("3 consecutive failures"), "{}", t.reason);
+    }
+
+    #[test]
+    fn fall_one_goes_straight_down_and_rise_needs_consecutive_successes() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            fall: 1,
+            ..policy(Failback::Auto)
+        };
+        let mut m = Machine::new(State::Up);
+        assert_eq!(
+            m.observe(c.at(0), false, "x", &p).0.unwrap().to,
+            State::Down
+        );
+        assert!(m.observe(c.at(10), true, "ok", &p).0.is_none(), "rise is 2");
+        assert!(m.observe(c.at(20), false, "x", &p).0.is_none());
+        assert!(
+            m.observe(c.at(30), true, "ok", &p).0.is_none(),
+            "streak restarted"
+        );
+        assert_eq!(m.observe(c.at(40), true, "ok", &p).0.unwrap().to, State::Up);
+    }
+
+    #[test]
+    fn hold_down_waits_for_continuous_health() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            fall: 1,
+            ..policy(Failback::HoldDown(Duration::from_secs(5)))
+        };
+        let mut m = Machine::new(State::Up);
+        m.observe(c.at(0), false, "x", &p);
+        m.observe(c.at(100), true, "ok", &p);
+        let (t, n) = m.observe(c.at(200), true, "ok", &p); // rise reached at 200 ms
+        assert!(t.is_none());
+        assert!(matches!(n, Some(Notice::HeldDown(ref w)) if w.contains("hold-down")));
+        assert!(m.observe(c.at(3000), true, "ok", &p).0.is_none());
+        // A failure restarts the hold-down.
+        m.observe(c.at(4000), false, "x", &p);
+        m.observe(c.at(4100), true, "ok", &p);
+        m.observe(c.at(4200), true, "ok", &p); // healthy since 4200
+        assert!(
+            m.observe(c.at(9100), true, "ok", &p).0.is_none(),
+            "only 4.9 s stable"
+        );
+        assert_eq!(
+            m.observe(c.at(9200), true, "ok", &p).0.unwrap().to,
+            State::Up
+        );
+    }
+
+    #[test]
+    fn manual_failback_needs_an_operator() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            fall: 1,
+            ..policy(Failback::Manual)
+        };
+        let mut m = Machine::new(State::Up);
+        m.observe(c.at(0), false, "x", &p);
+        assert!(m.release(c.at(5), &p).is_err(), "not healthy yet");
+        for i in 1..100 {
+            assert!(
+                m.observe(c.at(i * 10), true, "ok", &p).0.is_none(),
+                "never up by itself"
+            );
+        }
+        assert_eq!(m.state(), State::Down);
+        assert_eq!(m.health(), State::Up);
+        let t = m.release(c.at(2000), &p).unwrap().unwrap();
+        assert_eq!((t.from, t.to), (State::Down, State::Up));
+        assert!(m.release(c.at(2001), &p).is_err(), "already up");
+    }
+
+    #[test]
+    fn damping_bounds_changes_per_window() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            rise: 1,
+            fall: 1,
+            ..policy(Failback::Auto)
+        };
+        let mut m = Machine::new(State::Up);
+        // Flap every 50 ms for 5 s: 100 flips of the probe result.
+        let mut changes = Vec::new();
+        for i in 0..100u64 {
+            let ok = i % 2 == 1;
+            if let (Some(t), _) = m.observe(c.at(i * 50), ok, "flap", &p)
+                && t.from.serving() != t.to.serving()
+            {
+                changes.push(i * 50);
+            }
+        }
+        // max_changes = 4 per 10 s window: at most 5 changes.
+        assert!(changes.len() <= 5, "{changes:?}");
+        assert!(
+            changes.len() >= 4,
+            "it did change while allowed: {changes:?}"
+        );
+        assert_eq!(m.state(), State::Down, "held down while flapping");
+        // After the window passes, a healthy backend comes back.
+        let (t, _) = m.observe(c.at(20_000), true, "ok", &p);
+        assert_eq!(t.unwrap().to, State::Up);
+    }
+
+    #[test]
+    fn going_down_is_never_damped() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            rise: 1,
+            fall: 1,
+            damping: Damping {
+                max_changes: 1,
+                window: Duration::from_secs(60),
+            },
+            ..policy(Failback::Auto)
+        };
+        let mut m = Machine::new(State::Up);
+        assert_eq!(
+            m.observe(c.at(0), false, "x", &p).0.unwrap().to,
+            State::Down
+        );
+        assert!(m.observe(c.at(10), true, "ok", &p).0.is_none(), "damped");
+        let mut m2 = Machine::new(State::Up);
+        m2.observe(c.at(0), false, "x", &p);
+        m2.changes.clear();
+        assert_eq!(
+            m2.observe(c.at(10), true, "ok", &p).0.unwrap().to,
+            State::Up
+        );
+        assert_eq!(
+            m2.observe(c.at(20), false, "x", &p).0.unwrap().to,
+            State::Down,
+            "down even over budget"
+        );
+    }
+
+    #[test]
+    fn operator_states_hold_and_return_to_health() {
+        let c = Clock(Instant::now());
+        let p = policy(Failback::Auto);
+        let mut m = Machine::new(State::Up);
+        assert_eq!(
+            m.set_admin(c.at(0), Some(State::Draining)).unwrap().to,
+            State::Draining
+        );
+        for i in 1..=5 {
+            assert!(
+                m.observe(c.at(i * 10), false, "x", &p).0.is_none(),
+                "no transitions while draining"
+            );
+        }
+        assert_eq!(m.health(), State::Down);
+        let t = m.set_admin(c.at(100), None).unwrap();
+        assert_eq!(
+            t.to,
+            State::Down,
+            "lifting the drain returns to what probes say"
+        );
+    }
+}

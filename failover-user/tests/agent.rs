@@ -1,0 +1,558 @@
+//! Health-agent namespace tests: the real daemon with health checks on the
+//! lab, real servers that really die, links that really go silent, a client
+//! sending a request every millisecond. They assert behaviour (traffic
+//! moved, nothing sent to a down backend after the switch, failback per
+//! policy, damping bound, hook runs); times are printed, never asserted.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use failover_user::{
+    dataplane,
+    lab::{
+        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras,
+        Server, Topology, netns::Netns, vip,
+    },
+    layout::Layout,
+};
+
+const HEALTH_PORT: u16 = 8090;
+
+struct Scratch {
+    prefix: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let dir = std::env::temp_dir().join(format!("failover-agenttest-{id}"));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self {
+            prefix: format!("foa{id}"),
+            dir,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/failover-agent-{id}")),
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "namespace tests need root: run `cargo xtask test`"
+    );
+}
+
+struct Lab {
+    topo: Topology,
+    _daemon: DaemonProcess,
+    servers: Vec<Option<Server>>,
+    _health: Vec<HttpHealth>,
+    status: Vec<Arc<AtomicU16>>,
+    events: PathBuf,
+    layout: Layout,
+    s: Scratch,
+}
+
+/// 10 ms TCP probes (5 ms while suspect), fall 3, rise 2.
+const TCP_10MS: &str = "type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2";
+
+fn start(check: &str, keys: &str, tables: &str) -> Lab {
+    require_root();
+    let s = Scratch::new();
+    let topo = Topology::create(&s.prefix).expect("lab topology");
+    let events = s.dir.join("events.jsonl");
+    let extras = LabExtras {
+        check: Some(check.to_string()),
+        service_keys: keys.to_string(),
+        service_tables: tables.to_string(),
+        events_file: Some(events.clone()),
+    };
+    let config = s.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &extras),
+    )
+    .expect("config");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let mut servers = Vec::new();
+    let mut health = Vec::new();
+    let mut status = Vec::new();
+    for (i, ns) in topo.backends.iter().enumerate() {
+        servers.push(Some(
+            Server::start(ns, &format!("b{}", i + 1), &ports, BACKEND_UDP_PORT).expect("servers"),
+        ));
+        let st = Arc::new(AtomicU16::new(200));
+        health.push(HttpHealth::start(ns, HEALTH_PORT, st.clone()).expect("http health"));
+        status.push(st);
+    }
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let layout = Layout::load(&s.dir.join("state/layout.json"))
+        .expect("layout")
+        .expect("layout written");
+    Lab {
+        topo,
+        _daemon: daemon,
+        servers,
+        _health: health,
+        status,
+        events,
+        layout,
+        s,
+    }
+}
+
+impl Lab {
+    fn b1_packets(&self) -> u64 {
+        let id = self.layout.backend_id("web", "b1").expect("web/b1");
+        dataplane::pinned_backend_packets(&self.s.bpffs, id).expect("backend stats")
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for an event matching `f`.
+    fn wait_event(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(e) = self.events().into_iter().find(|e| f(e)) {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no {what} event within 10 s; events: {:#?}", self.events());
+    }
+}
+
+fn is(
+    e: &serde_json::Value,
+    kind: &str,
+    service: &str,
+    backend: Option<&str>,
+    to: Option<&str>,
+) -> bool {
+    e["kind"] == kind
+        && e["service"] == service
+        && backend.is_none_or(|b| e["backend"] == b)
+        && to.is_none_or(|t| e["to"] == t)
+}
+
+/// One answer of the client stream.
+#[derive(Debug, Clone)]
+struct Sample {
+    sent: Duration,
+    who: Option<String>,
+}
+
+/// A client that opens a new TCP connection to the VIP every millisecond
+/// (each with its own 300 ms budget, so a stuck one does not slow the rest)
+/// for `dur`, from the client namespace. Returns every request's outcome,
+/// with send times relative to `t0`.
+fn client_stream(ns: &Netns, t0: Instant, dur: Duration) -> std::thread::JoinHandle<Vec<Sample>> {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        failover_user::lab::netns::enter_named(&name).expect("client netns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut handles = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < dur {
+                tick.tick().await;
+                n += 1;
+                let msg = format!("r{n}");
+                let sent = t0.elapsed();
+                handles.push(tokio::spawn(async move {
+                    let who =
+                        tokio::time::timeout(Duration::from_millis(300), ask(vip(false, 80), msg))
+                            .await
+                            .ok()
+                            .flatten();
+                    Sample { sent, who }
+                }));
+            }
+            let mut out = Vec::new();
+            for h in handles {
+                if let Ok(s) = h.await {
+                    out.push(s);
+                }
+            }
+            out
+        })
+    })
+}
+
+async fn ask(to: std::net::SocketAddr, msg: String) -> Option<String> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let s = tokio::net::TcpStream::connect(to).await.ok()?;
+    let (r, mut w) = s.into_split();
+    w.write_all(format!("{msg}\n").as_bytes()).await.ok()?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(r)
+        .read_line(&mut line)
+        .await
+        .ok()?;
+    let (name, echoed) = line.trim_end().split_once(' ')?;
+    (echoed == msg).then(|| name.to_string())
+}
+
+/// From the failure at `fail_at` to the first answer of a request sent
+/// after it by the standby; and the failed requests in between.
+fn recovery(samples: &[Sample], fail_at: Duration) -> (Duration, usize) {
+    let first_b2 = samples
+        .iter()
+        .filter(|s| s.sent >= fail_at && s.who.as_deref() == Some("b2"))
+        .map(|s| s.sent)
+        .min()
+        .expect("the standby answered after the failure");
+    let failed = samples
+        .iter()
+        .filter(|s| s.sent >= fail_at && s.sent < first_b2 && s.who.is_none())
+        .count();
+    (first_b2 - fail_at, failed)
+}
+
+fn print_latency(lab: &Lab) {
+    let lat: Vec<f64> = lab
+        .events()
+        .iter()
+        .filter_map(|e| e["decision_to_map_us"].as_f64())
+        .collect();
+    println!("decision-to-map latency samples (us): {lat:?}");
+}
+
+/// Common checks after the primary of `web` failed at `fail_at` (relative
+/// to `t0`): the standby takes the traffic, and b1 receives nothing once it
+/// is marked down.
+fn assert_failed_over(lab: &Lab, t0: Instant, fail_at: Duration, samples: &[Sample], label: &str) {
+    let down = lab.wait_event("web/b1 down", |e| {
+        is(e, "state", "web", Some("b1"), Some("down"))
+    });
+    assert!(
+        down["decision_to_map_us"].as_f64().is_some(),
+        "the switch was written: {down}"
+    );
+    let (rec, failed) = recovery(samples, fail_at);
+    println!(
+        "{label}: client-side recovery {:.1} ms ({failed} failed requests); first failure to switch {} ms; decision to map {} us",
+        rec.as_secs_f64() * 1e3,
+        down["first_failure_to_switch_ms"],
+        down["decision_to_map_us"]
+    );
+    // The tail of the stream is all answered by the standby.
+    let tail: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.sent > fail_at + rec + Duration::from_millis(50))
+        .collect();
+    assert!(tail.len() > 100, "the stream went on after the switch");
+    assert!(
+        tail.iter().all(|s| s.who.as_deref() == Some("b2")),
+        "{label}: after the switch only b2 answers"
+    );
+    let _ = t0;
+}
+
+/// Traffic to b1 stops once it is marked down: its packet counter does not
+/// move while the client keeps sending for another 300 ms.
+fn assert_no_more_b1(lab: &Lab, t0: Instant, dur: Duration) {
+    let before = lab.b1_packets();
+    let h = client_stream(&lab.topo.client, t0, dur);
+    let samples = h.join().expect("client");
+    assert!(samples.iter().all(|s| s.who.as_deref() == Some("b2")));
+    assert_eq!(
+        lab.b1_packets(),
+        before,
+        "packets were sent to b1 after it was marked down"
+    );
+}
+
+/// (a) The primary's server process dies: the standby takes the traffic.
+#[test]
+fn a_killed_primary_process() {
+    let mut lab = start(TCP_10MS, "", "");
+    std::thread::sleep(Duration::from_millis(300)); // probes warm up
+    let t0 = Instant::now();
+    let h = client_stream(&lab.topo.client, t0, Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(300));
+    let fail_at = t0.elapsed();
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    let samples = h.join().expect("client");
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.sent < fail_at && s.who.as_deref() == Some("b1")),
+        "b1 served before"
+    );
+    assert_failed_over(&lab, t0, fail_at, &samples, "(a) killed process");
+    assert_no_more_b1(&lab, Instant::now(), Duration::from_millis(300));
+    print_latency(&lab);
+}
+
+/// (b) The primary's link goes silent (packets vanish, no RST, no ICMP):
+/// the standby takes the traffic.
+#[test]
+fn b_silent_link() {
+    let lab = start(TCP_10MS, "", "");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let h = client_stream(&lab.topo.client, t0, Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(300));
+    let fail_at = t0.elapsed();
+    lab.topo.backends[0]
+        .ip(&["link", "set", "b1", "down"])
+        .expect("link down");
+    let samples = h.join().expect("client");
+    assert_failed_over(&lab, t0, fail_at, &samples, "(b) silent link");
+    assert_no_more_b1(&lab, Instant::now(), Duration::from_millis(300));
+}
+
+/// (c) The primary recovers: with `failback = "hold-down"` it takes new
+/// flows back only after it has been healthy for the hold-down time.
+#[test]
+fn c_failback_after_hold_down() {
+    let mut lab = start(TCP_10MS, "failback = \"hold-down\"\nhold_down = \"1s\"", "");
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    lab.wait_event("web/b1 down", |e| {
+        is(e, "state", "web", Some("b1"), Some("down"))
+    });
+    let c = &lab.topo.client;
+    let ask1 =
+        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+    assert_eq!(ask1().as_deref(), Some("b2"));
+    // b1 comes back.
+    let back = Instant::now();
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    lab.servers[0] = Some(
+        Server::start(&lab.topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 again"),
+    );
+    let held = lab.wait_event("held-down", |e| is(e, "held-down", "web", Some("b1"), None));
+    assert!(
+        held["reason"].as_str().unwrap_or("").contains("hold-down"),
+        "{held}"
+    );
+    // Until the hold-down ends, new flows still go to b2.
+    while back.elapsed() < Duration::from_millis(800) {
+        assert_eq!(
+            ask1().as_deref(),
+            Some("b2"),
+            "b1 took traffic back during its hold-down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = lab.wait_event("web/b1 up", |e| {
+        is(e, "state", "web", Some("b1"), Some("up"))
+    });
+    let took = back.elapsed();
+    println!(
+        "(c) b1 back up {:.0} ms after its server restarted (hold-down 1 s): {up}",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "failback before the hold-down ended"
+    );
+    let failback = lab.wait_event("failback", |e| {
+        is(e, "failover", "web", None, None) && e["to_tier"] == 0
+    });
+    assert_eq!(failback["serving"], serde_json::json!(["b1"]));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while ask1().as_deref() != Some("b1") {
+        assert!(
+            Instant::now() < deadline,
+            "b1 never answered after failback"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// (d) An HTTP backend that answers 503 is taken out.
+#[test]
+fn d_http_503_taken_out() {
+    let check = format!(
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/healthz\"\nexpect_status = [\"2xx\"]\nexpect_body = \"ok\"\ninterval = \"10ms\"\ntimeout = \"50ms\"\nfall = 2\nrise = 2"
+    );
+    let lab = start(&check, "", "");
+    let c = &lab.topo.client;
+    let ask1 =
+        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ask1().as_deref(), Some("b1"));
+    lab.status[0].store(503, Ordering::Relaxed);
+    let down = lab.wait_event("web/b1 down", |e| {
+        is(e, "state", "web", Some("b1"), Some("down"))
+    });
+    assert!(
+        down["reason"].as_str().unwrap_or("").contains("503"),
+        "{down}"
+    );
+    for _ in 0..20 {
+        assert_eq!(ask1().as_deref(), Some("b2"), "the 503 backend is out");
+    }
+    // The business port still works on b1: it is the check that took it out.
+    lab.status[0].store(200, Ordering::Relaxed);
+    lab.wait_event("web/b1 up", |e| {
+        is(e, "state", "web", Some("b1"), Some("up"))
+    });
+}
+
+/// (e) A backend flapping every 50 ms: with damping (4 changes per 10 s),
+/// its state and the client's traffic change a bounded number of times.
+#[test]
+fn e_flapping_backend_is_damped() {
+    let check = format!(
+        "type = \"http\"\nport = {HEALTH_PORT}\npath = \"/\"\ninterval = \"5ms\"\nfast_interval = \"5ms\"\ntimeout = \"50ms\"\nfall = 1\nrise = 1\njitter = 0.0"
+    );
+    let lab = start(
+        &check,
+        "damping = { max_changes = 4, window = \"10s\" }",
+        "",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let h = client_stream(&lab.topo.client, t0, Duration::from_millis(2500));
+    let st = lab.status[0].clone();
+    let flapper = std::thread::spawn(move || {
+        for i in 0..40 {
+            st.store(if i % 2 == 0 { 503 } else { 200 }, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        st.store(200, Ordering::Relaxed);
+    });
+    flapper.join().expect("flapper");
+    let samples = h.join().expect("client");
+    let changes: Vec<serde_json::Value> = lab
+        .events()
+        .into_iter()
+        .filter(|e| {
+            is(e, "state", "web", Some("b1"), None)
+                && (e["to"] == "down" || e["to"] == "up" && e["from"] == "down")
+        })
+        .collect();
+    println!(
+        "(e) b1 changed state {} times while flapping 40 times",
+        changes.len()
+    );
+    assert!(changes.len() >= 2, "it did go down: {changes:#?}");
+    assert!(
+        changes.len() <= 5,
+        "damping bound (max_changes + 1) exceeded: {changes:#?}"
+    );
+    // The client saw at most as many backend switches as there were changes.
+    let answers: Vec<&str> = samples.iter().filter_map(|s| s.who.as_deref()).collect();
+    let mut switches = 0;
+    let mut last: Option<&str> = None;
+    let mut sorted: Vec<&Sample> = samples.iter().filter(|s| s.who.is_some()).collect();
+    sorted.sort_by_key(|s| s.sent);
+    for s in sorted {
+        let w = s.who.as_deref();
+        if last.is_some() && w != last {
+            switches += 1;
+        }
+        last = w;
+    }
+    println!(
+        "(e) the client saw {switches} switches over {} answers",
+        answers.len()
+    );
+    assert!(
+        switches <= changes.len() + 1,
+        "traffic flapped beyond the damping bound"
+    );
+}
+
+/// (f) An exec hook runs once per failover, with the event in its
+/// environment.
+#[test]
+fn f_exec_hook_once_per_failover() {
+    let out =
+        std::env::temp_dir().join(format!("failover-hook-{}-{}", std::process::id(), line!()));
+    let _ = std::fs::remove_file(&out);
+    let hook = format!(
+        "[[service.hook]]\nname = \"record\"\ntype = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"env | grep ^FAILOVER_ | sort > \\\"$0.$FAILOVER_SERVICE.$FAILOVER_MAP_VERSION\\\"\", \"{}\"]\ntimeout = \"2s\"\n",
+        out.display()
+    );
+    let mut lab = start(TCP_10MS, "", &hook);
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    lab.wait_event("web failover", |e| is(e, "failover", "web", None, None));
+    std::thread::sleep(Duration::from_millis(500)); // let hooks finish; nothing else should come
+    let dir = out.parent().expect("temp dir");
+    let prefix = format!(
+        "{}.web.",
+        out.file_name().and_then(|n| n.to_str()).expect("name")
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("temp dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect();
+    assert_eq!(
+        runs.len(),
+        1,
+        "the hook ran once for web's failover: {runs:?}"
+    );
+    let env = std::fs::read_to_string(&runs[0]).expect("hook output");
+    for want in [
+        "FAILOVER_KIND=failover",
+        "FAILOVER_SERVICE=web",
+        "FAILOVER_FROM_TIER=0",
+        "FAILOVER_TO_TIER=1",
+        "FAILOVER_SERVING=b2",
+    ] {
+        assert!(env.lines().any(|l| l == want), "missing {want} in:\n{env}");
+    }
+    assert!(
+        env.contains("FAILOVER_REASON=tier 0 has no healthy backend"),
+        "{env}"
+    );
+    for p in std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+    {
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(out.file_name().and_then(|n| n.to_str()).unwrap_or("?")))
+        {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
