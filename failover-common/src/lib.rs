@@ -41,6 +41,10 @@ pub const STATE_UP: u32 = 1;
 pub const STATE_DRAINING: u32 = 2;
 /// Administratively disabled: treated like down by the dataplane.
 pub const STATE_DISABLED: u32 = 3;
+/// Down, and its established TCP flows are reset: the next packet of such
+/// a flow (other than a SYN) is answered with a TCP RST by the dataplane
+/// itself; other flows move like `DOWN`.
+pub const STATE_DOWN_RESET: u32 = 4;
 
 /// `ServiceValue::flags`: forwarding mode in the low two bits.
 pub const FLAG_MODE_MASK: u32 = 0b11;
@@ -94,10 +98,13 @@ pub enum Reason {
     /// The IP header is truncated or invalid and its destination is not a
     /// VIP (or unknown): passed to the host untouched.
     PassMalformed = 17,
+    /// A TCP flow of a backend that went down with `flows_on_down = reset`:
+    /// answered with a RST (XDP_TX).
+    TxReset = 18,
 }
 
 /// Number of entries in `REASON_STATS`.
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     /// All reasons in index order.
@@ -120,6 +127,7 @@ impl Reason {
         Reason::FwdRedirect,
         Reason::FwdReply,
         Reason::PassMalformed,
+        Reason::TxReset,
     ];
 
     /// Stable snake_case name used in CLI output and metrics.
@@ -143,6 +151,7 @@ impl Reason {
             Reason::FwdRedirect => "fwd_redirect",
             Reason::FwdReply => "fwd_reply",
             Reason::PassMalformed => "pass_malformed",
+            Reason::TxReset => "tx_reset",
         }
     }
 }

@@ -21,6 +21,7 @@ mod maps;
 mod nat;
 mod packet;
 mod parse;
+mod rst;
 mod select;
 mod stats;
 
@@ -33,7 +34,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use failover_common::{
     BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FlowKey, MODE_DSR,
-    Reason, ReverseValue, ServiceValue, VipAddrKey, hash::flow_hash,
+    PROTO_TCP, Reason, ReverseValue, ServiceValue, VipAddrKey, hash::flow_hash,
 };
 
 use crate::{
@@ -42,6 +43,7 @@ use crate::{
     nat::{Rewrite, Side},
     packet::Packet,
     parse::{Flow, Kind},
+    select::Pick,
     stats::Dir,
 };
 
@@ -160,12 +162,23 @@ fn to_backend(
     let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some((bid, b)) = select::backend_for(svc, k, hash, now) else {
-        stats::service(svc.id, Dir::Dropped, bytes);
-        if svc.flags & FLAG_NO_BACKEND_PASS != 0 {
-            return (PASS, Reason::PassNoBackend);
+    let may_reset = k.proto == PROTO_TCP && rst::tcp_flags(pkt, flow).is_some_and(rst::resettable);
+    let (bid, b) = match select::backend_for(svc, k, hash, now, may_reset) {
+        Pick::To(bid, b) => (bid, b),
+        Pick::Reset => {
+            stats::service(svc.id, Dir::Dropped, bytes);
+            if rst::build(ctx, pkt, flow) {
+                return (xdp_action::XDP_TX, Reason::TxReset);
+            }
+            return (DROP, Reason::DropMalformed);
         }
-        return (DROP, Reason::DropNoBackend);
+        Pick::None => {
+            stats::service(svc.id, Dir::Dropped, bytes);
+            if svc.flags & FLAG_NO_BACKEND_PASS != 0 {
+                return (PASS, Reason::PassNoBackend);
+            }
+            return (DROP, Reason::DropNoBackend);
+        }
     };
     let dsr = svc.flags & FLAG_MODE_MASK == MODE_DSR;
     let dport = if dsr { k.dport } else { b.port };

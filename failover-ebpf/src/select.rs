@@ -3,8 +3,8 @@
 //! read on every packet.
 
 use failover_common::{
-    BackendValue, FlowKey, FlowValue, MAX_TABLE_SIZE, MAX_TIER_MEMBERS, MAX_TIERS, STATE_DRAINING,
-    STATE_UP, ServiceValue, TableValue,
+    BackendValue, FlowKey, FlowValue, MAX_TABLE_SIZE, MAX_TIER_MEMBERS, MAX_TIERS,
+    STATE_DOWN_RESET, STATE_DRAINING, STATE_UP, ServiceValue, TableValue,
 };
 
 use crate::maps::{BACKEND_STATE, BACKENDS, CONNTRACK, TABLES, TIER_ACTIVE};
@@ -15,18 +15,41 @@ fn state(backend_id: u32) -> u32 {
     BACKEND_STATE.get(backend_id).copied().unwrap_or(0)
 }
 
-/// The backend a flow is pinned to, if it may keep it: the flow belongs to
-/// this service, and the backend is up or draining.
+/// What to do with a tracked flow.
+#[derive(PartialEq, Eq)]
+enum Track {
+    /// Keep it on its backend (up or draining).
+    Keep,
+    /// Its backend went down with `reset`: answer it with a RST.
+    Reset,
+    /// Pick a backend anew.
+    Repick,
+}
+
+/// Whether a flow may stay on the backend it is pinned to: it belongs to
+/// this service and the backend is up or draining.
 #[inline(always)]
-fn tracked(svc: &ServiceValue, ct: &FlowValue) -> bool {
+fn tracked(svc: &ServiceValue, ct: &FlowValue, may_reset: bool) -> Track {
     if ct.service_id != svc.id {
-        return false;
+        return Track::Repick;
     }
-    let s = state(ct.backend_id);
-    if s != STATE_UP && s != STATE_DRAINING {
-        return false;
+    if !matches!(BACKENDS.get(ct.backend_id), Some(b) if b.service_id == svc.id) {
+        return Track::Repick;
     }
-    matches!(BACKENDS.get(ct.backend_id), Some(b) if b.service_id == svc.id)
+    match state(ct.backend_id) {
+        STATE_UP | STATE_DRAINING => Track::Keep,
+        STATE_DOWN_RESET if may_reset => Track::Reset,
+        _ => Track::Repick,
+    }
+}
+
+/// The outcome of backend selection.
+pub enum Pick<'a> {
+    To(u32, &'a BackendValue),
+    /// Answer the packet with a TCP RST.
+    Reset,
+    /// No usable backend.
+    None,
 }
 
 /// First healthy member of one tier's table for `hash`: the Maglev entry if
@@ -86,25 +109,38 @@ fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
 }
 
 /// Chooses the backend for a client packet of `svc` and records the flow.
+/// `may_reset`: a TCP packet other than a SYN (a flow whose backend went
+/// down with `reset` is answered with a RST).
 #[inline(always)]
 pub fn backend_for<'a>(
     svc: &ServiceValue,
     key: &FlowKey,
     hash: u32,
     now: u64,
-) -> Option<(u32, &'a BackendValue)> {
+    may_reset: bool,
+) -> Pick<'a> {
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a value of our LRU map; the kernel keeps it alive for the
         // program's run. Concurrent writers only store whole aligned words.
         let ct = unsafe { &mut *ct };
-        if tracked(svc, ct) {
-            ct.last_seen_ns = now;
-            let b = BACKENDS.get(ct.backend_id)?;
-            return Some((ct.backend_id, b));
+        match tracked(svc, ct, may_reset) {
+            Track::Keep => {
+                ct.last_seen_ns = now;
+                return match BACKENDS.get(ct.backend_id) {
+                    Some(b) => Pick::To(ct.backend_id, b),
+                    None => Pick::None,
+                };
+            }
+            Track::Reset => return Pick::Reset,
+            Track::Repick => {}
         }
     }
-    let id = pick(svc, hash)?;
-    let b = BACKENDS.get(id)?;
+    let Some(id) = pick(svc, hash) else {
+        return Pick::None;
+    };
+    let Some(b) = BACKENDS.get(id) else {
+        return Pick::None;
+    };
     let v = FlowValue {
         backend_id: id,
         service_id: svc.id,
@@ -113,5 +149,5 @@ pub fn backend_for<'a>(
     // An LRU insert evicts the oldest flow when full; failure to record is
     // not fatal (the next packet hashes to the same backend).
     let _ = CONNTRACK.insert(key, &v, 0);
-    Some((id, b))
+    Pick::To(id, b)
 }

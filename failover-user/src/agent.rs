@@ -15,7 +15,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use failover_common::{STATE_DISABLED, STATE_DOWN, STATE_DRAINING, STATE_UP, TableValue};
+use failover_common::{
+    STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP, TableValue,
+};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
@@ -45,6 +47,7 @@ pub fn word_for(state: State, flows_on_down: FlowsOnDown) -> u32 {
         State::Down => match flows_on_down {
             FlowsOnDown::Move => STATE_DOWN,
             FlowsOnDown::Keep => STATE_DRAINING,
+            FlowsOnDown::Reset => STATE_DOWN_RESET,
         },
     }
 }
@@ -54,6 +57,7 @@ fn word_name(w: u32) -> &'static str {
         STATE_UP => "up",
         STATE_DRAINING => "draining",
         STATE_DISABLED => "disabled",
+        STATE_DOWN_RESET => "down-reset",
         _ => "down",
     }
 }

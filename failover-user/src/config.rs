@@ -136,6 +136,9 @@ pub enum FlowsOnDown {
     Move,
     /// Keep them on the down backend (drain-like); new flows go elsewhere.
     Keep,
+    /// TCP: the dataplane answers their next packet with a RST, so clients
+    /// reconnect at once (to a healthy backend); other flows move.
+    Reset,
 }
 
 /// When a recovered backend takes traffic back.

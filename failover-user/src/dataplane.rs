@@ -589,3 +589,12 @@ pub fn pinned_backend_packets(pin_dir: &Path, backend_id: u32) -> anyhow::Result
         .map(|c| c.packets)
         .sum())
 }
+
+/// A backend's state word from the pinned `BACKEND_STATE` under `pin_dir`.
+pub fn pinned_state(pin_dir: &Path, backend_id: u32) -> anyhow::Result<u32> {
+    let path = map_pin_path(pin_dir, map_names::BACKEND_STATE);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let a: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(data))
+        .context("BACKEND_STATE has an unexpected type")?;
+    a.get(&backend_id, 0).context("reading BACKEND_STATE")
+}

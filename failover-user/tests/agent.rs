@@ -556,3 +556,45 @@ fn f_exec_hook_once_per_failover() {
         }
     }
 }
+
+/// `on_no_backend = "keep-last"`: when every backend of a service fails,
+/// the last one stays in the map (alerted), and the client is still sent
+/// to it rather than dropped.
+#[test]
+fn g_keep_last_backend() {
+    let mut lab = start(TCP_10MS, "on_no_backend = \"keep-last\"", "");
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    lab.wait_event("web failover", |e| is(e, "failover", "web", None, None));
+    if let Some(s) = lab.servers[1].take() {
+        s.stop();
+    }
+    let kept = lab.wait_event("keep-last", |e| is(e, "keep-last", "web", Some("b2"), None));
+    println!("(g) {kept}");
+    let b2 = lab.layout.backend_id("web", "b2").expect("web/b2");
+    assert_eq!(
+        dataplane::pinned_state(&lab.s.bpffs, b2).expect("state"),
+        failover_common::STATE_UP,
+        "b2 kept in the map"
+    );
+    assert!(
+        !lab.events()
+            .iter()
+            .any(|e| is(e, "no-healthy-backend", "web", None, None)),
+        "the service never ran dry"
+    );
+    // b1 comes back: b2's pending down is applied.
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    lab.servers[0] = Some(
+        Server::start(&lab.topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 again"),
+    );
+    lab.wait_event("b2 released", |e| {
+        is(e, "state", "web", Some("b2"), None)
+            && e["reason"].as_str().is_some_and(|r| r.contains("released"))
+    });
+    assert_eq!(
+        dataplane::pinned_state(&lab.s.bpffs, b2).expect("state"),
+        failover_common::STATE_DOWN
+    );
+}

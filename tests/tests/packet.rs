@@ -877,6 +877,108 @@ fn conntrack_failover_and_reverse_nat() {
     );
 }
 
+/// The RST the dataplane must send for client packet `p` (TCP, IPv4,
+/// headers from our builder: seq 0x01020304, ack 0, id 0x1234) of a flow
+/// whose backend went down with `reset`. Built byte by byte here.
+fn expected_rst(p: &Pkt, payload_len: u32, flags: u8) -> Vec<u8> {
+    let (IpAddr::V4(client), IpAddr::V4(vip)) = (p.src, p.dst) else {
+        panic!("v4 only")
+    };
+    let L4::Tcp { sport, dport, .. } = p.l4 else {
+        panic!("tcp only")
+    };
+    let (seq, ack, rflags) = if flags & 0x10 != 0 {
+        (0u32, 0u32, 0x04u8)
+    } else {
+        (0, 0x0102_0304u32.wrapping_add(payload_len), 0x14)
+    };
+    let mut f = Vec::new();
+    f.extend_from_slice(&p.smac);
+    f.extend_from_slice(&p.dmac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0x12, 0x34, 0, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&vip.octets());
+    ip.extend_from_slice(&client.octets());
+    let c = failover_tests::pkt::inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, rflags, 0, 0, 0, 0, 0, 0]);
+    let mut pseudo = vip.octets().to_vec();
+    pseudo.extend_from_slice(&client.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = failover_tests::pkt::inet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// `flows_on_down = "reset"`: the next non-SYN TCP packet of a flow on a
+/// backend marked down-reset is answered with a RST (exact bytes); a SYN
+/// on the same tuple opens a new flow on a healthy backend; UDP moves.
+#[test]
+fn reset_flows_of_a_down_backend() {
+    let mut lab = Lab::new();
+    let data = |sport: u16, flags: u8, payload: &[u8]| {
+        from_client(
+            "198.18.0.10",
+            L4::Tcp {
+                sport,
+                dport: 80,
+                flags,
+                payload: payload.to_vec(),
+            },
+        )
+    };
+    let syn = data(43000, 0x02, b"");
+    let (a, _) = lab.run(lab.c0, &syn.bytes());
+    assert_eq!(a, XDP_REDIRECT, "flow pinned to the primary");
+    let syn2 = data(43001, 0x02, b"");
+    lab.run(lab.c0, &syn2.bytes());
+    lab.set_state("web", "p", failover_common::STATE_DOWN_RESET);
+
+    let before = lab.reasons();
+    let p = data(43000, 0x18, b"hello");
+    let (a, out) = lab.run(lab.c0, &p.bytes());
+    assert_eq!(a, XDP_TX, "answered back out of the client side");
+    assert_eq!(
+        hex(&out),
+        hex(&expected_rst(&p, 5, 0x18)),
+        "RST for an ACKing segment"
+    );
+    verify_checksums(&out).expect("RST checksums");
+    assert_eq!(
+        lab.reasons()[Reason::TxReset as usize],
+        before[Reason::TxReset as usize] + 1
+    );
+
+    let p = data(43001, 0x08, b"abc");
+    let (a, out) = lab.run(lab.c0, &p.bytes());
+    assert_eq!(a, XDP_TX);
+    assert_eq!(
+        hex(&out),
+        hex(&expected_rst(&p, 3, 0x08)),
+        "RST|ACK for a segment without ACK"
+    );
+
+    // A SYN on the same tuple is a new connection: to the standby.
+    let (a, out) = lab.run(lab.c0, &syn.bytes());
+    assert_eq!(a, XDP_REDIRECT);
+    assert_eq!(
+        hex(&out),
+        hex(&natted(&syn, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes())
+    );
+    // A RST from the client is not answered with a RST.
+    let r = data(43001, 0x04, b"");
+    let (a, _) = lab.run(lab.c0, &r.bytes());
+    assert_ne!(a, XDP_TX);
+}
+
 /// Active-passive across tiers with active-active inside a tier: flows
 /// spread over the tier's healthy members by the Maglev table.
 #[test]
