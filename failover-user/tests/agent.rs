@@ -336,6 +336,7 @@ fn b_silent_link() {
     let samples = h.join().expect("client");
     assert_failed_over(&lab, t0, fail_at, &samples, "(b) silent link");
     assert_no_more_b1(&lab, Instant::now(), Duration::from_millis(300));
+    print_latency(&lab);
 }
 
 /// (c) The primary recovers: with `failback = "hold-down"` it takes new
@@ -397,6 +398,7 @@ fn c_failback_after_hold_down() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    print_latency(&lab);
 }
 
 /// (d) An HTTP backend that answers 503 is taken out.
@@ -427,6 +429,7 @@ fn d_http_503_taken_out() {
     lab.wait_event("web/b1 up", |e| {
         is(e, "state", "web", Some("b1"), Some("up"))
     });
+    print_latency(&lab);
 }
 
 /// (e) A backend flapping every 50 ms: with damping (4 changes per 10 s),
@@ -492,6 +495,7 @@ fn e_flapping_backend_is_damped() {
         switches <= changes.len() + 1,
         "traffic flapped beyond the damping bound"
     );
+    print_latency(&lab);
 }
 
 /// (f) An exec hook runs once per failover, with the event in its
@@ -555,6 +559,7 @@ fn f_exec_hook_once_per_failover() {
             let _ = std::fs::remove_file(p);
         }
     }
+    print_latency(&lab);
 }
 
 /// `on_no_backend = "keep-last"`: when every backend of a service fails,
@@ -597,4 +602,5 @@ fn g_keep_last_backend() {
         dataplane::pinned_state(&lab.s.bpffs, b2).expect("state"),
         failover_common::STATE_DOWN
     );
+    print_latency(&lab);
 }
