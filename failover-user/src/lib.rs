@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod events;
 pub mod health;
 pub mod hooks;
+pub mod inspect;
 pub mod lab;
 pub mod layout;
 pub mod maglev;

@@ -12,6 +12,7 @@ use failover_user::{
     dataplane::{self, AgentMaps, Dataplane},
     events,
     health::State,
+    inspect,
     layout::Layout,
 };
 use tracing::{error, info, warn};
@@ -59,6 +60,42 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LabCmd,
     },
+    /// What is pinned and attached, and backends by state.
+    Status {
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// Services: VIP, mode, the serving tier, counters.
+    Services {
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// Backends (of one service): state in the map, counters.
+    Backends {
+        service: Option<String>,
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// Tracked flows (conntrack).
+    Flows {
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        src: SourceArgs,
+    },
+    /// Packet outcome counters (per reason); `--watch` prints rates.
+    Stats {
+        /// Refresh every second, printing per-second rates.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many refreshes (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        src: SourceArgs,
+    },
     /// Set a backend's state in the pinned maps (one map write).
     SetState {
         service: String,
@@ -69,6 +106,233 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+/// Where the CLI finds the dataplane's state.
+#[derive(clap::Args, Clone)]
+struct SourceArgs {
+    /// The daemon's config (for its bpffs and state directories).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The pin directory (default /sys/fs/bpf/failover, or the config's).
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// The daemon's state directory (default /run/failover, or the config's).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SourceArgs {
+    fn source(&self) -> anyhow::Result<inspect::Source> {
+        let (mut bpffs, mut state_dir) = (
+            PathBuf::from(config::DEFAULT_BPFFS),
+            PathBuf::from(config::DEFAULT_STATE_DIR),
+        );
+        if let Some(c) = &self.config {
+            let cfg = config::load(c)?;
+            bpffs = cfg.daemon.bpffs;
+            state_dir = cfg.daemon.state_dir;
+        }
+        if let Some(b) = &self.bpffs {
+            bpffs = b.clone();
+        }
+        if let Some(s) = &self.state_dir {
+            state_dir = s.clone();
+        }
+        Ok(inspect::Source { bpffs, state_dir })
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).context("serialising")?
+    );
+    Ok(())
+}
+
+fn cmd_status(a: &SourceArgs) -> anyhow::Result<()> {
+    let st = inspect::status(&a.source()?)?;
+    if a.json {
+        return print_json(&st);
+    }
+    println!("bpffs:     {}", st.bpffs.display());
+    println!(
+        "attached:  {}",
+        if st.attached.is_empty() {
+            "(none)".to_string()
+        } else {
+            st.attached.join(", ")
+        }
+    );
+    println!("services:  {}", st.services);
+    let b: Vec<String> = st
+        .backends_by_state
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    println!("backends:  {}", b.join(", "));
+    println!(
+        "flows:     {} tracked (capacity {})",
+        st.flows, st.conntrack_capacity
+    );
+    let m: Vec<String> = st.maps.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("map ids:   {}", m.join(" "));
+    Ok(())
+}
+
+fn cmd_services(a: &SourceArgs) -> anyhow::Result<()> {
+    let rows = inspect::services(&a.source()?)?;
+    if a.json {
+        return print_json(&rows);
+    }
+    let t: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.service.clone(),
+                std::net::SocketAddr::new(r.vip, r.port).to_string(),
+                r.protocol.clone(),
+                r.mode.clone(),
+                r.serving_tier.map_or("none".to_string(), |t| {
+                    format!("{t} ({})", r.serving.join(","))
+                }),
+                r.fwd_packets.to_string(),
+                r.fwd_bytes.to_string(),
+                r.reply_packets.to_string(),
+                r.dropped_packets.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        inspect::table(
+            &[
+                "SERVICE",
+                "VIP",
+                "PROTO",
+                "MODE",
+                "SERVING TIER",
+                "FWD PKTS",
+                "FWD BYTES",
+                "REPLIES",
+                "DROPPED"
+            ],
+            &t
+        )
+    );
+    Ok(())
+}
+
+fn cmd_backends(service: Option<&str>, a: &SourceArgs) -> anyhow::Result<()> {
+    let rows = inspect::backends(&a.source()?, service)?;
+    if a.json {
+        return print_json(&rows);
+    }
+    let t: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.service.clone(),
+                r.backend.clone(),
+                std::net::SocketAddr::new(r.address, r.port).to_string(),
+                r.tier.to_string(),
+                r.state.to_string(),
+                r.packets.to_string(),
+                r.bytes.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        inspect::table(
+            &[
+                "SERVICE", "BACKEND", "ADDRESS", "TIER", "STATE", "PACKETS", "BYTES"
+            ],
+            &t
+        )
+    );
+    Ok(())
+}
+
+fn cmd_flows(service: Option<&str>, limit: usize, a: &SourceArgs) -> anyhow::Result<()> {
+    let rows = inspect::flows(&a.source()?, service, limit)?;
+    if a.json {
+        return print_json(&rows);
+    }
+    let t: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.client.to_string(),
+                r.vip.to_string(),
+                r.protocol.to_string(),
+                r.service.clone(),
+                r.backend.clone(),
+                format!("{:.1}s", r.idle_s),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        inspect::table(
+            &["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "IDLE"],
+            &t
+        )
+    );
+    Ok(())
+}
+
+fn cmd_stats(watch: bool, count: Option<u64>, a: &SourceArgs) -> anyhow::Result<()> {
+    let src = a.source()?;
+    let mut prev = inspect::reasons(&src)?;
+    if !watch {
+        if a.json {
+            return print_json(&prev);
+        }
+        let t: Vec<Vec<String>> = prev
+            .iter()
+            .map(|(k, v)| vec![k.to_string(), v.to_string()])
+            .collect();
+        print!("{}", inspect::table(&["OUTCOME", "PACKETS"], &t));
+        return Ok(());
+    }
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let cur = inspect::reasons(&src)?;
+        let rates: std::collections::BTreeMap<&str, u64> = cur
+            .iter()
+            .map(|(k, v)| (*k, v.saturating_sub(prev.get(k).copied().unwrap_or(0))))
+            .collect();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&serde_json::json!({"totals": cur, "per_second": rates}))
+                    .context("serialising")?
+            );
+        } else {
+            let busy: Vec<String> = rates
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}/s"))
+                .collect();
+            println!(
+                "{}",
+                if busy.is_empty() {
+                    "(idle)".to_string()
+                } else {
+                    busy.join("  ")
+                }
+            );
+        }
+        prev = cur;
+        n += 1;
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -147,6 +411,15 @@ fn main() -> ExitCode {
             detach_on_exit,
         } => daemon(config, detach_on_exit),
         Cmd::CheckConfig { config } => check_config(config),
+        Cmd::Status { src } => cmd_status(&src),
+        Cmd::Services { src } => cmd_services(&src),
+        Cmd::Backends { service, src } => cmd_backends(service.as_deref(), &src),
+        Cmd::Flows {
+            service,
+            limit,
+            src,
+        } => cmd_flows(service.as_deref(), limit, &src),
+        Cmd::Stats { watch, count, src } => cmd_stats(watch, count, &src),
         Cmd::SetState {
             service,
             backend,

@@ -1,0 +1,415 @@
+//! Reading the dataplane's state straight from the pinned maps (works while
+//! the daemon is down), with names from the slot layout in the state
+//! directory: what `failover status|services|backends|flows|stats` print.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use failover_common::{
+    Counter, FlowKey, FlowValue, REASON_COUNT, Reason, STATE_DISABLED, STATE_DOWN_RESET,
+    STATE_DRAINING, STATE_UP, ServiceStats, map_names,
+};
+use serde::Serialize;
+
+use crate::{
+    dataplane::{ip_from16, link_pin_path, map_pin_path},
+    layout::Layout,
+};
+
+/// Where to look.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub bpffs: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+fn open(src: &Source, name: &str) -> anyhow::Result<MapData> {
+    let path = map_pin_path(&src.bpffs, name);
+    match MapData::from_pin(&path) {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            let text = format!("{e:?}");
+            if !src.bpffs.exists() || text.contains("NotFound") || text.contains("os error 2") {
+                bail!(
+                    "nothing pinned at {} (is the daemon running or has it run with this bpffs directory? use --bpffs or --config)",
+                    path.display()
+                );
+            }
+            if text.contains("PermissionDenied")
+                || text.contains("os error 1")
+                || text.contains("os error 13")
+            {
+                bail!(
+                    "permission denied opening {}: run as root (CAP_BPF, CAP_SYS_ADMIN)",
+                    path.display()
+                );
+            }
+            Err(anyhow::anyhow!("{e}")).with_context(|| format!("opening {}", path.display()))
+        }
+    }
+}
+
+fn layout(src: &Source) -> anyhow::Result<Layout> {
+    let p = src.state_dir.join("layout.json");
+    Layout::load(&p)?.with_context(|| {
+        format!(
+            "no layout at {} (the daemon writes it when it applies a config)",
+            p.display()
+        )
+    })
+}
+
+/// A state word's name.
+pub fn word_name(w: u32) -> &'static str {
+    match w {
+        STATE_UP => "up",
+        STATE_DRAINING => "draining",
+        STATE_DISABLED => "disabled",
+        STATE_DOWN_RESET => "down-reset",
+        _ => "down",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendRow {
+    pub service: String,
+    pub backend: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub tier: usize,
+    pub slot: u32,
+    pub state: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    pub service: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    pub tiers: usize,
+    /// The first tier with a backend taking new flows (`null`: none).
+    pub serving_tier: Option<usize>,
+    pub serving: Vec<String>,
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub reply_packets: u64,
+    pub dropped_packets: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowRow {
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub protocol: &'static str,
+    pub service: String,
+    pub backend: String,
+    /// Seconds since the flow's last packet.
+    pub idle_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub bpffs: PathBuf,
+    pub attached: Vec<String>,
+    pub maps: BTreeMap<String, u32>,
+    pub services: usize,
+    pub backends_by_state: BTreeMap<String, usize>,
+    pub flows: usize,
+    pub conntrack_capacity: u32,
+}
+
+fn backend_states(src: &Source) -> anyhow::Result<Array<MapData, u32>> {
+    Array::try_from(Map::Array(open(src, map_names::BACKEND_STATE)?))
+        .context("BACKEND_STATE has an unexpected type")
+}
+
+fn sum_counter(v: &aya::maps::PerCpuValues<Counter>) -> Counter {
+    let mut t = Counter::default();
+    for c in v.iter() {
+        t.packets += c.packets;
+        t.bytes += c.bytes;
+    }
+    t
+}
+
+pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<BackendRow>> {
+    let l = layout(src)?;
+    if let Some(s) = service
+        && l.service(s).is_none()
+    {
+        bail!("no service named {s:?}");
+    }
+    let states = backend_states(src)?;
+    let stats: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(src, map_names::BACKEND_STATS)?))
+            .context("BACKEND_STATS has an unexpected type")?;
+    let mut rows = Vec::new();
+    for s in l
+        .services
+        .iter()
+        .filter(|s| service.is_none_or(|n| n == s.name))
+    {
+        for (ti, tier) in s.tiers.iter().enumerate() {
+            for b in tier {
+                let w = states.get(&b.id, 0).context("reading BACKEND_STATE")?;
+                let c = sum_counter(&stats.get(&b.id, 0).context("reading BACKEND_STATS")?);
+                rows.push(BackendRow {
+                    service: s.name.clone(),
+                    backend: b.name.clone(),
+                    address: b.address,
+                    port: b.port,
+                    tier: ti,
+                    slot: b.id,
+                    state: word_name(w),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+pub fn services(src: &Source) -> anyhow::Result<Vec<ServiceRow>> {
+    let l = layout(src)?;
+    let states = backend_states(src)?;
+    let stats: PerCpuArray<MapData, ServiceStats> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(src, map_names::SERVICE_STATS)?))
+            .context("SERVICE_STATS has an unexpected type")?;
+    let mut rows = Vec::new();
+    for s in &l.services {
+        let mut serving_tier = None;
+        let mut serving = Vec::new();
+        for (ti, tier) in s.tiers.iter().enumerate() {
+            let up: Vec<String> = tier
+                .iter()
+                .filter(|b| states.get(&b.id, 0).is_ok_and(|w| w == STATE_UP))
+                .map(|b| b.name.clone())
+                .collect();
+            if !up.is_empty() {
+                serving_tier = Some(ti);
+                serving = up;
+                break;
+            }
+        }
+        let mut t = ServiceStats::default();
+        for v in stats.get(&s.id, 0).context("reading SERVICE_STATS")?.iter() {
+            t.fwd.packets += v.fwd.packets;
+            t.fwd.bytes += v.fwd.bytes;
+            t.reply.packets += v.reply.packets;
+            t.dropped.packets += v.dropped.packets;
+        }
+        rows.push(ServiceRow {
+            service: s.name.clone(),
+            vip: s.vip,
+            port: s.port,
+            protocol: s.protocol.to_string(),
+            mode: format!("{:?}", s.mode).to_lowercase(),
+            tiers: s.tiers.len(),
+            serving_tier,
+            serving,
+            fwd_packets: t.fwd.packets,
+            fwd_bytes: t.fwd.bytes,
+            reply_packets: t.reply.packets,
+            dropped_packets: t.dropped.packets,
+        });
+    }
+    Ok(rows)
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn flows(src: &Source, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<FlowRow>> {
+    let l = layout(src)?;
+    let ct: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(Map::LruHashMap(open(src, map_names::CONNTRACK)?))
+            .context("CONNTRACK has an unexpected type")?;
+    let names: BTreeMap<u32, (&str, BTreeMap<u32, &str>)> = l
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.id,
+                (
+                    s.name.as_str(),
+                    s.tiers
+                        .iter()
+                        .flatten()
+                        .map(|b| (b.id, b.name.as_str()))
+                        .collect(),
+                ),
+            )
+        })
+        .collect();
+    let now = monotonic_ns();
+    let mut rows = Vec::new();
+    for item in ct.iter() {
+        if rows.len() >= limit {
+            break;
+        }
+        let Ok((k, v)) = item else { continue };
+        let (svc, backend) = match names.get(&v.service_id) {
+            Some((s, bs)) => (
+                s.to_string(),
+                bs.get(&v.backend_id)
+                    .map_or(format!("slot {}", v.backend_id), |b| b.to_string()),
+            ),
+            None => (
+                format!("id {}", v.service_id),
+                format!("slot {}", v.backend_id),
+            ),
+        };
+        if service.is_some_and(|s| s != svc) {
+            continue;
+        }
+        rows.push(FlowRow {
+            client: SocketAddr::new(ip_from16(&k.src, k.family), u16::from_be_bytes(k.sport)),
+            vip: SocketAddr::new(ip_from16(&k.dst, k.family), u16::from_be_bytes(k.dport)),
+            protocol: if k.proto == failover_common::PROTO_TCP {
+                "tcp"
+            } else {
+                "udp"
+            },
+            service: svc,
+            backend,
+            idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
+        });
+    }
+    Ok(rows)
+}
+
+/// Every outcome counter, summed over CPUs, by name.
+pub fn reasons(src: &Source) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let a: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(src, map_names::REASON_STATS)?))
+            .context("REASON_STATS has an unexpected type")?;
+    let mut out = BTreeMap::new();
+    for (i, r) in Reason::ALL.iter().enumerate().take(REASON_COUNT as usize) {
+        let v: u64 = a
+            .get(&(i as u32), 0)
+            .context("reading REASON_STATS")?
+            .iter()
+            .sum();
+        out.insert(r.name(), v);
+    }
+    Ok(out)
+}
+
+pub fn status(src: &Source) -> anyhow::Result<Status> {
+    let mut maps = BTreeMap::new();
+    for name in map_names::ALL {
+        let m = open(src, name)?;
+        let info = m
+            .info()
+            .with_context(|| format!("reading map info of {name}"))?;
+        maps.insert(name.to_string(), info.id());
+    }
+    let mut attached = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&src.bpffs) {
+        for e in rd.flatten() {
+            if let Some(iface) = e.file_name().to_str().and_then(|n| n.strip_prefix("link_")) {
+                attached.push(iface.to_string());
+            }
+        }
+    }
+    attached.sort();
+    let rows = backends(src, None)?;
+    let mut by_state = BTreeMap::new();
+    for r in &rows {
+        *by_state.entry(r.state.to_string()).or_insert(0) += 1;
+    }
+    let ct_data = open(src, map_names::CONNTRACK)?;
+    let capacity = ct_data.info().context("conntrack map info")?.max_entries();
+    let ct: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(Map::LruHashMap(ct_data))
+            .context("CONNTRACK has an unexpected type")?;
+    let flows = ct.keys().filter(Result::is_ok).count();
+    Ok(Status {
+        bpffs: src.bpffs.clone(),
+        attached,
+        maps,
+        services: layout(src)?.services.len(),
+        backends_by_state: by_state,
+        flows,
+        conntrack_capacity: capacity,
+    })
+}
+
+/// Renders rows as an aligned text table.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(
+        &header.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        &mut out,
+    );
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+/// The link pin of `iface` exists.
+pub fn attached(src: &Source, iface: &str) -> bool {
+    link_pin_path(&src.bpffs, iface).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
+    }
+
+    #[test]
+    fn missing_pins_give_a_clear_message() {
+        let src = Source {
+            bpffs: PathBuf::from("/nonexistent/failover"),
+            state_dir: PathBuf::from("/nonexistent/state"),
+        };
+        let e = format!("{:#}", status(&src).unwrap_err());
+        assert!(e.contains("nothing pinned at /nonexistent/failover"), "{e}");
+    }
+}
