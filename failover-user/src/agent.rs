@@ -31,7 +31,7 @@ use crate::{
     health::{Machine, Notice, Policy, State},
     hooks,
     layout::Layout,
-    maglev,
+    maglev, metrics,
     probe::{self, ProbeResult, Target},
 };
 
@@ -158,6 +158,7 @@ impl Agent {
         maps: AgentMaps,
         sink: Arc<Sink>,
         initial: &HashMap<BackendKey, State>,
+        metrics: metrics::Shared,
     ) -> anyhow::Result<Self> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel::<ProbeMsg>(4096);
@@ -238,6 +239,19 @@ impl Agent {
             tables,
             tier_active,
         } = maps;
+        if let Ok(mut m) = metrics.lock() {
+            let keep: std::collections::HashSet<(String, String)> = backends
+                .iter()
+                .map(|b| (b.key.0.clone(), b.key.1.clone()))
+                .collect();
+            m.backends.retain(|k, _| keep.contains(k));
+            for b in &backends {
+                m.backends
+                    .entry((b.key.0.clone(), b.key.1.clone()))
+                    .or_default()
+                    .health = b.machine.state().name();
+            }
+        }
         let mut d = Decider {
             svcs,
             backends,
@@ -245,6 +259,7 @@ impl Agent {
             sink,
             stats: Stats::default(),
             table_tx,
+            metrics,
         };
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
@@ -370,9 +385,24 @@ struct Decider {
     sink: Arc<Sink>,
     stats: Stats,
     table_tx: mpsc::UnboundedSender<TableJob>,
+    metrics: metrics::Shared,
 }
 
 impl Decider {
+    fn with_metrics(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
+        if let Ok(mut m) = self.metrics.lock() {
+            f(&mut m);
+        }
+    }
+
+    fn backend_metrics(&self, i: usize, f: impl FnOnce(&mut metrics::BackendMetrics)) {
+        let key = (
+            self.backends[i].key.0.clone(),
+            self.backends[i].key.1.clone(),
+        );
+        self.with_metrics(|m| f(m.backends.entry(key).or_default()));
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<ProbeMsg>,
@@ -462,6 +492,11 @@ impl Decider {
                 self.backends[i].word = word;
                 self.stats.map_version += 1;
                 self.stats.decision_to_map_us.record(dt.as_secs_f64() * 1e6);
+                let version = self.stats.map_version;
+                self.with_metrics(|m| {
+                    m.decision_to_map.observe(dt.as_secs_f64());
+                    m.map_version = version;
+                });
                 Some(dt)
             }
             Err(e) => {
@@ -499,6 +534,21 @@ impl Decider {
         let (tr, notice) = self.backends[i]
             .machine
             .observe(m.at, m.result.ok, &detail, &policy);
+        let (ok, lat) = (m.result.ok, m.result.latency.as_secs_f64());
+        let health = self.backends[i].machine.state().name();
+        let changed = tr.is_some();
+        self.backend_metrics(i, |b| {
+            if ok {
+                b.probes_ok += 1;
+            } else {
+                b.probes_failed += 1;
+            }
+            b.probe_latency.observe(lat);
+            b.health = health;
+            if changed {
+                b.state_changes += 1;
+            }
+        });
         let svc = self.backends[i].svc;
         if let Some(Notice::HeldDown(why)) = notice {
             let mut e = Event::new(
@@ -619,6 +669,7 @@ impl Decider {
             return;
         }
         let name = self.svcs[svc].cfg.name.clone();
+        self.with_metrics(|m| *m.failovers.entry(name.clone()).or_default() += 1);
         let kind = if after.0.is_none() {
             "no-healthy-backend"
         } else {
@@ -648,8 +699,21 @@ impl Decider {
         let json = self.sink.emit(&e);
         for h in &self.svcs[svc].cfg.hooks {
             if h.events.contains(&class) {
-                // Detached: the hook runs (and logs its outcome) on its own.
-                drop(hooks::spawn(&h.hook, json.clone(), e.env()));
+                // The hook runs (and logs its outcome) on its own; a watcher
+                // only counts the outcome.
+                let run = hooks::spawn(&h.hook, json.clone(), e.env());
+                let m = self.metrics.clone();
+                drop(tokio::spawn(async move {
+                    if let Ok(o) = run.await
+                        && let Ok(mut m) = m.lock()
+                    {
+                        if o.ok {
+                            m.hooks_ok += 1;
+                        } else {
+                            m.hooks_failed += 1;
+                        }
+                    }
+                }));
             }
         }
     }

@@ -66,6 +66,8 @@ pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
 pub enum Attached {
     Native,
     Generic,
+    /// A pinned link from a previous run, now running our program.
+    Adopted,
 }
 
 pub struct Dataplane {
@@ -139,18 +141,32 @@ impl Dataplane {
     /// link left by a previous run), and adds the interface to the devmap.
     pub fn attach(&mut self, iface: &str, mode: XdpModeCfg) -> anyhow::Result<Attached> {
         let ifindex = ifindex(iface)?;
-        if let Some(dir) = &self.pin_dir {
-            let path = link_pin_path(dir, iface);
+        if let Some(dir) = self.pin_dir.clone() {
+            let path = link_pin_path(&dir, iface);
             if path.exists() {
-                // A previous daemon left its link pinned (fail-static). Take
-                // it down so ours can go up.
-                let old = PinnedLink::from_pin(&path)
-                    .with_context(|| format!("opening the pinned link {}", path.display()))?;
-                let old = old
-                    .unpin()
-                    .with_context(|| format!("unpinning {}", path.display()))?;
-                drop(old);
-                info!(iface, "replaced the XDP link left by a previous run");
+                // A previous daemon left its link pinned (fail-static): adopt
+                // it, swapping our program in atomically (BPF_LINK_UPDATE),
+                // so traffic never sees the interface without XDP.
+                match self.adopt_link(&path) {
+                    Ok(()) => {
+                        self.allow_egress(iface)?;
+                        info!(
+                            iface,
+                            ifindex, "adopted the pinned XDP link; program swapped in atomically"
+                        );
+                        return Ok(Attached::Adopted);
+                    }
+                    Err(e) => {
+                        warn!(iface, error = %format!("{e:#}"), "cannot adopt the pinned XDP link; replacing it (a short gap)");
+                        let old = PinnedLink::from_pin(&path).with_context(|| {
+                            format!("opening the pinned link {}", path.display())
+                        })?;
+                        drop(
+                            old.unpin()
+                                .with_context(|| format!("unpinning {}", path.display()))?,
+                        );
+                    }
+                }
             }
         }
         let prog = self.program_mut()?;
@@ -192,6 +208,23 @@ impl Dataplane {
         self.allow_egress(iface)?;
         info!(iface, ifindex, mode = ?how, "XDP program attached");
         Ok(how)
+    }
+
+    /// Points the pinned XDP link at `path` to our program.
+    fn adopt_link(&mut self, path: &Path) -> anyhow::Result<()> {
+        let pinned =
+            PinnedLink::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        // `into_link` keeps the pin file: the link stays pinned.
+        let fd: FdLink = pinned.into();
+        let link = aya::programs::xdp::XdpLink::try_from(fd)
+            .context("the pinned link is not an XDP link")?;
+        let prog = self.program_mut()?;
+        let id = prog
+            .attach_to_link(link)
+            .context("BPF_LINK_UPDATE to the new program")?;
+        // The link is pinned: closing our handle does not detach it.
+        drop(prog.take_link(id).context("taking the adopted link")?);
+        Ok(())
     }
 
     /// Adds `iface` to the devmap: the program may redirect frames to it.

@@ -12,5 +12,6 @@ pub mod inspect;
 pub mod lab;
 pub mod layout;
 pub mod maglev;
+pub mod metrics;
 pub mod objects;
 pub mod probe;

@@ -14,6 +14,7 @@ use failover_user::{
     health::State,
     inspect,
     layout::Layout,
+    metrics,
 };
 use tracing::{error, info, warn};
 
@@ -532,13 +533,21 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }
     let sink = Arc::new(events::Sink::new(cfg.daemon.events_file.as_deref())?);
+    let agent_metrics: metrics::Shared = Default::default();
     let start_agent = |cfg: &Config,
                        layout: &Layout,
                        states: &HashMap<BackendKey, State>|
      -> anyhow::Result<Agent> {
         let maps = AgentMaps::open(&cfg.daemon.bpffs)
             .context("opening the pinned maps for the health agent")?;
-        Agent::start(cfg, layout, maps, sink.clone(), states)
+        Agent::start(
+            cfg,
+            layout,
+            maps,
+            sink.clone(),
+            states,
+            agent_metrics.clone(),
+        )
     };
     let mut agent = Some(start_agent(&cfg, &layout, &HashMap::new())?);
     info!(

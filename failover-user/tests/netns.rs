@@ -382,3 +382,68 @@ fn generic_mode_fallback() {
     );
     assert!(d.terminate().expect("stops").success());
 }
+
+/// `kill -9` of the daemon under a steady request stream: the dataplane
+/// keeps forwarding with its last state (fail-static), and the restarted
+/// daemon adopts the pinned link and maps (same map ids, conntrack kept,
+/// an established connection carries on), losing no request.
+#[test]
+fn kill_9_and_restart_loses_nothing() {
+    let mut lab = start_lab();
+    let src = failover_user::inspect::Source {
+        bpffs: lab.s.bpffs.clone(),
+        state_dir: lab.s.dir.join("state"),
+    };
+    let c = lab.topo.client.name.clone();
+    let mut conn = Conn::open(&lab.topo.client, vip(false, 80), T).expect("connection");
+    assert_eq!(conn.ask("before").unwrap(), "b1");
+    let before = failover_user::inspect::status(&src).expect("status");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let stream = std::thread::spawn(move || {
+        lab::netns::enter_named(&c).expect("client netns");
+        let mut results = Vec::new();
+        while !stop2.load(Ordering::Relaxed) {
+            results
+                .push(lab::tcp_request_here(vip(false, 80), "s", T).map_err(|e| format!("{e:#}")));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        results
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: SIGKILL to our own child.
+    unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = lab.daemon.0.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        conn.ask("daemon dead").unwrap(),
+        "b1",
+        "fail-static: forwarding goes on without the daemon"
+    );
+    lab.daemon = DaemonProcess::spawn(&exe(), &lab.topo.lb.name, &lab.config).expect("restart");
+    // The restarted daemon is up once it has rewritten its layout.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let results = stream.join().expect("stream");
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let answered = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|w| w == "b1"))
+        .count();
+    println!(
+        "kill -9 + restart: {} requests, {answered} answered by b1, {} failed",
+        results.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests lost: {failed:?}");
+    assert_eq!(answered, results.len());
+    assert_eq!(
+        conn.ask("after").unwrap(),
+        "b1",
+        "the established connection survived"
+    );
+    let after = failover_user::inspect::status(&src).expect("status");
+    assert_eq!(before.maps, after.maps, "same maps (ids) after the restart");
+    assert!(after.flows >= before.flows, "conntrack kept");
+    assert_eq!(after.attached, ["lb1", "lb2", "lc"]);
+}

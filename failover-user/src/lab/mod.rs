@@ -497,6 +497,21 @@ fn parse_answer(line: &str, msg: &str) -> anyhow::Result<String> {
     }
 }
 
+/// One TCP request on a new connection made from the calling thread's
+/// network namespace: the backend that answered.
+pub fn tcp_request_here(to: SocketAddr, msg: &str, timeout: Duration) -> anyhow::Result<String> {
+    let s =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let w = s.try_clone()?;
+    Conn {
+        r: BufReader::new(s),
+        w,
+    }
+    .ask(msg)
+}
+
 /// One TCP request on a new connection: the backend that answered.
 pub fn tcp_request(
     ns: &Netns,

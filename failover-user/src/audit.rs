@@ -1,0 +1,1059 @@
+//! Tamper-evident audit log: a JSON-lines file whose lines form a SHA-256
+//! hash chain.
+//!
+//! # Line format
+//!
+//! Every line is one compact JSON object, keys in this order:
+//!
+//! ```text
+//! {"seq":1,"ts":"2024-01-02T03:04:05.678901Z","prev":"<64 hex>",<record fields...>,"hash":"<64 hex>"}
+//! ```
+//!
+//! * `seq`: 1 for the first line, then +1 per line.
+//! * `ts`: RFC 3339 UTC with microseconds (`YYYY-MM-DDTHH:MM:SS.ffffffZ`),
+//!   supplied by the caller (e.g. `crate::events::now_rfc3339()`).
+//! * `prev`: the previous line's `hash`; 64 zeros on the first line.
+//! * the caller's record fields (`serde_json::to_string` of each key and
+//!   value, in the map's iteration order); `seq`, `ts`, `prev` and `hash` are
+//!   reserved.
+//! * `hash`: lowercase hex SHA-256 of the line's exact bytes *without* the
+//!   hash field: i.e. of `{"seq":..,"ts":..,"prev":..,<fields>}`. The stored
+//!   line is that text with `,"hash":"<hex>"` inserted before the final `}`.
+//!
+//! Verifying a line: it must end with `,"hash":"<64 lowercase hex>"}`; strip
+//! that suffix, re-append `}`, hash the bytes, compare with the stored hash.
+//! Because the hash is over the bytes as stored (never a re-serialisation),
+//! changing any byte of any line breaks that line's own hash, and because each
+//! `prev` must equal the previous `hash`, deleting, inserting or reordering
+//! lines breaks the chain at the first line after the change. The last line
+//! has no follower to vouch for it, which is why each line carries its own
+//! `hash` (a plain `prev` chain could not detect an edit of the last line).
+//!
+//! # Limitations
+//!
+//! * There is no secret key: someone who can write the file can rewrite it
+//!   from the first changed line on and recompute every hash. The chain proves
+//!   consistency, not authorship; to detect that, anchor the head
+//!   ([`AuditLog::last_hash`] and [`AuditLog::next_seq`]) somewhere the
+//!   attacker cannot write (a remote log, a signed checkpoint).
+//! * Removing lines from the *end* leaves a valid, shorter chain. Only an
+//!   anchored head (see above) reveals it.
+//! * A crash in the middle of a write leaves a last line without its newline.
+//!   [`AuditLog::open`] refuses such a log (naming the line) instead of
+//!   truncating it silently: an operator must inspect and repair it.
+//! * [`verify`] on a log that a daemon is appending to may see a line that
+//!   is still being written and report a missing final newline.
+//!
+//! # Durability and exclusivity
+//!
+//! The file is created with mode 0600 (its directory, if created, 0700) and
+//! opened with `O_APPEND`; each append is one `write_all` of the line and its
+//! newline followed by `sync_data`. [`AuditLog`] holds an exclusive `flock` on
+//! the file for its lifetime, so two daemons cannot interleave their chains.
+//! After a failed write or sync the log refuses further appends: reopening it
+//! re-verifies what actually reached the file.
+
+use std::{
+    fmt,
+    fs::{File, OpenOptions},
+    io::{self, BufRead, BufReader, ErrorKind, Write as _},
+    os::unix::{
+        fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+        io::AsRawFd as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+/// The longest line (without its newline) that [`verify`] accepts and
+/// [`AuditLog::append`] writes: 1 MiB.
+pub const MAX_LINE_LEN: usize = 1 << 20;
+
+/// Keys the audit log writes itself; a record may not contain them.
+pub const RESERVED_KEYS: [&str; 4] = ["seq", "ts", "prev", "hash"];
+
+/// The `prev` of the first line.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `,"hash":"` + 64 hex + `"}`.
+const HASH_PREFIX: &[u8] = b",\"hash\":\"";
+const HASH_SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
+
+/// Errors of [`AuditLog`].
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "audit log {} failed verification at {source}; refusing to append to a broken or tampered log",
+        path.display()
+    )]
+    Broken {
+        path: PathBuf,
+        #[source]
+        source: VerifyError,
+    },
+    #[error("audit log {} is locked by another process (or another AuditLog in this one)", path.display())]
+    Locked { path: PathBuf },
+    #[error("record field {0:?} is reserved (seq, ts, prev and hash are written by the audit log)")]
+    ReservedKey(String),
+    #[error("timestamp {0:?} is not RFC 3339 UTC with microseconds (YYYY-MM-DDTHH:MM:SS.ffffffZ)")]
+    BadTimestamp(String),
+    #[error("audit line {seq} would be {len} bytes, over the {max}-byte limit")]
+    RecordTooLarge { seq: u64, len: usize, max: usize },
+    #[error("serialising audit record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("audit log sequence number overflow")]
+    SeqOverflow,
+    #[error(
+        "audit log {}: an earlier write or sync failed, the file is in an unknown state; reopen it to re-verify",
+        path.display()
+    )]
+    Poisoned { path: PathBuf },
+}
+
+/// Why a log failed verification: the first bad line (1-based) and the
+/// reason. `line` is 0 for errors not tied to a line (the file could not be
+/// opened); [`Display`](fmt::Display) then shows the reason alone, otherwise
+/// `line N: reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyError {
+    pub line: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "line {}: {}", self.line, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// An open audit log, verified and ready to continue its chain.
+#[derive(Debug)]
+pub struct AuditLog {
+    file: File,
+    path: PathBuf,
+    next_seq: u64,
+    last_hash: String,
+    poisoned: bool,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed, mode 0600, missing directories 0700) the
+    /// log at `path`, takes an exclusive lock on it, verifies the existing
+    /// chain and continues it. A broken chain (including a last line without
+    /// its newline) is [`AuditError::Broken`], naming the first bad line.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let io_err = |op: &'static str| {
+            move |source: io::Error| AuditError::Io {
+                path: path.to_path_buf(),
+                op,
+                source,
+            }
+        };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = parent
+            && !dir.exists()
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err("creating directory"))?;
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).append(true).mode(0o600);
+        let (file, created) = match opts.clone().create_new(true).open(path) {
+            Ok(f) => (f, true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                (opts.open(path).map_err(io_err("opening"))?, false)
+            }
+            Err(e) => return Err(io_err("creating")(e)),
+        };
+        lock_exclusive(&file).map_err(|e| {
+            if e.kind() == ErrorKind::WouldBlock {
+                AuditError::Locked {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                io_err("locking")(e)
+            }
+        })?;
+        if created {
+            // Make the new directory entry durable too.
+            let dir = parent.unwrap_or(Path::new("."));
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("syncing directory"))?;
+        } else {
+            let meta = file.metadata().map_err(io_err("stat"))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format_args!("{mode:04o}"),
+                    "audit log is readable or writable by group/others"
+                );
+            }
+        }
+        let chain = verify_chain(BufReader::new(&file)).map_err(|source| match source {
+            ChainError::Io { line, source } if line == 0 => io_err("reading")(source),
+            other => AuditError::Broken {
+                path: path.to_path_buf(),
+                source: other.into(),
+            },
+        })?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            next_seq: chain.lines.checked_add(1).ok_or(AuditError::SeqOverflow)?,
+            last_hash: chain.last_hash,
+            poisoned: false,
+        })
+    }
+
+    /// Appends one record with timestamp `ts` (RFC 3339 UTC with
+    /// microseconds); returns its `seq`. The line is on disk (`sync_data`)
+    /// when this returns `Ok`.
+    pub fn append(&mut self, ts: &str, record: Map<String, Value>) -> Result<u64, AuditError> {
+        if self.poisoned {
+            return Err(AuditError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        if let Some(k) = RESERVED_KEYS.iter().find(|k| record.contains_key(**k)) {
+            return Err(AuditError::ReservedKey((*k).to_string()));
+        }
+        if !is_valid_ts(ts) {
+            return Err(AuditError::BadTimestamp(ts.to_string()));
+        }
+        let seq = self.next_seq;
+        let next_seq = seq.checked_add(1).ok_or(AuditError::SeqOverflow)?;
+        let (mut line, hash) = encode_line(seq, ts, &self.last_hash, &record)?;
+        if line.len() > MAX_LINE_LEN {
+            return Err(AuditError::RecordTooLarge {
+                seq,
+                len: line.len(),
+                max: MAX_LINE_LEN,
+            });
+        }
+        line.push('\n');
+        let written = self
+            .file
+            .write_all(line.as_bytes())
+            .map_err(|e| (e, "writing"))
+            .and_then(|()| self.file.sync_data().map_err(|e| (e, "syncing")));
+        if let Err((source, op)) = written {
+            self.poisoned = true;
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                op,
+                source,
+            });
+        }
+        self.next_seq = next_seq;
+        self.last_hash = hash;
+        Ok(seq)
+    }
+
+    /// The `seq` the next appended line will get (1 for an empty log).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The `hash` of the last line (64 zeros for an empty log): with
+    /// [`next_seq`](Self::next_seq), the head to anchor elsewhere so that
+    /// truncation or a wholesale rewrite can be detected.
+    pub fn last_hash(&self) -> &str {
+        &self.last_hash
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Verifies the whole log at `path`: `Ok(number of lines)` or the first bad
+/// line and why.
+pub fn verify(path: &Path) -> Result<u64, VerifyError> {
+    let file = File::open(path).map_err(|e| VerifyError {
+        line: 0,
+        reason: format!("cannot open {}: {e}", path.display()),
+    })?;
+    verify_reader(BufReader::new(file))
+}
+
+/// Verifies a log read from `r`, streaming (memory is bounded by
+/// [`MAX_LINE_LEN`]): `Ok(number of lines)` or the first bad line and why.
+pub fn verify_reader(r: impl BufRead) -> Result<u64, VerifyError> {
+    verify_chain(r).map(|c| c.lines).map_err(Into::into)
+}
+
+struct Chain {
+    lines: u64,
+    last_hash: String,
+}
+
+enum ChainError {
+    Io { line: u64, source: io::Error },
+    Line(VerifyError),
+}
+
+impl From<ChainError> for VerifyError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::Io { line, source } => VerifyError {
+                line,
+                reason: format!("read error: {source}"),
+            },
+            ChainError::Line(v) => v,
+        }
+    }
+}
+
+fn verify_chain(mut r: impl BufRead) -> Result<Chain, ChainError> {
+    let mut buf = Vec::new();
+    let mut lines = 0u64;
+    let mut last_hash = GENESIS_PREV.to_string();
+    loop {
+        let lineno = lines + 1;
+        let bad = |reason: String| {
+            ChainError::Line(VerifyError {
+                line: lineno,
+                reason,
+            })
+        };
+        buf.clear();
+        match read_line_bounded(&mut r, &mut buf, MAX_LINE_LEN) {
+            Err(source) => {
+                // Line 0 until a line has been read: an error of the file.
+                let line = if lines == 0 && buf.is_empty() { 0 } else { lineno };
+                return Err(ChainError::Io { line, source });
+            }
+            Ok(LineRead::Eof) => return Ok(Chain { lines, last_hash }),
+            Ok(LineRead::TooLong) => {
+                return Err(bad(format!("line longer than {MAX_LINE_LEN} bytes")));
+            }
+            Ok(LineRead::Unterminated) => {
+                return Err(bad(
+                    "missing final newline (trailing garbage or an interrupted write)".to_string(),
+                ));
+            }
+            Ok(LineRead::Line) => {}
+        }
+        let hash = check_line(&buf, lineno, &last_hash).map_err(bad)?;
+        lines = lineno;
+        last_hash = hash;
+    }
+}
+
+/// Checks one line (without its newline) as line `seq` following a line
+/// whose hash is `prev`; returns its hash.
+fn check_line(line: &[u8], seq: u64, prev: &str) -> Result<String, String> {
+    if line.is_empty() {
+        return Err("empty line".to_string());
+    }
+    let obj: Map<String, Value> =
+        serde_json::from_slice(line).map_err(|e| format!("bad JSON: {e}"))?;
+    let got_seq = match obj.get("seq") {
+        None => return Err("missing field seq".to_string()),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| "field seq is not an unsigned integer".to_string())?,
+    };
+    let ts = match obj.get("ts") {
+        None => return Err("missing field ts".to_string()),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| "field ts is not a string".to_string())?,
+    };
+    if !is_valid_ts(ts) {
+        return Err(format!(
+            "field ts {ts:?} is not RFC 3339 UTC with microseconds"
+        ));
+    }
+    let got_prev = match obj.get("prev") {
+        None => return Err("missing field prev".to_string()),
+        Some(v) => v
+            .as_str()
+            .filter(|s| is_hex64(s.as_bytes()))
+            .ok_or_else(|| "field prev is not 64 lowercase hex digits".to_string())?,
+    };
+    if !obj.contains_key("hash") {
+        return Err("missing field hash".to_string());
+    }
+    // The hash field must be the last one, in canonical form.
+    let split = line
+        .len()
+        .checked_sub(HASH_SUFFIX_LEN)
+        .filter(|&at| {
+            let suffix = &line[at..];
+            suffix.starts_with(HASH_PREFIX)
+                && is_hex64(&suffix[HASH_PREFIX.len()..HASH_PREFIX.len() + 64])
+                && suffix.ends_with(b"\"}")
+        })
+        .ok_or_else(|| {
+            "line does not end with ,\"hash\":\"<64 lowercase hex>\"}".to_string()
+        })?;
+    let stored_hash = &line[split + HASH_PREFIX.len()..split + HASH_PREFIX.len() + 64];
+    // seq, ts, prev must come first, in that order, each exactly once.
+    let head = format!(
+        "{{\"seq\":{got_seq},\"ts\":{},\"prev\":\"{got_prev}\"",
+        serde_json::to_string(ts).map_err(|e| e.to_string())?
+    );
+    let body = &line[..split];
+    if !body.starts_with(head.as_bytes()) || !matches!(body.get(head.len()), None | Some(b',')) {
+        return Err("fields seq, ts, prev are not first, in that order, in compact form".to_string());
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(body);
+    hasher.update(b"}");
+    let computed = hex(&hasher.finalize());
+    if computed.as_bytes() != stored_hash {
+        return Err(format!(
+            "hash mismatch: the line was modified (stored {}, computed {computed})",
+            String::from_utf8_lossy(stored_hash)
+        ));
+    }
+    if got_seq != seq {
+        return Err(format!(
+            "seq not consecutive: expected {seq}, found {got_seq} (lines deleted, inserted or reordered)"
+        ));
+    }
+    if got_prev != prev {
+        return Err(format!(
+            "prev hash mismatch: expected {prev} (hash of the previous line), found {got_prev}"
+        ));
+    }
+    Ok(computed)
+}
+
+/// Builds line `seq` (without newline) and its hash.
+fn encode_line(
+    seq: u64,
+    ts: &str,
+    prev: &str,
+    record: &Map<String, Value>,
+) -> Result<(String, String), serde_json::Error> {
+    let mut line = format!(
+        "{{\"seq\":{seq},\"ts\":{},\"prev\":\"{prev}\"",
+        serde_json::to_string(ts)?
+    );
+    for (k, v) in record {
+        line.push(',');
+        line.push_str(&serde_json::to_string(k)?);
+        line.push(':');
+        line.push_str(&serde_json::to_string(v)?);
+    }
+    line.push('}');
+    let hash = sha256_hex(line.as_bytes());
+    line.pop();
+    line.push_str(",\"hash\":\"");
+    line.push_str(&hash);
+    line.push_str("\"}");
+    Ok((line, hash))
+}
+
+enum LineRead {
+    Eof,
+    Line,
+    /// Bytes at EOF without a newline.
+    Unterminated,
+    /// Over the limit; reading stopped there.
+    TooLong,
+}
+
+/// Reads one line into `buf` (without its newline), never buffering more
+/// than `max` bytes.
+fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<LineRead> {
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Unterminated
+            });
+        }
+        let (take, found) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (avail.len(), false),
+        };
+        if buf.len() + take > max {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take + usize::from(found));
+        if found {
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` with plausible field ranges.
+fn is_valid_ts(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    if b.len() != 27 {
+        return false;
+    }
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let num = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+    };
+    let shape = digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..26)
+        && b[26] == b'Z';
+    shape
+        && (1..=12).contains(&num(5..7))
+        && (1..=31).contains(&num(8..10))
+        && num(11..13) < 24
+        && num(14..16) < 60
+        && num(17..19) < 61
+}
+
+fn is_hex64(s: &[u8]) -> bool {
+    s.len() == 64 && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A unique directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let p = std::env::temp_dir().join(format!(
+                "failover-audit-test-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        fn file(&self) -> PathBuf {
+            self.0.join("audit.log")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rec(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    fn ts(n: u32) -> String {
+        format!("2024-01-02T03:04:{n:02}.000001Z")
+    }
+
+    /// A log with three lines; returns its lines (without newlines).
+    fn three(path: &Path) -> Vec<String> {
+        let mut log = AuditLog::open(path).unwrap();
+        for (i, (event, backend)) in [("down", "alpha"), ("failover", "beta"), ("up", "alpha")]
+            .into_iter()
+            .enumerate()
+        {
+            let seq = log
+                .append(
+                    &ts(i as u32),
+                    rec(json!({"event": event, "backend": backend, "n": i})),
+                )
+                .unwrap();
+            assert_eq!(seq, i as u64 + 1);
+        }
+        lines(path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write_lines(path: &Path, lines: &[String]) {
+        let mut s = lines.join("\n");
+        s.push('\n');
+        std::fs::write(path, s).unwrap();
+    }
+
+    fn field(line: &str, key: &str) -> Value {
+        let v: Value = serde_json::from_str(line).unwrap();
+        v[key].clone()
+    }
+
+    #[test]
+    fn sha256_fips_vectors() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn known_line_hash() {
+        // printf '%s' '{"seq":1,"ts":"2024-01-02T03:04:05.678901Z","prev":"0000000000000000000000000000000000000000000000000000000000000000","backend":"10.0.0.2:80","event":"backend_down"}' | sha256sum
+        const HASH: &str = "@@HASH@@";
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        // Keys in sorted order: the same line with or without serde_json's
+        // preserve_order feature.
+        let mut r = Map::new();
+        r.insert("backend".into(), json!("10.0.0.2:80"));
+        r.insert("event".into(), json!("backend_down"));
+        log.append("2024-01-02T03:04:05.678901Z", r).unwrap();
+        assert_eq!(log.last_hash(), HASH);
+        assert_eq!(
+            std::fs::read_to_string(d.file()).unwrap(),
+            format!(
+                "{{\"seq\":1,\"ts\":\"2024-01-02T03:04:05.678901Z\",\"prev\":\"{GENESIS_PREV}\",\
+                 \"backend\":\"10.0.0.2:80\",\"event\":\"backend_down\",\"hash\":\"{HASH}\"}}\n"
+            )
+        );
+        assert_eq!(verify(&d.file()), Ok(1));
+    }
+
+    #[test]
+    fn append_three_and_verify() {
+        let d = TempDir::new();
+        let l = three(&d.file());
+        assert_eq!(l.len(), 3);
+        assert_eq!(verify(&d.file()), Ok(3));
+        assert_eq!(field(&l[0], "seq"), json!(1));
+        assert_eq!(field(&l[0], "prev"), json!(GENESIS_PREV));
+        assert_eq!(field(&l[1], "prev"), field(&l[0], "hash"));
+        assert_eq!(field(&l[2], "prev"), field(&l[1], "hash"));
+        assert!(l[0].starts_with("{\"seq\":1,\"ts\":\"2024-01-02T03:04:00.000001Z\",\"prev\":\""));
+        assert_eq!(field(&l[1], "backend"), json!("beta"));
+        // verify_reader on the same bytes.
+        let bytes = std::fs::read(d.file()).unwrap();
+        assert_eq!(verify_reader(&bytes[..]), Ok(3));
+        assert_eq!(verify_reader(&b""[..]), Ok(0));
+    }
+
+    #[test]
+    fn empty_record() {
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        log.append(&ts(1), Map::new()).unwrap();
+        log.append(&ts(2), Map::new()).unwrap();
+        assert_eq!(verify(&d.file()), Ok(2));
+    }
+
+    #[test]
+    fn reopen_continues_chain() {
+        let d = TempDir::new();
+        let l = three(&d.file());
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        assert_eq!(log.next_seq(), 4);
+        assert_eq!(json!(log.last_hash()), field(&l[2], "hash"));
+        assert_eq!(log.append(&ts(9), rec(json!({"event": "x"}))).unwrap(), 4);
+        drop(log);
+        let l = lines(&d.file());
+        assert_eq!(field(&l[3], "seq"), json!(4));
+        assert_eq!(field(&l[3], "prev"), field(&l[2], "hash"));
+        assert_eq!(verify(&d.file()), Ok(4));
+    }
+
+    #[test]
+    fn flipped_byte_in_record_names_that_line() {
+        let d = TempDir::new();
+        let mut l = three(&d.file());
+        assert!(l[1].contains("\"beta\""));
+        l[1] = l[1].replacen("\"beta\"", "\"bfta\"", 1);
+        write_lines(&d.file(), &l);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.reason.contains("hash mismatch"), "{e}");
+        assert!(e.to_string().starts_with("line 2: "));
+        // The daemon refuses to continue a tampered log.
+        let err = AuditLog::open(&d.file()).unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Broken { source, .. } if source.line == 2),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_detected() {
+        let d = TempDir::new();
+        three(&d.file());
+        let orig = std::fs::read(d.file()).unwrap();
+        for i in 0..orig.len() {
+            let mut b = orig.clone();
+            b[i] ^= 0x01;
+            assert!(verify_reader(&b[..]).is_err(), "flip at byte {i} not detected");
+        }
+    }
+
+    #[test]
+    fn rehashed_edit_breaks_next_prev() {
+        // An attacker who recomputes line 2's own hash still breaks line 3.
+        let d = TempDir::new();
+        let l = three(&d.file());
+        let mut obj: Map<String, Value> = serde_json::from_str(&l[1]).unwrap();
+        obj.insert("backend".into(), json!("evil"));
+        let mut r = obj.clone();
+        for k in RESERVED_KEYS {
+            r.remove(k);
+        }
+        let (forged, _) = encode_line(
+            2,
+            obj["ts"].as_str().unwrap(),
+            obj["prev"].as_str().unwrap(),
+            &r,
+        )
+        .unwrap();
+        write_lines(&d.file(), &[l[0].clone(), forged, l[2].clone()]);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("prev hash mismatch"), "{e}");
+    }
+
+    #[test]
+    fn deleted_line_names_next() {
+        let d = TempDir::new();
+        let l = three(&d.file());
+        write_lines(&d.file(), &[l[0].clone(), l[2].clone()]);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        // Line 2 of the file is the former line 3.
+        assert!(e.reason.contains("seq not consecutive"), "{e}");
+
+        // Deleting line 2 of four: the first bad line is the old line 3.
+        let d = TempDir::new();
+        let mut l = three(&d.file());
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        log.append(&ts(5), Map::new()).unwrap();
+        drop(log);
+        l = {
+            let all = lines(&d.file());
+            assert_eq!(all.len(), 4);
+            let _ = l;
+            all
+        };
+        l.remove(1);
+        write_lines(&d.file(), &l);
+        assert_eq!(verify(&d.file()).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn deleted_first_line() {
+        let d = TempDir::new();
+        let l = three(&d.file());
+        write_lines(&d.file(), &l[1..]);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+    }
+
+    #[test]
+    fn swapped_lines_detected() {
+        let d = TempDir::new();
+        let l = three(&d.file());
+        write_lines(&d.file(), &[l[0].clone(), l[2].clone(), l[1].clone()]);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn edited_last_line_detected_by_own_hash() {
+        let d = TempDir::new();
+        let mut l = three(&d.file());
+        l[2] = l[2].replacen("\"up\"", "\"UP\"", 1);
+        write_lines(&d.file(), &l);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("hash mismatch"), "{e}");
+    }
+
+    #[test]
+    fn truncated_last_line_is_an_error() {
+        let d = TempDir::new();
+        three(&d.file());
+        let mut b = std::fs::read(d.file()).unwrap();
+        b.truncate(b.len() - 10);
+        std::fs::write(d.file(), &b).unwrap();
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("newline"), "{e}");
+        let err = AuditLog::open(&d.file()).unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Broken { source, .. } if source.line == 3),
+            "{err}"
+        );
+        assert!(err.to_string().contains("line 3"), "{err}");
+        // Not truncated or appended to.
+        assert_eq!(std::fs::read(d.file()).unwrap(), b);
+
+        // Only the newline missing: still an error.
+        let d = TempDir::new();
+        three(&d.file());
+        let mut b = std::fs::read(d.file()).unwrap();
+        b.pop();
+        std::fs::write(d.file(), &b).unwrap();
+        assert_eq!(verify(&d.file()).unwrap_err().line, 3);
+    }
+
+    #[test]
+    fn trailing_garbage_is_an_error() {
+        let d = TempDir::new();
+        let mut l = three(&d.file());
+        l[1].push_str(" x");
+        write_lines(&d.file(), &l);
+        assert_eq!(verify(&d.file()).unwrap_err().line, 2);
+        let mut l = lines(&d.file());
+        l[1] = l[1].trim_end_matches(" x").to_string();
+        l.push(String::new());
+        write_lines(&d.file(), &l);
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!((e.line, e.reason.as_str()), (4, "empty line"));
+    }
+
+    #[test]
+    fn malformed_lines() {
+        let ok = {
+            let d = TempDir::new();
+            three(&d.file())[0].clone()
+        };
+        let check = |line: &str, want: &str| {
+            let input = format!("{line}\n");
+            let e = verify_reader(input.as_bytes()).unwrap_err();
+            assert_eq!(e.line, 1, "{e}");
+            assert!(e.reason.contains(want), "{line}: {e}");
+        };
+        check("not json", "bad JSON");
+        check("[1,2]", "bad JSON");
+        check("{\"ts\":\"x\"}", "missing field seq");
+        check(&ok.replacen("\"seq\":1", "\"seq\":-1", 1), "seq is not");
+        check(&ok.replacen("\"seq\":1,", "", 1), "missing field seq");
+        check(&ok.replacen(":00.000001Z", ":00Z", 1), "field ts");
+        check(&ok.replacen(GENESIS_PREV, "00", 1), "field prev");
+        let no_hash = &ok[..ok.len() - HASH_SUFFIX_LEN];
+        check(&format!("{no_hash}}}"), "missing field hash");
+        check(&format!("{no_hash},\"hash\":\"AB\"}}"), "does not end with");
+        // Fields out of order, even with a correct hash.
+        let mut r = Map::new();
+        r.insert("a".into(), json!(1));
+        let (good, _) = encode_line(1, &ts(0), GENESIS_PREV, &r).unwrap();
+        let reordered = good.replacen(
+            &format!("\"seq\":1,\"ts\":\"{}\"", ts(0)),
+            &format!("\"ts\":\"{}\",\"seq\":1", ts(0)),
+            1,
+        );
+        check(&reordered, "not first");
+        // Duplicate seq later in the line.
+        let dup = good.replacen("\"a\":1", "\"seq\":1", 1);
+        check(&dup, "");
+        // Non-UTF-8 bytes: an error, not a panic.
+        let e = verify_reader(&b"{\"seq\":\xff}\n"[..]).unwrap_err();
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn first_line_must_start_chain() {
+        let (good, _) = encode_line(2, &ts(0), GENESIS_PREV, &Map::new()).unwrap();
+        let e = verify_reader(format!("{good}\n").as_bytes()).unwrap_err();
+        assert!(e.reason.contains("expected 1, found 2"), "{e}");
+        let other = "1".repeat(64);
+        let (good, _) = encode_line(1, &ts(0), &other, &Map::new()).unwrap();
+        let e = verify_reader(format!("{good}\n").as_bytes()).unwrap_err();
+        assert!(e.reason.contains("prev hash mismatch"), "{e}");
+    }
+
+    #[test]
+    fn reserved_keys_rejected() {
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        for k in RESERVED_KEYS {
+            let mut r = Map::new();
+            r.insert("event".into(), json!("x"));
+            r.insert(k.into(), json!(1));
+            let err = log.append(&ts(0), r).unwrap_err();
+            assert!(matches!(&err, AuditError::ReservedKey(key) if key == k), "{err}");
+        }
+        assert_eq!(std::fs::read(d.file()).unwrap(), b"");
+        assert_eq!(log.append(&ts(0), Map::new()).unwrap(), 1);
+    }
+
+    #[test]
+    fn bad_timestamp_rejected() {
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        for bad in [
+            "",
+            "2024-01-02T03:04:05Z",
+            "2024-01-02T03:04:05.678901+00:00",
+            "2024-13-02T03:04:05.678901Z",
+            "2024-01-02 03:04:05.678901Z",
+        ] {
+            let err = log.append(bad, Map::new()).unwrap_err();
+            assert!(matches!(err, AuditError::BadTimestamp(_)), "{bad}: {err}");
+        }
+        assert_eq!(log.next_seq(), 1);
+    }
+
+    #[test]
+    fn file_mode_0600_and_dir_0700() {
+        let d = TempDir::new();
+        let path = d.0.join("new").join("sub").join("audit.log");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(&ts(0), Map::new()).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&d.0.join("new")), 0o700);
+    }
+
+    #[test]
+    fn second_open_is_locked_out() {
+        let d = TempDir::new();
+        let log = AuditLog::open(&d.file()).unwrap();
+        let err = AuditLog::open(&d.file()).unwrap_err();
+        assert!(matches!(err, AuditError::Locked { .. }), "{err}");
+        drop(log);
+        AuditLog::open(&d.file()).unwrap();
+    }
+
+    #[test]
+    fn overlong_line_is_rejected_without_reading_it_all() {
+        let d = TempDir::new();
+        let ok = three(&d.file());
+        // A 3 MiB line without a newline after a good first line.
+        let mut b = format!("{}\n", ok[0]).into_bytes();
+        b.extend(std::iter::repeat_n(b'a', 3 << 20));
+        std::fs::write(d.file(), &b).unwrap();
+        let e = verify(&d.file()).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.reason.contains("longer than"), "{e}");
+        // With a newline: same.
+        b.push(b'\n');
+        std::fs::write(d.file(), &b).unwrap();
+        assert_eq!(verify(&d.file()).unwrap_err().line, 2);
+        assert!(matches!(
+            AuditLog::open(&d.file()).unwrap_err(),
+            AuditError::Broken { source, .. } if source.line == 2
+        ));
+
+        // A reader that never ends: verification stops after the limit.
+        struct Endless(u64);
+        impl io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0 += buf.len() as u64;
+                buf.fill(b'{');
+                Ok(buf.len())
+            }
+        }
+        let e = verify_reader(BufReader::new(Endless(0))).unwrap_err();
+        assert_eq!(e.line, 1);
+
+        // append refuses a record that would make an unverifiable line.
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        let big = rec(json!({"blob": "x".repeat(MAX_LINE_LEN)}));
+        let err = log.append(&ts(0), big).unwrap_err();
+        assert!(matches!(err, AuditError::RecordTooLarge { .. }), "{err}");
+        assert_eq!(std::fs::read(d.file()).unwrap(), b"");
+    }
+
+    #[test]
+    fn record_values_round_trip() {
+        let d = TempDir::new();
+        let mut log = AuditLog::open(&d.file()).unwrap();
+        let r = rec(json!({
+            "quote\"key": "new\nline \u{1F600} \\ \u{0}",
+            "nested": {"a": [1, 2.5, null, true]},
+            "neg": -3,
+        }));
+        log.append(&ts(0), r.clone()).unwrap();
+        drop(log);
+        assert_eq!(verify(&d.file()), Ok(1));
+        let l = lines(&d.file());
+        assert_eq!(l.len(), 1, "a value's newline must be escaped");
+        let mut got: Map<String, Value> = serde_json::from_str(&l[0]).unwrap();
+        for k in RESERVED_KEYS {
+            got.remove(k);
+        }
+        assert_eq!(got, r);
+    }
+
+    #[test]
+    fn verify_missing_file() {
+        let d = TempDir::new();
+        let e = verify(&d.0.join("nope")).unwrap_err();
+        assert_eq!(e.line, 0);
+        assert!(e.to_string().starts_with("cannot open"), "{e}");
+    }
+}
