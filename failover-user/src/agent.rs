@@ -138,6 +138,66 @@ struct SvcRt {
 
 enum Cmd {
     Snapshot(oneshot::Sender<(HashMap<BackendKey, State>, Stats)>),
+    Admin {
+        service: String,
+        backend: String,
+        action: AdminAction,
+        reply: oneshot::Sender<Result<Change, String>>,
+    },
+    Backends(oneshot::Sender<Vec<BackendView>>),
+}
+
+/// An operator action on one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminAction {
+    /// Keep its flows, no new ones.
+    Drain,
+    /// Lift a drain (back to what probes say).
+    Undrain,
+    /// Take it out (flows move).
+    Disable,
+    /// Lift a disable.
+    Enable,
+    /// Let a backend held down by manual failback (or hold-down) back in.
+    Release,
+}
+
+impl AdminAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "drain" => Self::Drain,
+            "undrain" => Self::Undrain,
+            "disable" => Self::Disable,
+            "enable" => Self::Enable,
+            "release" => Self::Release,
+            _ => return None,
+        })
+    }
+}
+
+/// What an operator action changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    pub service: String,
+    pub backend: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub map_word: &'static str,
+    pub map_version: u64,
+}
+
+/// One backend as the agent sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendView {
+    pub service: String,
+    pub backend: String,
+    pub address: SocketAddr,
+    pub tier: usize,
+    pub state: &'static str,
+    pub health: &'static str,
+    pub map_word: &'static str,
+    pub kept_last: bool,
 }
 
 /// A running agent; stop it with [`Agent::stop`].
@@ -297,6 +357,37 @@ impl Agent {
         rx.await.context("the agent has stopped")
     }
 
+    /// Applies an operator action; the change it made.
+    pub async fn admin(
+        &self,
+        service: &str,
+        backend: &str,
+        action: AdminAction,
+    ) -> anyhow::Result<Result<Change, String>> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Cmd::Admin {
+            service: service.to_string(),
+            backend: backend.to_string(),
+            action,
+            reply: tx,
+        };
+        self.cmd_tx
+            .send(cmd)
+            .await
+            .context("the agent has stopped")?;
+        rx.await.context("the agent has stopped")
+    }
+
+    /// Every backend's state as the agent sees it.
+    pub async fn backends(&self) -> anyhow::Result<Vec<BackendView>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(Cmd::Backends(tx))
+            .await
+            .context("the agent has stopped")?;
+        rx.await.context("the agent has stopped")
+    }
+
     /// Stops every task; returns the final states and measurements.
     pub async fn stop(self) -> (HashMap<BackendKey, State>, Stats) {
         let snap = self.snapshot().await.ok();
@@ -420,6 +511,26 @@ impl Decider {
                         let states = self.backends.iter().map(|b| (b.key.clone(), b.machine.state())).collect();
                         let _ = reply.send((states, self.stats.clone()));
                     }
+                    Some(Cmd::Admin { service, backend, action, reply }) => {
+                        let _ = reply.send(self.admin(&service, &backend, action));
+                    }
+                    Some(Cmd::Backends(reply)) => {
+                        let v = self
+                            .backends
+                            .iter()
+                            .map(|b| BackendView {
+                                service: b.key.0.clone(),
+                                backend: b.name.clone(),
+                                address: b.key.2,
+                                tier: b.tier,
+                                state: b.machine.state().name(),
+                                health: b.machine.health().name(),
+                                map_word: word_name(b.word),
+                                kept_last: b.kept_last,
+                            })
+                            .collect();
+                        let _ = reply.send(v);
+                    }
                     None => break,
                 },
                 _ = stop.changed() => break,
@@ -504,6 +615,87 @@ impl Decider {
                 None
             }
         }
+    }
+
+    /// An operator action: the machine changes state, the map follows (one
+    /// write), events and failover reports as for probe-driven changes.
+    fn admin(
+        &mut self,
+        service: &str,
+        backend: &str,
+        action: AdminAction,
+    ) -> Result<Change, String> {
+        let i = self
+            .backends
+            .iter()
+            .position(|b| b.key.0 == service && b.name == backend)
+            .ok_or_else(|| format!("no backend {backend:?} in service {service:?}"))?;
+        let now = Instant::now();
+        let policy = self.backends[i].policy;
+        let current = self.backends[i].machine.state();
+        let tr = match action {
+            AdminAction::Drain => self.backends[i]
+                .machine
+                .set_admin(now, Some(State::Draining)),
+            AdminAction::Disable => self.backends[i]
+                .machine
+                .set_admin(now, Some(State::Disabled)),
+            AdminAction::Undrain if current != State::Draining => {
+                return Err(format!("{backend} is {}, not draining", current.name()));
+            }
+            AdminAction::Enable if current != State::Disabled => {
+                return Err(format!("{backend} is {}, not disabled", current.name()));
+            }
+            AdminAction::Undrain | AdminAction::Enable => {
+                self.backends[i].machine.set_admin(now, None)
+            }
+            AdminAction::Release => self.backends[i].machine.release(now, &policy)?,
+        };
+        let svc = self.backends[i].svc;
+        let (from, to) = match &tr {
+            Some(t) => (t.from.name(), t.to.name()),
+            None => (current.name(), current.name()),
+        };
+        if let Some(tr) = tr {
+            let old_word = self.backends[i].word;
+            let want = self.desired(i);
+            let mut dt = None;
+            if want != old_word {
+                self.backends[i].kept_last = false;
+                dt = self.write(i, want, now);
+            }
+            let _ = self.backends[i].state_tx.send(tr.to);
+            let new_word = self.backends[i].word;
+            self.backends[i].word = old_word;
+            let before = self.serving(svc);
+            self.backends[i].word = new_word;
+            let mut e = Event::new("state", service, tr.reason.clone(), self.stats.map_version);
+            e.backend = Some(backend.to_string());
+            e.from = Some(from.to_string());
+            e.to = Some(to.to_string());
+            e.map_word = Some(word_name(new_word));
+            e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
+            self.emit(svc, e, HookEvent::State);
+            self.backend_metrics(i, |b| {
+                b.state_changes += 1;
+                b.health = to;
+            });
+            if dt.is_some() {
+                self.rebuild(svc, self.backends[i].tier);
+            }
+            if new_word == STATE_UP {
+                self.keep_last(svc, now, Some(i));
+            }
+            self.report_failover(svc, before, &tr.reason);
+        }
+        Ok(Change {
+            service: service.to_string(),
+            backend: backend.to_string(),
+            from,
+            to,
+            map_word: word_name(self.backends[i].word),
+            map_version: self.stats.map_version,
+        })
     }
 
     fn sync_all(&mut self) -> anyhow::Result<()> {

@@ -234,6 +234,43 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    alertmanager: RawAlertmanager,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    audit_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlertmanager {
+    service_label: Option<String>,
+    backend_label: Option<String>,
+    action: Option<String>,
+}
+
+/// The admin API, metrics and audit settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Unix socket of the admin API (0600).
+    pub socket: PathBuf,
+    /// Optional TCP listener of the admin API (requires a token).
+    pub listen: Option<std::net::SocketAddr>,
+    pub token_file: Option<PathBuf>,
+    /// Prometheus `/metrics` listener (`None`: off).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The tamper-evident audit log (JSON lines).
+    pub audit_file: PathBuf,
+    pub alertmanager: crate::admin::AlertmanagerCfg,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -365,6 +402,7 @@ pub struct Config {
     pub daemon: Daemon,
     pub limits: Limits,
     pub services: Vec<Service>,
+    pub admin: Admin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -728,6 +766,75 @@ fn validate_check(errs: &mut Errors, p: &str, c: RawCheck) -> Option<Check> {
         jitter,
         port: c.port,
     })
+}
+
+fn validate_admin(errs: &mut Errors, a: RawAdmin, am: RawAlertmanager, state_dir: &Path) -> Admin {
+    let addr =
+        |errs: &mut Errors, field: &str, v: Option<String>| -> Option<std::net::SocketAddr> {
+            match v.as_deref() {
+                None | Some("off") => None,
+                Some(s) => match s.parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        errs.push(
+                            format!("admin.{field}"),
+                            format!("{s:?} is not ip:port (or \"off\")"),
+                        );
+                        None
+                    }
+                },
+            }
+        };
+    let listen = addr(errs, "listen", a.listen);
+    let metrics_listen = match a.metrics_listen {
+        None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9477))),
+        v => addr(errs, "metrics_listen", v),
+    };
+    if listen.is_some() && a.token_file.is_none() {
+        errs.push(
+            "admin.token_file",
+            "required when admin.listen is set: TCP requests must carry a bearer token",
+        );
+    }
+    for (f, p) in [
+        ("socket", &a.socket),
+        ("token_file", &a.token_file),
+        ("audit_file", &a.audit_file),
+    ] {
+        if let Some(p) = p
+            && !p.is_absolute()
+        {
+            errs.push(
+                format!("admin.{f}"),
+                format!("{} must be an absolute path", p.display()),
+            );
+        }
+    }
+    let action = match am.action.as_deref() {
+        None | Some("drain") => crate::agent::AdminAction::Drain,
+        Some("disable") => crate::agent::AdminAction::Disable,
+        Some(other) => {
+            errs.push(
+                "alertmanager.action",
+                format!("{other:?}: use \"drain\" or \"disable\""),
+            );
+            crate::agent::AdminAction::Drain
+        }
+    };
+    Admin {
+        socket: a.socket.unwrap_or_else(|| state_dir.join("admin.sock")),
+        listen,
+        token_file: a.token_file,
+        metrics_listen,
+        audit_file: a
+            .audit_file
+            .unwrap_or_else(|| state_dir.join("audit.jsonl")),
+        alertmanager: crate::admin::AlertmanagerCfg {
+            service_label: am.service_label.unwrap_or_else(|| "service".to_string()),
+            backend_label: am.backend_label.unwrap_or_else(|| "backend".to_string()),
+            action,
+        },
+    }
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -1169,10 +1276,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         );
     }
 
+    let admin = validate_admin(&mut errs, raw.admin, raw.alertmanager, &state_dir);
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
     }
     Ok(Config {
+        admin,
         daemon: Daemon {
             interfaces: raw.daemon.interfaces,
             bpffs,
@@ -1183,6 +1292,79 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         limits,
         services,
     })
+}
+
+/// What a reload would change, service by service and backend by backend.
+pub fn diff(old: &Config, new: &Config) -> serde_json::Value {
+    use serde_json::json;
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut changed = Vec::new();
+    for s in &new.services {
+        match old.services.iter().find(|o| o.name == s.name) {
+            None => added.push(s.name.clone()),
+            Some(o) if o == s => {}
+            Some(o) => {
+                let mut what = Vec::new();
+                if (o.vip, o.port, o.protocol) != (s.vip, s.port, s.protocol) {
+                    what.push(format!(
+                        "address {}:{} {} -> {}:{} {}",
+                        o.vip, o.port, o.protocol, s.vip, s.port, s.protocol
+                    ));
+                }
+                if o.mode != s.mode {
+                    what.push(format!("mode {:?} -> {:?}", o.mode, s.mode));
+                }
+                let names = |c: &Service| -> Vec<(String, usize, IpAddr, u16, u32)> {
+                    c.tiers
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(t, bs)| {
+                            bs.iter()
+                                .map(move |b| (b.name.clone(), t, b.address, b.port, b.weight))
+                        })
+                        .collect()
+                };
+                let (ob, nb) = (names(o), names(s));
+                for b in &nb {
+                    match ob.iter().find(|x| x.0 == b.0) {
+                        None => what.push(format!("backend {} added ({}:{}, tier {})", b.0, b.2, b.3, b.1)),
+                        Some(x) if x != b => what.push(format!(
+                            "backend {} changed ({}:{} tier {} weight {} -> {}:{} tier {} weight {})",
+                            b.0, x.2, x.3, x.1, x.4, b.2, b.3, b.1, b.4
+                        )),
+                        Some(_) => {}
+                    }
+                }
+                for x in &ob {
+                    if !nb.iter().any(|b| b.0 == x.0) {
+                        what.push(format!("backend {} removed", x.0));
+                    }
+                }
+                if o.check != s.check {
+                    what.push("health check changed".to_string());
+                }
+                if (o.failback, o.flows_on_down, o.damping, o.on_no_backend)
+                    != (s.failback, s.flows_on_down, s.damping, s.on_no_backend)
+                {
+                    what.push("policy changed".to_string());
+                }
+                if o.hooks != s.hooks {
+                    what.push("hooks changed".to_string());
+                }
+                if o.table_size != s.table_size {
+                    what.push(format!("table_size {} -> {}", o.table_size, s.table_size));
+                }
+                changed.push(json!({"service": s.name, "changes": what}));
+            }
+        }
+    }
+    for o in &old.services {
+        if !new.services.iter().any(|s| s.name == o.name) {
+            removed.push(o.name.clone());
+        }
+    }
+    json!({"added": added, "removed": removed, "changed": changed, "unchanged": new.services.len() - added.len() - changed.len()})
 }
 
 #[cfg(test)]

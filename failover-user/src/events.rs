@@ -104,9 +104,20 @@ impl Event {
 /// Where events go.
 pub struct Sink {
     file: Option<Mutex<File>>,
+    audit: Option<std::sync::Arc<Mutex<crate::audit::AuditLog>>>,
 }
 
 impl Sink {
+    /// Events go to the log, to `path` if given, and to the audit log.
+    pub fn with_audit(
+        path: Option<&Path>,
+        audit: Option<std::sync::Arc<Mutex<crate::audit::AuditLog>>>,
+    ) -> anyhow::Result<Self> {
+        let mut s = Self::new(path)?;
+        s.audit = audit;
+        Ok(s)
+    }
+
     pub fn new(path: Option<&Path>) -> anyhow::Result<Self> {
         let file = match path {
             None => None,
@@ -121,7 +132,7 @@ impl Sink {
                 Some(Mutex::new(f))
             }
         };
-        Ok(Self { file })
+        Ok(Self { file, audit: None })
     }
 
     /// Writes the event; returns its JSON.
@@ -129,6 +140,27 @@ impl Sink {
         let json = serde_json::to_string(e)
             .unwrap_or_else(|err| format!("{{\"kind\":\"error\",\"reason\":\"{err}\"}}"));
         info!(target: "failover::event", "{json}");
+        if let Some(a) = &self.audit
+            && let Ok(serde_json::Value::Object(mut map)) = serde_json::to_value(e)
+        {
+            // The audit line has its own time and sequence.
+            let ts = map
+                .remove("ts")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(now_rfc3339);
+            map.insert(
+                "event_ts".to_string(),
+                serde_json::Value::String(ts.clone()),
+            );
+            match a.lock() {
+                Ok(mut log) => {
+                    if let Err(err) = log.append(&now_rfc3339(), map) {
+                        warn!(error = %err, "writing the audit log failed");
+                    }
+                }
+                Err(_) => warn!("audit log lock poisoned"),
+            }
+        }
         if let Some(f) = &self.file {
             match f.lock() {
                 Ok(mut f) => {

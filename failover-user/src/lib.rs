@@ -2,12 +2,15 @@
 //! that runs without root: config validation, Maglev tables, id layout.
 //! `dataplane` wraps the loaded XDP program and its maps.
 
+pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod dataplane;
 pub mod events;
 pub mod health;
 pub mod hooks;
+pub mod http;
 pub mod inspect;
 pub mod lab;
 pub mod layout;

@@ -7,12 +7,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::{collections::HashMap, sync::Arc};
 
 use failover_user::{
+    admin,
     agent::{self, Agent, BackendKey},
     config::{self, Config},
     dataplane::{self, AgentMaps, Dataplane},
     events,
     health::State,
-    inspect,
+    http, inspect,
     layout::Layout,
     metrics,
 };
@@ -97,6 +98,37 @@ enum Cmd {
         #[command(flatten)]
         src: SourceArgs,
     },
+    /// Drain a backend (keeps its flows, takes no new ones).
+    Drain(ActionArgs),
+    /// Lift a drain.
+    Undrain(ActionArgs),
+    /// Disable a backend (its flows move).
+    Disable(ActionArgs),
+    /// Lift a disable.
+    Enable(ActionArgs),
+    /// Let a backend held down by manual failback back in.
+    Release(ActionArgs),
+    /// Manual failover: drain every backend that outranks BACKEND.
+    Switch {
+        service: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Re-read the daemon's config (a bad one changes nothing).
+    Reload {
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Set a backend's state in the pinned maps (one map write).
     SetState {
         service: String,
@@ -107,6 +139,118 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain; names the first broken line.
+    Verify { file: PathBuf },
+}
+
+/// How the CLI reaches the daemon's admin API.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// The daemon's config (for its admin socket).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The admin socket (default /run/failover/admin.sock, or the config's).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Use the TCP listener at ip:port instead (needs --token-file).
+    #[arg(long)]
+    tcp: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ActionArgs {
+    service: String,
+    backend: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+fn api_call(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let target = match (&api.tcp, &api.socket, &api.config) {
+        (Some(addr), _, _) => http::Endpoint::Tcp(*addr),
+        (None, Some(s), _) => http::Endpoint::Unix(s.clone()),
+        (None, None, Some(c)) => http::Endpoint::Unix(config::load(c)?.admin.socket),
+        (None, None, None) => http::Endpoint::Unix(admin::default_socket(std::path::Path::new(
+            config::DEFAULT_STATE_DIR,
+        ))),
+    };
+    let token = match &api.token_file {
+        Some(p) => Some(admin::read_token(p)?),
+        None => None,
+    };
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let (status, body) = rt
+        .block_on(http::request(
+            &target,
+            method,
+            path,
+            &headers,
+            body,
+            std::time::Duration::from_secs(30),
+        ))
+        .with_context(|| {
+            format!("talking to the daemon at {target:?} (is it running? are you root?)")
+        })?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if !(200..300).contains(&status) {
+        let why = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        anyhow::bail!("the daemon refused ({status}): {why}");
+    }
+    Ok(v)
+}
+
+fn cmd_action(action: &str, a: &ActionArgs) -> anyhow::Result<()> {
+    let v = api_call(
+        &a.api,
+        "POST",
+        &format!("/v1/services/{}/backends/{}/{action}", a.service, a.backend),
+        b"",
+    )?;
+    let (from, to) = (
+        v["from"].as_str().unwrap_or("?"),
+        v["to"].as_str().unwrap_or("?"),
+    );
+    if from == to {
+        println!(
+            "{}/{}: unchanged ({to}; map {})",
+            a.service,
+            a.backend,
+            v["map_word"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "{}/{}: {from} -> {to} (map {}, version {})",
+            a.service,
+            a.backend,
+            v["map_word"].as_str().unwrap_or("?"),
+            v["map_version"]
+        );
+    }
+    Ok(())
 }
 
 /// Where the CLI finds the dataplane's state.
@@ -413,6 +557,59 @@ fn main() -> ExitCode {
         } => daemon(config, detach_on_exit),
         Cmd::CheckConfig { config } => check_config(config),
         Cmd::Status { src } => cmd_status(&src),
+        Cmd::Drain(a) => cmd_action("drain", &a),
+        Cmd::Undrain(a) => cmd_action("undrain", &a),
+        Cmd::Disable(a) => cmd_action("disable", &a),
+        Cmd::Enable(a) => cmd_action("enable", &a),
+        Cmd::Release(a) => cmd_action("release", &a),
+        Cmd::Switch { service, to, api } => api_call(
+            &api,
+            "POST",
+            &format!("/v1/services/{service}/switch"),
+            serde_json::json!({"to": to}).to_string().as_bytes(),
+        )
+        .map(|v| {
+            let changes = v["changes"].as_array().cloned().unwrap_or_default();
+            if changes.is_empty() {
+                println!("{service}: {to} already takes the new flows");
+            }
+            for c in changes {
+                println!(
+                    "{service}/{}: {} -> {} (map {})",
+                    c["backend"].as_str().unwrap_or("?"),
+                    c["from"].as_str().unwrap_or("?"),
+                    c["to"].as_str().unwrap_or("?"),
+                    c["map_word"].as_str().unwrap_or("?")
+                );
+            }
+        }),
+        Cmd::Reload { dry_run, api } => {
+            let path = if dry_run {
+                "/v1/reload?dry_run=1"
+            } else {
+                "/v1/reload"
+            };
+            api_call(&api, "POST", path, b"").map(|v| {
+                println!(
+                    "{}{}",
+                    if dry_run {
+                        "would change: "
+                    } else {
+                        "reloaded: "
+                    },
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+            })
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { file },
+        } => match failover_user::audit::verify(&file) {
+            Ok(n) => {
+                println!("{}: ok, {n} lines, the chain is intact", file.display());
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+        },
         Cmd::Services { src } => cmd_services(&src),
         Cmd::Backends { service, src } => cmd_backends(service.as_deref(), &src),
         Cmd::Flows {
@@ -524,6 +721,16 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     use tokio::signal::unix::{SignalKind, signal};
 
     check_forwarding();
+    // The audit log first: a tampered log stops the daemon before anything
+    // changes.
+    let audit = Arc::new(std::sync::Mutex::new(
+        failover_user::audit::AuditLog::open(&cfg.admin.audit_file)
+            .with_context(|| format!("opening the audit log {}", cfg.admin.audit_file.display()))?,
+    ));
+    let token = match &cfg.admin.token_file {
+        Some(p) => Some(admin::read_token(p)?),
+        None => None,
+    };
     let mut dp = Dataplane::load(&cfg.limits, Some(&cfg.daemon.bpffs))?;
     // Keep the logger alive for the daemon's life: it owns the log ring
     // buffer's fd.
@@ -532,7 +739,10 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     for iface in &cfg.daemon.interfaces {
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }
-    let sink = Arc::new(events::Sink::new(cfg.daemon.events_file.as_deref())?);
+    let sink = Arc::new(events::Sink::with_audit(
+        cfg.daemon.events_file.as_deref(),
+        Some(audit.clone()),
+    )?);
     let agent_metrics: metrics::Shared = Default::default();
     let start_agent = |cfg: &Config,
                        layout: &Layout,
@@ -549,10 +759,74 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             agent_metrics.clone(),
         )
     };
-    let mut agent = Some(start_agent(&cfg, &layout, &HashMap::new())?);
+    let agent = Arc::new(tokio::sync::RwLock::new(Some(start_agent(
+        &cfg,
+        &layout,
+        &HashMap::new(),
+    )?)));
+
+    // The admin API and the metrics endpoint.
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<admin::ReloadRequest>(4);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let st = Arc::new(admin::AdminState {
+        agent: agent.clone(),
+        reload_tx,
+        audit: Some(audit.clone()),
+        token,
+        alertmanager: cfg.admin.alertmanager.clone(),
+        metrics: agent_metrics.clone(),
+        source: inspect::Source {
+            bpffs: cfg.daemon.bpffs.clone(),
+            state_dir: cfg.daemon.state_dir.clone(),
+        },
+    });
+    let handler = |trusted: bool| -> http::Handler {
+        let st = st.clone();
+        Arc::new(move |req| {
+            let st = st.clone();
+            Box::pin(async move { admin::handle(st, req, trusted).await })
+        })
+    };
+    let mut servers = Vec::new();
+    let unix = http::bind_unix(&cfg.admin.socket)
+        .with_context(|| format!("admin socket {}", cfg.admin.socket.display()))?;
+    servers.push(tokio::spawn(http::serve_unix(
+        unix,
+        handler(true),
+        http::Limits::default(),
+        stop_rx.clone(),
+    )));
+    if let Some(addr) = cfg.admin.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("admin listener {addr}"))?;
+        servers.push(tokio::spawn(http::serve_tcp(
+            l,
+            handler(false),
+            http::Limits::default(),
+            stop_rx.clone(),
+        )));
+    }
+    if let Some(addr) = cfg.admin.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics listener {addr}"))?;
+        let st = st.clone();
+        let h: http::Handler = Arc::new(move |req| {
+            let st = st.clone();
+            Box::pin(async move { admin::metrics_response(&st, &req) })
+        });
+        servers.push(tokio::spawn(http::serve_tcp(
+            l,
+            h,
+            http::Limits::default(),
+            stop_rx.clone(),
+        )));
+    }
     info!(
         services = layout.services.len(),
         bpffs = %cfg.daemon.bpffs.display(),
+        admin = %cfg.admin.socket.display(),
         "failover dataplane running"
     );
     // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays
@@ -565,45 +839,55 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut current = cfg;
+    let audit_note = |what: serde_json::Value| {
+        if let (Ok(mut log), serde_json::Value::Object(m)) = (audit.lock(), what)
+            && let Err(e) = log.append(&events::now_rfc3339(), m)
+        {
+            warn!(error = %e, "writing the audit log failed");
+        }
+    };
     loop {
-        tokio::select! {
+        let (dry_run, reply) = tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
-            _ = hup.recv() => {
-                match config::load(&path) {
-                    Err(e) => error!(error = %e, "reload refused: the running config is unchanged"),
-                    Ok(new) if new.daemon != current.daemon || new.limits != current.limits => {
-                        error!("reload refused: [daemon] and [limits] changes need a restart");
-                    }
-                    Ok(new) => {
-                        // Stop the agent (keeping what it knows), apply, restart it.
-                        let states = match agent.take() {
-                            Some(a) => a.stop().await.0,
-                            None => HashMap::new(),
-                        };
-                        match apply(&mut dp, &new, &states) {
-                            Ok(l) => {
-                                info!(services = l.services.len(), "config reloaded");
-                                match start_agent(&new, &l, &states) {
-                                    Ok(a) => agent = Some(a),
-                                    Err(e) => error!(error = %format!("{e:#}"), "health agent failed to restart: states are frozen"),
-                                }
-                                current = new;
-                            }
-                            Err(e) => error!(error = %format!("{e:#}"), "reload failed part-way"),
-                        }
-                    }
-                }
-            }
+            _ = hup.recv() => (false, None),
+            r = reload_rx.recv() => match r {
+                Some(r) => (r.dry_run, Some(r.reply)),
+                None => continue,
+            },
             guard = log_fd.readable_mut() => {
                 match guard {
                     Ok(mut g) => { g.get_inner_mut().flush(); g.clear_ready(); }
                     Err(e) => { warn!(error = %e, "eBPF log buffer unreadable"); }
                 }
+                continue;
+            }
+        };
+        let outcome = reload(&path, &current, dry_run, &mut dp, &agent, &start_agent).await;
+        match &outcome {
+            Ok((diff, new)) => {
+                audit_note(
+                    serde_json::json!({"kind": "reload", "dry_run": dry_run, "result": "ok", "diff": diff}),
+                );
+                if let Some(new) = new {
+                    current = new.clone();
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "reload refused: the running config is unchanged");
+                audit_note(serde_json::json!({"kind": "reload", "dry_run": dry_run, "result": e}));
             }
         }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome.map(|(d, _)| d));
+        }
     }
-    if let Some(a) = agent.take() {
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    let _ = std::fs::remove_file(&current.admin.socket);
+    if let Some(a) = agent.write().await.take() {
         let (_, stats) = a.stop().await;
         if let (Some(p50), Some(p99)) = (
             stats.decision_to_map_us.quantile(0.5),
@@ -624,6 +908,48 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         info!("exiting; the dataplane stays attached with its last state (fail-static)");
     }
     Ok(())
+}
+
+/// Re-reads the config: validates, diffs, and (unless `dry_run`) applies it
+/// with the health of unchanged backends carried over. A config that does
+/// not validate changes nothing.
+async fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    dry_run: bool,
+    dp: &mut Dataplane,
+    agent: &tokio::sync::RwLock<Option<Agent>>,
+    start_agent: &impl Fn(&Config, &Layout, &HashMap<BackendKey, State>) -> anyhow::Result<Agent>,
+) -> Result<(serde_json::Value, Option<Config>), String> {
+    let new = config::load(path).map_err(|e| e.to_string())?;
+    if new.daemon != current.daemon || new.limits != current.limits || new.admin != current.admin {
+        return Err(
+            "[daemon], [limits], [admin] and [alertmanager] changes need a restart".to_string(),
+        );
+    }
+    let d = config::diff(current, &new);
+    if dry_run {
+        return Ok((d, None));
+    }
+    // Stop the agent (keeping what it knows), apply, restart it.
+    let mut slot = agent.write().await;
+    let states = match slot.take() {
+        Some(a) => a.stop().await.0,
+        None => HashMap::new(),
+    };
+    match apply(dp, &new, &states) {
+        Ok(l) => {
+            info!(services = l.services.len(), diff = %d, "config reloaded");
+            match start_agent(&new, &l, &states) {
+                Ok(a) => *slot = Some(a),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "health agent failed to restart: states are frozen")
+                }
+            }
+            Ok((d, Some(new)))
+        }
+        Err(e) => Err(format!("reload failed part-way: {e:#}")),
+    }
 }
 
 /// Unpins the links (detaching the program) and the maps.

@@ -85,6 +85,7 @@ fn start(check: &str, keys: &str, tables: &str) -> Lab {
         service_keys: keys.to_string(),
         service_tables: tables.to_string(),
         events_file: Some(events.clone()),
+        ..Default::default()
     };
     let config = s.dir.join("lab.toml");
     std::fs::write(

@@ -195,6 +195,8 @@ interfaces = ["lc", "lb1", "lb2"]
 bpffs = "{bpffs}"
 state_dir = "{state}"
 {events}
+{top}
+
 [[service]]
 name = "web"
 vip = "{VIP4}"
@@ -267,6 +269,7 @@ tier = 1
             api = BACKEND_TCP_PORT + 1,
             web_check = check(none),
             api_check = check(none),
+            top = x.top,
         )
     }
 }
@@ -282,6 +285,8 @@ pub struct LabExtras {
     /// Tables added to every service (e.g. `[[service.hook]]` ...).
     pub service_tables: String,
     pub events_file: Option<std::path::PathBuf>,
+    /// Top-level tables added to the config (e.g. `[admin]`).
+    pub top: String,
 }
 
 /// An HTTP/1.1 health endpoint answering every request with the status in

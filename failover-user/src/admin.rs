@@ -1,0 +1,356 @@
+//! The daemon's admin API (HTTP/1.1 on a unix socket, 0600, and optionally
+//! TCP with a bearer token) and the Prometheus endpoint. Every request is
+//! authorised, logged, and every action written to the audit log.
+//!
+//! Routes:
+//! - `GET  /v1/status`: services, backends, agent and dataplane states.
+//! - `POST /v1/services/{s}/backends/{b}/{drain|undrain|disable|enable|release}`
+//! - `POST /v1/services/{s}/switch` with `{"to": "b"}`: drain what outranks b.
+//! - `POST /v1/reload` (`?dry_run=1`: only the diff).
+//! - `POST /v1/alertmanager`: an Alertmanager webhook (token always required).
+//! - `GET  /metrics` (on the metrics listener).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    agent::{AdminAction, Agent},
+    audit::AuditLog,
+    events,
+    http::{Request, Response},
+    inspect, metrics,
+};
+
+/// A reload request from the API to the daemon's main loop.
+pub struct ReloadRequest {
+    pub dry_run: bool,
+    pub reply: oneshot::Sender<Result<Value, String>>,
+}
+
+/// Alertmanager label names and what a firing alert does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerCfg {
+    pub service_label: String,
+    pub backend_label: String,
+    /// `drain` or `disable`.
+    pub action: AdminAction,
+}
+
+/// Everything the handlers need.
+pub struct AdminState {
+    pub agent: Arc<RwLock<Option<Agent>>>,
+    pub reload_tx: mpsc::Sender<ReloadRequest>,
+    pub audit: Option<Arc<Mutex<AuditLog>>>,
+    /// The bearer token; `None`: TCP and Alertmanager requests are refused.
+    pub token: Option<String>,
+    pub alertmanager: AlertmanagerCfg,
+    pub metrics: metrics::Shared,
+    pub source: inspect::Source,
+}
+
+/// Reads a token file, refusing one that others may read.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).with_context(|| format!("token file {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "token file {} is readable by group or others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.len() < 16 {
+        bail!(
+            "token in {} is too short (at least 16 characters)",
+            path.display()
+        );
+    }
+    Ok(t)
+}
+
+/// Constant-time comparison (the token must not leak through timing).
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminState {
+    fn audit(&self, record: Value) {
+        let Some(a) = &self.audit else { return };
+        let Value::Object(map) = record else { return };
+        match a.lock() {
+            Ok(mut log) => {
+                if let Err(e) = log.append(&events::now_rfc3339(), map) {
+                    warn!(error = %e, "writing the audit log failed");
+                }
+            }
+            Err(_) => warn!("audit log lock poisoned"),
+        }
+    }
+
+    /// Whether the request carries the token.
+    fn has_token(&self, req: &Request) -> bool {
+        let Some(token) = &self.token else {
+            return false;
+        };
+        req.header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|t| same(t.trim(), token))
+    }
+}
+
+/// Serves one admin request. `trusted`: it came over the unix socket (only
+/// root can connect to it), so no token is needed except for Alertmanager.
+pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Response {
+    let needs_token = !trusted || req.path == "/v1/alertmanager";
+    if needs_token && !st.has_token(&req) {
+        let why = if st.token.is_none() {
+            "no token is configured: this route is off"
+        } else {
+            "missing or wrong bearer token"
+        };
+        warn!(peer = %req.peer, method = %req.method, path = %req.path, "admin request refused: {why}");
+        st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
+        return Response::error(401, why);
+    }
+    let resp = route(&st, &req).await;
+    info!(peer = %req.peer, method = %req.method, path = %req.path, status = resp.status, "admin request");
+    if req.method != "GET" {
+        let body = String::from_utf8_lossy(&resp.body).trim().to_string();
+        st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": resp.status, "result": body}));
+    }
+    resp
+}
+
+async fn route(st: &AdminState, req: &Request) -> Response {
+    let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), parts.as_slice()) {
+        ("GET", ["v1", "status"]) => status(st).await,
+        ("POST", ["v1", "services", svc, "backends", b, action]) => {
+            match AdminAction::parse(action) {
+                Some(a) => action_on(st, svc, b, a).await,
+                None => Response::error(
+                    404,
+                    &format!("unknown action {action:?}: drain, undrain, disable, enable, release"),
+                ),
+            }
+        }
+        ("POST", ["v1", "services", svc, "switch"]) => switch(st, svc, &req.body).await,
+        ("POST", ["v1", "reload"]) => {
+            let dry_run = req.query.as_deref().is_some_and(|q| {
+                q.split('&')
+                    .any(|kv| kv == "dry_run=1" || kv == "dry_run=true")
+            });
+            reload(st, dry_run).await
+        }
+        ("POST", ["v1", "alertmanager"]) => alertmanager(st, &req.body).await,
+        (
+            _,
+            ["v1", "status"] | ["v1", "reload"] | ["v1", "alertmanager"] | ["v1", "services", ..],
+        ) => Response::error(
+            405,
+            &format!("{} is not allowed on {}", req.method, req.path),
+        ),
+        _ => Response::error(404, &format!("no route {} {}", req.method, req.path)),
+    }
+}
+
+async fn status(st: &AdminState) -> Response {
+    let agent = st.agent.read().await;
+    let backends = match agent.as_ref() {
+        Some(a) => match a.backends().await {
+            Ok(b) => json!(b),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        },
+        None => json!({"error": "the health agent is not running"}),
+    };
+    let services = inspect::services(&st.source)
+        .map(|s| json!(s))
+        .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+    Response::json(200, &json!({"services": services, "backends": backends}))
+}
+
+async fn action_on(st: &AdminState, svc: &str, b: &str, a: AdminAction) -> Response {
+    let agent = st.agent.read().await;
+    let Some(agent) = agent.as_ref() else {
+        return Response::error(503, "the health agent is not running");
+    };
+    match agent.admin(svc, b, a).await {
+        Ok(Ok(change)) => Response::json(200, &json!(change)),
+        Ok(Err(why)) if why.starts_with("no backend") => Response::error(404, &why),
+        Ok(Err(why)) => Response::error(409, &why),
+        Err(e) => Response::error(503, &format!("{e:#}")),
+    }
+}
+
+/// Manual failover: drain every backend that would take new flows before
+/// `to` (the other members of its tier and every higher tier).
+async fn switch(st: &AdminState, svc: &str, body: &[u8]) -> Response {
+    let to = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => match v.get("to").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None => return Response::error(400, "body must be {\"to\": \"BACKEND\"}"),
+        },
+        Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
+    };
+    let agent = st.agent.read().await;
+    let Some(agent) = agent.as_ref() else {
+        return Response::error(503, "the health agent is not running");
+    };
+    let backends = match agent.backends().await {
+        Ok(b) => b,
+        Err(e) => return Response::error(503, &format!("{e:#}")),
+    };
+    let Some(target) = backends
+        .iter()
+        .find(|b| b.service == svc && b.backend == to)
+    else {
+        return Response::error(404, &format!("no backend {to:?} in service {svc:?}"));
+    };
+    if !matches!(target.state, "up" | "suspect") {
+        return Response::error(
+            409,
+            &format!("{to} is {}: it cannot take the traffic", target.state),
+        );
+    }
+    let mut changes = Vec::new();
+    for b in backends
+        .iter()
+        .filter(|b| b.service == svc && b.backend != to && b.tier <= target.tier)
+    {
+        if matches!(b.state, "up" | "suspect") {
+            match agent.admin(svc, &b.backend, AdminAction::Drain).await {
+                Ok(Ok(c)) => changes.push(json!(c)),
+                Ok(Err(why)) => return Response::error(409, &why),
+                Err(e) => return Response::error(503, &format!("{e:#}")),
+            }
+        }
+    }
+    Response::json(200, &json!({"service": svc, "to": to, "changes": changes}))
+}
+
+async fn reload(st: &AdminState, dry_run: bool) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if st
+        .reload_tx
+        .send(ReloadRequest { dry_run, reply: tx })
+        .await
+        .is_err()
+    {
+        return Response::error(503, "the daemon is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(v)) => Response::json(200, &v),
+        Ok(Err(why)) => Response::error(422, &why),
+        Err(_) => Response::error(503, "the daemon dropped the reload"),
+    }
+}
+
+/// An Alertmanager webhook: each firing alert that names a service and a
+/// backend (by the configured labels) drains or disables it; a resolved one
+/// lifts that again (the backend returns to what its probes say).
+async fn alertmanager(st: &AdminState, body: &[u8]) -> Response {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return Response::error(400, &format!("not an Alertmanager payload: {e}")),
+    };
+    let Some(alerts) = v.get("alerts").and_then(Value::as_array) else {
+        return Response::error(400, "not an Alertmanager payload: no \"alerts\" array");
+    };
+    let agent = st.agent.read().await;
+    let Some(agent) = agent.as_ref() else {
+        return Response::error(503, "the health agent is not running");
+    };
+    let cfg = &st.alertmanager;
+    let mut results = Vec::new();
+    for a in alerts.iter().take(1000) {
+        let labels = a.get("labels");
+        let svc = labels
+            .and_then(|l| l.get(&cfg.service_label))
+            .and_then(Value::as_str);
+        let b = labels
+            .and_then(|l| l.get(&cfg.backend_label))
+            .and_then(Value::as_str);
+        let status = a.get("status").and_then(Value::as_str).unwrap_or("firing");
+        let (Some(svc), Some(b)) = (svc, b) else {
+            results.push(json!({"skipped": "no service/backend labels"}));
+            continue;
+        };
+        let action = match (status, cfg.action) {
+            ("resolved", AdminAction::Disable) => AdminAction::Enable,
+            ("resolved", _) => AdminAction::Undrain,
+            (_, a) => a,
+        };
+        match agent.admin(svc, b, action).await {
+            Ok(Ok(c)) => results.push(json!({"action": action, "change": c})),
+            Ok(Err(why)) => results
+                .push(json!({"action": action, "service": svc, "backend": b, "unchanged": why})),
+            Err(e) => return Response::error(503, &format!("{e:#}")),
+        }
+    }
+    Response::json(200, &json!({"results": results}))
+}
+
+/// The `/metrics` handler.
+pub fn metrics_response(st: &AdminState, req: &Request) -> Response {
+    if req.method != "GET" || req.path != "/metrics" {
+        return Response::error(404, "only GET /metrics here");
+    }
+    let m = match st.metrics.lock() {
+        Ok(m) => m.clone(),
+        Err(_) => return Response::error(500, "metrics lock poisoned"),
+    };
+    let mut r = Response::text(200, metrics::render(&m, Some(&st.source)));
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8".to_string();
+    r
+}
+
+/// Where the CLI talks to the daemon.
+pub fn default_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join("admin.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same("abcdef0123456789", "abcdef0123456789"));
+        assert!(!same("abcdef0123456789", "abcdef0123456788"));
+        assert!(!same("abc", "abcd"));
+    }
+
+    #[test]
+    fn token_file_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = std::env::temp_dir().join(format!("failover-token-{}", std::process::id()));
+        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = read_token(&p).unwrap_err().to_string();
+        assert!(e.contains("readable by group or others"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&p).unwrap(), "0123456789abcdef0123");
+        std::fs::write(&p, "short").unwrap();
+        assert!(
+            read_token(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("too short")
+        );
+        let _ = std::fs::remove_file(&p);
+    }
+}
