@@ -597,16 +597,25 @@ pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     Ok(idx)
 }
 
-/// Creates `dir` (and parents) with mode 0700.
+/// Creates `dir` (and parents) with mode 0700. An existing directory is
+/// left as it is (never chmod someone else's directory), with a warning if
+/// others may read it.
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if let Ok(meta) = std::fs::metadata(dir) {
+        if !meta.is_dir() {
+            bail!("{} exists and is not a directory", dir.display());
+        }
+        if meta.mode() & 0o077 != 0 {
+            warn!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "directory is accessible to others; 0700 is recommended");
+        }
+        return Ok(());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("setting 0700 on {}", dir.display()))
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// A backend's forwarded-packet count (summed over CPUs) from the pinned
