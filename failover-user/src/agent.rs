@@ -224,6 +224,7 @@ impl Agent {
         let (tx, rx) = mpsc::channel::<ProbeMsg>(4096);
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(16);
         let (table_tx, table_rx) = mpsc::unbounded_channel::<TableJob>();
+        let (persist_tx, persist_rx) = watch::channel(Vec::new());
         let mut svcs = Vec::new();
         let mut backends = Vec::new();
         let mut tasks = Vec::new();
@@ -320,6 +321,7 @@ impl Agent {
             stats: Stats::default(),
             table_tx,
             metrics,
+            persist_tx,
         };
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
@@ -337,6 +339,12 @@ impl Agent {
                 d.rebuild(s, t);
             }
         }
+        d.save();
+        tasks.push(tokio::spawn(persist_task(
+            cfg.daemon.state_dir.join("states.json"),
+            persist_rx,
+            stop_rx.clone(),
+        )));
         let decider = tokio::spawn(d.run(rx, cmd_rx, stop_rx));
         info!(probed = tasks.len() - 1, "health agent started");
         Ok(Self {
@@ -469,6 +477,67 @@ async fn probe_loop(
     }
 }
 
+/// One backend's state as saved in `<state_dir>/states.json`, so that a
+/// restarted daemon starts from what the previous one knew.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SavedState {
+    pub service: String,
+    pub backend: String,
+    pub address: SocketAddr,
+    pub state: State,
+}
+
+/// The states saved by a previous run (empty if none or unreadable).
+pub fn load_states(path: &std::path::Path) -> HashMap<BackendKey, State> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return HashMap::new();
+    };
+    match serde_json::from_slice::<Vec<SavedState>>(&bytes) {
+        Ok(v) => v
+            .into_iter()
+            .map(|s| ((s.service, s.backend, s.address), s.state))
+            .collect(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable saved states");
+            HashMap::new()
+        }
+    }
+}
+
+/// Writes saved states as they change (coalesced), atomically.
+async fn persist_task(
+    path: std::path::PathBuf,
+    mut rx: watch::Receiver<Vec<SavedState>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            c = rx.changed() => if c.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let snapshot = rx.borrow_and_update().clone();
+        let path = path.clone();
+        let res = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&snapshot)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = res.map_err(anyhow::Error::from) {
+            warn!(error = %format!("{e:#}"), "saving backend states failed");
+        }
+    }
+}
+
 struct Decider {
     svcs: Vec<SvcRt>,
     backends: Vec<BackendRt>,
@@ -477,9 +546,24 @@ struct Decider {
     stats: Stats,
     table_tx: mpsc::UnboundedSender<TableJob>,
     metrics: metrics::Shared,
+    persist_tx: watch::Sender<Vec<SavedState>>,
 }
 
 impl Decider {
+    fn save(&self) {
+        let v = self
+            .backends
+            .iter()
+            .map(|b| SavedState {
+                service: b.key.0.clone(),
+                backend: b.key.1.clone(),
+                address: b.key.2,
+                state: b.machine.state(),
+            })
+            .collect();
+        let _ = self.persist_tx.send(v);
+    }
+
     fn with_metrics(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
         if let Ok(mut m) = self.metrics.lock() {
             f(&mut m);
@@ -888,6 +972,9 @@ impl Decider {
     }
 
     fn emit(&self, svc: usize, e: Event, class: HookEvent) {
+        if e.kind == "state" {
+            self.save();
+        }
         let json = self.sink.emit(&e);
         for h in &self.svcs[svc].cfg.hooks {
             if h.events.contains(&class) {

@@ -735,7 +735,10 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // Keep the logger alive for the daemon's life: it owns the log ring
     // buffer's fd.
     let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
-    let layout = apply(&mut dp, &cfg, &HashMap::new())?;
+    // States the previous run saved: a restart does not send traffic to a
+    // backend it knew was down, nor flap one it knew was up.
+    let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
+    let layout = apply(&mut dp, &cfg, &saved)?;
     for iface in &cfg.daemon.interfaces {
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }
@@ -760,9 +763,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         )
     };
     let agent = Arc::new(tokio::sync::RwLock::new(Some(start_agent(
-        &cfg,
-        &layout,
-        &HashMap::new(),
+        &cfg, &layout, &saved,
     )?)));
 
     // The admin API and the metrics endpoint.

@@ -63,7 +63,8 @@ fn require_root() {
 
 struct Lab {
     topo: Topology,
-    _daemon: DaemonProcess,
+    daemon: DaemonProcess,
+    config: PathBuf,
     servers: Vec<Option<Server>>,
     _health: Vec<HttpHealth>,
     status: Vec<Arc<AtomicU16>>,
@@ -115,7 +116,8 @@ fn start(check: &str, keys: &str, tables: &str) -> Lab {
         .expect("layout written");
     Lab {
         topo,
-        _daemon: daemon,
+        daemon,
+        config,
         servers,
         _health: health,
         status,
@@ -604,4 +606,64 @@ fn g_keep_last_backend() {
         failover_common::STATE_DOWN
     );
     print_latency(&lab);
+}
+
+/// A restarted daemon starts from the states the previous one saved: after
+/// a `kill -9` and a restart, a backend that was down stays down (no
+/// traffic is sent to it while probes would have to find it dead again).
+#[test]
+fn h_restart_keeps_known_states() {
+    let mut lab = start(TCP_10MS, "", "");
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    lab.wait_event("web/b1 down", |e| {
+        is(e, "state", "web", Some("b1"), Some("down"))
+    });
+    std::thread::sleep(Duration::from_millis(100)); // the states file is written in the background
+    // SAFETY: SIGKILL to our own child.
+    unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = lab.daemon.0.wait();
+    let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
+    println!(
+        "saved: {}",
+        std::fs::read_to_string(lab.s.dir.join("state/states.json")).unwrap_or_default()
+    );
+    println!(
+        "word before restart: {}",
+        dataplane::pinned_state(&lab.s.bpffs, b1).expect("state")
+    );
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    lab.daemon = DaemonProcess::spawn(&exe, &lab.topo.lb.name, &lab.config).expect("restart");
+    // From the moment it has attached again, b1 must read down.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen_up = false;
+    while Instant::now() < deadline {
+        let w = dataplane::pinned_state(&lab.s.bpffs, b1).expect("state");
+        seen_up |= w == failover_common::STATE_UP;
+        if lab.s.dir.join("state/states.json").exists()
+            && lab.daemon.0.try_wait().ok().flatten().is_none()
+            && lab.events().len() > 0
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..200 {
+        seen_up |=
+            dataplane::pinned_state(&lab.s.bpffs, b1).expect("state") == failover_common::STATE_UP;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        !seen_up,
+        "the restarted daemon put the dead b1 back in service"
+    );
+    let c = &lab.topo.client;
+    for _ in 0..20 {
+        assert_eq!(
+            failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500))
+                .unwrap(),
+            "b2"
+        );
+    }
 }
