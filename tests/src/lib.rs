@@ -4,6 +4,7 @@
 
 pub use failover_user::lab::netns;
 pub mod pkt;
+pub mod pktlab;
 
 /// Fails (never skips) when not root: these tests need CAP_BPF,
 /// CAP_NET_ADMIN and CAP_SYS_ADMIN.
