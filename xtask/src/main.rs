@@ -52,6 +52,13 @@ enum Task {
     },
     /// rustfmt and clippy on the workspace and on the eBPF crate.
     Lint,
+    /// Setup, then measure the dataplane (release build): a markdown table on
+    /// stdout and target/bench/report.json.
+    Bench {
+        /// A reduced run (well under two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build (release by default), then run `failover ARGS` (default: `lab demo`).
     BuildAndRun {
         /// Build and run the release binary (the default).
@@ -97,6 +104,7 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Test { release, extra } => test(release, &extra),
         Task::Lint => lint(),
+        Task::Bench { quick } => bench(quick),
         Task::BuildAndRun {
             release: _,
             debug,
@@ -141,6 +149,32 @@ fn build(ready: &Ready, release: bool) -> Result<()> {
         command.arg("--release");
     }
     cmd::run(&mut command)
+}
+
+fn bench(quick: bool) -> Result<ExitCode> {
+    let ready = setup::run(Scope::Full, setup::Options::default())?;
+    let root = workspace_root()?;
+    let out = target_dir(&root).join("bench").join("report.json");
+    let mut command = cargo(&ready, &root)?;
+    command
+        .env(BUILD_EBPF.0, BUILD_EBPF.1)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "failover-tests",
+            "--bin",
+            "failover-bench",
+            "--",
+        ])
+        .arg("--out")
+        .arg(&out);
+    if quick {
+        command.arg("--quick");
+    }
+    let status = cmd::status(&mut command)?;
+    Ok(ExitCode::from(cmd::exit_code(status)))
 }
 
 /// Network namespaces left over by interrupted test runs (the tests name

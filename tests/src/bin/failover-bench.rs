@@ -1,0 +1,449 @@
+//! `cargo xtask bench`: measures the dataplane and prints a markdown table,
+//! writing every figure to a JSON report with the machine's description.
+//!
+//! What it measures today (the comparison with nftables and HAProxy on the
+//! veth lab and the failover timing against HAProxy come next):
+//! - per-packet cost through BPF_PROG_TEST_RUN, beside an empty XDP program;
+//! - that cost with 1, 10k and 1M (100k with `--quick`) flows in conntrack,
+//!   and the kernel memory per flow;
+//! - building and applying the Maglev tables of N services x 16 backends.
+//!
+//! The machine is shared and noisy: every figure is a median over rounds,
+//! and costs are also given as ratios to the empty program measured the
+//! same way.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use failover_common::{FlowKey, FlowValue, map_names};
+use failover_tests::{
+    pkt::{L4, Pkt},
+    pktlab::{CONFIG, LB_B_MAC, Lab, P_MAC, from_client},
+};
+use failover_user::{config, dataplane::addr16, layout::Layout, maglev, objects};
+use serde_json::{Value, json};
+
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        quick: false,
+        out: PathBuf::from("target/bench/report.json"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--out" => o.out = PathBuf::from(args.next().context("--out needs a path")?),
+            "-h" | "--help" => {
+                println!("failover-bench [--quick] [--out FILE]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}"),
+        }
+    }
+    Ok(o)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    let mut c = Vec::with_capacity(24);
+    for v in [0u32, len as u32, 0, ifindex, 0, 0] {
+        c.extend_from_slice(&v.to_ne_bytes());
+    }
+    c
+}
+
+/// Median over `rounds` of the kernel's average over `repeat` runs (only
+/// for packets the program does not turn into something else).
+fn batch(
+    prog: &Xdp,
+    ifindex: u32,
+    frame: &[u8],
+    repeat: u32,
+    rounds: usize,
+    want: u32,
+) -> anyhow::Result<f64> {
+    let c = ctx(ifindex, frame.len());
+    let mut v = Vec::new();
+    for _ in 0..rounds {
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&c),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("test_run")?;
+        if r.return_value != want {
+            bail!("verdict {} instead of {want}", r.return_value);
+        }
+        v.push(r.duration.as_nanos() as f64);
+    }
+    Ok(median(v))
+}
+
+/// Median of single runs (repeat 1; the kernel's own timing, without the
+/// syscall), one per frame: for packets that change state or themselves.
+fn single(prog: &Xdp, ifindex: u32, frames: &[Vec<u8>], want: u32) -> anyhow::Result<f64> {
+    let mut v = Vec::new();
+    let mut out = vec![0u8; 2048];
+    for f in frames {
+        let c = ctx(ifindex, f.len());
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(f),
+                data_out: Some(&mut out),
+                ctx_in: Some(&c),
+                ..TestRunOptions::default()
+            })
+            .context("test_run")?;
+        if r.return_value != want {
+            bail!("verdict {} instead of {want}", r.return_value);
+        }
+        v.push(r.duration.as_nanos() as f64);
+    }
+    Ok(median(v))
+}
+
+const PASS: u32 = 2;
+const REDIRECT: u32 = 4;
+
+struct Row {
+    what: String,
+    ns: f64,
+    floor: f64,
+}
+
+fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
+    let lab = Lab::new();
+    let mut empty = aya::Ebpf::load(objects::PASS).context("loading the empty program")?;
+    let pass: &mut Xdp = empty
+        .program_mut(objects::PASS_PROGRAM)
+        .context("empty program")?
+        .try_into()?;
+    pass.load()
+        .context("loading the empty program into the kernel")?;
+    let prog = lab.dp.program()?;
+    let (repeat, rounds, n) = if o.quick {
+        (50_000, 5, 300)
+    } else {
+        (500_000, 11, 3000)
+    };
+
+    let dsr = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    let other = Pkt::new(
+        "198.18.0.2".parse()?,
+        "198.18.0.99".parse()?,
+        L4::tcp(42001, 80),
+    )
+    .bytes();
+    let floor_b = batch(pass, lab.c0, &dsr, repeat, rounds, PASS)?;
+    let mut rows = vec![
+        Row {
+            what: "non-VIP packet (passed untouched)".into(),
+            ns: batch(prog, lab.c0, &other, repeat, rounds, PASS)?,
+            floor: floor_b,
+        },
+        Row {
+            what: "VIP, established flow, DSR".into(),
+            ns: batch(prog, lab.c0, &dsr, repeat, rounds, REDIRECT)?,
+            floor: floor_b,
+        },
+    ];
+
+    // Single runs: new flows (each a new source port), established NAT
+    // flows, replies translated back, and IPv6.
+    let ports = |base: u16| (0..n as u16).map(move |i| base.wrapping_add(i));
+    let v4_new: Vec<Vec<u8>> = ports(10_000)
+        .map(|p| from_client("198.18.0.10", L4::tcp(p, 80)).bytes())
+        .collect();
+    let v6_new: Vec<Vec<u8>> = ports(20_000)
+        .map(|p| from_client("2001:db8::10", L4::tcp(p, 80)).bytes())
+        .collect();
+    let floor_s = single(pass, lab.c0, &v4_new, PASS)?;
+    let created = single(prog, lab.c0, &v4_new, REDIRECT)?;
+    let established = single(prog, lab.c0, &v4_new, REDIRECT)?;
+    let replies: Vec<Vec<u8>> = ports(10_000)
+        .map(|p| {
+            let mut r = Pkt::new(
+                "198.18.1.2".parse().expect("ip"),
+                "198.18.0.2".parse().expect("ip"),
+                L4::tcp(8080, p),
+            );
+            r.smac = P_MAC;
+            r.dmac = LB_B_MAC;
+            r.bytes()
+        })
+        .collect();
+    let reply = single(prog, lab.b0, &replies, REDIRECT)?;
+    let v6_created = single(prog, lab.c0, &v6_new, REDIRECT)?;
+    let v6_established = single(prog, lab.c0, &v6_new, REDIRECT)?;
+    rows.push(Row {
+        what: "VIP, new flow (conntrack insert), NAT".into(),
+        ns: created,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "VIP, established flow, NAT".into(),
+        ns: established,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "reply translated back (reverse NAT)".into(),
+        ns: reply,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "IPv6 VIP, new flow, NAT".into(),
+        ns: v6_created,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "IPv6 VIP, established flow, NAT".into(),
+        ns: v6_established,
+        floor: floor_s,
+    });
+    report["per_packet"] = json!({
+        "method": {"batch": format!("median of {rounds} rounds of test_run repeat={repeat}"), "single": format!("median of {n} test_run repeat=1 (kernel timing)")},
+        "empty_batch_ns": floor_b,
+        "empty_single_ns": floor_s,
+        "cases": rows.iter().map(|r| json!({"case": r.what, "ns": r.ns, "ratio_to_empty": r.ns / r.floor})).collect::<Vec<_>>(),
+    });
+    Ok(rows)
+}
+
+/// Fills conntrack with `n` flows of other clients, then measures the VIP
+/// path; also reports the map's kernel memory per entry.
+fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>> {
+    let sizes: &[usize] = if o.quick {
+        &[1, 10_000, 100_000]
+    } else {
+        &[1, 10_000, 1_000_000]
+    };
+    let cap = *sizes.last().unwrap_or(&1) as u32 * 2;
+    let cfg = format!("[limits]\nconntrack_entries = {cap}\n{CONFIG}");
+    let mut lab = Lab::with_config(&cfg);
+    let (repeat, rounds) = if o.quick { (50_000, 5) } else { (300_000, 9) };
+    let frame = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    let mut out = Vec::new();
+    let mut filled = 0usize;
+    let mem_per_entry = conntrack_memory(&mut lab)? / f64::from(cap);
+    for &n in sizes {
+        {
+            let map = lab
+                .dp
+                .ebpf_mut()
+                .map_mut(map_names::CONNTRACK)
+                .context("CONNTRACK")?;
+            let mut ct: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+            let (dst, family) = addr16("198.18.0.11".parse()?);
+            while filled < n {
+                let i = filled as u32;
+                let mut src = [0u8; 16];
+                src[..4].copy_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                let k = FlowKey {
+                    src,
+                    dst,
+                    sport: [0, 1],
+                    dport: 80u16.to_be_bytes(),
+                    proto: 6,
+                    family,
+                    _pad: [0; 2],
+                };
+                ct.insert(
+                    k,
+                    FlowValue {
+                        backend_id: 0,
+                        service_id: 0,
+                        last_seen_ns: 0,
+                    },
+                    0,
+                )?;
+                filled += 1;
+            }
+        }
+        let prog = lab.dp.program()?;
+        let ns = batch(prog, lab.c0, &frame, repeat, rounds, REDIRECT)?;
+        out.push((n, ns, mem_per_entry));
+    }
+    report["scale"] = json!({
+        "conntrack_capacity": cap,
+        "conntrack_bytes_per_entry": mem_per_entry,
+        "vip_established_ns_by_flows": out.iter().map(|(n, ns, _)| json!({"flows": n, "ns": ns})).collect::<Vec<_>>(),
+    });
+    Ok(out)
+}
+
+/// The kernel memory charged for the conntrack map (fdinfo `memlock`).
+fn conntrack_memory(lab: &mut Lab) -> anyhow::Result<f64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map = lab
+        .dp
+        .ebpf_mut()
+        .map(map_names::CONNTRACK)
+        .context("CONNTRACK")?;
+    let data: &MapData = match map {
+        aya::maps::Map::LruHashMap(m) => m,
+        _ => bail!("CONNTRACK is not an LRU hash"),
+    };
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).context("fdinfo")?;
+    info.lines()
+        .find_map(|l| {
+            l.strip_prefix("memlock:")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .context("no memlock in fdinfo")
+}
+
+/// Builds and applies N services x 16 backends.
+fn tables(o: &Opts, report: &mut Value) -> anyhow::Result<(usize, Duration, Duration, f64)> {
+    let n = if o.quick { 100 } else { 1000 };
+    let mut text = format!(
+        "[limits]\nmax_services = {n}\nmax_vip_addresses = {n}\nmax_tiers = {n}\nmax_backends = {}\n",
+        n * 16
+    );
+    for s in 0..n {
+        let vip = format!("198.19.{}.{}", s / 250, s % 250 + 1);
+        text.push_str(&format!("[[service]]\nname = \"s{s}\"\nvip = \"{vip}\"\nport = 80\n[service.check]\ntype = \"none\"\n"));
+        for b in 0..16 {
+            text.push_str(&format!(
+                "[[service.backend]]\nname = \"b{b}\"\naddress = \"198.18.{}.{}\"\nport = {}\n",
+                100 + b,
+                s % 250 + 1,
+                10_000 + s
+            ));
+        }
+    }
+    let cfg = config::parse(&text, "bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Maglev builds alone.
+    let t = Instant::now();
+    for s in &cfg.services {
+        let members: Vec<maglev::Member> = s.tiers[0]
+            .iter()
+            .map(|b| maglev::Member {
+                key: b.key(),
+                weight: b.weight,
+            })
+            .collect();
+        maglev::build(&members, s.table_size)?;
+    }
+    let build = t.elapsed();
+    // The whole apply: backends, states, every table written to its
+    // inactive half and flipped, replies, services.
+    // Room for the lab's own config, which is replaced by this one.
+    let m = n + 64;
+    let mut lab = Lab::with_config(&format!(
+        "[limits]\nmax_services = {m}\nmax_vip_addresses = {m}\nmax_tiers = {m}\nmax_backends = {}\n{CONFIG}",
+        n * 16 + 64
+    ));
+    let layout = Layout::assign(&cfg, None)?;
+    let t = Instant::now();
+    lab.dp.apply(&cfg, &layout, &Default::default())?;
+    let apply = t.elapsed();
+    let table_mib =
+        (n * 2 * std::mem::size_of::<failover_common::TableValue>()) as f64 / (1 << 20) as f64;
+    report["tables"] = json!({
+        "services": n, "backends_per_service": 16, "table_size": maglev::DEFAULT_TABLE_SIZE,
+        "maglev_build_ms": build.as_secs_f64() * 1e3,
+        "apply_ms": apply.as_secs_f64() * 1e3,
+        "tables_memory_mib": table_mib,
+    });
+    Ok((n, build, apply, table_mib))
+}
+
+fn machine() -> Value {
+    let uname = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    json!({"kernel": uname, "cpu": model, "cores": cores})
+}
+
+fn main() -> anyhow::Result<()> {
+    let o = parse_args()?;
+    let started = Instant::now();
+    let mut report = json!({"machine": machine(), "quick": o.quick});
+    let rows = per_packet(&o, &mut report)?;
+    let sc = scale(&o, &mut report)?;
+    let (n, build, apply, mib) = tables(&o, &mut report)?;
+    report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&o.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", o.out.display()))?;
+
+    let m = &report["machine"];
+    println!(
+        "## failover bench{} ({}, {} cores, kernel {})\n",
+        if o.quick { " --quick" } else { "" },
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    println!("| per-packet cost (BPF_PROG_TEST_RUN) | ns | x empty program |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| empty XDP program (batch / single run) | {:.0} / {:.0} | 1.0 |",
+        report["per_packet"]["empty_batch_ns"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        report["per_packet"]["empty_single_ns"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    );
+    for r in &rows {
+        println!("| {} | {:.0} | {:.1} |", r.what, r.ns, r.ns / r.floor);
+    }
+    println!(
+        "\n| flows in conntrack | VIP established (DSR) ns | kernel bytes per conntrack entry |"
+    );
+    println!("| ---: | ---: | ---: |");
+    for (flows, ns, mem) in &sc {
+        println!("| {flows} | {ns:.0} | {mem:.0} |");
+    }
+    println!(
+        "\n| {n} services x 16 backends | Maglev builds {:.0} ms | full apply (tables written and swapped) {:.0} ms | tables {:.0} MiB |",
+        build.as_secs_f64() * 1e3,
+        apply.as_secs_f64() * 1e3,
+        mib
+    );
+    println!(
+        "\nreport: {} ({:.0} s)",
+        o.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
