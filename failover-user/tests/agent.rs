@@ -15,6 +15,7 @@ use std::{
 
 use failover_user::{
     dataplane,
+    lab::client::Sample,
     lab::{
         BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras,
         Server, Topology, netns::Netns, vip,
@@ -166,83 +167,13 @@ fn is(
         && to.is_none_or(|t| e["to"] == t)
 }
 
-/// One answer of the client stream.
-#[derive(Debug, Clone)]
-struct Sample {
-    sent: Duration,
-    who: Option<String>,
-}
-
-/// A client that opens a new TCP connection to the VIP every millisecond
-/// (each with its own 300 ms budget, so a stuck one does not slow the rest)
-/// for `dur`, from the client namespace. Returns every request's outcome,
-/// with send times relative to `t0`.
 fn client_stream(ns: &Netns, t0: Instant, dur: Duration) -> std::thread::JoinHandle<Vec<Sample>> {
-    let name = ns.name.clone();
-    std::thread::spawn(move || {
-        failover_user::lab::netns::enter_named(&name).expect("client netns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut handles = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < dur {
-                tick.tick().await;
-                n += 1;
-                let msg = format!("r{n}");
-                let sent = t0.elapsed();
-                handles.push(tokio::spawn(async move {
-                    let who =
-                        tokio::time::timeout(Duration::from_millis(300), ask(vip(false, 80), msg))
-                            .await
-                            .ok()
-                            .flatten();
-                    Sample { sent, who }
-                }));
-            }
-            let mut out = Vec::new();
-            for h in handles {
-                if let Ok(s) = h.await {
-                    out.push(s);
-                }
-            }
-            out
-        })
-    })
+    failover_user::lab::client::stream(&ns.name, vip(false, 80), t0, dur)
 }
 
-async fn ask(to: std::net::SocketAddr, msg: String) -> Option<String> {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let s = tokio::net::TcpStream::connect(to).await.ok()?;
-    let (r, mut w) = s.into_split();
-    w.write_all(format!("{msg}\n").as_bytes()).await.ok()?;
-    let mut line = String::new();
-    tokio::io::BufReader::new(r)
-        .read_line(&mut line)
-        .await
-        .ok()?;
-    let (name, echoed) = line.trim_end().split_once(' ')?;
-    (echoed == msg).then(|| name.to_string())
-}
-
-/// From the failure at `fail_at` to the first answer of a request sent
-/// after it by the standby; and the failed requests in between.
 fn recovery(samples: &[Sample], fail_at: Duration) -> (Duration, usize) {
-    let first_b2 = samples
-        .iter()
-        .filter(|s| s.sent >= fail_at && s.who.as_deref() == Some("b2"))
-        .map(|s| s.sent)
-        .min()
-        .expect("the standby answered after the failure");
-    let failed = samples
-        .iter()
-        .filter(|s| s.sent >= fail_at && s.sent < first_b2 && s.who.is_none())
-        .count();
-    (first_b2 - fail_at, failed)
+    failover_user::lab::client::recovery(samples, fail_at, "b2")
+        .expect("the standby answered after the failure")
 }
 
 fn print_latency(lab: &Lab) {

@@ -155,6 +155,18 @@ fn bench(quick: bool) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     let root = workspace_root()?;
     let out = target_dir(&root).join("bench").join("report.json");
+    // The daemon binary the bench runs in the lab.
+    let mut daemon = cargo(&ready, &root)?;
+    daemon.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "failover-user",
+        "--bin",
+        "failover",
+    ]);
+    cmd::run(&mut daemon)?;
     let mut command = cargo(&ready, &root)?;
     command
         .env(BUILD_EBPF.0, BUILD_EBPF.1)
@@ -169,7 +181,9 @@ fn bench(quick: bool) -> Result<ExitCode> {
             "--",
         ])
         .arg("--out")
-        .arg(&out);
+        .arg(&out)
+        .arg("--failover")
+        .arg(target_dir(&root).join("release").join("failover"));
     if quick {
         command.arg("--quick");
     }

@@ -10,6 +10,7 @@
 //!  2001:db8::2          VIPs 198.18.100.10, 2001:db8:100::10 (routed via the lb)
 //! ```
 
+pub mod client;
 pub mod demo;
 pub mod netns;
 

@@ -33,18 +33,26 @@ use serde_json::{Value, json};
 struct Opts {
     quick: bool,
     out: PathBuf,
+    /// The `failover` binary (for the daemon in the lab).
+    failover: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
     let mut o = Opts {
         quick: false,
         out: PathBuf::from("target/bench/report.json"),
+        failover: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--out" => o.out = PathBuf::from(args.next().context("--out needs a path")?),
+            "--failover" => {
+                o.failover = Some(PathBuf::from(
+                    args.next().context("--failover needs a path")?,
+                ))
+            }
             "-h" | "--help" => {
                 println!("failover-bench [--quick] [--out FILE]");
                 std::process::exit(0);
@@ -371,6 +379,124 @@ fn tables(o: &Opts, report: &mut Value) -> anyhow::Result<(usize, Duration, Dura
     Ok((n, build, apply, table_mib))
 }
 
+/// Client-side recovery when the primary's process dies and when its link
+/// goes silent, with 10 ms TCP probes (5 ms while suspect, timeout 20 ms,
+/// fall 3), seen by a client opening a connection every millisecond; and
+/// the decision-to-map latency of every change.
+fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>> {
+    use failover_user::lab::{
+        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
+        client, vip,
+    };
+    let exe = match &o.failover {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("failover"),
+    };
+    if !exe.is_file() {
+        bail!(
+            "{} not found: build it (cargo xtask bench does) or pass --failover",
+            exe.display()
+        );
+    }
+    let rounds = if o.quick { 1 } else { 3 };
+    let mut out = Vec::new();
+    let mut switch_us = Vec::new();
+    for scenario in ["primary process killed", "primary link silent"] {
+        let mut rec = Vec::new();
+        let mut first_fail = Vec::new();
+        for r in 0..rounds {
+            let id = format!("{}{r}{}", std::process::id() % 10_000, scenario.len() % 10);
+            let dir = std::env::temp_dir().join(format!("failover-bench-{id}"));
+            let bpffs = PathBuf::from(format!("/sys/fs/bpf/failover-bench-{id}"));
+            std::fs::create_dir_all(&dir)?;
+            let result = (|| -> anyhow::Result<()> {
+                let topo = Topology::create(&format!("fob{id}"))?;
+                let extras = LabExtras {
+                    check: Some("type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2".into()),
+                    events_file: Some(dir.join("events.jsonl")),
+                    top: "[admin]\nmetrics_listen = \"off\"\n".into(),
+                    ..Default::default()
+                };
+                let cfg = dir.join("lab.toml");
+                std::fs::write(&cfg, topo.config_with(&bpffs, &dir.join("state"), &extras))?;
+                let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+                let mut b1 = Some(Server::start(
+                    &topo.backends[0],
+                    "b1",
+                    &ports,
+                    BACKEND_UDP_PORT,
+                )?);
+                let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
+                let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg)?;
+                daemon.wait_attached(&bpffs, &LB_IFACES)?;
+                std::thread::sleep(Duration::from_millis(300));
+                let t0 = Instant::now();
+                let h = client::stream(
+                    &topo.client.name,
+                    vip(false, 80),
+                    t0,
+                    Duration::from_millis(1200),
+                );
+                std::thread::sleep(Duration::from_millis(300));
+                let fail_at = t0.elapsed();
+                if scenario.contains("killed") {
+                    if let Some(s) = b1.take() {
+                        s.stop();
+                    }
+                } else {
+                    topo.backends[0].ip(&["link", "set", "b1", "down"])?;
+                }
+                let samples = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+                let (d, _) = client::recovery(&samples, fail_at, "b2")
+                    .context("the standby never answered")?;
+                rec.push(d.as_secs_f64() * 1e3);
+                let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default();
+                for e in events
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                {
+                    if let Some(us) = e["decision_to_map_us"].as_f64() {
+                        switch_us.push(us);
+                    }
+                    if e["service"] == "web"
+                        && e["backend"] == "b1"
+                        && e["to"] == "down"
+                        && let Some(ms) = e["first_failure_to_switch_ms"].as_f64()
+                    {
+                        first_fail.push(ms);
+                    }
+                }
+                drop(daemon);
+                Ok(())
+            })();
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&bpffs);
+            result?;
+        }
+        out.push((scenario.to_string(), rec, first_fail));
+    }
+    let mut sorted = switch_us.clone();
+    sorted.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        sorted
+            .get(((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1)) - 1)
+            .copied()
+    };
+    report["failover"] = json!({
+        "probes": "tcp every 10ms (5ms while suspect), timeout 20ms, fall 3, rise 2",
+        "client": "a new TCP connection every 1 ms, 300 ms budget each",
+        "scenarios": out.iter().map(|(s, r, f)| json!({"scenario": s, "client_recovery_ms": r, "first_failure_to_switch_ms": f})).collect::<Vec<_>>(),
+        "decision_to_map_us": {"samples": switch_us.len(), "p50": q(0.5), "p99": q(0.99), "max": sorted.last()},
+    });
+    Ok(out)
+}
+
+/// A failover scenario: its name, client-side recovery times (ms) and
+/// first-failure-to-switch times (ms), one per round.
+type Scenario = (String, Vec<f64>, Vec<f64>);
+
 fn machine() -> Value {
     let uname = std::process::Command::new("uname")
         .arg("-r")
@@ -398,6 +524,7 @@ fn main() -> anyhow::Result<()> {
     let rows = per_packet(&o, &mut report)?;
     let sc = scale(&o, &mut report)?;
     let (n, build, apply, mib) = tables(&o, &mut report)?;
+    let fo = failover_timing(&o, &mut report)?;
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -439,6 +566,24 @@ fn main() -> anyhow::Result<()> {
         build.as_secs_f64() * 1e3,
         apply.as_secs_f64() * 1e3,
         mib
+    );
+    println!(
+        "\n| failover (10 ms TCP probes, fall 3) | client-side recovery ms (median) | first failed probe to switch ms |"
+    );
+    println!("| --- | ---: | ---: |");
+    for (s, r, f) in &fo {
+        println!(
+            "| {s} | {:.1} | {:.1} |",
+            median(r.clone()),
+            median(f.clone())
+        );
+    }
+    let d = &report["failover"]["decision_to_map_us"];
+    println!(
+        "\ndecision-to-map latency: median {:.1} us, p99 {:.1} us over {} changes",
+        d["p50"].as_f64().unwrap_or(f64::NAN),
+        d["p99"].as_f64().unwrap_or(f64::NAN),
+        d["samples"]
     );
     println!(
         "\nreport: {} ({:.0} s)",
