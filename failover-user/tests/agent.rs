@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU16, AtomicU32, Ordering},
+        atomic::{AtomicU16, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -25,32 +25,11 @@ use failover_user::{
 
 const HEALTH_PORT: u16 = 8090;
 
-struct Scratch {
-    prefix: String,
-    dir: PathBuf,
-    bpffs: PathBuf,
-}
+/// Per-test names and directories, removed on drop.
+type Scratch = failover_user::lab::Workdir;
 
-impl Scratch {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}{n}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("failover-agenttest-{id}"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self {
-            prefix: format!("foa{id}"),
-            dir,
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/failover-agent-{id}")),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-    }
+fn scratch() -> Scratch {
+    Scratch::new("foa").expect("scratch dir")
 }
 
 fn require_root() {
@@ -79,7 +58,7 @@ const TCP_10MS: &str = "type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5
 
 fn start(check: &str, keys: &str, tables: &str) -> Lab {
     require_root();
-    let s = Scratch::new();
+    let s = scratch();
     let topo = Topology::create(&s.prefix).expect("lab topology");
     let events = s.dir.join("events.jsonl");
     let extras = LabExtras {

@@ -7,7 +7,7 @@
 use std::{
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -18,33 +18,11 @@ use failover_user::lab::{
 
 const T: Duration = Duration::from_millis(1000);
 
-/// Per-test names and directories; removes the directories on drop.
-struct Scratch {
-    prefix: String,
-    dir: PathBuf,
-    bpffs: PathBuf,
-}
+/// Per-test names and directories, removed on drop.
+type Scratch = failover_user::lab::Workdir;
 
-impl Scratch {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}{n}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("failover-nstest-{id}"));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self {
-            prefix: format!("fot{id}"),
-            dir,
-            bpffs: PathBuf::from(format!("/sys/fs/bpf/failover-test-{id}")),
-        }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-    }
+fn scratch() -> Scratch {
+    Scratch::new("fot").expect("scratch dir")
 }
 
 fn require_root() {
@@ -100,7 +78,7 @@ struct Lab {
 
 fn start_lab() -> Lab {
     require_root();
-    let s = Scratch::new();
+    let s = scratch();
     let topo = Topology::create(&s.prefix).expect("creating the lab topology");
     let config = s.dir.join("lab.toml");
     std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("writing config");
@@ -259,7 +237,7 @@ fn dead_primary_then_marked_down() {
 #[test]
 fn daemon_refuses_a_bad_config() {
     require_root();
-    let s = Scratch::new();
+    let s = scratch();
     let bad = s.dir.join("bad.toml");
     std::fs::write(
         &bad,
@@ -339,7 +317,7 @@ fn out_pid_hint(stdout: &str) -> String {
 #[test]
 fn generic_mode_fallback() {
     require_root();
-    let s = Scratch::new();
+    let s = scratch();
     let ns = lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
     let write = |mode: &str| {
         let cfg = s.dir.join(format!("{mode}.toml"));

@@ -632,3 +632,40 @@ impl Drop for DaemonProcess {
         let _ = self.0.wait();
     }
 }
+
+/// Per-run names and directories for a lab (tests, bench): a namespace
+/// prefix unique on the host, a temp directory and a bpffs pin directory,
+/// both removed on drop.
+pub struct Workdir {
+    pub prefix: String,
+    pub dir: std::path::PathBuf,
+    pub bpffs: std::path::PathBuf,
+}
+
+impl Workdir {
+    /// `tag`: a short name for the namespace prefix and the directories
+    /// (e.g. "fot" gives namespaces `fot<pid><n>c`, ...).
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("failover-{tag}-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            prefix: format!("{tag}{id}"),
+            dir,
+            bpffs: std::path::PathBuf::from(format!("/sys/fs/bpf/failover-{tag}-{id}")),
+        })
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}

@@ -404,13 +404,11 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
     for scenario in ["primary process killed", "primary link silent"] {
         let mut rec = Vec::new();
         let mut first_fail = Vec::new();
-        for r in 0..rounds {
-            let id = format!("{}{r}{}", std::process::id() % 10_000, scenario.len() % 10);
-            let dir = std::env::temp_dir().join(format!("failover-bench-{id}"));
-            let bpffs = PathBuf::from(format!("/sys/fs/bpf/failover-bench-{id}"));
-            std::fs::create_dir_all(&dir)?;
+        for _ in 0..rounds {
+            let w = failover_user::lab::Workdir::new("fob")?;
+            let (dir, bpffs) = (w.dir.clone(), w.bpffs.clone());
             let result = (|| -> anyhow::Result<()> {
-                let topo = Topology::create(&format!("fob{id}"))?;
+                let topo = Topology::create(&w.prefix)?;
                 let extras = LabExtras {
                     check: Some("type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2".into()),
                     events_file: Some(dir.join("events.jsonl")),
@@ -471,8 +469,7 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                 drop(daemon);
                 Ok(())
             })();
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_dir_all(&bpffs);
+            drop(w);
             result?;
         }
         out.push((scenario.to_string(), rec, first_fail));
