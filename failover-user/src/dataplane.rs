@@ -95,6 +95,7 @@ impl Dataplane {
             .map_max_entries(map_names::CONNTRACK, limits.conntrack_entries);
         if let Some(dir) = pin_dir {
             create_private_dir(dir)?;
+            check_pinned_maps(dir, limits)?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, map_pin_path(dir, name));
             }
@@ -480,6 +481,119 @@ impl Dataplane {
         a.set(backend_id, state, 0)
             .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
     }
+}
+
+/// (key size, value size or `None` when the kernel decides it, max entries)
+/// of every map for `limits`.
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 12] {
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    [
+        (
+            map_names::SERVICES,
+            sz(size_of::<EndpointKey>()),
+            Some(sz(size_of::<ServiceValue>())),
+            limits.max_services,
+        ),
+        (
+            map_names::VIP_ADDRS,
+            sz(size_of::<VipAddrKey>()),
+            Some(4),
+            limits.max_vip_addresses,
+        ),
+        (map_names::TIER_ACTIVE, 4, Some(4), limits.max_tiers),
+        (
+            map_names::TABLES,
+            4,
+            Some(sz(size_of::<TableValue>())),
+            limits.max_tiers * 2,
+        ),
+        (
+            map_names::BACKENDS,
+            4,
+            Some(sz(size_of::<BackendValue>())),
+            limits.max_backends,
+        ),
+        (map_names::BACKEND_STATE, 4, Some(4), limits.max_backends),
+        (
+            map_names::CONNTRACK,
+            sz(size_of::<FlowKey>()),
+            Some(sz(size_of::<FlowValue>())),
+            limits.conntrack_entries,
+        ),
+        (
+            map_names::REVERSE,
+            sz(size_of::<EndpointKey>()),
+            Some(sz(size_of::<ReverseValue>())),
+            limits.max_backends,
+        ),
+        (
+            map_names::DEVMAP,
+            4,
+            None,
+            failover_common::defaults::DEVMAP_ENTRIES,
+        ),
+        (
+            map_names::SERVICE_STATS,
+            4,
+            Some(sz(size_of::<ServiceStats>())),
+            limits.max_services,
+        ),
+        (
+            map_names::BACKEND_STATS,
+            4,
+            Some(sz(size_of::<Counter>())),
+            limits.max_backends,
+        ),
+        (
+            map_names::REASON_STATS,
+            4,
+            Some(8),
+            failover_common::REASON_COUNT,
+        ),
+    ]
+}
+
+/// Maps pinned by an earlier run are reused (that keeps conntrack and the
+/// counters); one made for other `[limits]` or by another version would be
+/// reused wrongly, so it is refused with what differs and what to do.
+fn check_pinned_maps(dir: &Path, limits: &Limits) -> anyhow::Result<()> {
+    for (name, key, value, max) in expected_maps(limits) {
+        let path = map_pin_path(dir, name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut diffs = Vec::new();
+        if info.key_size() != key {
+            diffs.push(format!("key size {} (this build: {key})", info.key_size()));
+        }
+        if let Some(v) = value
+            && info.value_size() != v
+        {
+            diffs.push(format!(
+                "value size {} (this build: {v})",
+                info.value_size()
+            ));
+        }
+        if info.max_entries() != max {
+            diffs.push(format!(
+                "max_entries {} (this config: {max})",
+                info.max_entries()
+            ));
+        }
+        if !diffs.is_empty() {
+            bail!(
+                "the pinned map {} was made by another version or for other [limits]: {}. Restore the old \
+                 [limits], or stop the daemon, detach and remove {} (this drops conntrack) to start afresh",
+                path.display(),
+                diffs.join(", "),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes one tier's table into its inactive half of `tables`, then flips

@@ -425,3 +425,48 @@ fn kill_9_and_restart_loses_nothing() {
     assert!(after.flows >= before.flows, "conntrack kept");
     assert_eq!(after.attached, ["lb1", "lb2", "lc"]);
 }
+
+/// Pinned maps made for other `[limits]` are refused with what differs,
+/// not silently reused; with the old limits the daemon adopts them again.
+#[test]
+fn pinned_maps_of_other_limits_are_refused() {
+    let mut lab = start_lab();
+    // SAFETY: SIGKILL to our own child: the pins stay.
+    unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = lab.daemon.0.wait();
+    let text = std::fs::read_to_string(&lab.config).expect("config");
+    let other = lab.s.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        text.replacen(
+            "[[service]]",
+            "[limits]\nconntrack_entries = 1234\n\n[[service]]",
+            1,
+        ),
+    )
+    .expect("write");
+    let out = Command::new(exe())
+        .args(["--netns", &lab.topo.lb.name, "daemon", "--config"])
+        .arg(&other)
+        .output()
+        .expect("daemon");
+    assert!(!out.status.success(), "must refuse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CONNTRACK was made by another version or for other [limits]"),
+        "{err}"
+    );
+    assert!(
+        err.contains("max_entries 65536 (this config: 1234)"),
+        "{err}"
+    );
+    // The dataplane kept running meanwhile, and the old config adopts it.
+    assert_eq!(
+        tcp_request(&lab.topo.client, vip(false, 80), "x", T).unwrap(),
+        "b1"
+    );
+    lab.daemon = DaemonProcess::spawn(&exe(), &lab.topo.lb.name, &lab.config).expect("restart");
+    lab.daemon
+        .wait_attached(&lab.s.bpffs, &LB_IFACES)
+        .expect("attached");
+}
