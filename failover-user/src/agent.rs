@@ -345,6 +345,17 @@ impl Agent {
             persist_rx,
             stop_rx.clone(),
         )));
+        // DSR forwards with the backend's MAC from the kernel's neighbour
+        // table, which XDP cannot fill: keep an entry for every DSR backend.
+        let dsr: Vec<std::net::IpAddr> = cfg
+            .services
+            .iter()
+            .filter(|s| s.mode == crate::config::Mode::Dsr)
+            .flat_map(|s| s.tiers.iter().flatten().map(|b| b.address))
+            .collect();
+        if !dsr.is_empty() {
+            tasks.push(tokio::spawn(neighbour_task(dsr, stop_rx.clone())));
+        }
         let decider = tokio::spawn(d.run(rx, cmd_rx, stop_rx));
         info!(probed = tasks.len() - 1, "health agent started");
         Ok(Self {
@@ -407,6 +418,28 @@ impl Agent {
         match snap {
             Some((states, _)) => (states, stats),
             None => (HashMap::new(), stats),
+        }
+    }
+}
+
+/// Keeps neighbour entries for `addrs` fresh: an empty UDP datagram to the
+/// discard port of each, at once and every few seconds, makes the kernel
+/// resolve (and keep) its MAC address. `bpf_fib_lookup` then finds it.
+async fn neighbour_task(addrs: Vec<std::net::IpAddr>, mut stop: watch::Receiver<bool>) {
+    loop {
+        for a in &addrs {
+            let bind: SocketAddr = if a.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            if let Ok(s) = tokio::net::UdpSocket::bind(bind).await {
+                let _ = s.send_to(&[], SocketAddr::new(*a, 9)).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
         }
     }
 }

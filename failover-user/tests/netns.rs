@@ -470,3 +470,58 @@ fn pinned_maps_of_other_limits_are_refused() {
         .wait_attached(&lab.s.bpffs, &LB_IFACES)
         .expect("attached");
 }
+
+/// DSR through real namespaces, with no health checks: the backends hold
+/// the VIP on loopback and answer the client directly; the daemon keeps
+/// their neighbour entries (XDP cannot resolve them) so the first packet
+/// already goes through; marking the primary down moves traffic.
+#[test]
+fn dsr_end_to_end() {
+    require_root();
+    let s = scratch();
+    let topo = Topology::create(&s.prefix).expect("topology");
+    for b in &topo.backends {
+        b.ip(&["addr", "add", "198.18.100.10/32", "dev", "lo"])
+            .expect("VIP on lo");
+    }
+    let x = failover_user::lab::LabExtras {
+        service_keys: "mode = \"dsr\"".into(),
+        ..Default::default()
+    };
+    let config = s.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .expect("config");
+    let ports = [80, 81, BACKEND_TCP_PORT];
+    let _servers = [
+        Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1"),
+        Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2"),
+    ];
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let c = &topo.client;
+    let first = Instant::now();
+    let who = loop {
+        match tcp_request(c, vip(false, 80), "dsr", Duration::from_millis(300)) {
+            Ok(w) => break w,
+            Err(e) => assert!(
+                first.elapsed() < Duration::from_secs(3),
+                "DSR never answered: {e:#}"
+            ),
+        }
+    };
+    assert_eq!(who, "b1");
+    for i in 0..10 {
+        assert_eq!(
+            tcp_request(c, vip(false, 80), &format!("d{i}"), T).unwrap(),
+            "b1"
+        );
+    }
+    set_state(&config, "web", "b1", "down");
+    until_answered_by(|| tcp_request(c, vip(false, 80), "x", T), "b2");
+    assert!(daemon.terminate().expect("stops").success());
+}

@@ -93,3 +93,95 @@ pub fn recovery(samples: &[Sample], fail_at: Duration, standby: &str) -> Option<
         .count();
     Some((first - fail_at, failed))
 }
+
+/// Load from `netns` towards `to` for `dur`: `conns` tasks, each either
+/// reusing one connection for request after request (`keepalive`) or
+/// opening a new connection per request. Returns (answered, failed).
+pub fn load(
+    netns: &str,
+    to: SocketAddr,
+    conns: usize,
+    dur: Duration,
+    keepalive: bool,
+) -> anyhow::Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let name = netns.to_string();
+    std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+        super::netns::enter_named(&name)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("runtime")?;
+        rt.block_on(async move {
+            let deadline = tokio::time::Instant::now() + dur;
+            let mut tasks = Vec::new();
+            for c in 0..conns {
+                tasks.push(tokio::spawn(async move {
+                    let (mut ok, mut bad) = (0u64, 0u64);
+                    let mut n = 0u64;
+                    while tokio::time::Instant::now() < deadline {
+                        if keepalive {
+                            match keepalive_session(to, c, deadline, &mut n).await {
+                                Some(k) => ok += k,
+                                None => bad += 1,
+                            }
+                        } else {
+                            n += 1;
+                            let budget = Duration::from_millis(500);
+                            match tokio::time::timeout(budget, ask(to, format!("c{c}n{n}"))).await {
+                                Ok(Some(_)) => ok += 1,
+                                _ => bad += 1,
+                            }
+                        }
+                    }
+                    (ok, bad)
+                }));
+            }
+            let (mut ok, mut bad) = (0, 0);
+            for t in tasks {
+                if let Ok((o, b)) = t.await {
+                    ok += o;
+                    bad += b;
+                }
+            }
+            Ok((ok, bad))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
+/// One connection used for requests until `deadline`; the answers it got
+/// (`None`: it could not connect).
+async fn keepalive_session(
+    to: SocketAddr,
+    c: usize,
+    deadline: tokio::time::Instant,
+    n: &mut u64,
+) -> Option<u64> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let s = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(to),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let (r, mut w) = s.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    let mut ok = 0;
+    let mut line = String::new();
+    while tokio::time::Instant::now() < deadline {
+        *n += 1;
+        let msg = format!("c{c}n{n}");
+        if w.write_all(format!("{msg}\n").as_bytes()).await.is_err() {
+            break;
+        }
+        line.clear();
+        match tokio::time::timeout(Duration::from_millis(500), r.read_line(&mut line)).await {
+            Ok(Ok(k)) if k > 0 && line.trim_end().ends_with(&msg) => ok += 1,
+            _ => break,
+        }
+    }
+    Some(ok)
+}

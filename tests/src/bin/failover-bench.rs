@@ -490,6 +490,219 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
     Ok(out)
 }
 
+/// Installs Debian packages the comparison needs, if missing.
+fn ensure_packages(pkgs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "bench: installing {} from Debian's packages",
+        missing.join(", ")
+    );
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let st = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !st.success() {
+            bail!("apt-get {} failed", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    run(&args)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    for d in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ] {
+        let p = PathBuf::from(d).join(bin);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Requests per second through each contender on the same lab, the same
+/// servers and the same client: keep-alive connections, and a new
+/// connection per request. Everything (client, load balancer, servers)
+/// shares this machine's cores, so the figures are whole-path throughput and
+/// the ratios are what to read.
+fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, f64)>> {
+    use failover_user::lab::{
+        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
+        client, vip,
+    };
+    ensure_packages(&[("haproxy", "haproxy"), ("nft", "nftables")])?;
+    let exe = daemon_exe(o)?;
+    let dur = if o.quick {
+        Duration::from_millis(1500)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut rows = Vec::new();
+    // FAILOVER_BENCH_ONLY=<contender> measures one (for debugging a setup).
+    let only = std::env::var("FAILOVER_BENCH_ONLY").ok();
+    for contender in [
+        "failover nat",
+        "failover dsr",
+        "nftables dnat",
+        "haproxy tcp",
+    ] {
+        if only.as_deref().is_some_and(|o| o != contender) {
+            continue;
+        }
+        let w = failover_user::lab::Workdir::new("fot")?;
+        let topo = Topology::create(&w.prefix)?;
+        let dsr = contender == "failover dsr";
+        let mut ports = vec![BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+        if dsr {
+            // DSR: the backends hold the VIP and answer on the service port.
+            ports.extend([80, 81]);
+            for b in &topo.backends {
+                b.ip(&["addr", "add", "198.18.100.10/32", "dev", "lo"])?;
+            }
+        }
+        let _servers = [
+            Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT)?,
+            Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?,
+        ];
+        let mut _daemon = None;
+        let mut _haproxy = None;
+        match contender {
+            "failover nat" | "failover dsr" => {
+                let x = LabExtras {
+                    service_keys: if dsr {
+                        "mode = \"dsr\"".into()
+                    } else {
+                        String::new()
+                    },
+                    top: "[admin]\nmetrics_listen = \"off\"\n".into(),
+                    ..Default::default()
+                };
+                let cfg = w.dir.join("lab.toml");
+                std::fs::write(&cfg, topo.config_with(&w.bpffs, &w.dir.join("state"), &x))?;
+                let mut d = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg)?;
+                d.wait_attached(&w.bpffs, &LB_IFACES)?;
+                _daemon = Some(d);
+            }
+            "nftables dnat" => {
+                let rules = "table ip bench {\n chain pre {\n  type nat hook prerouting priority -100;\n  ip daddr 198.18.100.10 tcp dport 80 dnat to 198.18.1.2:8080\n }\n}\n";
+                let f = w.dir.join("rules.nft");
+                std::fs::write(&f, rules)?;
+                let st = topo.lb.cmd("nft").arg("-f").arg(&f).status()?;
+                if !st.success() {
+                    bail!("nft -f failed");
+                }
+            }
+            _ => {
+                topo.lb
+                    .ip(&["addr", "add", "198.18.100.10/32", "dev", "lo"])?;
+                let cfg = w.dir.join("haproxy.cfg");
+                std::fs::write(
+                    &cfg,
+                    "global\n maxconn 8000\ndefaults\n mode tcp\n timeout connect 1s\n timeout client 30s\n timeout server 30s\n\
+                     frontend f\n bind 198.18.100.10:80\n default_backend b\nbackend b\n server b1 198.18.1.2:8080\n",
+                )?;
+                let child = topo
+                    .lb
+                    .cmd("haproxy")
+                    .args(["-db", "-f"])
+                    .arg(&cfg)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?;
+                let mut child = KillOnDrop(child);
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(Some(st)) = child.0.try_wait() {
+                    bail!(
+                        "haproxy exited at start ({st}); check it with `haproxy -c -f {}`",
+                        cfg.display()
+                    );
+                }
+                _haproxy = Some(child);
+            }
+        }
+        if std::env::var_os("FAILOVER_BENCH_PAUSE").is_some() {
+            eprintln!("bench: pausing 60 s in {}", topo.lb.name);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        // Warm up (ARP/ND, caches), then measure.
+        let _ = client::load(
+            &topo.client.name,
+            vip(false, 80),
+            4,
+            Duration::from_millis(200),
+            true,
+        )?;
+        let (ka, ka_bad) = client::load(&topo.client.name, vip(false, 80), 32, dur, true)?;
+        let (nc, nc_bad) = client::load(&topo.client.name, vip(false, 80), 16, dur, false)?;
+        let secs = dur.as_secs_f64();
+        if ka == 0 || nc == 0 {
+            bail!("{contender}: no request was answered ({ka_bad} / {nc_bad} failures)");
+        }
+        rows.push((contender.to_string(), ka as f64 / secs, nc as f64 / secs));
+        drop(_haproxy);
+        drop(_daemon);
+        drop(topo);
+        drop(w);
+    }
+    let get = |n: &str, i: usize| {
+        rows.iter()
+            .find(|r| r.0 == n)
+            .map_or(f64::NAN, |r| if i == 0 { r.1 } else { r.2 })
+    };
+    report["throughput"] = json!({
+        "method": format!("TCP through the veth lab for {:.1} s: 32 keep-alive connections, then 16 tasks each opening a connection per request; client, load balancer and servers share the machine", secs_of(dur)),
+        "contenders": rows.iter().map(|(n, ka, nc)| json!({"contender": n, "requests_per_s_keepalive": ka, "new_connections_per_s": nc})).collect::<Vec<_>>(),
+        "ratio_failover_nat_to_nftables": {"keepalive": get("failover nat", 0) / get("nftables dnat", 0), "new_connections": get("failover nat", 1) / get("nftables dnat", 1)},
+        "ratio_failover_nat_to_haproxy": {"keepalive": get("failover nat", 0) / get("haproxy tcp", 0), "new_connections": get("failover nat", 1) / get("haproxy tcp", 1)},
+    });
+    Ok(rows)
+}
+
+fn secs_of(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon_exe(o: &Opts) -> anyhow::Result<PathBuf> {
+    let exe = match &o.failover {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("failover"),
+    };
+    if !exe.is_file() {
+        bail!(
+            "{} not found: build it (cargo xtask bench does) or pass --failover",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
 /// A failover scenario: its name, client-side recovery times (ms) and
 /// first-failure-to-switch times (ms), one per round.
 type Scenario = (String, Vec<f64>, Vec<f64>);
@@ -522,6 +735,11 @@ fn main() -> anyhow::Result<()> {
     let sc = scale(&o, &mut report)?;
     let (n, build, apply, mib) = tables(&o, &mut report)?;
     let fo = failover_timing(&o, &mut report)?;
+    let tp = if o.quick {
+        Vec::new()
+    } else {
+        throughput(&o, &mut report)?
+    };
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -573,6 +791,29 @@ fn main() -> anyhow::Result<()> {
             "| {s} | {:.1} | {:.1} |",
             median(r.clone()),
             median(f.clone())
+        );
+    }
+    if !tp.is_empty() {
+        println!("\n| through the veth lab (TCP) | requests/s, keep-alive | new connections/s |");
+        println!("| --- | ---: | ---: |");
+        for (n, ka, nc) in &tp {
+            println!("| {n} | {ka:.0} | {nc:.0} |");
+        }
+        let r = &report["throughput"];
+        println!(
+            "\nfailover nat / nftables: {:.2} (keep-alive), {:.2} (new connections); failover nat / haproxy: {:.2}, {:.2}",
+            r["ratio_failover_nat_to_nftables"]["keepalive"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["ratio_failover_nat_to_nftables"]["new_connections"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["ratio_failover_nat_to_haproxy"]["keepalive"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            r["ratio_failover_nat_to_haproxy"]["new_connections"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
         );
     }
     let d = &report["failover"]["decision_to_map_us"];
