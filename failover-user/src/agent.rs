@@ -52,15 +52,7 @@ pub fn word_for(state: State, flows_on_down: FlowsOnDown) -> u32 {
     }
 }
 
-fn word_name(w: u32) -> &'static str {
-    match w {
-        STATE_UP => "up",
-        STATE_DRAINING => "draining",
-        STATE_DISABLED => "disabled",
-        STATE_DOWN_RESET => "down-reset",
-        _ => "down",
-    }
-}
+use crate::inspect::word_name;
 
 /// Latency samples (µs) with percentiles; bounded.
 #[derive(Debug, Default, Clone)]
