@@ -20,7 +20,7 @@ use std::{
     process::Command,
 };
 
-const BINS: [&str; 2] = ["failover", "failover-pass"];
+const BINS: [&str; 3] = ["failover", "failover-pass", "failover-benchgen"];
 
 fn main() {
     if let Err(e) = run() {

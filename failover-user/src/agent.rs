@@ -476,6 +476,7 @@ async fn probe_loop(
         if *stop.borrow() {
             return;
         }
+        let started = Instant::now();
         let result = tokio::select! {
             r = probe::probe(&check.probe, &target, check.timeout) => r,
             _ = stop.changed() => return,
@@ -498,7 +499,11 @@ async fn probe_loop(
         } else {
             check.interval
         };
-        wait = base.mul_f64(jitter.factor(check.jitter));
+        // Intervals run from start to start (a probe that timed out does
+        // not push the next one back by its timeout); a probe longer than
+        // the interval is followed at once.
+        wait = (started + base.mul_f64(jitter.factor(check.jitter)))
+            .saturating_duration_since(Instant::now());
     }
 }
 

@@ -58,6 +58,10 @@ enum Task {
         /// A reduced run (well under two minutes).
         #[arg(long)]
         quick: bool,
+        /// Only these sections, comma-separated (per-packet, scale, tables,
+        /// failover, throughput, udp).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Build (release by default), then run `failover ARGS` (default: `lab demo`).
     BuildAndRun {
@@ -104,7 +108,7 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Test { release, extra } => test(release, &extra),
         Task::Lint => lint(),
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { quick, only } => bench(quick, only.as_deref()),
         Task::BuildAndRun {
             release: _,
             debug,
@@ -151,7 +155,7 @@ fn build(ready: &Ready, release: bool) -> Result<()> {
     cmd::run(&mut command)
 }
 
-fn bench(quick: bool) -> Result<ExitCode> {
+fn bench(quick: bool, only: Option<&str>) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     let root = workspace_root()?;
     let out = target_dir(&root).join("bench").join("report.json");
@@ -186,6 +190,9 @@ fn bench(quick: bool) -> Result<ExitCode> {
         .arg(target_dir(&root).join("release").join("failover"));
     if quick {
         command.arg("--quick");
+    }
+    if let Some(only) = only {
+        command.arg("--only").arg(only);
     }
     let status = cmd::status(&mut command)?;
     Ok(ExitCode::from(cmd::exit_code(status)))

@@ -13,6 +13,8 @@ pub struct Sample {
     pub sent: Duration,
     /// The backend that answered, `None` if nobody did within 300 ms.
     pub who: Option<String>,
+    /// From sending to the answer (`None` without one).
+    pub rtt: Option<Duration>,
 }
 
 /// Opens a new TCP connection to `to` every millisecond for `dur`, from the
@@ -47,11 +49,13 @@ pub fn stream(
                 let msg = format!("r{n}");
                 let sent = t0.elapsed();
                 handles.push(tokio::spawn(async move {
+                    let t = Instant::now();
                     let who = tokio::time::timeout(Duration::from_millis(300), ask(to, msg))
                         .await
                         .ok()
                         .flatten();
-                    Sample { sent, who }
+                    let rtt = who.as_ref().map(|_| t.elapsed());
+                    Sample { sent, who, rtt }
                 }));
             }
             let mut out = Vec::new();

@@ -78,8 +78,9 @@ pub struct Topology {
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<Netns>,
-    // Dropped before the namespaces (fields drop in order).
-    _pass: Vec<PassXdp>,
+    // Dropped before the namespaces (fields drop in order). The client's
+    // first, then the backends'.
+    pass: Vec<PassXdp>,
 }
 
 impl Topology {
@@ -160,8 +161,14 @@ impl Topology {
             client,
             lb,
             backends: vec![b1, b2],
-            _pass: pass,
+            pass,
         })
+    }
+
+    /// Detaches the pass programs from the backends' interfaces (the bench
+    /// attaches its own counting sink there instead).
+    pub fn detach_backend_pass(&mut self) {
+        self.pass.truncate(1);
     }
 
     /// The daemon config for this lab: `web` (TCP 80, backend 1 primary,
@@ -361,6 +368,9 @@ impl Drop for HttpHealth {
 pub struct Server {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Clones of the listening sockets, shut down at once on stop (as when
+    /// a process dies), before the threads notice the flag.
+    listeners: Vec<TcpListener>,
 }
 
 impl Server {
@@ -382,7 +392,9 @@ impl Server {
             u.set_read_timeout(Some(Duration::from_millis(20)))?;
             Ok((ls, u))
         })?;
+        let mut clones = Vec::new();
         for l in listeners {
+            clones.push(l.try_clone().context("cloning a listener")?);
             let (stop, name) = (stop.clone(), name.to_string());
             threads.push(std::thread::spawn(move || tcp_loop(&l, &name, &stop)));
         }
@@ -396,7 +408,11 @@ impl Server {
                 }
             }
         }));
-        Ok(Self { stop, threads })
+        Ok(Self {
+            stop,
+            threads,
+            listeners: clones,
+        })
     }
 
     /// Stops the servers: listeners and open connections close (the
@@ -407,6 +423,12 @@ impl Server {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Stop listening now: new connections are refused from here on.
+        for l in self.listeners.drain(..) {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: shutdown(2) on a socket we own; no memory involved.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

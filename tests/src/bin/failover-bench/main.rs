@@ -30,11 +30,16 @@ use failover_tests::{
 use failover_user::{config, dataplane::addr16, layout::Layout, maglev, objects};
 use serde_json::{Value, json};
 
+mod timeline;
+mod udp;
+
 struct Opts {
     quick: bool,
     out: PathBuf,
     /// The `failover` binary (for the daemon in the lab).
     failover: Option<PathBuf>,
+    /// Run only these sections (`--only a,b`).
+    only: Option<Vec<String>>,
 }
 
 fn parse_args() -> anyhow::Result<Opts> {
@@ -42,6 +47,7 @@ fn parse_args() -> anyhow::Result<Opts> {
         quick: false,
         out: PathBuf::from("target/bench/report.json"),
         failover: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,8 +59,26 @@ fn parse_args() -> anyhow::Result<Opts> {
                     args.next().context("--failover needs a path")?,
                 ))
             }
+            "--only" => {
+                let v: Vec<String> = args
+                    .next()
+                    .context("--only needs a list of sections")?
+                    .split(',')
+                    .map(str::to_string)
+                    .collect();
+                if let Some(bad) = v.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    bail!(
+                        "unknown section {bad:?} (sections: {})",
+                        SECTIONS.join(", ")
+                    );
+                }
+                o.only = Some(v);
+            }
             "-h" | "--help" => {
-                println!("failover-bench [--quick] [--out FILE]");
+                println!(
+                    "failover-bench [--quick] [--out FILE] [--failover BIN] [--only SECTION,...]\nsections: {}",
+                    SECTIONS.join(", ")
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}"),
@@ -203,6 +227,19 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         })
         .collect();
     let reply = single(prog, lab.b0, &replies, REDIRECT)?;
+    // The same packets as single runs, for the stage breakdown below.
+    let nonvip_s = single(prog, lab.c0, &vec![other.clone(); n], PASS)?;
+    let dsr_frames: Vec<Vec<u8>> = ports(30_000)
+        .map(|p| from_client("198.18.0.11", L4::tcp(p, 80)).bytes())
+        .collect();
+    single(prog, lab.c0, &dsr_frames, REDIRECT)?;
+    let dsr_s = single(prog, lab.c0, &dsr_frames, REDIRECT)?;
+    // A service whose only backend is disabled, with on_no_backend = pass:
+    // everything up to the backend choice, no forwarding.
+    let no_backend: Vec<Vec<u8>> = ports(40_000)
+        .map(|p| from_client("198.18.0.13", L4::tcp(p, 80)).bytes())
+        .collect();
+    let chosen_s = single(prog, lab.c0, &no_backend, PASS)?;
     let v6_created = single(prog, lab.c0, &v6_new, REDIRECT)?;
     let v6_established = single(prog, lab.c0, &v6_new, REDIRECT)?;
     rows.push(Row {
@@ -229,6 +266,40 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         what: "IPv6 VIP, established flow, NAT".into(),
         ns: v6_established,
         floor: floor_s,
+    });
+    // The VIP path by stage: differences between single-run medians of
+    // packets that go one stage further each.
+    let stages = [
+        (
+            "parse and classify (non-VIP minus empty)",
+            nonvip_s - floor_s,
+        ),
+        (
+            "service lookup, flow hash, conntrack lookup, Maglev table, backend state (VIP without a usable backend minus non-VIP)",
+            chosen_s - nonvip_s,
+        ),
+        (
+            "FIB lookup, MAC rewrite, redirect, counters (DSR established minus VIP without a usable backend)",
+            dsr_s - chosen_s,
+        ),
+        (
+            "NAT rewrite: addresses, ports, checksums, TTL (NAT established minus DSR established)",
+            established - dsr_s,
+        ),
+        (
+            "new flow: conntrack insert (NAT new minus NAT established)",
+            created - established,
+        ),
+    ];
+    let slowest = stages
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|s| s.0)
+        .unwrap_or("");
+    report["stages"] = json!({
+        "method": "differences between medians of single test_run calls",
+        "stages": stages.iter().map(|(st, ns)| json!({"stage": st, "ns": ns})).collect::<Vec<_>>(),
+        "slowest": slowest,
     });
     report["per_packet"] = json!({
         "method": {"batch": format!("median of {rounds} rounds of test_run repeat={repeat}"), "single": format!("median of {n} test_run repeat=1 (kernel timing)")},
@@ -380,43 +451,40 @@ fn tables(o: &Opts, report: &mut Value) -> anyhow::Result<(usize, Duration, Dura
 }
 
 /// Client-side recovery when the primary's process dies and when its link
-/// goes silent, with 10 ms TCP probes (5 ms while suspect, timeout 20 ms,
-/// fall 3), seen by a client opening a connection every millisecond; and
-/// the decision-to-map latency of every change.
+/// goes silent, with 10 ms TCP probes (5 ms while suspect, timeout 10 ms,
+/// fall 3), seen by a client opening a connection every millisecond: for
+/// failover, and (full runs) for HAProxy with the same checks; and
+/// failover's decision-to-map latency of every change. The first round of
+/// each is kept for the timeline plot.
 fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>> {
     use failover_user::lab::{
         BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
         client, vip,
     };
-    let exe = match &o.failover {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("failover"),
-    };
-    if !exe.is_file() {
-        bail!(
-            "{} not found: build it (cargo xtask bench does) or pass --failover",
-            exe.display()
-        );
-    }
+    let exe = daemon_exe(o)?;
     let rounds = if o.quick { 1 } else { 3 };
+    let contenders: &[&str] = if o.quick {
+        &["failover"]
+    } else {
+        ensure_packages(&[("haproxy", "haproxy")])?;
+        &["failover", "haproxy"]
+    };
     let mut out = Vec::new();
     let mut switch_us = Vec::new();
-    for scenario in ["primary process killed", "primary link silent"] {
-        let mut rec = Vec::new();
-        let mut first_fail = Vec::new();
-        for _ in 0..rounds {
-            let w = failover_user::lab::Workdir::new("fob")?;
-            let (dir, bpffs) = (w.dir.clone(), w.bpffs.clone());
-            let result = (|| -> anyhow::Result<()> {
+    for &contender in contenders {
+        for scenario in ["primary process killed", "primary link silent"] {
+            let mut sc = Scenario {
+                contender: contender.to_string(),
+                scenario: scenario.to_string(),
+                recovery_ms: Vec::new(),
+                first_fail_ms: Vec::new(),
+                failed_requests: Vec::new(),
+                timeline: Vec::new(),
+            };
+            for round in 0..rounds {
+                let w = failover_user::lab::Workdir::new("fob")?;
+                let (dir, bpffs) = (w.dir.clone(), w.bpffs.clone());
                 let topo = Topology::create(&w.prefix)?;
-                let extras = LabExtras {
-                    check: Some("type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2".into()),
-                    events_file: Some(dir.join("events.jsonl")),
-                    top: "[admin]\nmetrics_listen = \"off\"\n".into(),
-                    ..Default::default()
-                };
-                let cfg = dir.join("lab.toml");
-                std::fs::write(&cfg, topo.config_with(&bpffs, &dir.join("state"), &extras))?;
                 let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
                 let mut b1 = Some(Server::start(
                     &topo.backends[0],
@@ -425,8 +493,33 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                     BACKEND_UDP_PORT,
                 )?);
                 let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
-                let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg)?;
-                daemon.wait_attached(&bpffs, &LB_IFACES)?;
+                let mut _daemon = None;
+                let mut _haproxy = None;
+                if contender == "failover" {
+                    let extras = LabExtras {
+                        check: Some("type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"10ms\"\nfall = 3\nrise = 2".into()),
+                        events_file: Some(dir.join("events.jsonl")),
+                        top: "[admin]\nmetrics_listen = \"off\"\n".into(),
+                        ..Default::default()
+                    };
+                    let cfg = dir.join("lab.toml");
+                    std::fs::write(&cfg, topo.config_with(&bpffs, &dir.join("state"), &extras))?;
+                    let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg)?;
+                    daemon.wait_attached(&bpffs, &LB_IFACES)?;
+                    _daemon = Some(daemon);
+                } else {
+                    // The same checks: every 10 ms, 5 ms while changing state,
+                    // 10 ms timeout, down after 3 failures, up after 2; b2 is
+                    // the backup (standby).
+                    let chk = "check inter 10ms fastinter 5ms downinter 10ms fall 3 rise 2";
+                    _haproxy = Some(start_haproxy(
+                        &topo,
+                        &dir,
+                        &format!(
+                            "backend b\n timeout check 10ms\n server b1 198.18.1.2:{BACKEND_TCP_PORT} {chk}\n server b2 198.18.2.2:{BACKEND_TCP_PORT} {chk} backup\n"
+                        ),
+                    )?);
+                }
                 std::thread::sleep(Duration::from_millis(300));
                 let t0 = Instant::now();
                 let h = client::stream(
@@ -447,9 +540,19 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                 let samples = h
                     .join()
                     .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
-                let (d, _) = client::recovery(&samples, fail_at, "b2")
-                    .context("the standby never answered")?;
-                rec.push(d.as_secs_f64() * 1e3);
+                let (d, failed) = client::recovery(&samples, fail_at, "b2")
+                    .with_context(|| format!("{contender}: the standby never answered"))?;
+                sc.recovery_ms.push(d.as_secs_f64() * 1e3);
+                sc.failed_requests.push(failed);
+                if round == 0 {
+                    sc.timeline = samples
+                        .iter()
+                        .map(|s| {
+                            let t = s.sent.as_secs_f64() * 1e3 - fail_at.as_secs_f64() * 1e3;
+                            (t, s.who.clone(), s.rtt.map(|r| r.as_secs_f64() * 1e3))
+                        })
+                        .collect();
+                }
                 let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap_or_default();
                 for e in events
                     .lines()
@@ -463,16 +566,16 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                         && e["to"] == "down"
                         && let Some(ms) = e["first_failure_to_switch_ms"].as_f64()
                     {
-                        first_fail.push(ms);
+                        sc.first_fail_ms.push(ms);
                     }
                 }
-                drop(daemon);
-                Ok(())
-            })();
-            drop(w);
-            result?;
+                drop(_haproxy);
+                drop(_daemon);
+                drop(topo);
+                drop(w);
+            }
+            out.push(sc);
         }
-        out.push((scenario.to_string(), rec, first_fail));
     }
     let mut sorted = switch_us.clone();
     sorted.sort_by(f64::total_cmp);
@@ -482,12 +585,96 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
             .copied()
     };
     report["failover"] = json!({
-        "probes": "tcp every 10ms (5ms while suspect), timeout 20ms, fall 3, rise 2",
+        "probes": "tcp every 10ms (5ms while suspect), timeout 10ms, fall 3, rise 2; HAProxy: check inter 10ms fastinter 5ms downinter 10ms fall 3 rise 2, timeout check 10ms (its connect timeout for checks is min(timeout connect, inter) = 10ms), standby as backup",
         "client": "a new TCP connection every 1 ms, 300 ms budget each",
-        "scenarios": out.iter().map(|(s, r, f)| json!({"scenario": s, "client_recovery_ms": r, "first_failure_to_switch_ms": f})).collect::<Vec<_>>(),
+        "scenarios": out.iter().map(|s| json!({"contender": s.contender, "scenario": s.scenario, "client_recovery_ms": s.recovery_ms, "failed_requests": s.failed_requests, "first_failure_to_switch_ms": s.first_fail_ms})).collect::<Vec<_>>(),
         "decision_to_map_us": {"samples": switch_us.len(), "p50": q(0.5), "p99": q(0.99), "max": sorted.last()},
     });
+    let svg = o
+        .out
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("failover-timeline.svg");
+    timeline::plot(&svg, &out)?;
+    report["failover"]["timeline_svg"] = json!(svg.display().to_string());
     Ok(out)
+}
+
+/// The daemon on the lab with its default config (no checks), in DSR or
+/// NAT mode, attached.
+pub fn start_daemon(
+    exe: &std::path::Path,
+    w: &failover_user::lab::Workdir,
+    topo: &failover_user::lab::Topology,
+    dsr: bool,
+) -> anyhow::Result<failover_user::lab::DaemonProcess> {
+    use failover_user::lab::{DaemonProcess, LB_IFACES, LabExtras};
+    let x = LabExtras {
+        service_keys: if dsr {
+            "mode = \"dsr\"".into()
+        } else {
+            String::new()
+        },
+        top: "[admin]\nmetrics_listen = \"off\"\n".into(),
+        ..Default::default()
+    };
+    let cfg = w.dir.join("lab.toml");
+    std::fs::write(&cfg, topo.config_with(&w.bpffs, &w.dir.join("state"), &x))?;
+    let mut d = DaemonProcess::spawn(exe, &topo.lb.name, &cfg)?;
+    d.wait_attached(&w.bpffs, &LB_IFACES)?;
+    Ok(d)
+}
+
+/// Loads an nftables ruleset into the lab's load balancer.
+pub fn load_nft(
+    w: &failover_user::lab::Workdir,
+    topo: &failover_user::lab::Topology,
+    rules: &str,
+) -> anyhow::Result<()> {
+    let f = w.dir.join("rules.nft");
+    std::fs::write(&f, rules)?;
+    let st = topo.lb.cmd("nft").arg("-f").arg(&f).status()?;
+    if !st.success() {
+        bail!("nft -f {} failed", f.display());
+    }
+    Ok(())
+}
+
+/// HAProxy in TCP mode in the lab's load balancer, listening on the VIP
+/// (added to its loopback), with `backend` as its backend section.
+fn start_haproxy(
+    topo: &failover_user::lab::Topology,
+    dir: &std::path::Path,
+    backend: &str,
+) -> anyhow::Result<KillOnDrop> {
+    let vip = failover_user::lab::VIP4;
+    topo.lb
+        .ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n maxconn 8000\ndefaults\n mode tcp\n timeout connect 1s\n timeout client 30s\n timeout server 30s\n\
+             frontend f\n bind {vip}:80\n default_backend b\n{backend}"
+        ),
+    )?;
+    let child = topo
+        .lb
+        .cmd("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut child = KillOnDrop(child);
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(Some(st)) = child.0.try_wait() {
+        bail!(
+            "haproxy exited at start ({st}); check it with `haproxy -c -f {}`",
+            cfg.display()
+        );
+    }
+    Ok(child)
 }
 
 /// Installs Debian packages the comparison needs, if missing.
@@ -543,10 +730,7 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// shares this machine's cores, so the figures are whole-path throughput and
 /// the ratios are what to read.
 fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    use failover_user::lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
-        client, vip,
-    };
+    use failover_user::lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, client, vip};
     ensure_packages(&[("haproxy", "haproxy"), ("nft", "nftables")])?;
     let exe = daemon_exe(o)?;
     let dur = if o.quick {
@@ -585,56 +769,18 @@ fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, 
         let mut _haproxy = None;
         match contender {
             "failover nat" | "failover dsr" => {
-                let x = LabExtras {
-                    service_keys: if dsr {
-                        "mode = \"dsr\"".into()
-                    } else {
-                        String::new()
-                    },
-                    top: "[admin]\nmetrics_listen = \"off\"\n".into(),
-                    ..Default::default()
-                };
-                let cfg = w.dir.join("lab.toml");
-                std::fs::write(&cfg, topo.config_with(&w.bpffs, &w.dir.join("state"), &x))?;
-                let mut d = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg)?;
-                d.wait_attached(&w.bpffs, &LB_IFACES)?;
-                _daemon = Some(d);
+                _daemon = Some(start_daemon(&exe, &w, &topo, dsr)?);
             }
             "nftables dnat" => {
                 let rules = "table ip bench {\n chain pre {\n  type nat hook prerouting priority -100;\n  ip daddr 198.18.100.10 tcp dport 80 dnat to 198.18.1.2:8080\n }\n}\n";
-                let f = w.dir.join("rules.nft");
-                std::fs::write(&f, rules)?;
-                let st = topo.lb.cmd("nft").arg("-f").arg(&f).status()?;
-                if !st.success() {
-                    bail!("nft -f failed");
-                }
+                load_nft(&w, &topo, rules)?;
             }
             _ => {
-                topo.lb
-                    .ip(&["addr", "add", "198.18.100.10/32", "dev", "lo"])?;
-                let cfg = w.dir.join("haproxy.cfg");
-                std::fs::write(
-                    &cfg,
-                    "global\n maxconn 8000\ndefaults\n mode tcp\n timeout connect 1s\n timeout client 30s\n timeout server 30s\n\
-                     frontend f\n bind 198.18.100.10:80\n default_backend b\nbackend b\n server b1 198.18.1.2:8080\n",
-                )?;
-                let child = topo
-                    .lb
-                    .cmd("haproxy")
-                    .args(["-db", "-f"])
-                    .arg(&cfg)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()?;
-                let mut child = KillOnDrop(child);
-                std::thread::sleep(Duration::from_millis(300));
-                if let Ok(Some(st)) = child.0.try_wait() {
-                    bail!(
-                        "haproxy exited at start ({st}); check it with `haproxy -c -f {}`",
-                        cfg.display()
-                    );
-                }
-                _haproxy = Some(child);
+                _haproxy = Some(start_haproxy(
+                    &topo,
+                    &w.dir,
+                    "backend b\n server b1 198.18.1.2:8080\n",
+                )?);
             }
         }
         if std::env::var_os("FAILOVER_BENCH_PAUSE").is_some() {
@@ -675,6 +821,38 @@ fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, 
     Ok(rows)
 }
 
+/// Small UDP packets through the lab: the generator's ceiling, then each
+/// contender (HAProxy has no UDP load balancing).
+fn udp_rate(o: &Opts, report: &mut Value) -> anyhow::Result<(udp::Rate, Vec<udp::Rate>)> {
+    let exe = daemon_exe(o)?;
+    let (contenders, repeat): (&[&str], u32) = if o.quick {
+        (&["failover nat"], 300_000)
+    } else {
+        ensure_packages(&[("nft", "nftables")])?;
+        (
+            &["failover nat", "failover dsr", "nftables dnat"],
+            10_000_000,
+        )
+    };
+    let (alone, rates) = udp::rates(&exe, contenders, repeat)?;
+    let best = rates.iter().map(|r| r.delivered_pps).fold(0.0, f64::max);
+    let get = |n: &str| {
+        rates
+            .iter()
+            .find(|r| r.contender == n)
+            .map_or(f64::NAN, |r| r.delivered_pps)
+    };
+    report["udp_rate"] = json!({
+        "method": format!("{repeat} 64-byte IPv4/UDP frames over 256 flows, sent from the client's veth by an XDP live-frames generator (BPF_PROG_TEST_RUN, batch 64), open loop (the LB's receive path in a threaded NAPI); delivered = frames counted by an XDP sink on the backends' veths, over the generator's wall time"),
+        "generator_alone": {"offered_pps": alone.offered_pps, "delivered_pps": alone.delivered_pps},
+        "generator_offered_over_best_delivered": rates.iter().map(|r| r.offered_pps).fold(f64::INFINITY, f64::min) / best,
+        "contenders": rates.iter().map(|r| json!({"contender": r.contender, "offered_pps": r.offered_pps, "delivered_pps": r.delivered_pps})).collect::<Vec<_>>(),
+        "ratio_failover_nat_to_nftables": get("failover nat") / get("nftables dnat"),
+        "haproxy": "not measured: HAProxy does not load-balance UDP",
+    });
+    Ok((alone, rates))
+}
+
 fn secs_of(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -703,9 +881,18 @@ fn daemon_exe(o: &Opts) -> anyhow::Result<PathBuf> {
     Ok(exe)
 }
 
-/// A failover scenario: its name, client-side recovery times (ms) and
-/// first-failure-to-switch times (ms), one per round.
-type Scenario = (String, Vec<f64>, Vec<f64>);
+/// A failover scenario of one contender: client-side recovery times (ms),
+/// requests lost, and (failover only) first-failure-to-switch times (ms),
+/// one per round; the first round's requests (ms from the failure, who
+/// answered, round trip ms).
+pub struct Scenario {
+    pub contender: String,
+    pub scenario: String,
+    pub recovery_ms: Vec<f64>,
+    pub first_fail_ms: Vec<f64>,
+    pub failed_requests: Vec<usize>,
+    pub timeline: Vec<(f64, Option<String>, Option<f64>)>,
+}
 
 fn machine() -> Value {
     let uname = std::process::Command::new("uname")
@@ -727,106 +914,177 @@ fn machine() -> Value {
     json!({"kernel": uname, "cpu": model, "cores": cores})
 }
 
+/// The sections of the bench, in the order they run.
+const SECTIONS: [&str; 6] = [
+    "per-packet",
+    "scale",
+    "tables",
+    "failover",
+    "throughput",
+    "udp",
+];
+
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
     let started = Instant::now();
     let mut report = json!({"machine": machine(), "quick": o.quick});
-    let rows = per_packet(&o, &mut report)?;
-    let sc = scale(&o, &mut report)?;
-    let (n, build, apply, mib) = tables(&o, &mut report)?;
-    let fo = failover_timing(&o, &mut report)?;
-    let tp = if o.quick {
-        Vec::new()
-    } else {
-        throughput(&o, &mut report)?
-    };
+    let m = &report["machine"];
+    println!(
+        "## failover bench{} ({}, {} cores, kernel {})",
+        if o.quick { " --quick" } else { "" },
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?")
+    );
+    let run = |name: &str| o.only.as_ref().is_none_or(|v| v.iter().any(|s| s == name));
+    if run("per-packet") {
+        let rows = per_packet(&o, &mut report)?;
+        print_per_packet(&report, &rows);
+    }
+    if run("scale") {
+        let sc = scale(&o, &mut report)?;
+        println!(
+            "\n| flows in conntrack | VIP established (DSR) ns | kernel bytes per conntrack entry |"
+        );
+        println!("| ---: | ---: | ---: |");
+        for (flows, ns, mem) in &sc {
+            println!("| {flows} | {ns:.0} | {mem:.0} |");
+        }
+    }
+    if run("tables") {
+        let (n, build, apply, mib) = tables(&o, &mut report)?;
+        println!(
+            "\n| {n} services x 16 backends | Maglev builds {:.0} ms | full apply (tables written and swapped) {:.0} ms | tables {:.0} MiB |",
+            build.as_secs_f64() * 1e3,
+            apply.as_secs_f64() * 1e3,
+            mib
+        );
+    }
+    if run("failover") {
+        let fo = failover_timing(&o, &mut report)?;
+        print_failover(&report, &fo);
+    }
+    // The TCP comparison needs HAProxy and seconds per contender: full runs
+    // only.
+    if run("throughput") && !o.quick {
+        let tp = throughput(&o, &mut report)?;
+        print_throughput(&report, &tp);
+    }
+    if run("udp") {
+        let udp = udp_rate(&o, &mut report)?;
+        print_udp(&report, &udp);
+    }
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(&o.out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", o.out.display()))?;
-
-    let m = &report["machine"];
-    println!(
-        "## failover bench{} ({}, {} cores, kernel {})\n",
-        if o.quick { " --quick" } else { "" },
-        m["cpu"].as_str().unwrap_or("?"),
-        m["cores"],
-        m["kernel"].as_str().unwrap_or("?")
-    );
-    println!("| per-packet cost (BPF_PROG_TEST_RUN) | ns | x empty program |");
-    println!("| --- | ---: | ---: |");
-    println!(
-        "| empty XDP program (batch / single run) | {:.0} / {:.0} | 1.0 |",
-        report["per_packet"]["empty_batch_ns"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        report["per_packet"]["empty_single_ns"]
-            .as_f64()
-            .unwrap_or(f64::NAN)
-    );
-    for r in &rows {
-        println!("| {} | {:.0} | {:.1} |", r.what, r.ns, r.ns / r.floor);
-    }
-    println!(
-        "\n| flows in conntrack | VIP established (DSR) ns | kernel bytes per conntrack entry |"
-    );
-    println!("| ---: | ---: | ---: |");
-    for (flows, ns, mem) in &sc {
-        println!("| {flows} | {ns:.0} | {mem:.0} |");
-    }
-    println!(
-        "\n| {n} services x 16 backends | Maglev builds {:.0} ms | full apply (tables written and swapped) {:.0} ms | tables {:.0} MiB |",
-        build.as_secs_f64() * 1e3,
-        apply.as_secs_f64() * 1e3,
-        mib
-    );
-    println!(
-        "\n| failover (10 ms TCP probes, fall 3) | client-side recovery ms (median) | first failed probe to switch ms |"
-    );
-    println!("| --- | ---: | ---: |");
-    for (s, r, f) in &fo {
-        println!(
-            "| {s} | {:.1} | {:.1} |",
-            median(r.clone()),
-            median(f.clone())
-        );
-    }
-    if !tp.is_empty() {
-        println!("\n| through the veth lab (TCP) | requests/s, keep-alive | new connections/s |");
-        println!("| --- | ---: | ---: |");
-        for (n, ka, nc) in &tp {
-            println!("| {n} | {ka:.0} | {nc:.0} |");
-        }
-        let r = &report["throughput"];
-        println!(
-            "\nfailover nat / nftables: {:.2} (keep-alive), {:.2} (new connections); failover nat / haproxy: {:.2}, {:.2}",
-            r["ratio_failover_nat_to_nftables"]["keepalive"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-            r["ratio_failover_nat_to_nftables"]["new_connections"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-            r["ratio_failover_nat_to_haproxy"]["keepalive"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-            r["ratio_failover_nat_to_haproxy"]["new_connections"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
-    }
-    let d = &report["failover"]["decision_to_map_us"];
-    println!(
-        "\ndecision-to-map latency: median {:.1} us, p99 {:.1} us over {} changes",
-        d["p50"].as_f64().unwrap_or(f64::NAN),
-        d["p99"].as_f64().unwrap_or(f64::NAN),
-        d["samples"]
-    );
     println!(
         "\nreport: {} ({:.0} s)",
         o.out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn print_per_packet(report: &Value, rows: &[Row]) {
+    println!("\n| per-packet cost (BPF_PROG_TEST_RUN) | ns | x empty program |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| empty XDP program (batch / single run) | {:.0} / {:.0} | 1.0 |",
+        num(&report["per_packet"]["empty_batch_ns"]),
+        num(&report["per_packet"]["empty_single_ns"])
+    );
+    for r in rows {
+        println!("| {} | {:.0} | {:.1} |", r.what, r.ns, r.ns / r.floor);
+    }
+    println!("\n| VIP path by stage (differences of single-run medians) | ns |");
+    println!("| --- | ---: |");
+    if let Some(st) = report["stages"]["stages"].as_array() {
+        for x in st {
+            println!(
+                "| {} | {:.0} |",
+                x["stage"].as_str().unwrap_or("?"),
+                num(&x["ns"])
+            );
+        }
+    }
+    println!(
+        "\nslowest stage of the VIP path: {}",
+        report["stages"]["slowest"].as_str().unwrap_or("?")
+    );
+}
+
+fn print_failover(report: &Value, fo: &[Scenario]) {
+    println!(
+        "\n| failover timing (10 ms TCP probes, fall 3) | client-side recovery ms (median) | requests lost (median) | first failed probe to switch ms |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for s in fo {
+        let ff = if s.first_fail_ms.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", median(s.first_fail_ms.clone()))
+        };
+        println!(
+            "| {}: {} | {:.1} | {:.0} | {ff} |",
+            s.contender,
+            s.scenario,
+            median(s.recovery_ms.clone()),
+            median(s.failed_requests.iter().map(|&n| n as f64).collect()),
+        );
+    }
+    let d = &report["failover"]["decision_to_map_us"];
+    println!(
+        "\ndecision-to-map latency: median {:.1} us, p99 {:.1} us over {} changes",
+        num(&d["p50"]),
+        num(&d["p99"]),
+        d["samples"]
+    );
+}
+
+fn print_throughput(report: &Value, tp: &[(String, f64, f64)]) {
+    println!("\n| through the veth lab (TCP) | requests/s, keep-alive | new connections/s |");
+    println!("| --- | ---: | ---: |");
+    for (n, ka, nc) in tp {
+        println!("| {n} | {ka:.0} | {nc:.0} |");
+    }
+    let r = &report["throughput"];
+    println!(
+        "\nfailover nat / nftables: {:.2} (keep-alive), {:.2} (new connections); failover nat / haproxy: {:.2}, {:.2}",
+        num(&r["ratio_failover_nat_to_nftables"]["keepalive"]),
+        num(&r["ratio_failover_nat_to_nftables"]["new_connections"]),
+        num(&r["ratio_failover_nat_to_haproxy"]["keepalive"]),
+        num(&r["ratio_failover_nat_to_haproxy"]["new_connections"]),
+    );
+}
+
+fn print_udp(report: &Value, (alone, rates): &(udp::Rate, Vec<udp::Rate>)) {
+    println!(
+        "\n| small UDP packets through the veth lab | offered Mpps | delivered to backends Mpps | delivered / offered |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for r in std::iter::once(alone).chain(rates) {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} |",
+            r.contender,
+            r.offered_pps / 1e6,
+            r.delivered_pps / 1e6,
+            r.delivered_pps / r.offered_pps
+        );
+    }
+    println!("| haproxy | - | - | (HAProxy does not load-balance UDP) |");
+    println!(
+        "\nthe generator offered {:.1}x what the fastest contender delivered",
+        num(&report["udp_rate"]["generator_offered_over_best_delivered"])
+    );
+    let x = num(&report["udp_rate"]["ratio_failover_nat_to_nftables"]);
+    if x.is_finite() {
+        println!("\nUDP: failover nat / nftables: {x:.2}");
+    }
 }
