@@ -231,6 +231,9 @@ pub struct BackendValue {
     pub _pad: u8,
     /// The service this backend belongs to.
     pub service_id: u32,
+    /// Its tier (global index, as in `TIER_ACTIVE`): the guard rail of
+    /// passive detection is per tier.
+    pub tier: u32,
 }
 
 /// The key of `CONNTRACK`: a client's flow towards a VIP, as the client sent
@@ -255,6 +258,102 @@ pub struct FlowValue {
     pub service_id: u32,
     /// `bpf_ktime_get_ns()` of the last packet seen in either direction.
     pub last_seen_ns: u64,
+    /// When the flow was pinned to `backend_id`.
+    pub created_ns: u64,
+    /// `FLOW_*` bits.
+    pub flags: u32,
+    /// SYNs the client sent on this flow (towards this backend).
+    pub syns: u32,
+}
+
+/// The backend answered on this flow (NAT: a reply came through).
+pub const FLOW_REPLIED: u32 = 1;
+/// The client sent something other than a SYN (the handshake completed).
+pub const FLOW_ACKED: u32 = 2;
+
+/// Passive failure signals (bit numbers in `PassiveConfig::signals`, and
+/// indexes of `PassiveStats::signals`).
+pub const SIG_RST: u32 = 0;
+/// ICMP/ICMPv6 destination unreachable quoting a flow to the backend.
+pub const SIG_ICMP: u32 = 1;
+/// A client retransmitted a SYN of a flow the backend never answered.
+pub const SIG_SYN_RETX: u32 = 2;
+/// New flows sent to the backend and no reply for `no_reply_ns` (NAT).
+pub const SIG_NO_REPLY: u32 = 3;
+pub const SIGNAL_COUNT: usize = 4;
+
+/// The value of `PASSIVE_CFG[service_id]`: passive failure detection of a
+/// service (`signals == 0`: off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveConfig {
+    /// Bit `SIG_*` set: that signal counts.
+    pub signals: u32,
+    /// Failures (signals) within `window_ns`, without a success between,
+    /// that mark a backend down.
+    pub failures: u32,
+    pub window_ns: u64,
+    /// For `SIG_NO_REPLY`: how long new flows may go unanswered.
+    pub no_reply_ns: u64,
+    /// The state word written when the datapath marks a backend down (the
+    /// service's flow policy: `STATE_DOWN`, `STATE_DOWN_RESET` or
+    /// `STATE_DRAINING`).
+    pub down_word: u32,
+    pub _pad: u32,
+}
+
+/// The value of `PASSIVE_HEALTH[backend_id]`, shared by all CPUs (updated
+/// with atomics; a lost update only delays a decision by one signal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failures in the current window since the last success.
+    pub fails: u64,
+    /// New TCP flows sent since the backend last replied (NAT).
+    pub pending: u64,
+    pub window_start_ns: u64,
+    /// When the oldest of `pending` was sent (0: none pending).
+    pub pending_since_ns: u64,
+    /// When the datapath marked the backend down (0: not marked, or the
+    /// agent settled the mark): one mark per backend until then.
+    pub marked_ns: u64,
+}
+
+/// The value of `PASSIVE_GUARD[tier]`, written only by the agent: how many
+/// of the tier's backends the datapath may mark down at once (`limit`), and
+/// how many of its marks the agent has settled (`released`). The datapath
+/// counts its marks in `PASSIVE_MARKED[tier]`; unsettled marks are
+/// `marked - released`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveGuard {
+    pub limit: u64,
+    pub released: u64,
+}
+
+/// Per-CPU per-backend counters of passive detection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveStats {
+    /// Signals seen, by `SIG_*`.
+    pub signals: [u64; SIGNAL_COUNT],
+    /// Times the datapath marked the backend down.
+    pub marked: u64,
+    /// Mark-downs refused by the tier's guard rail.
+    pub suppressed: u64,
+}
+
+/// A ring-buffer event: the datapath marked a backend down.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassiveEvent {
+    pub ts_ns: u64,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// The `SIG_*` that crossed the threshold.
+    pub signal: u32,
+    /// Failures counted in the window (or unanswered flows).
+    pub count: u32,
 }
 
 /// The value of `REVERSE`: which VIP a NAT backend's replies are translated
@@ -296,9 +395,14 @@ const _: () = assert!(
     core::mem::size_of::<TableValue>() == 8 + 4 * MAX_TIER_MEMBERS + 2 * MAX_TABLE_SIZE + 2
 );
 const _: () = assert!(core::mem::size_of::<TableValue>().is_multiple_of(4));
-const _: () = assert!(core::mem::size_of::<BackendValue>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendValue>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<PassiveConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<PassiveHealth>() == 40);
+const _: () = assert!(core::mem::size_of::<PassiveGuard>() == 16);
+const _: () = assert!(core::mem::size_of::<PassiveStats>() == 48);
+const _: () = assert!(core::mem::size_of::<PassiveEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ReverseValue>() == 28);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 48);
@@ -318,8 +422,14 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    pub const PASSIVE_CFG: &str = "PASSIVE_CFG";
+    pub const PASSIVE_HEALTH: &str = "PASSIVE_HEALTH";
+    pub const PASSIVE_GUARD: &str = "PASSIVE_GUARD";
+    pub const PASSIVE_MARKED: &str = "PASSIVE_MARKED";
+    pub const PASSIVE_STATS: &str = "PASSIVE_STATS";
+    pub const PASSIVE_EVENTS: &str = "PASSIVE_EVENTS";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         VIP_ADDRS,
         TIER_ACTIVE,
@@ -332,6 +442,12 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         REASON_STATS,
+        PASSIVE_CFG,
+        PASSIVE_HEALTH,
+        PASSIVE_GUARD,
+        PASSIVE_MARKED,
+        PASSIVE_STATS,
+        PASSIVE_EVENTS,
     ];
 }
 
@@ -373,5 +489,10 @@ mod user {
         ReverseValue,
         Counter,
         ServiceStats,
+        PassiveConfig,
+        PassiveHealth,
+        PassiveGuard,
+        PassiveStats,
+        PassiveEvent,
     );
 }

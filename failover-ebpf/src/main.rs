@@ -11,16 +11,21 @@
 //! rule and counted; the program never returns XDP_ABORTED.
 #![no_std]
 #![no_main]
+// 32-bit atomics (see atomic.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys are passed by reference on purpose: they live in the per-CPU
 // scratch map, and passing them by value would copy them onto the 512-byte
 // BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod atomic;
 mod forward;
 mod maps;
 mod nat;
 mod packet;
 mod parse;
+mod passive;
 mod rst;
 mod select;
 mod stats;
@@ -33,8 +38,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use failover_common::{
-    BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FlowKey, MODE_DSR,
-    PROTO_TCP, Reason, ReverseValue, ServiceValue, VipAddrKey, hash::flow_hash,
+    BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FLOW_REPLIED,
+    FlowKey, MODE_DSR, PROTO_TCP, Reason, ReverseValue, SIG_RST, ServiceValue, VipAddrKey,
+    hash::flow_hash,
 };
 
 use crate::{
@@ -43,7 +49,6 @@ use crate::{
     nat::{Rewrite, Side},
     packet::Packet,
     parse::{Flow, Kind},
-    select::Pick,
     stats::Dir,
 };
 
@@ -61,7 +66,11 @@ pub fn failover(ctx: XdpContext) -> u32 {
     // SAFETY: this CPU's slot of a per-CPU array; XDP runs to completion on
     // one CPU and never nests, so nothing else uses it meanwhile.
     let scratch = unsafe { &mut *scratch };
+    scratch.op.kind = passive::OP_NONE;
     let (action, reason) = process(&ctx, &pkt, scratch);
+    if scratch.op.kind != passive::OP_NONE {
+        passive::apply(&scratch.op);
+    }
     stats::reason(reason);
     action
 }
@@ -103,6 +112,11 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         }
         return (PASS, Reason::PassNotVip);
     }
+    if !flow.l4 && passive::is_icmp(flow.key.family, flow.key.proto) {
+        // An unreachable error about a backend's flow is a failure signal.
+        passive::icmp(pkt, scratch);
+    }
+    let flow = &scratch.flow;
     if !flow.l4 {
         // Not TCP/UDP (ICMP, ...): the host handles it.
         let r = if dst_is_vip(flow, &mut scratch.vip) {
@@ -155,24 +169,45 @@ fn to_backend(
     scratch: &mut Scratch,
     svc: &ServiceValue,
 ) -> (u32, Reason) {
-    let Scratch { flow, fib, rw, .. } = scratch;
-    let flow = &*flow;
     let bytes = pkt.len() as u64;
-    let k = &flow.key;
-    let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
+    let (hash, bits) = {
+        let flow = &scratch.flow;
+        let k = &flow.key;
+        let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
+        // Plain bits, not an Option: an undefined payload of a `None` is
+        // something the verifier refuses to read.
+        let mut bits = 0u32;
+        if k.proto == PROTO_TCP {
+            bits = select::PKT_TCP | u32::from(rst::tcp_flags(pkt, flow).unwrap_or(0));
+        }
+        if svc.flags & FLAG_MODE_MASK != MODE_DSR {
+            bits |= select::PKT_NAT;
+        }
+        (hash, bits)
+    };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let may_reset = k.proto == PROTO_TCP && rst::tcp_flags(pkt, flow).is_some_and(rst::resettable);
-    let (bid, b) = match select::backend_for(svc, k, hash, now, may_reset) {
-        Pick::To(bid, b) => (bid, b),
-        Pick::Reset => {
+    let picked = select::backend_for(svc, scratch, hash, now, bits);
+    let (pick, bid) = ((picked >> 32) as u32, picked as u32);
+    let Scratch { flow, fib, rw, .. } = scratch;
+    let flow = &*flow;
+    let k = &flow.key;
+    let dsr = svc.flags & FLAG_MODE_MASK == MODE_DSR;
+    let found = if pick == select::PICK_TO {
+        maps::BACKENDS.get(bid)
+    } else {
+        None
+    };
+    let b = match found {
+        Some(b) => b,
+        None if pick == select::PICK_RESET => {
             stats::service(svc.id, Dir::Dropped, bytes);
             if rst::build(ctx, pkt, flow) {
                 return (xdp_action::XDP_TX, Reason::TxReset);
             }
             return (DROP, Reason::DropMalformed);
         }
-        Pick::None => {
+        None => {
             stats::service(svc.id, Dir::Dropped, bytes);
             if svc.flags & FLAG_NO_BACKEND_PASS != 0 {
                 return (PASS, Reason::PassNoBackend);
@@ -180,7 +215,6 @@ fn to_backend(
             return (DROP, Reason::DropNoBackend);
         }
     };
-    let dsr = svc.flags & FLAG_MODE_MASK == MODE_DSR;
     let dport = if dsr { k.dport } else { b.port };
     forward::prepare(
         fib,
@@ -305,6 +339,7 @@ fn reply_inner(
         fib,
         ct: fkey,
         rw,
+        op,
         ..
     } = scratch;
     let flow = &*flow;
@@ -325,7 +360,26 @@ fn reply_inner(
         return None;
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    ct.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    ct.last_seen_ns = now;
+    // Passive detection: a RST as the backend's first answer refuses the
+    // connection (its process is gone); any other reply is a success.
+    let rst_flag =
+        k.proto == PROTO_TCP && rst::tcp_flags(pkt, flow).is_some_and(|f| f & rst::RST != 0);
+    if rst_flag && ct.flags & FLOW_REPLIED == 0 {
+        op.set(
+            passive::OP_FAILURE,
+            SIG_RST,
+            rev.service_id,
+            rev.backend_id,
+            now,
+        );
+    } else {
+        if ct.flags & FLOW_REPLIED == 0 {
+            ct.flags |= FLOW_REPLIED;
+        }
+        op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id, now);
+    }
     let bytes = pkt.len() as u64;
     forward::prepare(
         fib,

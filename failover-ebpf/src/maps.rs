@@ -4,15 +4,16 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use failover_common::{
-    BackendValue, Counter, EndpointKey, FlowKey, FlowValue, REASON_COUNT, ReverseValue,
-    ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
+    BackendValue, Counter, EndpointKey, FlowKey, FlowValue, PassiveConfig, PassiveEvent,
+    PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue, ServiceStats,
+    ServiceValue, TableValue, VipAddrKey, defaults,
 };
 
-use crate::{nat::Rewrite, parse::Flow};
+use crate::{nat::Rewrite, parse::Flow, passive::Op};
 
 const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
 const MAX_VIP_ADDRS: usize = defaults::MAX_VIP_ADDRS as usize;
@@ -83,6 +84,10 @@ pub struct Scratch {
     pub ct: FlowKey,
     /// The NAT rewrite to apply.
     pub rw: Rewrite,
+    /// Passive detection's work for this packet.
+    pub op: Op,
+    /// A new conntrack entry being built.
+    pub fv: FlowValue,
 }
 
 #[btf_map]
@@ -90,3 +95,29 @@ pub static SCRATCH: PerCpuArray<Scratch, 1, NO_FLAGS> = PerCpuArray::new();
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<u64, REASONS, NO_FLAGS> = PerCpuArray::new();
+
+/// Passive failure detection (see `passive.rs`): per-service thresholds,
+/// written by the agent.
+#[btf_map]
+pub static PASSIVE_CFG: Array<PassiveConfig, MAX_SERVICES, NO_FLAGS> = Array::new();
+
+/// Per-backend failure streaks, shared by all CPUs.
+#[btf_map]
+pub static PASSIVE_HEALTH: Array<PassiveHealth, MAX_BACKENDS, NO_FLAGS> = Array::new();
+
+/// Per-tier guard rail (limit, marks settled), written by the agent only.
+#[btf_map]
+pub static PASSIVE_GUARD: Array<PassiveGuard, MAX_TIERS_TOTAL, NO_FLAGS> = Array::new();
+
+/// Per-tier count of the datapath's mark-downs, written by the datapath only.
+#[btf_map]
+pub static PASSIVE_MARKED: Array<u64, MAX_TIERS_TOTAL, NO_FLAGS> = Array::new();
+
+#[btf_map]
+pub static PASSIVE_STATS: PerCpuArray<PassiveStats, MAX_BACKENDS, NO_FLAGS> = PerCpuArray::new();
+
+/// Mark-down events for the agent.
+#[btf_map]
+pub static PASSIVE_EVENTS: RingBuf<PassiveEvent, PASSIVE_EVENTS_BYTES, NO_FLAGS> = RingBuf::new();
+
+const PASSIVE_EVENTS_BYTES: usize = 1 << 16;

@@ -14,10 +14,16 @@ use crate::{packet::Packet, parse::Flow};
 
 const TCP_HDR_LEN: usize = 20;
 const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const ACK: u8 = 0x10;
 const TTL: u8 = 64;
+
+/// A SYN opening a connection (no ACK, no RST).
+#[inline(always)]
+pub fn pure_syn(flags: u8) -> bool {
+    flags & (SYN | ACK | RST) == SYN
+}
 
 /// The TCP flags byte of the packet, if it is there.
 #[inline(always)]

@@ -3,11 +3,14 @@
 //! read on every packet.
 
 use failover_common::{
-    BackendValue, FlowKey, FlowValue, MAX_TABLE_SIZE, MAX_TIER_MEMBERS, MAX_TIERS,
+    FLOW_ACKED, FLOW_REPLIED, FlowValue, MAX_TABLE_SIZE, MAX_TIER_MEMBERS, MAX_TIERS, SIG_SYN_RETX,
     STATE_DOWN_RESET, STATE_DRAINING, STATE_UP, ServiceValue, TableValue,
 };
 
-use crate::maps::{BACKEND_STATE, BACKENDS, CONNTRACK, TABLES, TIER_ACTIVE};
+use crate::{
+    maps::{BACKEND_STATE, BACKENDS, CONNTRACK, Scratch, TABLES, TIER_ACTIVE},
+    passive, rst,
+};
 
 #[inline(always)]
 fn state(backend_id: u32) -> u32 {
@@ -43,14 +46,13 @@ fn tracked(svc: &ServiceValue, ct: &FlowValue, may_reset: bool) -> Track {
     }
 }
 
-/// The outcome of backend selection.
-pub enum Pick<'a> {
-    To(u32, &'a BackendValue),
-    /// Answer the packet with a TCP RST.
-    Reset,
-    /// No usable backend.
-    None,
-}
+/// The outcome of backend selection (plain numbers: `backend_for` is a
+/// real BPF call, and enums with payloads do not cross those well).
+pub const PICK_TO: u32 = 0;
+/// Answer the packet with a TCP RST.
+pub const PICK_RESET: u32 = 1;
+/// No usable backend.
+pub const PICK_NONE: u32 = 2;
 
 /// First healthy member of one tier's table for `hash`: the Maglev entry if
 /// it is up, else a bounded scan of the tier's members starting at the same
@@ -108,17 +110,39 @@ fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
     None
 }
 
-/// Chooses the backend for a client packet of `svc` and records the flow.
-/// `may_reset`: a TCP packet other than a SYN (a flow whose backend went
-/// down with `reset` is answered with a RST).
-#[inline(always)]
-pub fn backend_for<'a>(
+/// A TCP packet (its flags in the low byte of `bits`).
+pub const PKT_TCP: u32 = 1 << 8;
+/// Replies come back through us (NAT): passive no-reply detection applies.
+pub const PKT_NAT: u32 = 1 << 9;
+
+/// Chooses the backend for a client packet of `svc` (the flow parsed in
+/// `scratch`) and records the flow. `bits`: `PKT_*` and the TCP flags (at
+/// most five arguments cross a BPF call). A TCP packet other than a SYN of
+/// a flow whose backend went down with `reset` is answered with a RST.
+///
+/// Passive detection on the way (recorded in `op`, carried out after the
+/// packet is sent on): a client retransmitting the SYN of a flow its
+/// backend never answered is a failure signal (if it marks the backend
+/// down, the next packet goes elsewhere); the client's first non-SYN packet
+/// means the handshake completed, a success.
+/// Returns `PICK_* << 32 | backend id` (one register: a returned pair
+/// would take a sixth, hidden argument). Not inlined: its frame and the
+/// forwarding stage's are never live together.
+#[inline(never)]
+pub fn backend_for(
     svc: &ServiceValue,
-    key: &FlowKey,
+    scratch: &mut Scratch,
     hash: u32,
     now: u64,
-    may_reset: bool,
-) -> Pick<'a> {
+    bits: u32,
+) -> u64 {
+    let Scratch { flow, op, fv, .. } = scratch;
+    let key = &flow.key;
+    let tcp = bits & PKT_TCP != 0;
+    let nat = bits & PKT_NAT != 0;
+    let flags = bits as u8;
+    let may_reset = tcp && rst::resettable(flags);
+    let syn = tcp && rst::pure_syn(flags);
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a value of our LRU map; the kernel keeps it alive for the
         // program's run. Concurrent writers only store whole aligned words.
@@ -126,28 +150,54 @@ pub fn backend_for<'a>(
         match tracked(svc, ct, may_reset) {
             Track::Keep => {
                 ct.last_seen_ns = now;
-                return match BACKENDS.get(ct.backend_id) {
-                    Some(b) => Pick::To(ct.backend_id, b),
-                    None => Pick::None,
-                };
+                if syn {
+                    if ct.flags & (FLOW_ACKED | FLOW_REPLIED) != 0 {
+                        // A new connection reusing the tuple.
+                        ct.flags = 0;
+                        ct.syns = 1;
+                        ct.created_ns = now;
+                    } else {
+                        ct.syns = ct.syns.wrapping_add(1);
+                        if ct.syns > 1 {
+                            op.set(
+                                passive::OP_FAILURE,
+                                SIG_SYN_RETX,
+                                svc.id,
+                                ct.backend_id,
+                                now,
+                            );
+                        }
+                    }
+                } else if tcp && ct.flags & FLOW_ACKED == 0 {
+                    ct.flags |= FLOW_ACKED;
+                    op.set(passive::OP_SUCCESS, 0, svc.id, ct.backend_id, now);
+                }
+                return picked(PICK_TO, ct.backend_id);
             }
-            Track::Reset => return Pick::Reset,
+            Track::Reset => return picked(PICK_RESET, 0),
             Track::Repick => {}
         }
     }
     let Some(id) = pick(svc, hash) else {
-        return Pick::None;
+        return picked(PICK_NONE, 0);
     };
-    let Some(b) = BACKENDS.get(id) else {
-        return Pick::None;
-    };
-    let v = FlowValue {
-        backend_id: id,
-        service_id: svc.id,
-        last_seen_ns: now,
-    };
+    if syn && nat {
+        op.set(passive::OP_NEW_FLOW, 0, svc.id, id, now);
+    }
+    // Built in scratch, field by field: not on the BPF stack.
+    fv.backend_id = id;
+    fv.service_id = svc.id;
+    fv.last_seen_ns = now;
+    fv.created_ns = now;
+    fv.flags = if tcp && !syn { FLOW_ACKED } else { 0 };
+    fv.syns = syn as u32;
     // An LRU insert evicts the oldest flow when full; failure to record is
     // not fatal (the next packet hashes to the same backend).
-    let _ = CONNTRACK.insert(key, &v, 0);
-    Pick::To(id, b)
+    let _ = CONNTRACK.insert(key, &*fv, 0);
+    picked(PICK_TO, id)
+}
+
+#[inline(always)]
+fn picked(kind: u32, id: u32) -> u64 {
+    u64::from(kind) << 32 | u64::from(id)
 }

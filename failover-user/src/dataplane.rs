@@ -19,8 +19,9 @@ use aya::{
 };
 use failover_common::{
     BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, FlowKey,
-    FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, ReverseValue, STATE_DOWN, ServiceStats,
-    ServiceValue, TableValue, VipAddrKey, map_names,
+    FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard, PassiveHealth,
+    PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue, VipAddrKey,
+    map_names,
 };
 use tracing::{info, warn};
 
@@ -92,7 +93,12 @@ impl Dataplane {
             .map_max_entries(map_names::BACKEND_STATE, limits.max_backends)
             .map_max_entries(map_names::BACKEND_STATS, limits.max_backends)
             .map_max_entries(map_names::REVERSE, limits.max_backends)
-            .map_max_entries(map_names::CONNTRACK, limits.conntrack_entries);
+            .map_max_entries(map_names::CONNTRACK, limits.conntrack_entries)
+            .map_max_entries(map_names::PASSIVE_CFG, limits.max_services)
+            .map_max_entries(map_names::PASSIVE_HEALTH, limits.max_backends)
+            .map_max_entries(map_names::PASSIVE_GUARD, limits.max_tiers)
+            .map_max_entries(map_names::PASSIVE_MARKED, limits.max_tiers)
+            .map_max_entries(map_names::PASSIVE_STATS, limits.max_backends);
         if let Some(dir) = pin_dir {
             create_private_dir(dir)?;
             check_pinned_maps(dir, limits)?;
@@ -265,7 +271,10 @@ impl Dataplane {
             let mut backends: Array<&mut MapData, BackendValue> =
                 self.map_mut(map_names::BACKENDS)?;
             for (s, sl) in cfg.services.iter().zip(&layout.services) {
-                for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                let tiers = s.tiers.iter().zip(&sl.tiers).enumerate();
+                for (ti, b, bl) in
+                    tiers.flat_map(|(ti, (t, tl))| t.iter().zip(tl).map(move |(b, bl)| (ti, b, bl)))
+                {
                     let (addr, family) = addr16(b.address);
                     let v = BackendValue {
                         addr,
@@ -273,6 +282,7 @@ impl Dataplane {
                         family,
                         _pad: 0,
                         service_id: sl.id,
+                        tier: sl.first_tier + ti as u32,
                     };
                     backends.set(bl.id, v, 0).with_context(|| {
                         format!("writing backend {}/{} (slot {})", s.name, b.name, bl.id)
@@ -485,7 +495,7 @@ impl Dataplane {
 
 /// (key size, value size or `None` when the kernel decides it, max entries)
 /// of every map for `limits`.
-fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 12] {
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 18] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -551,8 +561,39 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 12]
             Some(8),
             failover_common::REASON_COUNT,
         ),
+        (
+            map_names::PASSIVE_CFG,
+            4,
+            Some(sz(size_of::<PassiveConfig>())),
+            limits.max_services,
+        ),
+        (
+            map_names::PASSIVE_HEALTH,
+            4,
+            Some(sz(size_of::<PassiveHealth>())),
+            limits.max_backends,
+        ),
+        (
+            map_names::PASSIVE_GUARD,
+            4,
+            Some(sz(size_of::<PassiveGuard>())),
+            limits.max_tiers,
+        ),
+        (map_names::PASSIVE_MARKED, 4, Some(4), limits.max_tiers),
+        (
+            map_names::PASSIVE_STATS,
+            4,
+            Some(sz(size_of::<PassiveStats>())),
+            limits.max_backends,
+        ),
+        // A ring buffer: no key or value.
+        (map_names::PASSIVE_EVENTS, 0, None, PASSIVE_EVENTS_BYTES),
     ]
 }
+
+/// Size of the passive-detection event ring buffer (bytes, a power of two
+/// multiple of the page size).
+pub const PASSIVE_EVENTS_BYTES: u32 = 1 << 16;
 
 /// Maps pinned by an earlier run are reused (that keeps conntrack and the
 /// counters); one made for other `[limits]` or by another version would be

@@ -353,7 +353,7 @@ fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>>
                     FlowValue {
                         backend_id: 0,
                         service_id: 0,
-                        last_seen_ns: 0,
+                        ..FlowValue::default()
                     },
                     0,
                 )?;

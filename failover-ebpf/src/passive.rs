@@ -1,0 +1,350 @@
+//! Passive failure detection: what the packet path itself sees about a
+//! backend (a RST answering a SYN, ICMP unreachable about one of its flows,
+//! clients retransmitting SYNs it never answered, new flows without any
+//! reply), counted per backend; when a service's thresholds are crossed the
+//! program marks the backend down itself (one compare-and-swap of its
+//! state word, within the tier's guard rail) and tells the agent through a
+//! ring buffer. The agent confirms with active probes, restores false
+//! alarms, and owns every failback.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use failover_common::{
+    FAMILY_V4, FAMILY_V6, FLOW_REPLIED, PassiveEvent, PassiveHealth, PassiveStats, SIG_ICMP,
+    SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
+};
+
+use crate::{
+    atomic,
+    maps::{
+        BACKEND_STATE, BACKENDS, CONNTRACK, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
+        PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE, Scratch,
+    },
+    packet::Packet,
+};
+
+/// What the packet path asks of passive detection, recorded in scratch and
+/// carried out by [`apply`] after the packet's fate is decided: deferring it
+/// keeps its stack frame out of the deepest call chain (512 bytes in all).
+pub struct Op {
+    pub kind: u32,
+    pub sig: u32,
+    pub sid: u32,
+    pub bid: u32,
+    pub now: u64,
+}
+
+pub const OP_NONE: u32 = 0;
+pub const OP_FAILURE: u32 = 1;
+pub const OP_SUCCESS: u32 = 2;
+pub const OP_NEW_FLOW: u32 = 3;
+
+impl Op {
+    #[inline(always)]
+    pub fn set(&mut self, kind: u32, sig: u32, sid: u32, bid: u32, now: u64) {
+        self.kind = kind;
+        self.sig = sig;
+        self.sid = sid;
+        self.bid = bid;
+        self.now = now;
+    }
+}
+
+/// Carries out the recorded operation.
+#[inline(never)]
+pub fn apply(op: &Op) {
+    match op.kind {
+        OP_FAILURE => failure(op.sid, op.bid, op.sig, op.now),
+        OP_SUCCESS => success(op.bid),
+        OP_NEW_FLOW => new_flow(op.sid, op.bid, op.now),
+        _ => {}
+    }
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+
+#[inline(always)]
+fn stats(backend_id: u32, f: impl FnOnce(&mut PassiveStats)) {
+    if let Some(p) = PASSIVE_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run;
+        // nothing else on this CPU runs concurrently.
+        f(unsafe { &mut *p });
+    }
+}
+
+#[inline(always)]
+fn count_signal(backend_id: u32, sig: u32) {
+    stats(backend_id, |s| {
+        if (sig as usize) < SIGNAL_COUNT {
+            s.signals[sig as usize] += 1;
+        }
+    });
+}
+
+#[inline(always)]
+fn health(backend_id: u32) -> Option<&'static mut PassiveHealth> {
+    let p = PASSIVE_HEALTH.get_ptr_mut(backend_id)?;
+    // SAFETY: an array map value, alive as long as the map. Shared by all
+    // CPUs: counters are updated with atomics, timestamps with plain
+    // aligned 8-byte stores (a lost update only delays a decision).
+    Some(unsafe { &mut *p })
+}
+
+/// A failure signal `sig` about backend `bid` of service `sid`.
+#[inline(always)]
+fn failure(sid: u32, bid: u32, sig: u32, now: u64) {
+    count_signal(bid, sig);
+    let Some(cfg) = PASSIVE_CFG.get(sid) else {
+        return;
+    };
+    if sig >= 32 || cfg.signals & (1 << sig) == 0 {
+        return;
+    }
+    let Some(h) = health(bid) else {
+        return;
+    };
+    if now.wrapping_sub(h.window_start_ns) > cfg.window_ns {
+        h.window_start_ns = now;
+        h.fails = 0;
+    }
+    // SAFETY: `h.fails` is an aligned u64 inside a live map value.
+    let fails = unsafe {
+        atomic::add(&mut h.fails, 1);
+        atomic::load(&h.fails)
+    };
+    if fails >= u64::from(cfg.failures) {
+        mark_down(sid, bid, sig, fails as u32, cfg.down_word, now);
+    }
+}
+
+/// The backend answered: its failure streak ends.
+#[inline(always)]
+fn success(bid: u32) {
+    let Some(h) = health(bid) else {
+        return;
+    };
+    // Write only when needed: replies are frequent, the line is shared.
+    if h.fails != 0 {
+        h.fails = 0;
+    }
+    if h.pending_since_ns != 0 || h.pending != 0 {
+        h.pending = 0;
+        h.pending_since_ns = 0;
+    }
+}
+
+/// A new TCP flow was sent to backend `bid` (NAT): with `SIG_NO_REPLY`,
+/// too many new flows without any reply for too long mark it down.
+#[inline(always)]
+fn new_flow(sid: u32, bid: u32, now: u64) {
+    let Some(cfg) = PASSIVE_CFG.get(sid) else {
+        return;
+    };
+    if cfg.signals & (1 << SIG_NO_REPLY) == 0 {
+        return;
+    }
+    let Some(h) = health(bid) else {
+        return;
+    };
+    if h.pending_since_ns == 0 {
+        h.pending_since_ns = now;
+    }
+    // SAFETY: `h.pending` is an aligned u64 inside a live map value.
+    let pending = unsafe {
+        atomic::add(&mut h.pending, 1);
+        atomic::load(&h.pending)
+    };
+    if pending >= u64::from(cfg.failures) && now.wrapping_sub(h.pending_since_ns) >= cfg.no_reply_ns
+    {
+        count_signal(bid, SIG_NO_REPLY);
+        mark_down(sid, bid, SIG_NO_REPLY, pending as u32, cfg.down_word, now);
+    }
+}
+
+/// Marks `bid` down if it is up and its tier's guard rail allows one more
+/// passive mark; tells the agent.
+#[inline(always)]
+fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
+    let Some(b) = BACKENDS.get(bid) else {
+        return;
+    };
+    if b.service_id != sid {
+        return;
+    }
+    let tier = b.tier;
+    let Some(guard) = PASSIVE_GUARD.get(tier) else {
+        return;
+    };
+    let Some(marked) = PASSIVE_MARKED.get_ptr_mut(tier) else {
+        return;
+    };
+    let Some(state) = BACKEND_STATE.get_ptr_mut(bid) else {
+        return;
+    };
+    let Some(h) = health(bid) else {
+        return;
+    };
+    // SAFETY: an aligned 4-byte load from a live array map is atomic.
+    if unsafe { core::ptr::read_volatile(state) } != STATE_UP {
+        // Already down, or in an operator's hands.
+        return;
+    }
+    if h.marked_ns != 0 {
+        // Marked already; the agent has not settled it yet.
+        return;
+    }
+    // Take a place under the guard rail: add first, then look. Every CPU
+    // that stays counts itself, so the limit holds; two racing CPUs may
+    // both back off (the next signal tries again). Two CPUs may both mark
+    // the same backend: the agent settles the second event at once.
+    // SAFETY (atomics): aligned u64 values of live array maps.
+    let taken = unsafe {
+        atomic::add(marked, 1);
+        atomic::load(marked)
+    };
+    if taken.wrapping_sub(1).wrapping_sub(guard.released) >= guard.limit {
+        // SAFETY: as above.
+        unsafe { atomic::add(marked, u64::MAX) };
+        stats(bid, |s| s.suppressed += 1);
+        return;
+    }
+    h.marked_ns = now.max(1);
+    // SAFETY: an aligned 4-byte store to a live array map (the agent
+    // writes the same word whole).
+    unsafe { core::ptr::write_volatile(state, word) };
+    stats(bid, |s| s.marked += 1);
+    h.fails = 0;
+    h.pending = 0;
+    h.pending_since_ns = 0;
+    // Written in place in the ring (no copy on the BPF stack). A full ring
+    // loses the event, not the decision: the agent also reads the state
+    // words.
+    if let Some(mut e) = PASSIVE_EVENTS.reserve(0) {
+        let p: *mut PassiveEvent = e.as_mut_ptr();
+        // SAFETY: `p` points to a reserved, exclusively ours ring slot of
+        // `size_of::<PassiveEvent>()` bytes; every field is written before
+        // the submit.
+        unsafe {
+            (*p).ts_ns = now;
+            (*p).service_id = sid;
+            (*p).backend_id = bid;
+            (*p).signal = sig;
+            (*p).count = count;
+        }
+        e.submit(0);
+    }
+}
+
+/// An ICMP/ICMPv6 "destination unreachable" quoting a flow the load
+/// balancer sent to a NAT backend (found in `REVERSE` and in conntrack, so
+/// a forged error about an unknown flow counts for nothing).
+#[inline(never)]
+pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
+    let Scratch {
+        flow, ep, ct, op, ..
+    } = scratch;
+    let l4 = flow.l4();
+    // One load at a time (a tuple of `Option`s leaves payloads the
+    // verifier sees as unwritten).
+    let Some(ty) = pkt.load::<u8>(l4) else {
+        return;
+    };
+    let Some(code) = pkt.load::<u8>(l4 + 1) else {
+        return;
+    };
+    let inner = l4 + 8;
+    if flow.key.family == FAMILY_V4 {
+        // Type 3; codes net/host/protocol/port unreachable and
+        // administratively prohibited.
+        if flow.key.proto != IPPROTO_ICMP || ty != 3 || !matches!(code, 0..=3 | 9 | 10 | 13) {
+            return;
+        }
+        let Some(vihl) = pkt.load::<u8>(inner) else {
+            return;
+        };
+        let ihl = (vihl & 0x0f) as usize * 4;
+        if vihl >> 4 != 4 || ihl < 20 {
+            return;
+        }
+        let Some(proto) = pkt.load::<u8>(inner + 9) else {
+            return;
+        };
+        let Some(src) = pkt.load::<[u8; 4]>(inner + 12) else {
+            return;
+        };
+        let Some(dst) = pkt.load::<[u8; 4]>(inner + 16) else {
+            return;
+        };
+        let Some(ports) = pkt.load::<[u8; 4]>(inner + (ihl & 0x3c)) else {
+            return;
+        };
+        ep.addr = [0; 16];
+        ep.addr[0] = dst[0];
+        ep.addr[1] = dst[1];
+        ep.addr[2] = dst[2];
+        ep.addr[3] = dst[3];
+        ep.port = [ports[2], ports[3]];
+        ep.proto = proto;
+        ep.family = FAMILY_V4;
+        ct.src = [0; 16];
+        ct.src[0] = src[0];
+        ct.src[1] = src[1];
+        ct.src[2] = src[2];
+        ct.src[3] = src[3];
+        ct.sport = [ports[0], ports[1]];
+        ct.proto = proto;
+        ct.family = FAMILY_V4;
+    } else {
+        // ICMPv6 type 1, any code (no route, prohibited, beyond scope,
+        // address/port unreachable, policy, reject route).
+        if flow.key.proto != IPPROTO_ICMPV6 || ty != 1 || code > 6 {
+            return;
+        }
+        let Some(proto) = pkt.load::<u8>(inner + 6) else {
+            return;
+        };
+        let Some(src) = pkt.load::<[u8; 16]>(inner + 8) else {
+            return;
+        };
+        let Some(dst) = pkt.load::<[u8; 16]>(inner + 24) else {
+            return;
+        };
+        let Some(ports) = pkt.load::<[u8; 4]>(inner + 40) else {
+            return;
+        };
+        ep.addr = dst;
+        ep.port = [ports[2], ports[3]];
+        ep.proto = proto;
+        ep.family = FAMILY_V6;
+        ct.src = src;
+        ct.sport = [ports[0], ports[1]];
+        ct.proto = proto;
+        ct.family = FAMILY_V6;
+    }
+    // SAFETY: map values are only read here, within the program's run.
+    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+        return;
+    };
+    ct.dst = rev.vip;
+    ct.dport = rev.vport;
+    ct._pad = [0; 2];
+    // SAFETY: as above.
+    let Some(f) = (unsafe { CONNTRACK.get(&*ct) }) else {
+        return;
+    };
+    if f.backend_id != rev.backend_id || f.flags & FLOW_REPLIED != 0 {
+        // Not this backend's flow, or one it already answered.
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    op.set(OP_FAILURE, SIG_ICMP, rev.service_id, rev.backend_id, now);
+}
+
+/// Whether `proto` of this family is ICMP (the only non-TCP/UDP traffic
+/// passive detection looks at).
+#[inline(always)]
+pub fn is_icmp(family: u8, proto: u8) -> bool {
+    (family == FAMILY_V4 && proto == IPPROTO_ICMP)
+        || (family == FAMILY_V6 && proto == IPPROTO_ICMPV6)
+}
