@@ -1318,7 +1318,9 @@ impl Model {
             }
             IpAddr::V6(a) => {
                 let s = a.segments();
-                s[..3] == [0x2001, 0xdb8, 0] && s[3] <= 1 && s[4..7] == [0, 0, 0] && s[7] >= 2
+                // 2001:db8::/64 and 2001:db8:1::/64, not ::0 (subnet-router
+                // anycast) nor ::1 (the LB's own address).
+                s[..2] == [0x2001, 0xdb8] && s[2] <= 1 && s[3..7] == [0, 0, 0, 0] && s[7] >= 2
             }
         };
         let route = if big {
@@ -2177,6 +2179,40 @@ mod tests {
         bad[14 + 20 + 8] = 1;
         fix_checksums(&mut bad);
         assert!(judge(&m, &p.bytes(), Side::Client, Some(ct), &reset, XDP_TX, &bad).is_err());
+    }
+
+    #[test]
+    fn fib_model_knows_the_lab_subnets() {
+        let m = model();
+        let sure = |a: &str| m.fib(ip(a), 100).len() == 1;
+        assert!(matches!(
+            m.fib(ip("198.18.1.2"), 100)[..],
+            [FibOut::Ok(P_MAC, Side::Backend)]
+        ));
+        assert!(matches!(
+            m.fib(ip("198.18.1.2"), MTU + 1)[..],
+            [FibOut::FragNeeded]
+        ));
+        assert!(matches!(
+            m.fib(ip("198.18.1.9"), 100)[..],
+            [FibOut::NoNeigh]
+        ));
+        assert!(matches!(
+            m.fib(ip("2001:db8:1::9"), 100)[..],
+            [FibOut::NoNeigh]
+        ));
+        // Not a lab subnet, the LB's own addresses, broadcast: the model
+        // does not claim to know.
+        for a in [
+            "2001:db8:0:1::2",
+            "2001:db8::1",
+            "198.18.0.1",
+            "198.18.0.255",
+            "198.18.2.2",
+            "10.0.0.1",
+        ] {
+            assert!(!sure(a), "{a}");
+        }
     }
 
     #[test]
