@@ -1302,7 +1302,21 @@ impl Model {
     /// What `bpf_fib_lookup` answers for `dst` with an L3 length of
     /// `l3_len` in the lab: possibly several answers for addresses the
     /// model does not know (then the output tells which one it was).
-    fn fib(&self, dst: IpAddr, l3_len: usize) -> Vec<FibOut> {
+    ///
+    /// An IPv6 source that is multicast, link-local, loopback or
+    /// unspecified may also make the lookup fail: the kernel does not
+    /// forward from those (seen by the fuzzer: DropFibFail).
+    fn fib(&self, src: Option<IpAddr>, dst: IpAddr, l3_len: usize) -> Vec<FibOut> {
+        let mut v = self.fib_dst(dst, l3_len);
+        let scoped = matches!(src, Some(IpAddr::V6(a))
+            if a.is_multicast() || a.is_unicast_link_local() || a.is_loopback() || a.is_unspecified());
+        if scoped && !v.iter().any(|f| matches!(f, FibOut::Fail)) {
+            v.push(FibOut::Fail);
+        }
+        v
+    }
+
+    fn fib_dst(&self, dst: IpAddr, l3_len: usize) -> Vec<FibOut> {
         let big = l3_len > MTU;
         if let Some((_, mac, side)) = self.neighbours.iter().find(|(a, ..)| *a == dst) {
             return vec![if big {
@@ -1388,7 +1402,7 @@ impl Model {
     fn to_backend(&self, frame: &[u8], pre: &Pre, s: &MService, b: &MBackend) -> Vec<Exp> {
         let p = &pre.parsed;
         let l3_len = frame.len() - p.l3;
-        self.fib(b.addr, l3_len)
+        self.fib(p.src, b.addr, l3_len)
             .into_iter()
             .map(|fib| match (fib, s.dsr) {
                 (FibOut::Ok(mac, side), true) => {
@@ -1569,7 +1583,7 @@ impl Model {
                     return vec![Exp::Pass(Reason::PassNotVip)];
                 }
                 let client = p.dst.unwrap_or(IpAddr::from([0u8; 4]));
-                self.fib(client, frame.len() - p.l3)
+                self.fib(Some(svc.vip), client, frame.len() - p.l3)
                     .into_iter()
                     .map(|fib| match fib {
                         FibOut::Ok(..) if Self::ttl(frame, p) <= 1 => {
@@ -2184,23 +2198,30 @@ mod tests {
     #[test]
     fn fib_model_knows_the_lab_subnets() {
         let m = model();
-        let sure = |a: &str| m.fib(ip(a), 100).len() == 1;
+        let c4 = Some(ip("198.18.0.2"));
+        let sure = |a: &str| m.fib(c4, ip(a), 100).len() == 1;
         assert!(matches!(
-            m.fib(ip("198.18.1.2"), 100)[..],
+            m.fib(c4, ip("198.18.1.2"), 100)[..],
             [FibOut::Ok(P_MAC, Side::Backend)]
         ));
         assert!(matches!(
-            m.fib(ip("198.18.1.2"), MTU + 1)[..],
+            m.fib(c4, ip("198.18.1.2"), MTU + 1)[..],
             [FibOut::FragNeeded]
         ));
         assert!(matches!(
-            m.fib(ip("198.18.1.9"), 100)[..],
+            m.fib(c4, ip("198.18.1.9"), 100)[..],
             [FibOut::NoNeigh]
         ));
+        let c6 = Some(ip("2001:db8::2"));
         assert!(matches!(
-            m.fib(ip("2001:db8:1::9"), 100)[..],
+            m.fib(c6, ip("2001:db8:1::9"), 100)[..],
             [FibOut::NoNeigh]
         ));
+        // From a link-local or multicast IPv6 source, the FIB may refuse.
+        for src in ["fe80::1", "ff02::1"] {
+            let v = m.fib(Some(ip(src)), ip("2001:db8:1::2"), 100);
+            assert!(matches!(v[..], [FibOut::Ok(..), FibOut::Fail]), "{src}");
+        }
         // Not a lab subnet, the LB's own addresses, broadcast: the model
         // does not claim to know.
         for a in [
