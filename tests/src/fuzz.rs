@@ -265,52 +265,33 @@ pub struct Seed {
     pub from_backend: bool,
 }
 
-/// Ethernet + IPv4 header (no options) + `payload`, checksummed.
-pub fn ipv4_frame(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("ipv4_frame needs IPv4 addresses")
-    };
-    let mut f = dmac.to_vec();
-    f.extend_from_slice(&smac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut h = vec![0x45, 0];
-    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    h.extend_from_slice(&[0x43, 0x21, 0, 0, 64, proto, 0, 0]);
-    h.extend_from_slice(&s.octets());
-    h.extend_from_slice(&d.octets());
-    let c = inet_checksum(&h);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Ethernet + IPv6 header + `payload` (which starts with `next`).
-pub fn ipv6_frame(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    next: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
-        panic!("ipv6_frame needs IPv6 addresses")
-    };
-    let mut f = dmac.to_vec();
-    f.extend_from_slice(&smac);
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[next, 64]);
-    f.extend_from_slice(&s.octets());
-    f.extend_from_slice(&d.octets());
+/// A client's frame to the LB: Ethernet, an IPv4 header (no options,
+/// checksummed) or an IPv6 header (no extension headers), then `payload`
+/// of protocol `proto`.
+pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = LB_C_MAC.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&[0x43, 0x21, 0, 0, 64, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = inet_checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
     f.extend_from_slice(payload);
     f
 }
@@ -326,7 +307,7 @@ pub fn icmp_unreachable(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
         icmp.extend_from_slice(q);
         let c = inet_checksum(&icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        ipv4_frame(CLIENT_MAC, LB_C_MAC, from, to, 1, &icmp)
+        ip_frame(from, to, 1, &icmp)
     } else {
         let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(q);
@@ -340,7 +321,7 @@ pub fn icmp_unreachable(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
         pseudo.extend_from_slice(&icmp);
         let c = inet_checksum(&pseudo);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        ipv6_frame(CLIENT_MAC, LB_C_MAC, from, to, 58, &icmp)
+        ip_frame(from, to, 58, &icmp)
     }
 }
 
@@ -425,46 +406,47 @@ pub fn seeds() -> Vec<Seed> {
     let mut p = from_client("198.18.0.10", tcp(40008, 80, 0x02, b""));
     p.frag = 0x2000;
     add("v4 fragment to web", p.bytes(), false);
-    add(
-        "v4 tcp to dsr web-dsr",
-        from_client("198.18.0.11", tcp(40010, 80, 0x02, b"")).bytes(),
-        false,
-    );
-    add(
-        "v4 udp to dsr dns-dsr",
-        from_client("198.18.0.11", L4::udp(40011, 53, b"q")).bytes(),
-        false,
-    );
-    add(
-        "v4 tcp to dsr local-dsr (XDP_TX)",
-        from_client("198.18.0.15", tcp(40012, 80, 0x10, b"")).bytes(),
-        false,
-    );
-    add(
-        "v4 tcp to dead (no backend, drop)",
-        from_client("198.18.0.12", tcp(40013, 80, 0x02, b"")).bytes(),
-        false,
-    );
-    add(
-        "v4 tcp to dead-pass (no backend, pass)",
-        from_client("198.18.0.13", tcp(40014, 80, 0x02, b"")).bytes(),
-        false,
-    );
-    add(
-        "v4 tcp to noneigh (backend without neighbour)",
-        from_client("198.18.0.14", tcp(40015, 80, 0x02, b"")).bytes(),
-        false,
-    );
-    add(
-        "v4 tcp to a VIP, other port",
-        from_client("198.18.0.10", tcp(40016, 443, 0x02, b"")).bytes(),
-        false,
-    );
-    add(
-        "icmp echo to a VIP",
-        from_client("198.18.0.10", L4::Echo { id: 9 }).bytes(),
-        false,
-    );
+    // Plain client packets: (name, VIP, L4).
+    for (name, vip, l4) in [
+        (
+            "v4 tcp to dsr web-dsr",
+            "198.18.0.11",
+            tcp(40010, 80, 0x02, b""),
+        ),
+        (
+            "v4 udp to dsr dns-dsr",
+            "198.18.0.11",
+            L4::udp(40011, 53, b"q"),
+        ),
+        (
+            "v4 tcp to dsr local-dsr (XDP_TX)",
+            "198.18.0.15",
+            tcp(40012, 80, 0x10, b""),
+        ),
+        (
+            "v4 tcp to dead (no backend, drop)",
+            "198.18.0.12",
+            tcp(40013, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to dead-pass (no backend, pass)",
+            "198.18.0.13",
+            tcp(40014, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to noneigh (backend without neighbour)",
+            "198.18.0.14",
+            tcp(40015, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to a VIP, other port",
+            "198.18.0.10",
+            tcp(40016, 443, 0x02, b""),
+        ),
+        ("icmp echo to a VIP", "198.18.0.10", L4::Echo { id: 9 }),
+    ] {
+        add(name, from_client(vip, l4).bytes(), false);
+    }
     let mut p = Pkt::new(
         ip("198.18.0.2"),
         ip("198.18.0.99"),
@@ -489,28 +471,23 @@ pub fn seeds() -> Vec<Seed> {
     );
     // ICMP errors about VIP flows: the client's host says the VIP's packet
     // to it could not be delivered (quoting VIP -> client).
-    let quoted = Pkt::new(
-        ip("198.18.0.10"),
-        ip("198.18.0.2"),
-        tcp(80, 40000, 0x12, b""),
-    )
-    .bytes();
-    add(
-        "icmp port unreachable quoting a v4 VIP flow",
-        icmp_unreachable(ip("198.18.0.2"), ip("198.18.0.10"), &quoted),
-        false,
-    );
-    let quoted = Pkt::new(
-        ip("2001:db8::10"),
-        ip("2001:db8::2"),
-        tcp(80, 40003, 0x12, b""),
-    )
-    .bytes();
-    add(
-        "icmpv6 unreachable quoting a v6 VIP flow",
-        icmp_unreachable(ip("2001:db8::2"), ip("2001:db8::10"), &quoted),
-        false,
-    );
+    for (name, vip, client, port) in [
+        (
+            "icmp port unreachable quoting a v4 VIP flow",
+            "198.18.0.10",
+            "198.18.0.2",
+            40000,
+        ),
+        (
+            "icmpv6 unreachable quoting a v6 VIP flow",
+            "2001:db8::10",
+            "2001:db8::2",
+            40003,
+        ),
+    ] {
+        let quoted = Pkt::new(ip(vip), ip(client), tcp(80, port, 0x12, b"")).bytes();
+        add(name, icmp_unreachable(ip(client), ip(vip), &quoted), false);
+    }
     // Replies of NAT backends, for the client flows above.
     add(
         "v4 tcp reply from web backend p",

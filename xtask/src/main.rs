@@ -198,19 +198,8 @@ fn bench(quick: bool) -> Result<ExitCode> {
         "failover",
     ]);
     cmd::run(&mut daemon)?;
-    let mut command = cargo(&ready, &root)?;
+    let mut command = tests_bin(&ready, &root, "failover-bench")?;
     command
-        .env(BUILD_EBPF.0, BUILD_EBPF.1)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "failover-tests",
-            "--bin",
-            "failover-bench",
-            "--",
-        ])
         .arg("--out")
         .arg(&out)
         .arg("--failover")
@@ -222,25 +211,31 @@ fn bench(quick: bool) -> Result<ExitCode> {
     Ok(ExitCode::from(cmd::exit_code(status)))
 }
 
+/// `cargo run --release` of one of the tests crate's binaries (the bench,
+/// the fuzzer), with the eBPF program built; its arguments follow.
+fn tests_bin(ready: &Ready, root: &Path, bin: &str) -> Result<std::process::Command> {
+    let mut command = cargo(ready, root)?;
+    command.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "failover-tests",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    Ok(command)
+}
+
 /// `cargo xtask fuzz`: the packet fuzzer (`tests/src/bin/failover-fuzz.rs`).
 fn fuzz(packets: u64, seed: Option<u64>, extra: &[OsString]) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     warn_leftover_netns();
     let root = workspace_root()?;
     let out = target_dir(&root).join("fuzz").join("packets.json");
-    let mut command = cargo(&ready, &root)?;
+    let mut command = tests_bin(&ready, &root, "failover-fuzz")?;
     command
-        .env(BUILD_EBPF.0, BUILD_EBPF.1)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "failover-tests",
-            "--bin",
-            "failover-fuzz",
-            "--",
-        ])
         .arg("--packets")
         .arg(packets.to_string())
         .arg("--out")
