@@ -55,7 +55,8 @@ pub struct Flow {
     pub fragment: bool,
     /// TCP or UDP with a complete header: ports are valid.
     pub l4: bool,
-    /// TCP or UDP, but the header is cut short.
+    /// TCP or UDP, but the header is cut short (by the end of the frame or
+    /// of the IP packet).
     pub l4_truncated: bool,
 }
 
@@ -161,7 +162,7 @@ fn parse_v4(pkt: &Packet, flow: &mut Flow) {
     // MF flag or a non-zero fragment offset.
     flow.fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
     if !flow.fragment {
-        parse_l4(pkt, flow);
+        parse_l4(pkt, flow, l3_off + tot_len);
     }
 }
 
@@ -193,13 +194,18 @@ fn parse_v6(pkt: &Packet, flow: &mut Flow) {
     flow.key.src = src;
     flow.key.proto = next;
     flow.l4_off = l3_off + size_of::<Ipv6Hdr>();
-    // Bounded walk over the extension headers that may precede L4.
+    let ip_end = flow.l4_off + payload_len;
+    // Bounded walk over the extension headers that may precede L4; each
+    // must start inside the payload (not in trailing padding).
     for _ in 0..MAX_EXT_HEADERS {
         match flow.key.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let Some(ext) = pkt.load::<[u8; 2]>(flow.l4_off) else {
-                    flow.l4_truncated = true;
-                    return;
+                let ext = match pkt.load::<[u8; 2]>(flow.l4_off) {
+                    Some(ext) if flow.l4_off + 2 <= ip_end => ext,
+                    _ => {
+                        flow.l4_truncated = true;
+                        return;
+                    }
                 };
                 flow.key.proto = ext[0];
                 flow.l4_off += (ext[1] as usize + 1) * 8;
@@ -211,17 +217,27 @@ fn parse_v6(pkt: &Packet, flow: &mut Flow) {
             _ => break,
         }
     }
-    parse_l4(pkt, flow);
+    parse_l4(pkt, flow, ip_end);
 }
 
+/// Reads the ports of a TCP/UDP header at `flow.l4_off`, which must lie
+/// whole inside the IP packet (ending at `ip_end`): bytes after it are
+/// link-layer padding or junk, never a header to read or patch.
 #[inline(always)]
-fn parse_l4(pkt: &Packet, flow: &mut Flow) {
-    let ok = match flow.key.proto {
+fn parse_l4(pkt: &Packet, flow: &mut Flow, ip_end: usize) {
+    let (ok, len) = match flow.key.proto {
         // The whole fixed TCP header must be there: we patch its checksum.
-        PROTO_TCP => pkt.load::<TcpHdr>(flow.l4_off).map(|t| (t.source, t.dest)),
-        PROTO_UDP => pkt.load::<UdpHdr>(flow.l4_off).map(|u| (u.src, u.dst)),
+        PROTO_TCP => (
+            pkt.load::<TcpHdr>(flow.l4_off).map(|t| (t.source, t.dest)),
+            size_of::<TcpHdr>(),
+        ),
+        PROTO_UDP => (
+            pkt.load::<UdpHdr>(flow.l4_off).map(|u| (u.src, u.dst)),
+            size_of::<UdpHdr>(),
+        ),
         _ => return,
     };
+    let ok = ok.filter(|_| flow.l4_off + len <= ip_end);
     match ok {
         Some((s, d)) => {
             flow.key.sport = s;

@@ -199,12 +199,9 @@ async fn action_on(st: &AdminState, svc: &str, b: &str, a: AdminAction) -> Respo
 /// Manual failover: drain every backend that would take new flows before
 /// `to` (the other members of its tier and every higher tier).
 async fn switch(st: &AdminState, svc: &str, body: &[u8]) -> Response {
-    let to = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => match v.get("to").and_then(Value::as_str) {
-            Some(t) => t.to_string(),
-            None => return Response::error(400, "body must be {\"to\": \"BACKEND\"}"),
-        },
-        Err(e) => return Response::error(400, &format!("body is not JSON: {e}")),
+    let to = match parse_switch_body(body) {
+        Ok(to) => to,
+        Err(why) => return Response::error(400, &why),
     };
     let agent = st.agent.read().await;
     let Some(agent) = agent.as_ref() else {
@@ -263,37 +260,26 @@ async fn reload(st: &AdminState, dry_run: bool) -> Response {
 /// backend (by the configured labels) drains or disables it; a resolved one
 /// lifts that again (the backend returns to what its probes say).
 async fn alertmanager(st: &AdminState, body: &[u8]) -> Response {
-    let v: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return Response::error(400, &format!("not an Alertmanager payload: {e}")),
-    };
-    let Some(alerts) = v.get("alerts").and_then(Value::as_array) else {
-        return Response::error(400, "not an Alertmanager payload: no \"alerts\" array");
+    let requests = match parse_alertmanager(body, &st.alertmanager) {
+        Ok(r) => r,
+        Err(why) => return Response::error(400, &why),
     };
     let agent = st.agent.read().await;
     let Some(agent) = agent.as_ref() else {
         return Response::error(503, "the health agent is not running");
     };
-    let cfg = &st.alertmanager;
     let mut results = Vec::new();
-    for a in alerts.iter().take(1000) {
-        let labels = a.get("labels");
-        let svc = labels
-            .and_then(|l| l.get(&cfg.service_label))
-            .and_then(Value::as_str);
-        let b = labels
-            .and_then(|l| l.get(&cfg.backend_label))
-            .and_then(Value::as_str);
-        let status = a.get("status").and_then(Value::as_str).unwrap_or("firing");
-        let (Some(svc), Some(b)) = (svc, b) else {
+    for r in requests {
+        let AlertRequest::Act {
+            service: svc,
+            backend: b,
+            action,
+        } = r
+        else {
             results.push(json!({"skipped": "no service/backend labels"}));
             continue;
         };
-        let action = match (status, cfg.action) {
-            ("resolved", AdminAction::Disable) => AdminAction::Enable,
-            ("resolved", _) => AdminAction::Undrain,
-            (_, a) => a,
-        };
+        let (svc, b) = (svc.as_str(), b.as_str());
         match agent.admin(svc, b, action).await {
             Ok(Ok(c)) => results.push(json!({"action": action, "change": c})),
             Ok(Err(why)) => results
@@ -302,6 +288,72 @@ async fn alertmanager(st: &AdminState, body: &[u8]) -> Response {
         }
     }
     Response::json(200, &json!({"results": results}))
+}
+
+/// The backend a switch request's body (`{"to": "BACKEND"}`) names, or
+/// why the body is refused (a 400).
+pub fn parse_switch_body(body: &[u8]) -> Result<String, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => match v.get("to").and_then(Value::as_str) {
+            Some(t) => Ok(t.to_string()),
+            None => Err("body must be {\"to\": \"BACKEND\"}".into()),
+        },
+        Err(e) => Err(format!("body is not JSON: {e}")),
+    }
+}
+
+/// What one alert of an Alertmanager webhook asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlertRequest {
+    /// The alert lacks the configured service/backend labels.
+    Skipped,
+    Act {
+        service: String,
+        backend: String,
+        action: AdminAction,
+    },
+}
+
+/// Alerts read from one webhook payload at most (the rest are ignored).
+pub const MAX_ALERTS: usize = 1000;
+
+/// The requests of an Alertmanager webhook payload: a firing alert naming
+/// a service and a backend (by the configured labels) applies the
+/// configured action, a resolved one lifts it; or why the payload is
+/// refused (a 400).
+pub fn parse_alertmanager(body: &[u8], cfg: &AlertmanagerCfg) -> Result<Vec<AlertRequest>, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("not an Alertmanager payload: {e}"))?;
+    let Some(alerts) = v.get("alerts").and_then(Value::as_array) else {
+        return Err("not an Alertmanager payload: no \"alerts\" array".into());
+    };
+    Ok(alerts
+        .iter()
+        .take(MAX_ALERTS)
+        .map(|a| {
+            let labels = a.get("labels");
+            let svc = labels
+                .and_then(|l| l.get(&cfg.service_label))
+                .and_then(Value::as_str);
+            let b = labels
+                .and_then(|l| l.get(&cfg.backend_label))
+                .and_then(Value::as_str);
+            let status = a.get("status").and_then(Value::as_str).unwrap_or("firing");
+            let (Some(svc), Some(b)) = (svc, b) else {
+                return AlertRequest::Skipped;
+            };
+            let action = match (status, cfg.action) {
+                ("resolved", AdminAction::Disable) => AdminAction::Enable,
+                ("resolved", _) => AdminAction::Undrain,
+                (_, a) => a,
+            };
+            AlertRequest::Act {
+                service: svc.to_string(),
+                backend: b.to_string(),
+                action,
+            }
+        })
+        .collect())
 }
 
 /// The `/metrics` handler.
@@ -326,6 +378,63 @@ pub fn default_socket(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switch_body() {
+        assert_eq!(parse_switch_body(br#"{"to": "s"}"#), Ok("s".to_string()));
+        assert!(
+            parse_switch_body(br#"{"to": 3}"#)
+                .unwrap_err()
+                .contains("must be")
+        );
+        assert!(parse_switch_body(b"[1,").unwrap_err().contains("not JSON"));
+        assert!(parse_switch_body(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn alertmanager_payload() {
+        let cfg = AlertmanagerCfg {
+            service_label: "service".into(),
+            backend_label: "backend".into(),
+            action: AdminAction::Drain,
+        };
+        let body = br#"{"alerts": [
+            {"status": "firing", "labels": {"service": "web", "backend": "p"}},
+            {"status": "resolved", "labels": {"service": "web", "backend": "s"}},
+            {"labels": {"service": "web"}},
+            {"status": "firing", "labels": {"service": "web", "backend": 7}},
+            "not an object"
+        ]}"#;
+        let act = |b: &str, action| AlertRequest::Act {
+            service: "web".into(),
+            backend: b.into(),
+            action,
+        };
+        assert_eq!(
+            parse_alertmanager(body, &cfg).unwrap(),
+            vec![
+                act("p", AdminAction::Drain),
+                act("s", AdminAction::Undrain),
+                AlertRequest::Skipped,
+                AlertRequest::Skipped,
+                AlertRequest::Skipped,
+            ]
+        );
+        assert!(
+            parse_alertmanager(br#"{"alerts": {}}"#, &cfg)
+                .unwrap_err()
+                .contains("no \"alerts\"")
+        );
+        assert!(parse_alertmanager(b"", &cfg).is_err());
+        let many = format!(
+            r#"{{"alerts": [{}]}}"#,
+            vec!["{}"; MAX_ALERTS + 5].join(",")
+        );
+        assert_eq!(
+            parse_alertmanager(many.as_bytes(), &cfg).unwrap().len(),
+            MAX_ALERTS
+        );
+    }
 
     #[test]
     fn token_comparison() {

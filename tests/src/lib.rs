@@ -3,6 +3,7 @@
 //! under test, and helpers to run the loaded XDP program on a packet.
 
 pub use failover_user::lab::netns;
+pub mod fuzz;
 pub mod pkt;
 pub mod pktlab;
 

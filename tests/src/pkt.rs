@@ -276,48 +276,77 @@ pub fn arp_request(smac: [u8; 6], sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 }
 
 /// Checks every checksum of an Ethernet frame carrying IPv4/IPv6 with
-/// TCP/UDP (used on program output): `Ok` or which one is wrong.
+/// TCP/UDP (used on program output): `Ok` or which one is wrong. Never
+/// panics: a frame too short for what its headers claim is an `Err` too
+/// (the fuzzer runs it on arbitrary output).
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let short = |what: &str| format!("frame too short for the {what}");
+    let be16 = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+    };
     let mut off = 12;
-    let mut et = u16::from_be_bytes([frame[off], frame[off + 1]]);
+    let mut et = be16(off).ok_or_else(|| short("ethertype"))?;
     if et == 0x8100 {
         off += 4;
-        et = u16::from_be_bytes([frame[off], frame[off + 1]]);
+        et = be16(off).ok_or_else(|| short("vlan tag"))?;
     }
     off += 2;
     let (src, dst, proto, l4) = match et {
         0x0800 => {
-            let ihl = usize::from(frame[off] & 0xf) * 4;
-            if inet_checksum(&frame[off..off + ihl]) != 0 {
+            let ihl = usize::from(frame.get(off).ok_or_else(|| short("IPv4 header"))? & 0xf) * 4;
+            let hdr = frame
+                .get(off..off + ihl)
+                .filter(|h| h.len() >= 20)
+                .ok_or_else(|| short("IPv4 header"))?;
+            if inet_checksum(hdr) != 0 {
                 return Err("IPv4 header checksum".into());
             }
-            let tot = usize::from(u16::from_be_bytes([frame[off + 2], frame[off + 3]]));
+            let tot = usize::from(be16(off + 2).ok_or_else(|| short("IPv4 header"))?);
             (
-                frame[off + 12..off + 16].to_vec(),
-                frame[off + 16..off + 20].to_vec(),
-                frame[off + 9],
-                &frame[off + ihl..off + tot],
+                hdr[12..16].to_vec(),
+                hdr[16..20].to_vec(),
+                hdr[9],
+                frame
+                    .get(off + ihl..off + tot)
+                    .ok_or_else(|| short("IPv4 total length"))?,
             )
         }
         0x86dd => {
-            let plen = usize::from(u16::from_be_bytes([frame[off + 4], frame[off + 5]]));
+            let hdr = frame
+                .get(off..off + 40)
+                .ok_or_else(|| short("IPv6 header"))?;
+            let plen = usize::from(u16::from_be_bytes([hdr[4], hdr[5]]));
             let end = off + 40 + plen;
-            let mut next = frame[off + 6];
+            let mut next = hdr[6];
             let mut l4 = off + 40;
             // Skip hop-by-hop, routing and destination-options headers.
             while matches!(next, 0 | 43 | 60) {
-                next = frame[l4];
-                l4 += (usize::from(frame[l4 + 1]) + 1) * 8;
+                let ext = frame
+                    .get(l4..l4 + 2)
+                    .filter(|_| l4 + 2 <= end)
+                    .ok_or_else(|| short("IPv6 extension header"))?;
+                next = ext[0];
+                l4 += (usize::from(ext[1]) + 1) * 8;
             }
             (
-                frame[off + 8..off + 24].to_vec(),
-                frame[off + 24..off + 40].to_vec(),
+                hdr[8..24].to_vec(),
+                hdr[24..40].to_vec(),
                 next,
-                &frame[l4..end],
+                frame
+                    .get(l4..end)
+                    .ok_or_else(|| short("IPv6 payload length"))?,
             )
         }
         _ => return Err(format!("ethertype {et:#x}")),
     };
+    let check_at = match proto {
+        6 => 16,
+        17 => 6,
+        _ => return Err(format!("L4 protocol {proto} (not TCP/UDP)")),
+    };
+    if l4.len() < check_at + 2 {
+        return Err(short("L4 header"));
+    }
     if proto == 17 && src.len() == 4 && l4[6] == 0 && l4[7] == 0 {
         return Ok(()); // IPv4 UDP without checksum
     }
@@ -372,6 +401,36 @@ mod tests {
         let mut b = p.bytes();
         let n = b.len();
         b[n - 1] ^= 1;
+        assert!(verify_checksums(&b).is_err());
+    }
+
+    #[test]
+    fn verify_never_panics_on_cut_or_lying_frames() {
+        let mut v4 = Pkt::new(
+            "198.18.0.2".parse().unwrap(),
+            "198.18.0.10".parse().unwrap(),
+            L4::tcp(1000, 80),
+        );
+        v4.vlan = Some(3);
+        let mut v6 = Pkt::new(
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+            L4::udp(1000, 53, b"q"),
+        );
+        v6.v6_dstopts = true;
+        for full in [v4.bytes(), v6.bytes()] {
+            verify_checksums(&full).unwrap();
+            for n in 0..full.len() {
+                assert!(verify_checksums(&full[..n]).is_err(), "cut at {n}");
+            }
+        }
+        // IHL larger than the total length, an extension header length
+        // pointing past the payload.
+        let mut b = v4.bytes();
+        b[18] = 0x4f;
+        assert!(verify_checksums(&b).is_err());
+        let mut b = v6.bytes();
+        b[14 + 40 + 1] = 200;
         assert!(verify_checksums(&b).is_err());
     }
 }

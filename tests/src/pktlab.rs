@@ -28,6 +28,17 @@ pub const LB_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 pub const P_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
 pub const S_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x03];
 
+/// The permanent neighbour entries of the lab: (address, MAC, interface).
+pub const NEIGHBOURS: [(&str, [u8; 6], &str); 7] = [
+    ("198.18.0.2", CLIENT_MAC, "c0"),
+    ("198.18.0.5", Q_MAC, "c0"),
+    ("2001:db8::2", CLIENT_MAC, "c0"),
+    ("198.18.1.2", P_MAC, "b0"),
+    ("198.18.1.3", S_MAC, "b0"),
+    ("2001:db8:1::2", P_MAC, "b0"),
+    ("2001:db8:1::3", S_MAC, "b0"),
+];
+
 pub const CONFIG: &str = r#"
 [[service]]
 name = "web"
@@ -189,15 +200,7 @@ impl Lab {
             ns.ip(&["addr", "add", "198.18.1.1/24", "dev", "b0"])?;
             ns.ip(&["addr", "add", "2001:db8::1/64", "dev", "c0", "nodad"])?;
             ns.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "b0", "nodad"])?;
-            for (addr, m, dev) in [
-                ("198.18.0.2", CLIENT_MAC, "c0"),
-                ("198.18.0.5", Q_MAC, "c0"),
-                ("2001:db8::2", CLIENT_MAC, "c0"),
-                ("198.18.1.2", P_MAC, "b0"),
-                ("198.18.1.3", S_MAC, "b0"),
-                ("2001:db8:1::2", P_MAC, "b0"),
-                ("2001:db8:1::3", S_MAC, "b0"),
-            ] {
+            for (addr, m, dev) in NEIGHBOURS {
                 ns.ip(&[
                     "neigh",
                     "replace",
@@ -235,7 +238,13 @@ impl Lab {
 
     /// Runs the program once on `frame` arriving on `ifindex`.
     pub fn run(&self, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = self.dp.program().expect("program");
+        self.try_run(ifindex, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// [`Lab::run`] that reports the kernel's refusal (e.g. EINVAL for a
+    /// frame shorter than an Ethernet header) instead of panicking.
+    pub fn try_run(&self, ifindex: u32, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let prog = self.dp.program()?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
         // rx_queue_index, egress_ifindex.
         let mut ctx = Vec::with_capacity(24);
@@ -243,16 +252,14 @@ impl Lab {
             ctx.extend_from_slice(&v.to_ne_bytes());
         }
         let mut out = vec![0u8; frame.len() + 256];
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })?;
         out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        Ok((res.return_value, out))
     }
 
     pub fn reasons(&mut self) -> Vec<u64> {

@@ -55,6 +55,16 @@ fn check(lab: &mut Lab, c: &Case) {
     assert_eq!(total, 1, "{}: exactly one reason counted", c.name);
 }
 
+/// An untagged IPv4 frame with its total length set to `len` (and the
+/// header checksum recomputed); the bytes stay.
+fn with_ipv4_total_length(mut v: Vec<u8>, len: u16) -> Vec<u8> {
+    v[16..18].copy_from_slice(&len.to_be_bytes());
+    v[24..26].copy_from_slice(&[0, 0]);
+    let c = failover_tests::pkt::inet_checksum(&v[14..34]);
+    v[24..26].copy_from_slice(&c.to_be_bytes());
+    v
+}
+
 fn truncate(mut v: Vec<u8>, n: usize) -> Vec<u8> {
     v.truncate(n);
     v
@@ -433,6 +443,65 @@ fn packet_cases() {
         output: None,
         action: XDP_DROP,
         reason: Reason::DropMalformed,
+    });
+
+    // --- headers in the bytes after the IP packet (found by the fuzzer):
+    // a short IP packet in a padded frame (Ethernet pads to 60 bytes) must
+    // not have its TCP/UDP or extension header read from the padding. These
+    // were forwarded, with the port and checksum written into the padding.
+    let mut padded = with_ipv4_total_length(v4.clone(), 20 + 10);
+    padded.resize(60, 0);
+    cases.push(Case {
+        name: "ipv4 tcp header past the total length, in padding (VIP)",
+        ingress_backend_side: false,
+        input: padded,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut padded = with_ipv4_total_length(v4u.clone(), 20 + 4);
+    padded.resize(60, 0);
+    cases.push(Case {
+        name: "ipv4 udp header past the total length, in padding (VIP)",
+        ingress_backend_side: false,
+        input: padded,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut v6pad = v6.clone();
+    v6pad[18..20].copy_from_slice(&12u16.to_be_bytes());
+    cases.push(Case {
+        name: "ipv6 tcp header past the payload length (VIP)",
+        ingress_backend_side: false,
+        input: v6pad,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut p = from_client("2001:db8::10", L4::tcp(40044, 80));
+    p.v6_dstopts = true;
+    let mut v6ext = p.bytes();
+    v6ext[18..20].copy_from_slice(&0u16.to_be_bytes());
+    cases.push(Case {
+        name: "ipv6 extension header past the payload length (VIP)",
+        ingress_backend_side: false,
+        input: v6ext,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut reply = Pkt::new(ip("198.18.1.2"), ip("198.18.0.2"), L4::tcp(8080, 40045));
+    reply.dmac = LB_B_MAC;
+    let mut padded = with_ipv4_total_length(reply.bytes(), 20 + 12);
+    padded.resize(60, 0);
+    cases.push(Case {
+        name: "backend packet whose tcp header is past the total length: untouched",
+        ingress_backend_side: true,
+        input: padded,
+        output: None,
+        action: XDP_PASS,
+        reason: Reason::PassNotVip,
     });
 
     for c in &cases {

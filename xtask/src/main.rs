@@ -2,6 +2,7 @@
 
 mod cmd;
 mod elf;
+mod fuzz_host;
 mod setup;
 mod sys;
 
@@ -63,6 +64,30 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Setup, then run the packet mutation fuzzer (release build) through
+    /// BPF_PROG_TEST_RUN; summary in target/fuzz/packets.json. Fails on any
+    /// broken invariant.
+    Fuzz {
+        /// Packets to run.
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// PRNG seed (default: from the clock; printed, to reproduce).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// More arguments for failover-fuzz (after `--`), e.g. `--batch 1`.
+        #[arg(last = true)]
+        extra: Vec<OsString>,
+    },
+    /// Coverage-guided fuzzing of the host-side parsers (cargo-fuzz on the
+    /// nightly toolchain, installed if missing): each target for N seconds.
+    FuzzHost {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (repeatable; default: every target in fuzz/).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
     /// Build (release by default), then run `failover ARGS` (default: `lab demo`).
     BuildAndRun {
         /// Build and run the release binary (the default).
@@ -109,6 +134,12 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Test { release, extra } => test(release, &extra),
         Task::Lint => lint(),
         Task::Bench { quick, only } => bench(quick, only.as_deref()),
+        Task::Fuzz {
+            packets,
+            seed,
+            extra,
+        } => fuzz(packets, seed, &extra),
+        Task::FuzzHost { seconds, targets } => fuzz_host::run(seconds, &targets),
         Task::BuildAndRun {
             release: _,
             debug,
@@ -171,19 +202,8 @@ fn bench(quick: bool, only: Option<&str>) -> Result<ExitCode> {
         "failover",
     ]);
     cmd::run(&mut daemon)?;
-    let mut command = cargo(&ready, &root)?;
+    let mut command = tests_bin(&ready, &root, "failover-bench")?;
     command
-        .env(BUILD_EBPF.0, BUILD_EBPF.1)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "failover-tests",
-            "--bin",
-            "failover-bench",
-            "--",
-        ])
         .arg("--out")
         .arg(&out)
         .arg("--failover")
@@ -194,6 +214,43 @@ fn bench(quick: bool, only: Option<&str>) -> Result<ExitCode> {
     if let Some(only) = only {
         command.arg("--only").arg(only);
     }
+    let status = cmd::status(&mut command)?;
+    Ok(ExitCode::from(cmd::exit_code(status)))
+}
+
+/// `cargo run --release` of one of the tests crate's binaries (the bench,
+/// the fuzzer), with the eBPF program built; its arguments follow.
+fn tests_bin(ready: &Ready, root: &Path, bin: &str) -> Result<std::process::Command> {
+    let mut command = cargo(ready, root)?;
+    command.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "failover-tests",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    Ok(command)
+}
+
+/// `cargo xtask fuzz`: the packet fuzzer (`tests/src/bin/failover-fuzz.rs`).
+fn fuzz(packets: u64, seed: Option<u64>, extra: &[OsString]) -> Result<ExitCode> {
+    let ready = setup::run(Scope::Full, setup::Options::default())?;
+    warn_leftover_netns();
+    let root = workspace_root()?;
+    let out = target_dir(&root).join("fuzz").join("packets.json");
+    let mut command = tests_bin(&ready, &root, "failover-fuzz")?;
+    command
+        .arg("--packets")
+        .arg(packets.to_string())
+        .arg("--out")
+        .arg(&out);
+    if let Some(seed) = seed {
+        command.arg("--seed").arg(seed.to_string());
+    }
+    command.args(extra);
     let status = cmd::status(&mut command)?;
     Ok(ExitCode::from(cmd::exit_code(status)))
 }

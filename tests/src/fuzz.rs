@@ -1,0 +1,2257 @@
+//! The packet fuzzer's logic (`failover-fuzz`, `cargo xtask fuzz`): a
+//! seeded PRNG, seed packets, mutations, and an independent model of the
+//! packet rules that judges every output of the XDP program.
+//!
+//! The model is written from the documented rules (README "Packet rules",
+//! `failover_common::Reason`), not from the eBPF code: its parser is strict
+//! (a header is only "there" if it lies inside the IP packet's declared
+//! length), it knows the lab's neighbour table and connected subnets, and
+//! the backend states the fuzzer wrote. For each packet it lists what may
+//! legitimately come out (usually exactly one outcome) and [`Model::judge`]
+//! checks the program's verdict and bytes against that list:
+//!
+//! 1. never XDP_ABORTED (nor an unknown action);
+//! 2. a packet not for a VIP (and not a reply of a tracked NAT flow) passes
+//!    byte-identical;
+//! 3. a forwarded (or rewritten-and-passed) VIP packet goes to a backend that
+//!    is UP (or UP/DRAINING for a flow already pinned to it), with exactly
+//!    the expected bytes changed, MACs from the neighbour table, and correct
+//!    checksums (`pkt::verify_checksums`) whenever the input's were correct;
+//! 4. everything else gets the documented verdict, and the per-CPU reason
+//!    counters move exactly as the model says ([`check_counters`], batch
+//!    by batch).
+
+use std::net::IpAddr;
+
+use failover_common::{
+    FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, Reason, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP,
+};
+use failover_user::{
+    config::{Config, Mode, NoBackend},
+    dataplane::addr16,
+    layout::Layout,
+};
+
+use crate::{
+    pkt::{L4, Pkt, arp_request, inet_checksum, verify_checksums},
+    pktlab::{
+        CLIENT_MAC, LB_B_MAC, LB_C_MAC, NEIGHBOURS, P_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX, from_client, ip,
+    },
+};
+
+pub const XDP_ABORTED: u32 = 0;
+/// MTU of the lab's interfaces (veth default).
+pub const MTU: usize = 1500;
+/// Largest frame the fuzzer makes (BPF_PROG_TEST_RUN takes up to about a
+/// page minus head- and tailroom).
+pub const MAX_FRAME: usize = 3000;
+
+// ------------------------------------------------------------------ PRNG
+
+/// SplitMix64: small, fast, and the same sequence everywhere for a seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The generator of iteration `i` of a run with `seed`: each packet can
+    /// be regenerated on its own.
+    pub fn for_iteration(seed: u64, i: u64) -> Self {
+        let mut r = Rng(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        r.next_u64();
+        r
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// True with probability `num / den`.
+    pub fn chance(&mut self, num: usize, den: usize) -> bool {
+        self.below(den) < num
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+
+    pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+
+    /// One of `v`, or (as often as each of them) a value from `random`.
+    pub fn pick_or<T: Copy>(&mut self, v: &[T], random: impl FnOnce(&mut Self) -> T) -> T {
+        let i = self.below(v.len() + 1);
+        if i == v.len() { random(self) } else { v[i] }
+    }
+}
+
+// ------------------------------------------------------------------ parsing
+
+/// What the strict parser found at L2/L3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Not IPv4/IPv6 (or the Ethernet/VLAN header is cut).
+    NotIp,
+    /// An IP header that is cut or invalid (`dst` set when readable).
+    BadIp,
+    /// A valid IP header whose lengths fit the frame.
+    Ip,
+}
+
+/// A frame as the documented rules see it.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub kind: Kind,
+    pub v6: bool,
+    pub l3: usize,
+    /// End of the IP packet (`l3` + total length, or + 40 + payload length).
+    pub ip_end: usize,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    /// L4 protocol (after IPv6 extension headers).
+    pub proto: u8,
+    pub l4: usize,
+    pub fragment: bool,
+    /// TCP/UDP with its whole fixed header inside the IP packet.
+    pub l4_ok: bool,
+    /// TCP/UDP (or an extension header before it) cut short.
+    pub l4_truncated: bool,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+fn be16(f: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]))
+}
+
+fn addr_at(f: &[u8], at: usize, v6: bool) -> Option<IpAddr> {
+    if v6 {
+        let b: [u8; 16] = f.get(at..at + 16)?.try_into().ok()?;
+        Some(IpAddr::from(b))
+    } else {
+        let b: [u8; 4] = f.get(at..at + 4)?.try_into().ok()?;
+        Some(IpAddr::from(b))
+    }
+}
+
+/// The strict parse: Ethernet with at most one 802.1Q/802.1ad tag, IPv4
+/// (IHL >= 5, total length >= IHL and inside the frame) or IPv6 (payload
+/// inside the frame, at most four hop-by-hop/routing/destination-options
+/// headers walked, a fragment header makes a fragment), then a TCP/UDP
+/// header that must lie inside the IP packet.
+pub fn parse(f: &[u8]) -> Parsed {
+    let mut p = Parsed {
+        kind: Kind::NotIp,
+        v6: false,
+        l3: 14,
+        ip_end: 0,
+        src: None,
+        dst: None,
+        proto: 0,
+        l4: 0,
+        fragment: false,
+        l4_ok: false,
+        l4_truncated: false,
+        sport: 0,
+        dport: 0,
+    };
+    let Some(mut et) = be16(f, 12) else {
+        return p;
+    };
+    if et == 0x8100 || et == 0x88a8 {
+        let Some(inner) = be16(f, 16) else {
+            return p;
+        };
+        et = inner;
+        p.l3 = 18;
+    }
+    let l3 = p.l3;
+    match et {
+        0x0800 => {
+            p.kind = Kind::BadIp;
+            if f.len() < l3 + 20 {
+                return p;
+            }
+            p.dst = addr_at(f, l3 + 16, false);
+            let vihl = f[l3];
+            let ihl = usize::from(vihl & 0xf) * 4;
+            let tot = usize::from(be16(f, l3 + 2).unwrap_or(0));
+            if vihl >> 4 != 4 || ihl < 20 || tot < ihl || l3 + tot > f.len() {
+                return p;
+            }
+            p.kind = Kind::Ip;
+            p.src = addr_at(f, l3 + 12, false);
+            p.proto = f[l3 + 9];
+            p.ip_end = l3 + tot;
+            p.l4 = l3 + ihl;
+            p.fragment = be16(f, l3 + 6).unwrap_or(0) & 0x3fff != 0;
+            if p.fragment {
+                return p;
+            }
+        }
+        0x86dd => {
+            p.kind = Kind::BadIp;
+            p.v6 = true;
+            if f.len() < l3 + 40 {
+                return p;
+            }
+            p.dst = addr_at(f, l3 + 24, true);
+            let plen = usize::from(be16(f, l3 + 4).unwrap_or(0));
+            if f[l3] >> 4 != 6 || l3 + 40 + plen > f.len() {
+                return p;
+            }
+            p.kind = Kind::Ip;
+            p.src = addr_at(f, l3 + 8, true);
+            p.ip_end = l3 + 40 + plen;
+            p.proto = f[l3 + 6];
+            p.l4 = l3 + 40;
+            for _ in 0..4 {
+                match p.proto {
+                    0 | 43 | 60 => {
+                        if p.l4 + 2 > p.ip_end {
+                            p.l4_truncated = true;
+                            return p;
+                        }
+                        p.proto = f[p.l4];
+                        p.l4 += (usize::from(f[p.l4 + 1]) + 1) * 8;
+                    }
+                    44 => {
+                        p.fragment = true;
+                        return p;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        _ => return p,
+    }
+    let need = match p.proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return p,
+    };
+    if p.l4 + need > p.ip_end {
+        p.l4_truncated = true;
+        return p;
+    }
+    p.sport = be16(f, p.l4).unwrap_or(0);
+    p.dport = be16(f, p.l4 + 2).unwrap_or(0);
+    p.l4_ok = true;
+    p
+}
+
+// ------------------------------------------------------------------ seeds
+
+/// A valid packet the mutations start from.
+#[derive(Clone, Debug)]
+pub struct Seed {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+    /// Arrives on the backend side (`b0`) rather than the client side.
+    pub from_backend: bool,
+}
+
+/// A client's frame to the LB: Ethernet, an IPv4 header (no options,
+/// checksummed) or an IPv6 header (no extension headers), then `payload`
+/// of protocol `proto`.
+pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = LB_C_MAC.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&[0x43, 0x21, 0, 0, 64, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = inet_checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            f.extend_from_slice(&[proto, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An ICMP destination-unreachable (port unreachable) from `from` to `to`
+/// quoting the IP packet of `quoted` (a frame): IPv4 quotes the header and
+/// 8 bytes, IPv6 as much as fits.
+pub fn icmp_unreachable(from: IpAddr, to: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let q = &quoted[14..];
+    if from.is_ipv4() {
+        let q = &q[..q.len().min(28)];
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(q);
+        let c = inet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ip_frame(from, to, 1, &icmp)
+    } else {
+        let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(q);
+        let (IpAddr::V6(s), IpAddr::V6(d)) = (from, to) else {
+            panic!("mixed families")
+        };
+        let mut pseudo = s.octets().to_vec();
+        pseudo.extend_from_slice(&d.octets());
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&icmp);
+        let c = inet_checksum(&pseudo);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ip_frame(from, to, 58, &icmp)
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+        payload: payload.to_vec(),
+    }
+}
+
+/// A backend's packet to the client (arrives on `b0`).
+fn from_backend(src: &str, dst: &str, l4: L4) -> Pkt {
+    let mut p = Pkt::new(ip(src), ip(dst), l4);
+    p.smac = P_MAC;
+    p.dmac = LB_B_MAC;
+    p
+}
+
+/// The seed packets, for the lab config (`pktlab::CONFIG`): VIP and non-VIP,
+/// both families, TCP/UDP, NAT and DSR services, VLAN, IPv4 options, IPv6
+/// extension headers, fragments, ICMP errors quoting VIP flows, ARP, and
+/// replies from NAT backends (the client seeds with the same ports open the
+/// flows these replies belong to).
+pub fn seeds() -> Vec<Seed> {
+    let mut v = Vec::new();
+    let mut add = |name, frame: Vec<u8>, from_backend: bool| {
+        v.push(Seed {
+            name,
+            frame,
+            from_backend,
+        })
+    };
+    let syn = from_client("198.18.0.10", tcp(40000, 80, 0x02, b""));
+    add("v4 tcp syn to nat web", syn.bytes(), false);
+    add(
+        "v4 tcp data to nat web",
+        from_client(
+            "198.18.0.10",
+            tcp(40000, 80, 0x18, b"GET / HTTP/1.1\r\n\r\n"),
+        )
+        .bytes(),
+        false,
+    );
+    add(
+        "v4 udp to nat dns",
+        from_client("198.18.0.10", L4::udp(40001, 53, b"query")).bytes(),
+        false,
+    );
+    add(
+        "v4 udp without checksum to nat dns",
+        from_client(
+            "198.18.0.10",
+            L4::Udp {
+                sport: 40002,
+                dport: 53,
+                payload: b"q".to_vec(),
+                no_checksum: true,
+            },
+        )
+        .bytes(),
+        false,
+    );
+    add(
+        "v6 tcp to nat web6",
+        from_client("2001:db8::10", tcp(40003, 80, 0x18, b"GET /")).bytes(),
+        false,
+    );
+    let mut p = from_client("198.18.0.10", tcp(40004, 80, 0x10, b"x"));
+    p.vlan = Some(100);
+    add("vlan v4 tcp to nat web", p.bytes(), false);
+    let mut p = from_client("198.18.0.10", tcp(40005, 80, 0x10, b""));
+    p.ip_options = vec![1, 1, 0x44, 4, 5, 0, 0, 0];
+    add("v4 options tcp to nat web", p.bytes(), false);
+    let mut p = from_client("2001:db8::10", tcp(40006, 80, 0x02, b""));
+    p.v6_dstopts = true;
+    add("v6 dstopts tcp to nat web6", p.bytes(), false);
+    let mut p = from_client("2001:db8::10", tcp(40007, 80, 0x02, b""));
+    p.v6_fragment = true;
+    add("v6 fragment to web6", p.bytes(), false);
+    let mut p = from_client("198.18.0.10", tcp(40008, 80, 0x02, b""));
+    p.frag = 0x2000;
+    add("v4 fragment to web", p.bytes(), false);
+    // Plain client packets: (name, VIP, L4).
+    for (name, vip, l4) in [
+        (
+            "v4 tcp to dsr web-dsr",
+            "198.18.0.11",
+            tcp(40010, 80, 0x02, b""),
+        ),
+        (
+            "v4 udp to dsr dns-dsr",
+            "198.18.0.11",
+            L4::udp(40011, 53, b"q"),
+        ),
+        (
+            "v4 tcp to dsr local-dsr (XDP_TX)",
+            "198.18.0.15",
+            tcp(40012, 80, 0x10, b""),
+        ),
+        (
+            "v4 tcp to dead (no backend, drop)",
+            "198.18.0.12",
+            tcp(40013, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to dead-pass (no backend, pass)",
+            "198.18.0.13",
+            tcp(40014, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to noneigh (backend without neighbour)",
+            "198.18.0.14",
+            tcp(40015, 80, 0x02, b""),
+        ),
+        (
+            "v4 tcp to a VIP, other port",
+            "198.18.0.10",
+            tcp(40016, 443, 0x02, b""),
+        ),
+        ("icmp echo to a VIP", "198.18.0.10", L4::Echo { id: 9 }),
+    ] {
+        add(name, from_client(vip, l4).bytes(), false);
+    }
+    let mut p = Pkt::new(
+        ip("198.18.0.2"),
+        ip("198.18.0.99"),
+        tcp(40020, 80, 0x02, b""),
+    );
+    p.dmac = LB_C_MAC;
+    add("v4 tcp not for a VIP", p.bytes(), false);
+    add(
+        "v6 udp not for a VIP",
+        Pkt::new(
+            ip("2001:db8::2"),
+            ip("2001:db8::99"),
+            L4::udp(40021, 53, b"x"),
+        )
+        .bytes(),
+        false,
+    );
+    add(
+        "arp who-has VIP",
+        arp_request(CLIENT_MAC, [198, 18, 0, 2], [198, 18, 0, 10]),
+        false,
+    );
+    // ICMP errors about VIP flows: the client's host says the VIP's packet
+    // to it could not be delivered (quoting VIP -> client).
+    for (name, vip, client, port) in [
+        (
+            "icmp port unreachable quoting a v4 VIP flow",
+            "198.18.0.10",
+            "198.18.0.2",
+            40000,
+        ),
+        (
+            "icmpv6 unreachable quoting a v6 VIP flow",
+            "2001:db8::10",
+            "2001:db8::2",
+            40003,
+        ),
+    ] {
+        let quoted = Pkt::new(ip(vip), ip(client), tcp(80, port, 0x12, b"")).bytes();
+        add(name, icmp_unreachable(ip(client), ip(vip), &quoted), false);
+    }
+    // Replies of NAT backends, for the client flows above.
+    add(
+        "v4 tcp reply from web backend p",
+        from_backend("198.18.1.2", "198.18.0.2", tcp(8080, 40000, 0x12, b"")).bytes(),
+        true,
+    );
+    add(
+        "v4 udp reply from dns backend p",
+        from_backend("198.18.1.2", "198.18.0.2", L4::udp(5353, 40001, b"answer")).bytes(),
+        true,
+    );
+    add(
+        "v6 tcp reply from web6 backend p",
+        from_backend(
+            "2001:db8:1::2",
+            "2001:db8::2",
+            tcp(8080, 40003, 0x10, b"200"),
+        )
+        .bytes(),
+        true,
+    );
+    let mut p = from_backend("198.18.1.2", "198.18.0.2", tcp(8080, 40004, 0x10, b""));
+    p.vlan = Some(100);
+    add("vlan v4 tcp reply from web backend p", p.bytes(), true);
+    add(
+        "v4 tcp from a backend, no flow (probe reply)",
+        from_backend("198.18.1.3", "198.18.1.1", tcp(8080, 50000, 0x12, b"")).bytes(),
+        true,
+    );
+    v
+}
+
+// ------------------------------------------------------------------ mutation
+
+/// Where the layers of a frame start, found leniently (for choosing
+/// mutation points, not for judging).
+#[derive(Clone, Debug, Default)]
+struct Layers {
+    l3: usize,
+    v4: bool,
+    v6: bool,
+    /// L4 offset (IPv4: after the options; IPv6: after the extension
+    /// headers walked), if the IP header is there.
+    l4: Option<usize>,
+    proto: u8,
+    /// Offset of the first IPv6 extension header, if any.
+    ext: Option<usize>,
+}
+
+fn layers(f: &[u8]) -> Layers {
+    let mut l = Layers {
+        l3: 14,
+        ..Layers::default()
+    };
+    let Some(mut et) = be16(f, 12) else {
+        return l;
+    };
+    if et == 0x8100 || et == 0x88a8 {
+        et = be16(f, 16).unwrap_or(0);
+        l.l3 = 18;
+    }
+    let l3 = l.l3;
+    if et == 0x0800 {
+        l.v4 = true;
+        if f.len() >= l3 + 20 {
+            l.l4 = Some(l3 + usize::from(f[l3] & 0xf) * 4);
+            l.proto = f[l3 + 9];
+        }
+    } else if et == 0x86dd {
+        l.v6 = true;
+        if f.len() >= l3 + 40 {
+            let mut next = f[l3 + 6];
+            let mut at = l3 + 40;
+            for _ in 0..4 {
+                if !matches!(next, 0 | 43 | 60 | 44) || at + 2 > f.len() {
+                    break;
+                }
+                l.ext.get_or_insert(at);
+                let len = if next == 44 {
+                    8
+                } else {
+                    (usize::from(f[at + 1]) + 1) * 8
+                };
+                next = f[at];
+                at += len;
+            }
+            l.proto = next;
+            l.l4 = Some(at);
+        }
+    }
+    l
+}
+
+const ADDRS4: [&str; 12] = [
+    "198.18.0.10",
+    "198.18.0.11",
+    "198.18.0.12",
+    "198.18.0.13",
+    "198.18.0.14",
+    "198.18.0.15",
+    "198.18.0.2",
+    "198.18.0.5",
+    "198.18.1.2",
+    "198.18.1.3",
+    "198.18.0.1",
+    "198.18.1.9",
+];
+const ADDRS6: [&str; 7] = [
+    "2001:db8::10",
+    "2001:db8::2",
+    "2001:db8:1::2",
+    "2001:db8:1::3",
+    "2001:db8::1",
+    "2001:db8::99",
+    "2001:db8:1::9",
+];
+const PORTS: [u16; 10] = [80, 53, 8080, 5353, 8081, 8082, 443, 0, 65535, 40000];
+
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    if let Some(s) = f.get_mut(at..at + 2) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn set_addr(f: &mut [u8], at: usize, rng: &mut Rng, v6: bool) {
+    let n = if v6 { 16 } else { 4 };
+    let Some(slot) = f.get_mut(at..at + n) else {
+        return;
+    };
+    if rng.chance(1, 8) {
+        for b in slot.iter_mut() {
+            *b = rng.byte();
+        }
+        return;
+    }
+    let a: &&str = if v6 {
+        rng.pick(&ADDRS6)
+    } else {
+        rng.pick(&ADDRS4)
+    };
+    let a = ip(a);
+    match a {
+        IpAddr::V4(a) => slot.copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => slot.copy_from_slice(&a.octets()),
+    }
+}
+
+/// Applies one random mutation to `f` (the frame stays >= 14 and <=
+/// [`MAX_FRAME`] bytes). Returns its name (for the statistics).
+pub fn mutate(f: &mut Vec<u8>, rng: &mut Rng) -> &'static str {
+    let l = layers(f);
+    let l3 = l.l3;
+    let name = match rng.below(18) {
+        0 => {
+            // Truncate at (or next to) a layer boundary.
+            let mut cuts = vec![
+                12,
+                14,
+                16,
+                18,
+                l3 + 1,
+                l3 + 10,
+                l3 + 19,
+                l3 + 20,
+                l3 + 39,
+                l3 + 40,
+            ];
+            if let Some(l4) = l.l4 {
+                cuts.extend([
+                    l4,
+                    l4 + 1,
+                    l4 + 4,
+                    l4 + 7,
+                    l4 + 8,
+                    l4 + 13,
+                    l4 + 19,
+                    l4 + 20,
+                ]);
+            }
+            if let Some(e) = l.ext {
+                cuts.extend([e + 1, e + 2, e + 8]);
+            }
+            let n = *rng.pick(&cuts);
+            f.truncate(n);
+            "truncate-boundary"
+        }
+        1 => {
+            let n = rng.below(f.len() + 1);
+            f.truncate(n);
+            "truncate-random"
+        }
+        2 => {
+            for _ in 0..1 + rng.below(64) {
+                f.push(rng.byte());
+            }
+            "extend-random"
+        }
+        3 => {
+            let to = match rng.below(4) {
+                0 => 60,
+                1 => MTU + 14 + 1 + rng.below(100),
+                _ => f.len() + 1 + rng.below(40),
+            };
+            if f.len() < to {
+                f.resize(to, 0);
+            }
+            "extend-padding"
+        }
+        4 => {
+            if let Some(at) = l.l4.map(|o| o + 13).filter(|&o| o < f.len()) {
+                f[at] = rng.pick_or(
+                    &[0x02, 0x12, 0x10, 0x18, 0x04, 0x14, 0x01, 0x11, 0x00, 0xff],
+                    |r| r.byte(),
+                );
+            }
+            "tcp-flags"
+        }
+        5 => {
+            if l.v4 {
+                let w = rng.pick_or(&[0x2000, 0x0001, 0x4000, 0x2001, 0x1fff, 0x8000], |r| {
+                    r.next_u64() as u16
+                });
+                put16(f, l3 + 6, w);
+            } else if l.v6 {
+                // Insert a fragment header right after the fixed header.
+                insert_v6_ext(f, l3, 44, &[0, 0, 0, 1, 0, 0, 0, 9], rng);
+            }
+            "fragment-bits"
+        }
+        6 => {
+            if let Some(b) = f.get_mut(l3) {
+                *b = (rng.pick_or(&[4u8, 6, 0, 5, 15], |r| r.byte() >> 4) << 4) | (*b & 0xf);
+            }
+            "ip-version"
+        }
+        7 => {
+            if l.v4
+                && let Some(b) = f.get_mut(l3)
+            {
+                *b = (*b & 0xf0) | (rng.byte() & 0xf);
+            }
+            "ipv4-ihl"
+        }
+        8 => {
+            let at = if l.v6 { l3 + 4 } else { l3 + 2 };
+            let cur = be16(f, at).unwrap_or(0);
+            let v = match rng.below(5) {
+                0 => 0,
+                1 => cur.wrapping_add(1 + rng.below(8) as u16),
+                2 => cur.wrapping_sub(1 + rng.below(8) as u16),
+                3 => 0xffff,
+                _ => rng.next_u64() as u16,
+            };
+            put16(f, at, v);
+            "ip-length"
+        }
+        9 => {
+            let at = if l.v6 { l3 + 6 } else { l3 + 9 };
+            if let Some(b) = f.get_mut(at) {
+                *b = rng.pick_or(&[6, 17, 1, 58, 0, 43, 44, 60, 59, 132], |r| r.byte());
+            }
+            "next-header"
+        }
+        10 => {
+            if l.v6 {
+                if let Some(e) = l.ext.filter(|_| rng.chance(1, 2)) {
+                    if let Some(b) = f.get_mut(e + 1) {
+                        *b = rng.pick_or(&[0, 1, 2, 255], |r| r.byte());
+                    }
+                } else {
+                    let t = *rng.pick(&[0u8, 43, 60]);
+                    insert_v6_ext(f, l3, t, &[0, 0, 1, 4, 0, 0, 0, 0], rng);
+                }
+            }
+            "ext-header"
+        }
+        11 => {
+            if let Some(l4) = l.l4 {
+                let at = l4 + 2 * rng.below(2);
+                let v = if rng.chance(1, 4) {
+                    rng.next_u64() as u16
+                } else {
+                    *rng.pick(&PORTS)
+                };
+                put16(f, at, v);
+            }
+            "port"
+        }
+        12 => {
+            if l.v4 {
+                set_addr(f, l3 + 12 + 4 * rng.below(2), rng, false);
+            } else if l.v6 {
+                set_addr(f, l3 + 8 + 16 * rng.below(2), rng, true);
+            }
+            "address"
+        }
+        13 => {
+            let (a, n) = if l.v6 { (l3 + 8, 16) } else { (l3 + 12, 4) };
+            if f.len() >= a + 2 * n {
+                let (x, y) = f[a..a + 2 * n].split_at_mut(n);
+                x.swap_with_slice(y);
+                if let Some(l4) = l.l4.filter(|&o| o + 4 <= f.len()) {
+                    let (x, y) = f[l4..l4 + 4].split_at_mut(2);
+                    x.swap_with_slice(y);
+                }
+            }
+            "swap-src-dst"
+        }
+        14 => {
+            match rng.below(3) {
+                0 => {
+                    // Insert a VLAN tag (or a second one).
+                    let tpid: u16 = *rng.pick(&[0x8100, 0x88a8]);
+                    let tag = [(tpid >> 8) as u8, tpid as u8, 0, rng.byte()];
+                    let at = 12.min(f.len());
+                    f.splice(at..at, tag);
+                }
+                1 if l3 == 18 && f.len() >= 18 => {
+                    f.drain(12..16);
+                }
+                _ => {
+                    let et: u16 = rng
+                        .pick_or(&[0x0800, 0x86dd, 0x8100, 0x88a8, 0x0806, 0x88cc], |r| {
+                            r.next_u64() as u16
+                        });
+                    put16(f, l3 - 2, et);
+                }
+            }
+            "ethertype-vlan"
+        }
+        15 => {
+            for _ in 0..1 + rng.below(8) {
+                if f.is_empty() {
+                    break;
+                }
+                let i = rng.below(f.len());
+                f[i] ^= 1 << rng.below(8);
+            }
+            "bit-flips"
+        }
+        16 => {
+            let at = if l.v6 { l3 + 7 } else { l3 + 8 };
+            if let Some(b) = f.get_mut(at) {
+                *b = rng.pick_or(&[0, 1, 2, 255], |r| r.byte());
+            }
+            "ttl"
+        }
+        _ => {
+            if l.v4 && f.len() >= l3 + 20 {
+                // Add IPv4 options (NOPs, end of list, or junk) and raise
+                // IHL to match; lengths are fixed up later (or not).
+                let ihl = usize::from(f[l3] & 0xf) * 4;
+                let add = 4 * (1 + rng.below(4));
+                if ihl >= 20 && ihl + add <= 60 && l3 + ihl <= f.len() {
+                    let opt: Vec<u8> = (0..add)
+                        .map(|_| rng.pick_or(&[1u8, 1, 1, 0], |r| r.byte()))
+                        .collect();
+                    f.splice(l3 + ihl..l3 + ihl, opt);
+                    f[l3] = (f[l3] & 0xf0) | ((ihl + add) / 4) as u8;
+                }
+            }
+            "ipv4-options"
+        }
+    };
+    if f.len() < 14 {
+        f.resize(14, 0);
+    }
+    f.truncate(MAX_FRAME);
+    name
+}
+
+/// Inserts an 8-byte IPv6 extension header of type `ty` (body `body`, its
+/// next-header byte set to the current first next header) after the fixed
+/// header.
+fn insert_v6_ext(f: &mut Vec<u8>, l3: usize, ty: u8, body: &[u8; 8], rng: &mut Rng) {
+    if f.len() < l3 + 40 {
+        return;
+    }
+    let mut h = *body;
+    h[0] = f[l3 + 6];
+    if ty != 44 && rng.chance(1, 4) {
+        h[1] = rng.byte() & 3;
+    }
+    let extra = if ty == 44 { 0 } else { usize::from(h[1]) * 8 };
+    let mut bytes = h.to_vec();
+    bytes.extend(std::iter::repeat_n(1u8, extra));
+    f.splice(l3 + 40..l3 + 40, bytes);
+    f[l3 + 6] = ty;
+}
+
+/// Makes the IP length fields say what the frame holds (so mutated packets
+/// get past the length checks and reach the deeper rules).
+pub fn fix_lengths(f: &mut [u8]) {
+    let l = layers(f);
+    let l3 = l.l3;
+    if l.v4 && f.len() >= l3 + 20 {
+        put16(f, l3 + 2, (f.len() - l3).min(0xffff) as u16);
+    } else if l.v6 && f.len() >= l3 + 40 {
+        put16(f, l3 + 4, (f.len() - l3 - 40).min(0xffff) as u16);
+    }
+}
+
+/// Recomputes the IPv4 header checksum and the TCP/UDP/ICMP checksum where
+/// the headers are there, so checksum-valid mutants are common (the
+/// invariant on output checksums applies to them).
+pub fn fix_checksums(f: &mut [u8]) {
+    let l = layers(f);
+    let l3 = l.l3;
+    let Some(l4) = l.l4 else {
+        return;
+    };
+    let ip_end;
+    let pseudo_addrs: Vec<u8>;
+    if l.v4 {
+        let ihl = l4 - l3;
+        if ihl < 20 || l4 > f.len() {
+            return;
+        }
+        f[l3 + 10] = 0;
+        f[l3 + 11] = 0;
+        let c = inet_checksum(&f[l3..l4]);
+        put16(f, l3 + 10, c);
+        ip_end = l3 + usize::from(be16(f, l3 + 2).unwrap_or(0));
+        pseudo_addrs = f[l3 + 12..l3 + 20].to_vec();
+    } else {
+        ip_end = l3 + 40 + usize::from(be16(f, l3 + 4).unwrap_or(0));
+        pseudo_addrs = f[l3 + 8..l3 + 40].to_vec();
+    }
+    let proto = l.proto;
+    let at = match proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        1 | 58 => 2,
+        _ => return,
+    };
+    if ip_end > f.len() || l4 + at + 2 > ip_end {
+        return;
+    }
+    f[l4 + at] = 0;
+    f[l4 + at + 1] = 0;
+    let seg = &f[l4..ip_end];
+    let mut data = Vec::with_capacity(seg.len() + 40);
+    if proto != 1 {
+        data.extend_from_slice(&pseudo_addrs);
+        if l.v6 {
+            data.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+            data.extend_from_slice(&[0, 0, 0, proto]);
+        } else {
+            data.extend_from_slice(&[0, proto]);
+            data.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        }
+    }
+    data.extend_from_slice(seg);
+    let mut c = inet_checksum(&data);
+    if c == 0 && proto == PROTO_UDP {
+        c = 0xffff;
+    }
+    put16(f, l4 + at, c);
+}
+
+/// One fuzz case: a seed, 1-4 mutations, lengths and checksums fixed up
+/// some of the time, and the ingress side (mostly the seed's).
+pub struct Case {
+    pub frame: Vec<u8>,
+    pub seed: usize,
+    pub from_backend: bool,
+    pub mutations: Vec<&'static str>,
+}
+
+pub fn make_case(seeds: &[Seed], rng: &mut Rng) -> Case {
+    let si = rng.below(seeds.len());
+    let s = &seeds[si];
+    let mut frame = s.frame.clone();
+    let mut mutations = Vec::new();
+    // A few untouched seeds keep the flows that replies belong to alive.
+    if !rng.chance(1, 16) {
+        for _ in 0..1 + rng.below(4) {
+            mutations.push(mutate(&mut frame, rng));
+        }
+        if rng.chance(1, 2) {
+            fix_lengths(&mut frame);
+        }
+        if rng.chance(3, 4) {
+            fix_checksums(&mut frame);
+        }
+    }
+    let from_backend = if rng.chance(1, 8) {
+        !s.from_backend
+    } else {
+        s.from_backend
+    };
+    Case {
+        frame,
+        seed: si,
+        from_backend,
+        mutations,
+    }
+}
+
+// ------------------------------------------------------------------ model
+
+/// A bit per `Reason`.
+pub type Mask = u32;
+
+pub const fn bit(r: Reason) -> Mask {
+    1 << r as u32
+}
+
+/// The reasons in `m`, by name.
+pub fn mask_names(m: Mask) -> String {
+    Reason::ALL
+        .iter()
+        .filter(|r| m & bit(**r) != 0)
+        .map(|r| r.name())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+#[derive(Clone, Debug)]
+pub struct MBackend {
+    pub id: u32,
+    pub name: String,
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct MService {
+    pub id: u32,
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: u8,
+    pub dsr: bool,
+    pub pass_on_none: bool,
+    pub tiers: Vec<Vec<MBackend>>,
+}
+
+/// The lab's side a frame arrives on / leaves by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// The model of the documented packet rules over the lab's config, maps
+/// and network.
+pub struct Model {
+    pub services: Vec<MService>,
+    pub neighbours: Vec<(IpAddr, [u8; 6], Side)>,
+    pub c0: u32,
+    pub b0: u32,
+}
+
+/// How a packet is classified before it runs (what conntrack entry the
+/// judge needs is in `flow`).
+#[derive(Clone, Debug)]
+pub enum Class {
+    /// The rules fix the outcome whatever the maps hold: pass untouched or
+    /// drop, with this reason; `vip`: addressed to a VIP address.
+    Fixed { reason: Reason, vip: bool },
+    /// A client packet of `services[i]`.
+    Service(usize),
+    /// A packet from NAT backend `services[s].tiers[t][m]`.
+    Reply { s: usize, t: usize, m: usize },
+}
+
+/// A packet prepared for judging.
+#[derive(Clone, Debug)]
+pub struct Pre {
+    pub parsed: Parsed,
+    pub class: Class,
+    /// The conntrack key to look up before running the packet.
+    pub flow: Option<FlowKey>,
+    pub ingress: Side,
+    /// The input's IP and TCP/UDP checksums are all correct.
+    pub sums_ok: bool,
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: u8,
+    pub what: String,
+}
+
+/// What the judge accepted: the reason(s) the packet must be counted
+/// under (one bit, unless the model cannot tell which of several the
+/// kernel's FIB gives) and a class for the statistics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub reasons: Mask,
+    pub class: &'static str,
+}
+
+/// One possible legitimate outcome.
+#[derive(Clone, Debug)]
+enum Exp {
+    /// XDP_PASS with the input unchanged.
+    Pass(Reason),
+    /// XDP_DROP (the bytes do not matter).
+    Drop(Reason),
+    /// `action` with exactly `bytes`, except the checksum bytes at `free`,
+    /// which `verify_checksums` judges.
+    Bytes {
+        action: u32,
+        reason: Reason,
+        bytes: Vec<u8>,
+        free: Vec<usize>,
+        what: String,
+    },
+}
+
+/// The FIB's answer for a destination, as the lab's routes and neighbour
+/// table make it.
+#[derive(Clone, Copy, Debug)]
+enum FibOut {
+    Ok([u8; 6], Side),
+    NoNeigh,
+    FragNeeded,
+    Fail,
+}
+
+#[derive(Clone, Copy)]
+enum Rw {
+    Src,
+    Dst,
+}
+
+fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    let (s, family) = addr16(src);
+    let (d, _) = addr16(dst);
+    FlowKey {
+        src: s,
+        dst: d,
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+impl Model {
+    /// The model of `cfg` as laid out in `layout`, on the lab's interfaces.
+    pub fn new(cfg: &Config, layout: &Layout, c0: u32, b0: u32) -> Self {
+        let services = cfg
+            .services
+            .iter()
+            .zip(&layout.services)
+            .map(|(s, sl)| MService {
+                id: sl.id,
+                name: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                proto: s.protocol.number(),
+                dsr: s.mode == Mode::Dsr,
+                pass_on_none: s.on_no_backend == NoBackend::Pass,
+                tiers: sl
+                    .tiers
+                    .iter()
+                    .map(|t| {
+                        t.iter()
+                            .map(|b| MBackend {
+                                id: b.id,
+                                name: b.name.clone(),
+                                addr: b.address,
+                                port: b.port,
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        let neighbours = NEIGHBOURS
+            .iter()
+            .map(|(a, m, dev)| {
+                let side = if *dev == "c0" {
+                    Side::Client
+                } else {
+                    Side::Backend
+                };
+                (ip(a), *m, side)
+            })
+            .collect();
+        Model {
+            services,
+            neighbours,
+            c0,
+            b0,
+        }
+    }
+
+    pub fn ifindex(&self, s: Side) -> u32 {
+        match s {
+            Side::Client => self.c0,
+            Side::Backend => self.b0,
+        }
+    }
+
+    fn is_vip(&self, a: Option<IpAddr>) -> bool {
+        a.is_some_and(|a| self.services.iter().any(|s| s.vip == a))
+    }
+
+    /// Every backend id with its service and name (for the fuzzer's health
+    /// changes and messages).
+    pub fn backends(&self) -> Vec<(u32, String)> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                s.tiers
+                    .iter()
+                    .flatten()
+                    .map(move |b| (b.id, format!("{}/{}", s.name, b.name)))
+            })
+            .collect()
+    }
+
+    /// Classifies `frame` arriving on `ingress`.
+    pub fn prepare(&self, frame: &[u8], ingress: Side) -> Pre {
+        let p = parse(frame);
+        let vip = self.is_vip(p.dst);
+        let fixed = |reason| Class::Fixed { reason, vip };
+        let mut flow = None;
+        let class = match p.kind {
+            Kind::NotIp => fixed(Reason::PassNonIp),
+            Kind::BadIp if vip => fixed(Reason::DropMalformed),
+            Kind::BadIp => fixed(Reason::PassMalformed),
+            Kind::Ip if p.fragment && vip => fixed(Reason::DropFragment),
+            Kind::Ip if p.l4_truncated && vip => fixed(Reason::DropMalformed),
+            Kind::Ip if p.fragment || p.l4_truncated => fixed(Reason::PassNotVip),
+            Kind::Ip if !p.l4_ok && vip => fixed(Reason::PassVipOtherPort),
+            Kind::Ip if !p.l4_ok => fixed(Reason::PassNotVip),
+            Kind::Ip => {
+                let (src, dst) = (
+                    p.src.unwrap_or(IpAddr::from([0u8; 4])),
+                    p.dst.unwrap_or(IpAddr::from([0u8; 4])),
+                );
+                if let Some(i) = self
+                    .services
+                    .iter()
+                    .position(|s| s.vip == dst && s.port == p.dport && s.proto == p.proto)
+                {
+                    flow = Some(flow_key(src, dst, p.sport, p.dport, p.proto));
+                    Class::Service(i)
+                } else if let Some((s, t, m)) = self.nat_backend(src, p.sport, p.proto) {
+                    let svc = &self.services[s];
+                    flow = Some(flow_key(dst, svc.vip, p.dport, svc.port, p.proto));
+                    Class::Reply { s, t, m }
+                } else if vip {
+                    fixed(Reason::PassVipOtherPort)
+                } else {
+                    fixed(Reason::PassNotVip)
+                }
+            }
+        };
+        let sums_ok = p.kind == Kind::Ip && p.l4_ok && verify_checksums(frame).is_ok();
+        Pre {
+            parsed: p,
+            class,
+            flow,
+            ingress,
+            sums_ok,
+        }
+    }
+
+    /// The NAT backend (service, tier, member) listening on `addr:port`.
+    fn nat_backend(&self, addr: IpAddr, port: u16, proto: u8) -> Option<(usize, usize, usize)> {
+        for (si, s) in self.services.iter().enumerate() {
+            if s.dsr || s.proto != proto {
+                continue;
+            }
+            for (ti, t) in s.tiers.iter().enumerate() {
+                if let Some(mi) = t.iter().position(|b| b.addr == addr && b.port == port) {
+                    return Some((si, ti, mi));
+                }
+            }
+        }
+        None
+    }
+
+    fn lb_mac(s: Side) -> [u8; 6] {
+        match s {
+            Side::Client => LB_C_MAC,
+            Side::Backend => LB_B_MAC,
+        }
+    }
+
+    /// What `bpf_fib_lookup` answers for `dst` with an L3 length of
+    /// `l3_len` in the lab: possibly several answers for addresses the
+    /// model does not know (then the output tells which one it was).
+    ///
+    /// An IPv6 source that is multicast, link-local, loopback or
+    /// unspecified may also make the lookup fail: the kernel does not
+    /// forward from those (seen by the fuzzer: DropFibFail).
+    fn fib(&self, src: Option<IpAddr>, dst: IpAddr, l3_len: usize) -> Vec<FibOut> {
+        let mut v = self.fib_dst(dst, l3_len);
+        let scoped = matches!(src, Some(IpAddr::V6(a))
+            if a.is_multicast() || a.is_unicast_link_local() || a.is_loopback() || a.is_unspecified());
+        if scoped && !v.iter().any(|f| matches!(f, FibOut::Fail)) {
+            v.push(FibOut::Fail);
+        }
+        v
+    }
+
+    fn fib_dst(&self, dst: IpAddr, l3_len: usize) -> Vec<FibOut> {
+        let big = l3_len > MTU;
+        if let Some((_, mac, side)) = self.neighbours.iter().find(|(a, ..)| *a == dst) {
+            return vec![if big {
+                FibOut::FragNeeded
+            } else {
+                FibOut::Ok(*mac, *side)
+            }];
+        }
+        let plain_host = match dst {
+            IpAddr::V4(a) => {
+                let o = a.octets();
+                o[..2] == [198, 18] && o[2] <= 1 && (2..=254).contains(&o[3])
+            }
+            IpAddr::V6(a) => {
+                let s = a.segments();
+                // 2001:db8::/64 and 2001:db8:1::/64, not ::0 (subnet-router
+                // anycast) nor ::1 (the LB's own address).
+                s[..2] == [0x2001, 0xdb8] && s[2] <= 1 && s[3..7] == [0, 0, 0, 0] && s[7] >= 2
+            }
+        };
+        let route = if big {
+            FibOut::FragNeeded
+        } else {
+            FibOut::NoNeigh
+        };
+        if plain_host {
+            vec![route]
+        } else {
+            vec![route, FibOut::Fail]
+        }
+    }
+
+    fn ttl(frame: &[u8], p: &Parsed) -> u8 {
+        frame[p.l3 + if p.v6 { 7 } else { 8 }]
+    }
+
+    /// The input with one side's address and port rewritten (and the
+    /// TTL decremented, and the MACs set), checksum bytes left free.
+    fn rewritten(
+        frame: &[u8],
+        p: &Parsed,
+        side: Rw,
+        addr: IpAddr,
+        port: u16,
+        dec_ttl: bool,
+        macs: Option<([u8; 6], [u8; 6])>,
+    ) -> (Vec<u8>, Vec<usize>) {
+        let mut b = frame.to_vec();
+        let mut free = Vec::new();
+        if let Some((d, s)) = macs {
+            b[0..6].copy_from_slice(&d);
+            b[6..12].copy_from_slice(&s);
+        }
+        let l3 = p.l3;
+        match addr {
+            IpAddr::V4(a) => {
+                let at = l3 + if matches!(side, Rw::Src) { 12 } else { 16 };
+                b[at..at + 4].copy_from_slice(&a.octets());
+                if dec_ttl {
+                    b[l3 + 8] = b[l3 + 8].wrapping_sub(1);
+                }
+                free.extend([l3 + 10, l3 + 11]);
+            }
+            IpAddr::V6(a) => {
+                let at = l3 + if matches!(side, Rw::Src) { 8 } else { 24 };
+                b[at..at + 16].copy_from_slice(&a.octets());
+                if dec_ttl {
+                    b[l3 + 7] = b[l3 + 7].wrapping_sub(1);
+                }
+            }
+        }
+        let port_at = p.l4 + if matches!(side, Rw::Src) { 0 } else { 2 };
+        b[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+        let check = p.l4 + if p.proto == PROTO_TCP { 16 } else { 6 };
+        // A UDP datagram without checksum keeps none.
+        if !(p.proto == PROTO_UDP && frame[check] == 0 && frame[check + 1] == 0) {
+            free.extend([check, check + 1]);
+        }
+        (b, free)
+    }
+
+    /// The outcomes of a client packet sent to backend `b` of `s`.
+    fn to_backend(&self, frame: &[u8], pre: &Pre, s: &MService, b: &MBackend) -> Vec<Exp> {
+        let p = &pre.parsed;
+        let l3_len = frame.len() - p.l3;
+        self.fib(p.src, b.addr, l3_len)
+            .into_iter()
+            .map(|fib| match (fib, s.dsr) {
+                (FibOut::Ok(mac, side), true) => {
+                    let mut bytes = frame.to_vec();
+                    bytes[0..6].copy_from_slice(&mac);
+                    bytes[6..12].copy_from_slice(&Self::lb_mac(side));
+                    let (action, reason) = self.send(pre.ingress, side);
+                    Exp::Bytes {
+                        action,
+                        reason,
+                        bytes,
+                        free: Vec::new(),
+                        what: format!("DSR to {}/{} ({})", s.name, b.name, b.addr),
+                    }
+                }
+                (FibOut::Ok(..), false) if Self::ttl(frame, p) <= 1 => {
+                    Exp::Pass(Reason::PassTtlExceeded)
+                }
+                (FibOut::Ok(mac, side), false) => {
+                    let (bytes, free) = Self::rewritten(
+                        frame,
+                        p,
+                        Rw::Dst,
+                        b.addr,
+                        b.port,
+                        true,
+                        Some((mac, Self::lb_mac(side))),
+                    );
+                    let (action, reason) = self.send(pre.ingress, side);
+                    Exp::Bytes {
+                        action,
+                        reason,
+                        bytes,
+                        free,
+                        what: format!("NAT to {}/{} ({}:{})", s.name, b.name, b.addr, b.port),
+                    }
+                }
+                (FibOut::NoNeigh, true) => Exp::Drop(Reason::DropNoNeigh),
+                (FibOut::FragNeeded, true) => Exp::Pass(Reason::PassFragNeeded),
+                (FibOut::NoNeigh | FibOut::FragNeeded, false) => {
+                    let reason = if matches!(fib, FibOut::NoNeigh) {
+                        Reason::PassNoNeigh
+                    } else {
+                        Reason::PassFragNeeded
+                    };
+                    let (bytes, free) =
+                        Self::rewritten(frame, p, Rw::Dst, b.addr, b.port, false, None);
+                    Exp::Bytes {
+                        action: XDP_PASS,
+                        reason,
+                        bytes,
+                        free,
+                        what: format!(
+                            "NAT to {}/{} ({}:{}) handed to the kernel",
+                            s.name, b.name, b.addr, b.port
+                        ),
+                    }
+                }
+                (FibOut::Fail, _) => Exp::Drop(Reason::DropFibFail),
+            })
+            .collect()
+    }
+
+    fn send(&self, ingress: Side, egress: Side) -> (u32, Reason) {
+        if ingress == egress {
+            (XDP_TX, Reason::FwdTx)
+        } else {
+            (XDP_REDIRECT, Reason::FwdRedirect)
+        }
+    }
+
+    /// The RST answering a client's TCP packet (`rst.rs`'s documented
+    /// behaviour), or the drop if its TCP header lies about its length.
+    fn rst(frame: &[u8], p: &Parsed) -> Exp {
+        let (l3, l4) = (p.l3, p.l4);
+        let flags = frame[l4 + 13];
+        let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+        let ack =
+            u32::from_be_bytes([frame[l4 + 8], frame[l4 + 9], frame[l4 + 10], frame[l4 + 11]]);
+        let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+        let l4_len = p.ip_end - l4;
+        if doff < 20 || l4_len < doff {
+            return Exp::Drop(Reason::DropMalformed);
+        }
+        let mut seg = (l4_len - doff) as u32;
+        if flags & 0x03 != 0 {
+            seg += 1;
+        }
+        let (rseq, rack, rflags) = if flags & 0x10 != 0 {
+            (ack, 0, 0x04)
+        } else {
+            (0, seq.wrapping_add(seg), 0x14)
+        };
+        let mut b = frame[..l4 + 20].to_vec();
+        b[0..6].copy_from_slice(&frame[6..12]);
+        b[6..12].copy_from_slice(&frame[0..6]);
+        let mut free = vec![l4 + 16, l4 + 17];
+        if p.v6 {
+            b[l3 + 8..l3 + 24].copy_from_slice(&frame[l3 + 24..l3 + 40]);
+            b[l3 + 24..l3 + 40].copy_from_slice(&frame[l3 + 8..l3 + 24]);
+            b[l3 + 4..l3 + 6].copy_from_slice(&((l4 + 20 - l3 - 40) as u16).to_be_bytes());
+            b[l3 + 7] = 64;
+        } else {
+            b[l3 + 12..l3 + 16].copy_from_slice(&frame[l3 + 16..l3 + 20]);
+            b[l3 + 16..l3 + 20].copy_from_slice(&frame[l3 + 12..l3 + 16]);
+            b[l3 + 2..l3 + 4].copy_from_slice(&((l4 + 20 - l3) as u16).to_be_bytes());
+            b[l3 + 8] = 64;
+            free.extend([l3 + 10, l3 + 11]);
+        }
+        let mut t = Vec::with_capacity(20);
+        t.extend_from_slice(&frame[l4 + 2..l4 + 4]);
+        t.extend_from_slice(&frame[l4..l4 + 2]);
+        t.extend_from_slice(&rseq.to_be_bytes());
+        t.extend_from_slice(&rack.to_be_bytes());
+        t.extend_from_slice(&[0x50, rflags, 0, 0, 0, 0, 0, 0]);
+        b[l4..l4 + 20].copy_from_slice(&t);
+        Exp::Bytes {
+            action: XDP_TX,
+            reason: Reason::TxReset,
+            bytes: b,
+            free,
+            what: "RST to the client".into(),
+        }
+    }
+
+    /// Everything that may legitimately happen to the packet, given the
+    /// conntrack entry found before it ran and the backend states.
+    fn expectations(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        ct: Option<FlowValue>,
+        state: &dyn Fn(u32) -> u32,
+    ) -> Vec<Exp> {
+        let p = &pre.parsed;
+        match &pre.class {
+            Class::Fixed { reason, .. } => {
+                if reason.name().starts_with("drop") {
+                    vec![Exp::Drop(*reason)]
+                } else {
+                    vec![Exp::Pass(*reason)]
+                }
+            }
+            Class::Service(i) => {
+                let s = &self.services[*i];
+                // A flow pinned to a backend of this service.
+                if let Some(ct) = ct.filter(|c| c.service_id == s.id)
+                    && let Some(b) = s.tiers.iter().flatten().find(|b| b.id == ct.backend_id)
+                {
+                    // TCP other than SYN or RST (the header is whole).
+                    let may_reset = p.proto == PROTO_TCP && frame[p.l4 + 13] & 0x06 == 0;
+                    match state(b.id) {
+                        STATE_UP | STATE_DRAINING => return self.to_backend(frame, pre, s, b),
+                        STATE_DOWN_RESET if may_reset => return vec![Self::rst(frame, p)],
+                        _ => {}
+                    }
+                }
+                // A new pick: any UP member of the first tier that has one.
+                let tier = s
+                    .tiers
+                    .iter()
+                    .find(|t| t.iter().any(|b| state(b.id) == STATE_UP));
+                match tier {
+                    Some(t) => t
+                        .iter()
+                        .filter(|b| state(b.id) == STATE_UP)
+                        .flat_map(|b| self.to_backend(frame, pre, s, b))
+                        .collect(),
+                    None if s.pass_on_none => vec![Exp::Pass(Reason::PassNoBackend)],
+                    None => vec![Exp::Drop(Reason::DropNoBackend)],
+                }
+            }
+            Class::Reply { s, t, m } => {
+                let svc = &self.services[*s];
+                let b = &svc.tiers[*t][*m];
+                let tracked = ct.is_some_and(|c| c.backend_id == b.id && c.service_id == svc.id);
+                if !tracked {
+                    return vec![Exp::Pass(Reason::PassNotVip)];
+                }
+                let client = p.dst.unwrap_or(IpAddr::from([0u8; 4]));
+                self.fib(Some(svc.vip), client, frame.len() - p.l3)
+                    .into_iter()
+                    .map(|fib| match fib {
+                        FibOut::Ok(..) if Self::ttl(frame, p) <= 1 => {
+                            Exp::Pass(Reason::PassTtlExceeded)
+                        }
+                        FibOut::Ok(mac, side) => {
+                            let (bytes, free) = Self::rewritten(
+                                frame,
+                                p,
+                                Rw::Src,
+                                svc.vip,
+                                svc.port,
+                                true,
+                                Some((mac, Self::lb_mac(side))),
+                            );
+                            Exp::Bytes {
+                                action: self.send(pre.ingress, side).0,
+                                reason: Reason::FwdReply,
+                                bytes,
+                                free,
+                                what: format!("reply of {}/{} to {client}", svc.name, b.name),
+                            }
+                        }
+                        FibOut::NoNeigh | FibOut::FragNeeded => {
+                            let (bytes, free) =
+                                Self::rewritten(frame, p, Rw::Src, svc.vip, svc.port, false, None);
+                            Exp::Bytes {
+                                action: XDP_PASS,
+                                reason: if matches!(fib, FibOut::NoNeigh) {
+                                    Reason::PassNoNeigh
+                                } else {
+                                    Reason::PassFragNeeded
+                                },
+                                bytes,
+                                free,
+                                what: format!(
+                                    "reply of {}/{} handed to the kernel",
+                                    svc.name, b.name
+                                ),
+                            }
+                        }
+                        FibOut::Fail => Exp::Drop(Reason::DropFibFail),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Judges the program's `action` and `out`put for the input `frame`.
+    pub fn judge(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        ct: Option<FlowValue>,
+        state: &dyn Fn(u32) -> u32,
+        action: u32,
+        out: &[u8],
+    ) -> Result<Judged, Violation> {
+        if action == XDP_ABORTED || action > XDP_REDIRECT {
+            return Err(Violation {
+                invariant: 1,
+                what: format!("action {action} (XDP_ABORTED or unknown)"),
+            });
+        }
+        let class = match &pre.class {
+            Class::Fixed { reason, vip } => match reason {
+                Reason::PassNonIp => "non_ip",
+                Reason::PassMalformed | Reason::DropMalformed => "malformed_ip",
+                Reason::DropFragment => "vip_fragment",
+                _ if *vip => "vip_not_served",
+                _ => "not_vip",
+            },
+            Class::Service(_) => "service",
+            Class::Reply { .. } => "backend_reply",
+        };
+        let exps = self.expectations(frame, pre, ct, state);
+        let mut ok: Mask = 0;
+        let mut why = Vec::new();
+        for e in &exps {
+            match self.matches(frame, pre, e, action, out) {
+                Ok(r) => ok |= bit(r),
+                Err(w) => why.push(w),
+            }
+        }
+        if ok != 0 {
+            return Ok(Judged { reasons: ok, class });
+        }
+        let invariant = match &pre.class {
+            Class::Fixed { vip: false, .. } => 2,
+            Class::Reply { .. }
+                if exps
+                    .iter()
+                    .all(|e| matches!(e, Exp::Pass(Reason::PassNotVip))) =>
+            {
+                2
+            }
+            _ if action == XDP_TX || action == XDP_REDIRECT => 3,
+            _ if exps.iter().any(|e| {
+                matches!(
+                    e,
+                    Exp::Bytes {
+                        action: XDP_PASS,
+                        ..
+                    }
+                )
+            }) && action == XDP_PASS =>
+            {
+                3
+            }
+            _ => 4,
+        };
+        Err(Violation {
+            invariant,
+            what: format!("{class}: {}", why.join("; or ")),
+        })
+    }
+
+    /// Whether the output is the outcome `e`: its reason, or why not.
+    fn matches(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        e: &Exp,
+        action: u32,
+        out: &[u8],
+    ) -> Result<Reason, String> {
+        match e {
+            Exp::Pass(r) => {
+                if action != XDP_PASS {
+                    return Err(format!(
+                        "expected XDP_PASS untouched ({}), got action {action}{}",
+                        r.name(),
+                        describe(out)
+                    ));
+                }
+                if out != frame {
+                    return Err(format!(
+                        "expected XDP_PASS untouched ({}), but the bytes changed: {}",
+                        r.name(),
+                        diff(frame, out)
+                    ));
+                }
+                Ok(*r)
+            }
+            Exp::Drop(r) => {
+                if action != XDP_DROP {
+                    return Err(format!(
+                        "expected XDP_DROP ({}), got action {action}{}",
+                        r.name(),
+                        describe(out)
+                    ));
+                }
+                Ok(*r)
+            }
+            Exp::Bytes {
+                action: want,
+                reason,
+                bytes,
+                free,
+                what,
+            } => {
+                if action != *want {
+                    return Err(format!(
+                        "expected {what} with action {want} ({}), got action {action}{}",
+                        reason.name(),
+                        describe(out)
+                    ));
+                }
+                let same = out.len() == bytes.len()
+                    && out
+                        .iter()
+                        .zip(bytes)
+                        .enumerate()
+                        .all(|(i, (a, b))| a == b || free.contains(&i));
+                if !same {
+                    return Err(format!(
+                        "expected {what} ({}), but the bytes differ: {}",
+                        reason.name(),
+                        diff(bytes, out)
+                    ));
+                }
+                if pre.sums_ok
+                    && let Err(e) = verify_checksums(out)
+                {
+                    return Err(format!(
+                        "{what}: bad {e} in the output (the input's were correct)"
+                    ));
+                }
+                Ok(*reason)
+            }
+        }
+    }
+}
+
+/// " (to <dst> dmac <mac>)" for messages about an unexpected output.
+fn describe(out: &[u8]) -> String {
+    let p = parse(out);
+    match (p.dst, out.get(0..6)) {
+        (Some(d), Some(m)) => format!(
+            " (output to {d} port {} dmac {})",
+            p.dport,
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The first few differing offsets of two frames.
+fn diff(want: &[u8], got: &[u8]) -> String {
+    let mut d: Vec<String> = want
+        .iter()
+        .zip(got)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .take(6)
+        .map(|(i, (a, b))| format!("@{i}: {a:02x}->{b:02x}"))
+        .collect();
+    if want.len() != got.len() {
+        d.push(format!("length {} -> {}", want.len(), got.len()));
+    }
+    d.join(", ")
+}
+
+/// Checks a batch's reason-counter deltas against what the judge said of
+/// each packet: every packet counted exactly once, each under its reason
+/// (a packet with several possible reasons counts under one of them).
+pub fn check_counters(judged: &[Mask], delta: &[u64]) -> Result<(), Violation> {
+    let total: u64 = delta.iter().sum();
+    let mut problems = Vec::new();
+    if total != judged.len() as u64 {
+        problems.push(format!("{total} counted for {} packets", judged.len()));
+    }
+    for r in Reason::ALL {
+        let b = bit(r);
+        let exact = judged.iter().filter(|m| **m == b).count() as u64;
+        let maybe = judged.iter().filter(|m| **m != b && **m & b != 0).count() as u64;
+        let got = delta.get(r as usize).copied().unwrap_or(0);
+        if got < exact || got > exact + maybe {
+            problems.push(if maybe == 0 {
+                format!("{}: counted {got}, expected {exact}", r.name())
+            } else {
+                format!(
+                    "{}: counted {got}, expected {exact}..={}",
+                    r.name(),
+                    exact + maybe
+                )
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Violation {
+            invariant: 4,
+            what: format!("reason counters: {}", problems.join(", ")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use failover_common::{STATE_DISABLED, STATE_DOWN};
+    use failover_user::config;
+
+    use super::*;
+    use crate::pktlab::{CONFIG, Q_MAC, S_MAC, natted};
+
+    fn model() -> Model {
+        let cfg = config::parse(CONFIG, "t").unwrap();
+        let layout = Layout::assign(&cfg, None).unwrap();
+        Model::new(&cfg, &layout, 10, 11)
+    }
+
+    fn id(m: &Model, svc: &str, b: &str) -> u32 {
+        m.services
+            .iter()
+            .find(|s| s.name == svc)
+            .and_then(|s| s.tiers.iter().flatten().find(|x| x.name == b))
+            .unwrap()
+            .id
+    }
+
+    /// Judges with the config's initial states overridden by `over`.
+    fn judge(
+        m: &Model,
+        frame: &[u8],
+        side: Side,
+        ct: Option<FlowValue>,
+        over: &[(u32, u32)],
+        action: u32,
+        out: &[u8],
+    ) -> Result<Judged, Violation> {
+        let states: HashMap<u32, u32> = over.iter().copied().collect();
+        let dead = id(m, "dead", "p");
+        let dead_pass = id(m, "dead-pass", "p");
+        let st = move |b: u32| {
+            states.get(&b).copied().unwrap_or(if b == dead {
+                STATE_DOWN
+            } else if b == dead_pass {
+                STATE_DISABLED
+            } else {
+                STATE_UP
+            })
+        };
+        let pre = m.prepare(frame, side);
+        m.judge(frame, &pre, ct, &st, action, out)
+    }
+
+    fn one(r: Reason) -> Mask {
+        bit(r)
+    }
+
+    #[test]
+    fn rng_is_deterministic_and_spread() {
+        let a: Vec<u64> = (0..5)
+            .map(|i| Rng::for_iteration(7, i).next_u64())
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .map(|i| Rng::for_iteration(7, i).next_u64())
+            .collect();
+        assert_eq!(a, b);
+        let mut r = Rng::new(1);
+        let mut hits = [0u32; 4];
+        for _ in 0..4000 {
+            hits[r.below(4)] += 1;
+        }
+        assert!(hits.iter().all(|h| *h > 800), "{hits:?}");
+    }
+
+    #[test]
+    fn strict_parser_bounds_l4_by_the_ip_length() {
+        let p = from_client("198.18.0.10", L4::tcp(1, 80)).bytes();
+        let ok = parse(&p);
+        assert!(ok.l4_ok && ok.kind == Kind::Ip && ok.dport == 80);
+        // Total length says 30 (10 bytes of TCP), the frame has the rest as
+        // padding: the TCP header is not inside the packet.
+        let mut cut = p.clone();
+        cut[16..18].copy_from_slice(&30u16.to_be_bytes());
+        let q = parse(&cut);
+        assert!(q.kind == Kind::Ip && q.l4_truncated && !q.l4_ok);
+    }
+
+    #[test]
+    fn seeds_are_valid_and_judged_as_expected_when_untouched() {
+        let m = model();
+        for s in seeds() {
+            let pre = m.prepare(
+                &s.frame,
+                if s.from_backend {
+                    Side::Backend
+                } else {
+                    Side::Client
+                },
+            );
+            if pre.parsed.l4_ok {
+                assert!(pre.sums_ok, "{}: checksums", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_correct_nat_forward_and_rejects_broken_ones() {
+        let m = model();
+        let p = from_client("198.18.0.10", L4::tcp(40000, 80));
+        let good = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes();
+        let j = judge(&m, &p.bytes(), Side::Client, None, &[], XDP_REDIRECT, &good).unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdRedirect));
+
+        // Wrong destination MAC (the standby's).
+        let bad = natted(&p, "198.18.1.2", 8080, S_MAC, LB_B_MAC).bytes();
+        let v = judge(&m, &p.bytes(), Side::Client, None, &[], XDP_REDIRECT, &bad).unwrap_err();
+        assert_eq!(v.invariant, 3, "{v:?}");
+
+        // A corrupted L4 checksum.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 0x40; // the TCP checksum's high byte (urgent ptr follows)
+        let v = judge(&m, &p.bytes(), Side::Client, None, &[], XDP_REDIRECT, &bad).unwrap_err();
+        assert_eq!(v.invariant, 3);
+        assert!(v.what.contains("checksum"), "{v:?}");
+
+        // Sent to the primary while it is down (the standby is right).
+        let p_id = id(&m, "web", "p");
+        let v = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &[(p_id, STATE_DOWN)],
+            XDP_REDIRECT,
+            &good,
+        )
+        .unwrap_err();
+        assert_eq!(v.invariant, 3);
+        let standby = natted(&p, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes();
+        let j = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &[(p_id, STATE_DOWN)],
+            XDP_REDIRECT,
+            &standby,
+        )
+        .unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdRedirect));
+
+        // TTL not decremented.
+        let mut bad = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC);
+        bad.ttl += 1;
+        let v = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &[],
+            XDP_REDIRECT,
+            &bad.bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(v.invariant, 3);
+
+        // XDP_TX instead of a redirect to the other side.
+        let v = judge(&m, &p.bytes(), Side::Client, None, &[], XDP_TX, &good).unwrap_err();
+        assert_eq!(v.invariant, 3);
+    }
+
+    #[test]
+    fn draining_keeps_only_pinned_flows() {
+        let m = model();
+        let p = from_client("198.18.0.10", L4::tcp(40000, 80));
+        let to_p = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes();
+        let p_id = id(&m, "web", "p");
+        let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
+        let pinned = FlowValue {
+            backend_id: p_id,
+            service_id: web,
+            ..FlowValue::default()
+        };
+        let drain = [(p_id, STATE_DRAINING)];
+        judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            Some(pinned),
+            &drain,
+            XDP_REDIRECT,
+            &to_p,
+        )
+        .unwrap();
+        let v = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &drain,
+            XDP_REDIRECT,
+            &to_p,
+        )
+        .unwrap_err();
+        assert_eq!(v.invariant, 3, "a new flow to a draining backend");
+    }
+
+    #[test]
+    fn non_vip_must_pass_untouched() {
+        let m = model();
+        let mut p = Pkt::new(ip("198.18.0.2"), ip("198.18.0.99"), L4::tcp(1, 80));
+        p.dmac = LB_C_MAC;
+        let f = p.bytes();
+        let j = judge(&m, &f, Side::Client, None, &[], XDP_PASS, &f).unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNotVip));
+        let mut changed = f.clone();
+        changed[0] ^= 1;
+        let v = judge(&m, &f, Side::Client, None, &[], XDP_PASS, &changed).unwrap_err();
+        assert_eq!(v.invariant, 2);
+        let v = judge(&m, &f, Side::Client, None, &[], XDP_DROP, &f).unwrap_err();
+        assert_eq!(v.invariant, 2);
+        let v = judge(&m, &f, Side::Client, None, &[], XDP_ABORTED, &f).unwrap_err();
+        assert_eq!(v.invariant, 1);
+        let arp = arp_request(CLIENT_MAC, [198, 18, 0, 2], [198, 18, 0, 10]);
+        assert_eq!(
+            judge(&m, &arp, Side::Client, None, &[], XDP_PASS, &arp)
+                .unwrap()
+                .reasons,
+            one(Reason::PassNonIp)
+        );
+    }
+
+    #[test]
+    fn vip_rules_need_their_documented_verdict() {
+        let m = model();
+        let mut frag = from_client("198.18.0.10", L4::tcp(1, 80));
+        frag.frag = 0x2000;
+        let f = frag.bytes();
+        assert_eq!(
+            judge(&m, &f, Side::Client, None, &[], XDP_DROP, &f)
+                .unwrap()
+                .reasons,
+            one(Reason::DropFragment)
+        );
+        let v = judge(&m, &f, Side::Client, None, &[], XDP_PASS, &f).unwrap_err();
+        assert_eq!(v.invariant, 4);
+        let dead = from_client("198.18.0.12", L4::tcp(1, 80)).bytes();
+        assert_eq!(
+            judge(&m, &dead, Side::Client, None, &[], XDP_DROP, &dead)
+                .unwrap()
+                .reasons,
+            one(Reason::DropNoBackend)
+        );
+        let dsr_local = from_client("198.18.0.15", L4::tcp(1, 80));
+        let mut e = dsr_local.clone();
+        e.dmac = Q_MAC;
+        e.smac = LB_C_MAC;
+        assert_eq!(
+            judge(
+                &m,
+                &dsr_local.bytes(),
+                Side::Client,
+                None,
+                &[],
+                XDP_TX,
+                &e.bytes()
+            )
+            .unwrap()
+            .reasons,
+            one(Reason::FwdTx)
+        );
+    }
+
+    #[test]
+    fn replies_only_for_tracked_flows() {
+        let m = model();
+        let mut r = Pkt::new(ip("198.18.1.2"), ip("198.18.0.2"), L4::tcp(8080, 40000));
+        r.smac = P_MAC;
+        r.dmac = LB_B_MAC;
+        let f = r.bytes();
+        // Untracked: untouched.
+        assert_eq!(
+            judge(&m, &f, Side::Backend, None, &[], XDP_PASS, &f)
+                .unwrap()
+                .reasons,
+            one(Reason::PassNotVip)
+        );
+        let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
+        let ct = FlowValue {
+            backend_id: id(&m, "web", "p"),
+            service_id: web,
+            ..FlowValue::default()
+        };
+        let mut want = r.clone();
+        want.src = ip("198.18.0.10");
+        want.l4.set_ports(80, 40000);
+        want.ttl -= 1;
+        want.dmac = CLIENT_MAC;
+        want.smac = LB_C_MAC;
+        let j = judge(
+            &m,
+            &f,
+            Side::Backend,
+            Some(ct),
+            &[],
+            XDP_REDIRECT,
+            &want.bytes(),
+        )
+        .unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdReply));
+        // Tracked but passed untouched: wrong.
+        assert!(judge(&m, &f, Side::Backend, Some(ct), &[], XDP_PASS, &f).is_err());
+    }
+
+    #[test]
+    fn reset_is_checked_byte_for_byte() {
+        let m = model();
+        let p = from_client(
+            "198.18.0.10",
+            L4::Tcp {
+                sport: 43000,
+                dport: 80,
+                flags: 0x18,
+                payload: b"hello".to_vec(),
+            },
+        );
+        let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
+        let p_id = id(&m, "web", "p");
+        let ct = FlowValue {
+            backend_id: p_id,
+            service_id: web,
+            ..FlowValue::default()
+        };
+        let pre = m.prepare(&p.bytes(), Side::Client);
+        let Exp::Bytes { bytes, .. } = Model::rst(&p.bytes(), &pre.parsed) else {
+            panic!("a RST")
+        };
+        // Fill in the checksums as the program must.
+        let mut rst = bytes.clone();
+        fix_checksums(&mut rst);
+        let reset = [(p_id, STATE_DOWN_RESET)];
+        let j = judge(&m, &p.bytes(), Side::Client, Some(ct), &reset, XDP_TX, &rst).unwrap();
+        assert_eq!(j.reasons, one(Reason::TxReset));
+        // The ACK field of a RST answering an ACK must be zero.
+        let mut bad = rst.clone();
+        bad[14 + 20 + 8] = 1;
+        fix_checksums(&mut bad);
+        assert!(judge(&m, &p.bytes(), Side::Client, Some(ct), &reset, XDP_TX, &bad).is_err());
+    }
+
+    #[test]
+    fn fib_model_knows_the_lab_subnets() {
+        let m = model();
+        let c4 = Some(ip("198.18.0.2"));
+        let sure = |a: &str| m.fib(c4, ip(a), 100).len() == 1;
+        assert!(matches!(
+            m.fib(c4, ip("198.18.1.2"), 100)[..],
+            [FibOut::Ok(P_MAC, Side::Backend)]
+        ));
+        assert!(matches!(
+            m.fib(c4, ip("198.18.1.2"), MTU + 1)[..],
+            [FibOut::FragNeeded]
+        ));
+        assert!(matches!(
+            m.fib(c4, ip("198.18.1.9"), 100)[..],
+            [FibOut::NoNeigh]
+        ));
+        let c6 = Some(ip("2001:db8::2"));
+        assert!(matches!(
+            m.fib(c6, ip("2001:db8:1::9"), 100)[..],
+            [FibOut::NoNeigh]
+        ));
+        // From a link-local or multicast IPv6 source, the FIB may refuse.
+        for src in ["fe80::1", "ff02::1"] {
+            let v = m.fib(Some(ip(src)), ip("2001:db8:1::2"), 100);
+            assert!(matches!(v[..], [FibOut::Ok(..), FibOut::Fail]), "{src}");
+        }
+        // Not a lab subnet, the LB's own addresses, broadcast: the model
+        // does not claim to know.
+        for a in [
+            "2001:db8:0:1::2",
+            "2001:db8::1",
+            "198.18.0.1",
+            "198.18.0.255",
+            "198.18.2.2",
+            "10.0.0.1",
+        ] {
+            assert!(!sure(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn counter_check_catches_miscounts() {
+        let fwd = bit(Reason::FwdRedirect);
+        let pass = bit(Reason::PassNotVip);
+        let either = bit(Reason::PassNoNeigh) | bit(Reason::DropFibFail);
+        let mut delta = vec![0u64; Reason::ALL.len()];
+        delta[Reason::FwdRedirect as usize] = 2;
+        delta[Reason::PassNotVip as usize] = 1;
+        delta[Reason::DropFibFail as usize] = 1;
+        check_counters(&[fwd, fwd, pass, either], &delta).unwrap();
+        // Counted under the wrong reason.
+        let mut wrong = delta.clone();
+        wrong[Reason::PassNotVip as usize] = 0;
+        wrong[Reason::PassNonIp as usize] = 1;
+        assert_eq!(
+            check_counters(&[fwd, fwd, pass, either], &wrong)
+                .unwrap_err()
+                .invariant,
+            4
+        );
+        // Counted twice / not at all.
+        let mut twice = delta.clone();
+        twice[Reason::FwdRedirect as usize] = 3;
+        assert!(check_counters(&[fwd, fwd, pass, either], &twice).is_err());
+        assert!(check_counters(&[fwd, fwd, pass, either, pass], &delta).is_err());
+    }
+
+    #[test]
+    fn mutations_keep_frames_in_bounds_and_are_reproducible() {
+        let seeds = seeds();
+        let m = model();
+        for i in 0..20_000 {
+            let c = make_case(&seeds, &mut Rng::for_iteration(99, i));
+            let again = make_case(&seeds, &mut Rng::for_iteration(99, i));
+            assert_eq!(c.frame, again.frame);
+            assert!(c.frame.len() >= 14 && c.frame.len() <= MAX_FRAME);
+            // The model never panics on a mutant.
+            let pre = m.prepare(&c.frame, Side::Client);
+            let _ = m.judge(&c.frame, &pre, None, &|_| STATE_UP, XDP_PASS, &c.frame);
+        }
+    }
+}
