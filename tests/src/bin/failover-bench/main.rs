@@ -927,6 +927,10 @@ const SECTIONS: [&str; 6] = [
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
     let started = Instant::now();
+    // The report's directory also holds the timeline plot.
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut report = json!({"machine": machine(), "quick": o.quick});
     let m = &report["machine"];
     println!(
