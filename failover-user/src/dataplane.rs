@@ -579,7 +579,7 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 18]
             Some(sz(size_of::<PassiveGuard>())),
             limits.max_tiers,
         ),
-        (map_names::PASSIVE_MARKED, 4, Some(4), limits.max_tiers),
+        (map_names::PASSIVE_MARKED, 4, Some(8), limits.max_tiers),
         (
             map_names::PASSIVE_STATS,
             4,
