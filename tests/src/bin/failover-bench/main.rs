@@ -159,6 +159,16 @@ fn single(prog: &Xdp, ifindex: u32, frames: &[Vec<u8>], want: u32) -> anyhow::Re
 const PASS: u32 = 2;
 const REDIRECT: u32 = 4;
 
+/// A TCP ACK from `sport` to `dport` (a packet of an established flow).
+fn ack(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags: 0x10,
+        payload: Vec::new(),
+    }
+}
+
 struct Row {
     what: String,
     ns: f64,
@@ -181,7 +191,9 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         (500_000, 11, 3000)
     };
 
-    let dsr = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    // Established flows are measured with ACKs (a repeated SYN would be a
+    // retransmission, which passive detection counts).
+    let dsr = from_client("198.18.0.11", ack(42000, 80)).bytes();
     let other = Pkt::new(
         "198.18.0.2".parse()?,
         "198.18.0.99".parse()?,
@@ -208,18 +220,24 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     let v4_new: Vec<Vec<u8>> = ports(10_000)
         .map(|p| from_client("198.18.0.10", L4::tcp(p, 80)).bytes())
         .collect();
+    let v4_est: Vec<Vec<u8>> = ports(10_000)
+        .map(|p| from_client("198.18.0.10", ack(p, 80)).bytes())
+        .collect();
     let v6_new: Vec<Vec<u8>> = ports(20_000)
         .map(|p| from_client("2001:db8::10", L4::tcp(p, 80)).bytes())
         .collect();
+    let v6_est: Vec<Vec<u8>> = ports(20_000)
+        .map(|p| from_client("2001:db8::10", ack(p, 80)).bytes())
+        .collect();
     let floor_s = single(pass, lab.c0, &v4_new, PASS)?;
     let created = single(prog, lab.c0, &v4_new, REDIRECT)?;
-    let established = single(prog, lab.c0, &v4_new, REDIRECT)?;
+    let established = single(prog, lab.c0, &v4_est, REDIRECT)?;
     let replies: Vec<Vec<u8>> = ports(10_000)
         .map(|p| {
             let mut r = Pkt::new(
                 "198.18.1.2".parse().expect("ip"),
                 "198.18.0.2".parse().expect("ip"),
-                L4::tcp(8080, p),
+                ack(8080, p),
             );
             r.smac = P_MAC;
             r.dmac = LB_B_MAC;
@@ -230,7 +248,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     // The same packets as single runs, for the stage breakdown below.
     let nonvip_s = single(prog, lab.c0, &vec![other.clone(); n], PASS)?;
     let dsr_frames: Vec<Vec<u8>> = ports(30_000)
-        .map(|p| from_client("198.18.0.11", L4::tcp(p, 80)).bytes())
+        .map(|p| from_client("198.18.0.11", ack(p, 80)).bytes())
         .collect();
     single(prog, lab.c0, &dsr_frames, REDIRECT)?;
     let dsr_s = single(prog, lab.c0, &dsr_frames, REDIRECT)?;
@@ -241,7 +259,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         .collect();
     let chosen_s = single(prog, lab.c0, &no_backend, PASS)?;
     let v6_created = single(prog, lab.c0, &v6_new, REDIRECT)?;
-    let v6_established = single(prog, lab.c0, &v6_new, REDIRECT)?;
+    let v6_established = single(prog, lab.c0, &v6_est, REDIRECT)?;
     rows.push(Row {
         what: "VIP, new flow (conntrack insert), NAT".into(),
         ns: created,
@@ -322,7 +340,7 @@ fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>>
     let cfg = format!("[limits]\nconntrack_entries = {cap}\n{CONFIG}");
     let mut lab = Lab::with_config(&cfg);
     let (repeat, rounds) = if o.quick { (50_000, 5) } else { (300_000, 9) };
-    let frame = from_client("198.18.0.11", L4::tcp(42000, 80)).bytes();
+    let frame = from_client("198.18.0.11", ack(42000, 80)).bytes();
     let mut out = Vec::new();
     let mut filled = 0usize;
     let mem_per_entry = conntrack_memory(&mut lab)? / f64::from(cap);
