@@ -16,7 +16,8 @@ use std::{
 
 use anyhow::Context as _;
 use failover_common::{
-    STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP, TableValue,
+    PassiveEvent, PassiveGuard, PassiveHealth, STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET,
+    STATE_DRAINING, STATE_UP, TableValue,
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -28,7 +29,7 @@ use crate::{
     config::{Check, Config, FlowsOnDown, HookEvent, NoBackend, Service},
     dataplane::{AgentMaps, write_table_to},
     events::{Event, Sink},
-    health::{Machine, Notice, Policy, State},
+    health::{Machine, Notice, Policy, State, Transition},
     hooks,
     layout::Layout,
     maglev, metrics,
@@ -120,6 +121,20 @@ struct BackendRt {
     /// Kept up against its health because it is the last one (keep-last).
     kept_last: bool,
     state_tx: watch::Sender<State>,
+    /// Its tier's global index (the passive guard rail's slot).
+    tier_slot: u32,
+    /// Wakes its probe task at once (to confirm a passive mark-down).
+    probe_now: Arc<tokio::sync::Notify>,
+    /// A passive mark-down the probes have not settled yet.
+    unconfirmed: Option<Unconfirmed>,
+}
+
+/// A datapath mark-down waiting for the probes' verdict.
+struct Unconfirmed {
+    signal: &'static str,
+    deadline: Instant,
+    /// Consecutive passing probes since the mark.
+    oks: u32,
 }
 
 struct SvcRt {
@@ -249,6 +264,7 @@ impl Agent {
                         },
                     };
                     let idx = backends.len();
+                    let probe_now = Arc::new(tokio::sync::Notify::new());
                     if let Some(check) = &s.check {
                         let target = Target {
                             service: s.name.clone(),
@@ -261,6 +277,7 @@ impl Agent {
                             target,
                             tx.clone(),
                             state_rx,
+                            probe_now.clone(),
                             stop_rx.clone(),
                         )));
                     }
@@ -277,6 +294,9 @@ impl Agent {
                         word: STATE_UP,
                         kept_last: false,
                         state_tx,
+                        tier_slot: sl.first_tier + ti as u32,
+                        probe_now,
+                        unconfirmed: None,
                     });
                     idxs.push(idx);
                 }
@@ -291,6 +311,9 @@ impl Agent {
             state,
             tables,
             tier_active,
+            passive_events,
+            passive_guard,
+            passive_health,
         } = maps;
         if let Ok(mut m) = metrics.lock() {
             let keep: std::collections::HashSet<(String, String)> = backends
@@ -314,6 +337,8 @@ impl Agent {
             table_tx,
             metrics,
             persist_tx,
+            passive_guard,
+            passive_health,
         };
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
@@ -348,7 +373,16 @@ impl Agent {
         if !dsr.is_empty() {
             tasks.push(tokio::spawn(neighbour_task(dsr, stop_rx.clone())));
         }
-        let decider = tokio::spawn(d.run(rx, cmd_rx, stop_rx));
+        // The datapath's passive mark-downs, from its ring buffer.
+        let (passive_tx, passive_rx) = mpsc::channel::<PassiveEvent>(1024);
+        if cfg.services.iter().any(|s| s.passive.is_some()) {
+            tasks.push(tokio::spawn(passive_task(
+                passive_events,
+                passive_tx,
+                stop_rx.clone(),
+            )));
+        }
+        let decider = tokio::spawn(d.run(rx, cmd_rx, passive_rx, stop_rx));
         info!(probed = tasks.len() - 1, "health agent started");
         Ok(Self {
             stop_tx,
@@ -463,6 +497,7 @@ async fn probe_loop(
     target: Target,
     tx: mpsc::Sender<ProbeMsg>,
     state_rx: watch::Receiver<State>,
+    probe_now: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut jitter = Jitter::new(idx as u64 + 1);
@@ -471,6 +506,7 @@ async fn probe_loop(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = probe_now.notified() => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
@@ -504,6 +540,54 @@ async fn probe_loop(
         // the interval is followed at once.
         wait = (started + base.mul_f64(jitter.factor(check.jitter)))
             .saturating_duration_since(Instant::now());
+    }
+}
+
+/// Reads the datapath's passive mark-down events as they come.
+async fn passive_task(
+    ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    tx: mpsc::Sender<PassiveEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(ring) = ring else {
+        warn!("no passive event ring buffer: passive mark-downs are not confirmed");
+        return;
+    };
+    // SAFETY: the ring buffer owns its map fd, which stays open and the
+    // same for as long as the `AsyncFd` owns the ring.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!(error = %e.into_parts().1, "cannot poll the passive event ring buffer");
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            g = fd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    warn!(error = %e, "polling the passive event ring buffer failed");
+                    return;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match bytemuck::try_pod_read_unaligned::<PassiveEvent>(&item) {
+                Ok(ev) => {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %e, len = item.len(), "malformed passive event"),
+            }
+        }
+        guard.clear_ready();
     }
 }
 
@@ -577,6 +661,8 @@ struct Decider {
     table_tx: mpsc::UnboundedSender<TableJob>,
     metrics: metrics::Shared,
     persist_tx: watch::Sender<Vec<SavedState>>,
+    passive_guard: aya::maps::Array<aya::maps::MapData, PassiveGuard>,
+    passive_health: aya::maps::Array<aya::maps::MapData, PassiveHealth>,
 }
 
 impl Decider {
@@ -612,14 +698,19 @@ impl Decider {
         mut self,
         mut rx: mpsc::Receiver<ProbeMsg>,
         mut cmd_rx: mpsc::Receiver<Cmd>,
+        mut passive_rx: mpsc::Receiver<PassiveEvent>,
         mut stop: watch::Receiver<bool>,
     ) -> Stats {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => self.on_probe(m),
                     None => break,
                 },
+                Some(ev) = passive_rx.recv() => self.on_passive(ev),
+                _ = tick.tick() => self.passive_deadlines(),
                 c = cmd_rx.recv() => match c {
                     Some(Cmd::Snapshot(reply)) => {
                         let states = self.backends.iter().map(|b| (b.key.clone(), b.machine.state())).collect();
@@ -830,6 +921,10 @@ impl Decider {
 
     fn on_probe(&mut self, m: ProbeMsg) {
         let i = m.idx;
+        if self.backends[i].unconfirmed.is_some() {
+            self.confirm(i, &m);
+            return;
+        }
         let detail = format!(
             "{}: {} in {:.1} ms",
             kind_name(&self.svcs[self.backends[i].svc].cfg),
@@ -870,7 +965,13 @@ impl Decider {
             debug!(backend = %self.backends[i].name, ok = m.result.ok, detail = %m.result.detail, "probe");
             return;
         };
-        // The switch first (one syscall), the bookkeeping after it.
+        self.apply_transition(i, tr, None);
+    }
+
+    /// A state change of backend `i`: the map write first (one syscall),
+    /// then events, keep-last, tables and the failover report.
+    fn apply_transition(&mut self, i: usize, tr: Transition, signal: Option<&'static str>) {
+        let svc = self.backends[i].svc;
         let decided = Instant::now();
         let old_word = self.backends[i].word;
         let want = self.desired(i);
@@ -903,6 +1004,7 @@ impl Decider {
         e.from = Some(tr.from.name().to_string());
         e.to = Some(tr.to.name().to_string());
         e.map_word = Some(word_name(self.backends[i].word));
+        e.signal = signal;
         e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
         if let (Some(first), Some(_)) = (tr.first_failure_at, dt) {
             let ms = first.elapsed().as_secs_f64() * 1e3;
@@ -928,6 +1030,213 @@ impl Decider {
             self.rebuild(svc, self.backends[i].tier);
         }
         self.report_failover(svc, before, &tr.reason);
+    }
+
+    /// The datapath marked a backend down (its word is already written).
+    fn on_passive(&mut self, ev: PassiveEvent) {
+        let signal = crate::config::PASSIVE_SIGNALS
+            .get(ev.signal as usize)
+            .copied()
+            .unwrap_or("unknown");
+        let Some(i) = self.backends.iter().position(|b| b.id == ev.backend_id) else {
+            warn!(
+                backend_id = ev.backend_id,
+                "passive event about an unknown backend slot"
+            );
+            return;
+        };
+        let svc = self.backends[i].svc;
+        let Some(p) = self.svcs[svc].cfg.passive else {
+            self.settle(i, true);
+            return;
+        };
+        self.backend_metrics(i, |b| b.passive_marked += 1);
+        let name = self.svcs[svc].cfg.name.clone();
+        let reason = format!(
+            "passive detection in the datapath: {signal} x{} (unconfirmed; probes decide within {:?})",
+            ev.count, p.confirm_within
+        );
+        let mut e = Event::new(
+            "passive-down",
+            &name,
+            reason.clone(),
+            self.stats.map_version,
+        );
+        e.backend = Some(self.backends[i].name.clone());
+        e.signal = Some(signal);
+        self.emit(svc, e, HookEvent::State);
+        if self.backends[i].unconfirmed.is_some() {
+            // A second CPU marked it too: give its place back.
+            self.settle(i, false);
+            return;
+        }
+        // The map already holds the down word; the agent's view follows.
+        let old_word = self.backends[i].word;
+        self.backends[i].word = self.desired_down(i);
+        if self.keeps_last(svc, i) {
+            // Keep-last: never leave the service without a backend.
+            let decided = Instant::now();
+            self.write(i, STATE_UP, decided);
+            self.settle(i, true);
+            let mut e = Event::new(
+                "passive-restored",
+                &name,
+                "kept in service: it is the last healthy backend (on_no_backend = keep-last)"
+                    .into(),
+                self.stats.map_version,
+            );
+            e.backend = Some(self.backends[i].name.clone());
+            e.signal = Some(signal);
+            self.emit(svc, e, HookEvent::State);
+            return;
+        }
+        let now = Instant::now();
+        let Some(tr) = self.backends[i].machine.passive_down(now, reason) else {
+            // Not up in the agent's view (an operator's state, or down): the
+            // agent's word stands.
+            let w = self.desired(i);
+            self.backends[i].word = old_word;
+            self.write(i, w, now);
+            self.settle(i, true);
+            return;
+        };
+        self.backends[i].unconfirmed = Some(Unconfirmed {
+            signal,
+            deadline: now + p.confirm_within,
+            oks: 0,
+        });
+        // The word is written: record the change as the datapath made it.
+        let before_word = self.backends[i].word;
+        self.backends[i].word = old_word;
+        let before = self.serving(svc);
+        self.backends[i].word = before_word;
+        let _ = self.backends[i].state_tx.send(tr.to);
+        let mut e = Event::new("state", &name, tr.reason.clone(), self.stats.map_version);
+        e.backend = Some(self.backends[i].name.clone());
+        e.from = Some(tr.from.name().to_string());
+        e.to = Some(tr.to.name().to_string());
+        e.map_word = Some(word_name(self.backends[i].word));
+        e.signal = Some(signal);
+        self.emit(svc, e, HookEvent::State);
+        self.rebuild(svc, self.backends[i].tier);
+        self.report_failover(svc, before, &tr.reason);
+        // Probe it now rather than at its next interval.
+        self.backends[i].probe_now.notify_one();
+    }
+
+    /// The down word of backend `i`'s service (its flow policy).
+    fn desired_down(&self, i: usize) -> u32 {
+        word_for(
+            State::Down,
+            self.svcs[self.backends[i].svc].cfg.flows_on_down,
+        )
+    }
+
+    /// A probe result for a backend with an unsettled passive mark: one
+    /// failure confirms it; `rise` passes in a row restore it.
+    fn confirm(&mut self, i: usize, m: &ProbeMsg) {
+        let svc = self.backends[i].svc;
+        let name = self.svcs[svc].cfg.name.clone();
+        let rise = self.backends[i].policy.rise;
+        let Some(u) = self.backends[i].unconfirmed.as_mut() else {
+            return;
+        };
+        let signal = u.signal;
+        if !m.result.ok {
+            self.backends[i].unconfirmed = None;
+            self.settle(i, true);
+            self.backend_metrics(i, |b| b.passive_confirmed += 1);
+            let mut e = Event::new(
+                "passive-confirmed",
+                &name,
+                format!("probe failed: {}", m.result.detail),
+                self.stats.map_version,
+            );
+            e.backend = Some(self.backends[i].name.clone());
+            e.signal = Some(signal);
+            self.emit(svc, e, HookEvent::State);
+            // From here on an ordinary down backend: its failback policy.
+            let policy = self.backends[i].policy;
+            let _ = self.backends[i]
+                .machine
+                .observe(m.at, false, &m.result.detail, &policy);
+            return;
+        }
+        u.oks += 1;
+        if u.oks >= rise {
+            let why = format!(
+                "passive mark-down not confirmed: {} probes passed ({})",
+                u.oks, m.result.detail
+            );
+            self.restore(i, why);
+        } else {
+            // The verdict needs `rise` passes: the next one at once.
+            self.backends[i].probe_now.notify_one();
+        }
+    }
+
+    /// Undoes an unsettled passive mark (a false alarm).
+    fn restore(&mut self, i: usize, why: String) {
+        let Some(u) = self.backends[i].unconfirmed.take() else {
+            return;
+        };
+        self.settle(i, true);
+        self.backend_metrics(i, |b| b.passive_restored += 1);
+        let svc = self.backends[i].svc;
+        let mut e = Event::new(
+            "passive-restored",
+            &self.svcs[svc].cfg.name,
+            why.clone(),
+            self.stats.map_version,
+        );
+        e.backend = Some(self.backends[i].name.clone());
+        e.signal = Some(u.signal);
+        self.emit(svc, e, HookEvent::State);
+        let rise = self.backends[i].policy.rise;
+        if let Some(tr) = self.backends[i]
+            .machine
+            .passive_restore(Instant::now(), rise, why)
+        {
+            self.apply_transition(i, tr, Some(u.signal));
+        }
+    }
+
+    /// Marks whose probes gave no verdict in time are restored: no
+    /// evidence beyond the datapath's is not enough to keep one down.
+    fn passive_deadlines(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.backends.len() {
+            if let Some(u) = &self.backends[i].unconfirmed
+                && now >= u.deadline
+            {
+                self.restore(i, "passive mark-down not confirmed in time".to_string());
+            }
+        }
+    }
+
+    /// Gives a datapath mark's place under the guard rail back (`released`
+    /// + 1) and, with `clear`, lets the datapath mark the backend again.
+    fn settle(&mut self, i: usize, clear: bool) {
+        let (id, tier) = (self.backends[i].id, self.backends[i].tier_slot);
+        let result = (|| -> anyhow::Result<()> {
+            let mut g = self
+                .passive_guard
+                .get(&tier, 0)
+                .context("reading PASSIVE_GUARD")?;
+            g.released = g.released.wrapping_add(1);
+            self.passive_guard
+                .set(tier, g, 0)
+                .context("writing PASSIVE_GUARD")?;
+            if clear {
+                self.passive_health
+                    .set(id, PassiveHealth::default(), 0)
+                    .context("writing PASSIVE_HEALTH")?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            warn!(error = %format!("{e:#}"), backend = %self.backends[i].name, "settling a passive mark failed");
+        }
     }
 
     /// Whether marking `i` not-up would leave service `svc` with no backend

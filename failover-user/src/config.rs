@@ -161,6 +161,44 @@ pub struct Damping {
     pub window: Duration,
 }
 
+/// Failure detection in the datapath (`[service.passive]`): the XDP
+/// program marks a backend down itself when it sees `failures` signals
+/// within `window` (no success between); the agent confirms with probes
+/// within `confirm_within`, or restores it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Passive {
+    /// Bit `failover_common::SIG_*` set per signal that counts.
+    pub signals: u32,
+    pub failures: u32,
+    pub window: Duration,
+    /// New flows unanswered this long count (`no-reply`).
+    pub no_reply: Duration,
+    /// At most this fraction of a tier (at least one backend) may be down
+    /// by the datapath's marks at once.
+    pub max_ejection: f64,
+    pub confirm_within: Duration,
+}
+
+/// Names of the passive signals, by `SIG_*` bit.
+pub const PASSIVE_SIGNALS: [&str; 4] = ["rst", "icmp", "syn-retransmit", "no-reply"];
+
+impl Passive {
+    /// The guard rail of a tier of `members`: max(1, floor(fraction x n)).
+    pub fn limit(&self, members: usize) -> u64 {
+        ((self.max_ejection * members as f64).floor() as u64).max(1)
+    }
+
+    /// The signals on, by name.
+    pub fn signal_names(&self) -> Vec<&'static str> {
+        PASSIVE_SIGNALS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.signals & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
 /// A health check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
@@ -320,6 +358,18 @@ struct RawService {
     damping: RawDamping,
     #[serde(default, rename = "hook")]
     hooks: Vec<RawHook>,
+    passive: Option<RawPassive>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPassive {
+    signals: Option<Vec<String>>,
+    failures: Option<u32>,
+    window: Option<String>,
+    no_reply: Option<String>,
+    max_ejection: Option<f64>,
+    confirm_within: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -455,6 +505,8 @@ pub struct Service {
     pub flows_on_down: FlowsOnDown,
     pub damping: Damping,
     pub hooks: Vec<HookCfg>,
+    /// `None`: no passive detection.
+    pub passive: Option<Passive>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -559,6 +611,104 @@ fn valid_ifname(name: &str) -> bool {
         && name != ".."
         && !name.contains(['/', ':', '\0'])
         && !name.chars().any(char::is_whitespace)
+}
+
+/// `[service.passive]`: which signals make sense depends on the mode (in
+/// DSR replies bypass the load balancer) and the protocol (the TCP ones).
+fn validate_passive(
+    errs: &mut Errors,
+    p: &str,
+    raw: RawPassive,
+    mode: Mode,
+    protocol: Protocol,
+    checked: bool,
+) -> Passive {
+    let pp = format!("{p}.passive");
+    if !checked {
+        errs.push(
+            pp.clone(),
+            "needs a health check: the agent confirms every passive mark-down with probes",
+        );
+    }
+    // Bits of the signals this mode and protocol can see.
+    let possible: u32 = match (mode, protocol) {
+        (Mode::Nat, Protocol::Tcp) => 0b1111,
+        (Mode::Nat, Protocol::Udp) => 1 << failover_common::SIG_ICMP,
+        (Mode::Dsr, Protocol::Tcp) => 1 << failover_common::SIG_SYN_RETX,
+        (Mode::Dsr, Protocol::Udp) => 0,
+    };
+    let signals = match raw.signals {
+        None => possible,
+        Some(names) => {
+            let mut bits = 0;
+            for (i, n) in names.iter().enumerate() {
+                match PASSIVE_SIGNALS.iter().position(|s| s == n) {
+                    Some(b) if possible & (1 << b) != 0 => bits |= 1 << b,
+                    Some(_) => errs.push(
+                        format!("{pp}.signals[{i}]"),
+                        format!(
+                            "{n:?} cannot be seen in mode {mode:?} with {protocol:?}: {}",
+                            if mode == Mode::Dsr {
+                                "in DSR the backends' replies bypass the load balancer; only syn-retransmit (TCP) is seen"
+                            } else {
+                                "rst, syn-retransmit and no-reply are TCP signals; UDP has icmp"
+                            }
+                        ),
+                    ),
+                    None => errs.push(
+                        format!("{pp}.signals[{i}]"),
+                        format!("{n:?}: use {}", PASSIVE_SIGNALS.join(", ")),
+                    ),
+                }
+            }
+            bits
+        }
+    };
+    if signals == 0 && possible == 0 {
+        errs.push(
+            pp.clone(),
+            "no passive signal exists for UDP in DSR mode; remove [service.passive]",
+        );
+    } else if signals == 0 {
+        errs.push(format!("{pp}.signals"), "empty: nothing would be detected");
+    }
+    let failures = raw.failures.unwrap_or(3);
+    if failures == 0 || failures > 1000 {
+        errs.push(
+            format!("{pp}.failures"),
+            format!("{failures} must be 1-1000"),
+        );
+    }
+    let max_ejection = raw.max_ejection.unwrap_or(0.5);
+    if !(max_ejection > 0.0 && max_ejection <= 1.0) {
+        errs.push(
+            format!("{pp}.max_ejection"),
+            format!("{max_ejection} must be a fraction in (0, 1]"),
+        );
+    }
+    Passive {
+        signals,
+        failures,
+        window: duration(
+            errs,
+            &format!("{pp}.window"),
+            raw.window.as_deref(),
+            Duration::from_secs(10),
+        ),
+        no_reply: duration(
+            errs,
+            &format!("{pp}.no_reply"),
+            raw.no_reply.as_deref(),
+            Duration::from_secs(1),
+        ),
+        max_ejection,
+        confirm_within: duration(
+            errs,
+            &format!("{pp}.confirm_within"),
+            raw.confirm_within.as_deref(),
+            Duration::from_secs(2),
+        ),
+    }
 }
 
 fn duration(errs: &mut Errors, path: &str, v: Option<&str>, default: Duration) -> Duration {
@@ -1217,6 +1367,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 events,
             });
         }
+        let passive = s
+            .passive
+            .map(|raw| validate_passive(&mut errs, &p, raw, s.mode, s.protocol, check.is_some()));
         total_tiers += tiers.len() as u32;
         total_backends += tiers.iter().map(|t| t.len() as u32).sum::<u32>();
         if let Some(vip) = vip {
@@ -1234,6 +1387,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 flows_on_down: s.flows_on_down,
                 damping,
                 hooks,
+                passive,
             });
         }
     }
@@ -1351,6 +1505,9 @@ pub fn diff(old: &Config, new: &Config) -> serde_json::Value {
                 }
                 if o.hooks != s.hooks {
                     what.push("hooks changed".to_string());
+                }
+                if o.passive != s.passive {
+                    what.push("passive detection changed".to_string());
                 }
                 if o.table_size != s.table_size {
                     what.push(format!("table_size {} -> {}", o.table_size, s.table_size));
@@ -1709,6 +1866,76 @@ address = "198.18.1.2"
         assert_eq!(
             e,
             ["service[0].backend: a service needs at least one backend"]
+        );
+    }
+
+    #[test]
+    fn passive_detection_per_mode_and_protocol() {
+        let svc = |mode: &str, proto: &str, passive: &str, check: bool| {
+            format!(
+                "[daemon]\ninterfaces = [\"lb0\"]\n[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\nmode = \"{mode}\"\nprotocol = \"{proto}\"\n{}[service.passive]\n{passive}\n[[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n",
+                if check {
+                    ""
+                } else {
+                    "[service.check]\ntype = \"none\"\n"
+                }
+            )
+        };
+        // Defaults: every signal the mode and protocol can see.
+        let c = parse(&svc("nat", "tcp", "", true), "t").expect("valid");
+        let p = c.services[0].passive.expect("passive");
+        assert_eq!(
+            p.signal_names(),
+            ["rst", "icmp", "syn-retransmit", "no-reply"]
+        );
+        assert_eq!(
+            (p.failures, p.window, p.no_reply),
+            (3, Duration::from_secs(10), Duration::from_secs(1))
+        );
+        assert_eq!((p.limit(1), p.limit(4), p.limit(5)), (1, 2, 2));
+        let c = parse(&svc("dsr", "tcp", "", true), "t").expect("valid");
+        assert_eq!(
+            c.services[0].passive.expect("p").signal_names(),
+            ["syn-retransmit"]
+        );
+        let c = parse(&svc("nat", "udp", "", true), "t").expect("valid");
+        assert_eq!(c.services[0].passive.expect("p").signal_names(), ["icmp"]);
+        // What the mode cannot see, bad values, and no checks: field errors.
+        let e = errors(&svc(
+            "dsr",
+            "tcp",
+            "signals = [\"rst\", \"bogus\"]\nfailures = 0\nmax_ejection = 1.5",
+            true,
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("service[0].passive.signals[0]") && m.contains("DSR")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("service[0].passive.signals[1]") && m.contains("bogus")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("service[0].passive.failures")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("service[0].passive.max_ejection")),
+            "{e:?}"
+        );
+        let e = errors(&svc("nat", "tcp", "", false));
+        assert!(
+            e.iter().any(|m| m.contains("needs a health check")),
+            "{e:?}"
+        );
+        let e = errors(&svc("dsr", "udp", "", true));
+        assert!(
+            e.iter().any(|m| m.contains("no passive signal exists")),
+            "{e:?}"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! and write a config's services, tiers, tables and backends into the maps.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -121,6 +121,65 @@ impl Dataplane {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
         })
+    }
+
+    /// Passive detection: each service's thresholds (zero: off), each tier's
+    /// guard rail, and every datapath mark settled (`released = marked`,
+    /// `marked_ns` cleared): the agent starting after an apply knows of no
+    /// unconfirmed mark.
+    fn apply_passive(&mut self, cfg: &Config, layout: &Layout) -> anyhow::Result<()> {
+        let mut live = HashMap::new();
+        let mut guards = HashMap::new();
+        for (s, sl) in cfg.services.iter().zip(&layout.services) {
+            let Some(p) = s.passive else { continue };
+            let down_word = crate::agent::word_for(crate::health::State::Down, s.flows_on_down);
+            live.insert(
+                sl.id,
+                PassiveConfig {
+                    signals: p.signals,
+                    failures: p.failures,
+                    window_ns: p.window.as_nanos() as u64,
+                    no_reply_ns: p.no_reply.as_nanos() as u64,
+                    down_word,
+                    _pad: 0,
+                },
+            );
+            for (ti, tl) in sl.tiers.iter().enumerate() {
+                guards.insert(sl.first_tier + ti as u32, p.limit(tl.len()));
+            }
+        }
+        {
+            let mut m: Array<&mut MapData, PassiveConfig> = self.map_mut(map_names::PASSIVE_CFG)?;
+            for id in 0..m.len() {
+                let v = live.get(&id).copied().unwrap_or_default();
+                m.set(id, v, 0)
+                    .with_context(|| format!("writing PASSIVE_CFG[{id}]"))?;
+            }
+        }
+        let marked: Vec<u64> = {
+            let m: Array<&mut MapData, u64> = self.map_mut(map_names::PASSIVE_MARKED)?;
+            (0..m.len())
+                .map(|t| m.get(&t, 0).context("reading PASSIVE_MARKED"))
+                .collect::<anyhow::Result<_>>()?
+        };
+        {
+            let mut g: Array<&mut MapData, PassiveGuard> =
+                self.map_mut(map_names::PASSIVE_GUARD)?;
+            for (t, &released) in marked.iter().enumerate() {
+                let t = t as u32;
+                let limit = guards.get(&t).copied().unwrap_or(0);
+                g.set(t, PassiveGuard { limit, released }, 0)
+                    .with_context(|| format!("writing PASSIVE_GUARD[{t}]"))?;
+            }
+        }
+        let mut h: Array<&mut MapData, PassiveHealth> = self.map_mut(map_names::PASSIVE_HEALTH)?;
+        for id in 0..h.len() {
+            if h.get(&id, 0).context("reading PASSIVE_HEALTH")?.marked_ns != 0 {
+                h.set(id, PassiveHealth::default(), 0)
+                    .context("settling a passive mark")?;
+            }
+        }
+        Ok(())
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -312,6 +371,7 @@ impl Dataplane {
                 }
             }
         }
+        self.apply_passive(cfg, layout)?;
         for (s, sl) in cfg.services.iter().zip(&layout.services) {
             for (ti, (tier, tl)) in s.tiers.iter().zip(&sl.tiers).enumerate() {
                 let members: Vec<maglev::Member> = tier
@@ -685,6 +745,11 @@ pub struct AgentMaps {
     pub state: Array<MapData, u32>,
     pub tables: Array<MapData, TableValue>,
     pub tier_active: Array<MapData, u32>,
+    /// `None` if the ring buffer cannot be opened (passive marks are then
+    /// not confirmed, and say so).
+    pub passive_events: Option<aya::maps::RingBuf<MapData>>,
+    pub passive_guard: Array<MapData, PassiveGuard>,
+    pub passive_health: Array<MapData, PassiveHealth>,
 }
 
 impl AgentMaps {
@@ -702,6 +767,23 @@ impl AgentMaps {
                 .context("TABLES has an unexpected type")?,
             tier_active: Array::try_from(open(map_names::TIER_ACTIVE)?)
                 .context("TIER_ACTIVE has an unexpected type")?,
+            passive_events: {
+                let path = map_pin_path(pin_dir, map_names::PASSIVE_EVENTS);
+                match MapData::from_pin(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|d| Ok(aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(d))?))
+                {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), path = %path.display(), "cannot open the passive event ring buffer");
+                        None
+                    }
+                }
+            },
+            passive_guard: Array::try_from(open(map_names::PASSIVE_GUARD)?)
+                .context("PASSIVE_GUARD has an unexpected type")?,
+            passive_health: Array::try_from(open(map_names::PASSIVE_HEALTH)?)
+                .context("PASSIVE_HEALTH has an unexpected type")?,
         })
     }
 }

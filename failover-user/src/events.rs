@@ -48,6 +48,10 @@ pub struct Event {
     /// Failover: the backends now serving new flows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serving: Option<Vec<String>>,
+    /// Passive detection: the datapath signal (rst, icmp, syn-retransmit,
+    /// no-reply) behind a `passive-*` event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<&'static str>,
 }
 
 impl Event {

@@ -265,6 +265,40 @@ impl Machine {
         Some(Notice::HeldDown(why))
     }
 
+    /// The datapath marked the backend down (passive detection): down now,
+    /// unconfirmed. Only from up or suspect.
+    pub fn passive_down(&mut self, now: Instant, reason: String) -> Option<Transition> {
+        if !matches!(self.state, State::Up | State::Suspect) {
+            return None;
+        }
+        self.ok_streak = 0;
+        self.healthy_since = None;
+        if self.first_failure_at.is_none() {
+            self.first_failure_at = Some(now);
+        }
+        self.health = State::Down;
+        self.go(now, State::Down, reason)
+    }
+
+    /// Probes did not confirm a passive mark-down: a false alarm, undone
+    /// whatever the failback policy (which governs real failures).
+    pub fn passive_restore(
+        &mut self,
+        now: Instant,
+        rise: u32,
+        reason: String,
+    ) -> Option<Transition> {
+        if self.state != State::Down {
+            return None;
+        }
+        self.ok_streak = rise;
+        self.fail_streak = 0;
+        self.first_failure_at = None;
+        self.healthy_since = Some(now);
+        self.health = State::Up;
+        self.go(now, State::Up, reason)
+    }
+
     /// An operator releases a backend held down by manual failback (or by
     /// hold-down): it goes up if its probes say it is healthy (damping
     /// still applies).

@@ -75,6 +75,11 @@ pub struct BackendMetrics {
     pub probes_failed: u64,
     pub probe_latency: PromHistogram,
     pub state_changes: u64,
+    /// Passive detection: marks by the datapath, and how the agent settled
+    /// them (confirmed by probes, or restored as false alarms).
+    pub passive_marked: u64,
+    pub passive_confirmed: u64,
+    pub passive_restored: u64,
     /// The agent's view (up, suspect, down, draining, disabled).
     pub health: &'static str,
 }
@@ -86,6 +91,9 @@ impl Default for BackendMetrics {
             probes_failed: 0,
             probe_latency: PromHistogram::new(PROBE_BUCKETS),
             state_changes: 0,
+            passive_marked: 0,
+            passive_confirmed: 0,
+            passive_restored: 0,
             health: "up",
         }
     }
@@ -179,6 +187,26 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
                 "failover_backend_health{{service=\"{}\",backend=\"{}\",state=\"{st}\"}} {v}",
                 esc(s),
                 esc(b)
+            );
+        }
+    }
+    head(
+        &mut o,
+        "failover_passive_total",
+        "counter",
+        "Backends marked down by the datapath's passive detection, and how the agent settled each mark.",
+    );
+    for ((s, b), m) in &agent.backends {
+        for (outcome, n) in [
+            ("marked", m.passive_marked),
+            ("confirmed", m.passive_confirmed),
+            ("restored", m.passive_restored),
+        ] {
+            let _ = writeln!(
+                o,
+                "failover_passive_total{{service=\"{}\",backend=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(s),
+                esc(b),
             );
         }
     }

@@ -192,6 +192,11 @@ impl Topology {
         let none = "\n[service.check]\ntype = \"none\"\n";
         let keys = &x.service_keys;
         let tail = &x.service_tables;
+        let checked = if x.check.is_some() {
+            x.checked_tables.as_str()
+        } else {
+            ""
+        };
         let events = match &x.events_file {
             Some(p) => format!("events_file = \"{}\"\n", p.display()),
             None => String::new(),
@@ -219,7 +224,7 @@ name = "b2"
 address = "{b2}"
 port = {tcp}
 tier = 1
-{web_check}{tail}
+{web_check}{checked}{tail}
 
 [[service]]
 name = "dns"
@@ -252,7 +257,7 @@ name = "b2"
 address = "{b2v6}"
 port = {tcp}
 tier = 1
-{web_check}{tail}
+{web_check}{checked}{tail}
 
 [[service]]
 name = "api"
@@ -268,7 +273,7 @@ name = "b1"
 address = "{b1}"
 port = {api}
 tier = 1
-{api_check}{tail}
+{api_check}{checked}{tail}
 "#,
             bpffs = bpffs.display(),
             state = state_dir.display(),
@@ -292,6 +297,9 @@ pub struct LabExtras {
     pub service_keys: String,
     /// Tables added to every service (e.g. `[[service.hook]]` ...).
     pub service_tables: String,
+    /// Tables added to the TCP services that `check` applies to (web,
+    /// web6, api), e.g. `[service.passive]`.
+    pub checked_tables: String,
     pub events_file: Option<std::path::PathBuf>,
     /// Top-level tables added to the config (e.g. `[admin]`).
     pub top: String,

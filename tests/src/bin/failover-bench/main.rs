@@ -481,11 +481,14 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
     };
     let exe = daemon_exe(o)?;
     let rounds = if o.quick { 1 } else { 3 };
+    // "failover passive": the same probes plus passive detection in the
+    // datapath (refused connections, and new flows without a reply for
+    // 10 ms), three failures.
     let contenders: &[&str] = if o.quick {
-        &["failover"]
+        &["failover", "failover passive"]
     } else {
         ensure_packages(&[("haproxy", "haproxy")])?;
-        &["failover", "haproxy"]
+        &["failover", "failover passive", "haproxy"]
     };
     let mut out = Vec::new();
     let mut switch_us = Vec::new();
@@ -513,9 +516,15 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                 let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
                 let mut _daemon = None;
                 let mut _haproxy = None;
-                if contender == "failover" {
+                if contender.starts_with("failover") {
+                    let passive = if contender.ends_with("passive") {
+                        "[service.passive]\nsignals = [\"rst\", \"no-reply\"]\nfailures = 3\nno_reply = \"10ms\"\n"
+                    } else {
+                        ""
+                    };
                     let extras = LabExtras {
                         check: Some("type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"10ms\"\nfall = 3\nrise = 2".into()),
+                        checked_tables: passive.into(),
                         events_file: Some(dir.join("events.jsonl")),
                         top: "[admin]\nmetrics_listen = \"off\"\n".into(),
                         ..Default::default()
@@ -603,6 +612,7 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
             .copied()
     };
     report["failover"] = json!({
+        "passive": "failover passive: the same probes plus [service.passive] signals rst and no-reply (10ms), failures 3",
         "probes": "tcp every 10ms (5ms while suspect), timeout 10ms, fall 3, rise 2; HAProxy: check inter 10ms fastinter 5ms downinter 10ms fall 3 rise 2, timeout check 10ms (its connect timeout for checks is min(timeout connect, inter) = 10ms), standby as backup",
         "client": "a new TCP connection every 1 ms, 300 ms budget each",
         "scenarios": out.iter().map(|s| json!({"contender": s.contender, "scenario": s.scenario, "client_recovery_ms": s.recovery_ms, "failed_requests": s.failed_requests, "first_failure_to_switch_ms": s.first_fail_ms})).collect::<Vec<_>>(),
@@ -1061,6 +1071,16 @@ fn print_failover(report: &Value, fo: &[Scenario]) {
             median(s.failed_requests.iter().map(|&n| n as f64).collect()),
         );
     }
+    let killed = |c: &str| {
+        fo.iter()
+            .find(|s| s.contender == c && s.scenario.contains("killed"))
+            .map_or(f64::NAN, |s| median(s.recovery_ms.clone()))
+    };
+    println!(
+        "\nkilled process: {:.1} ms with passive detection, {:.1} ms with 10 ms probes only",
+        killed("failover passive"),
+        killed("failover")
+    );
     let d = &report["failover"]["decision_to_map_us"];
     println!(
         "\ndecision-to-map latency: median {:.1} us, p99 {:.1} us over {} changes",

@@ -1,0 +1,288 @@
+//! Passive failure detection, end to end: the real daemon with
+//! `[service.passive]` on the lab, real servers that really die, a link that
+//! really goes silent, real clients. Probes are slow (every 5 s) so that
+//! only the datapath can have moved the traffic; the agent's immediate
+//! probe then confirms. Times are printed, never asserted.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use failover_user::lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
+    client, tcp_request, vip,
+};
+
+/// Slow probes: the datapath, not a probe, must notice the failure.
+const SLOW_TCP: &str = "type = \"tcp\"\ninterval = \"5s\"\nfast_interval = \"5s\"\ntimeout = \"200ms\"\nfall = 3\nrise = 2";
+
+struct Lab {
+    topo: Topology,
+    _daemon: DaemonProcess,
+    servers: Vec<Option<Server>>,
+    events: PathBuf,
+    _w: failover_user::lab::Workdir,
+}
+
+fn start(passive: &str) -> Lab {
+    start_with(passive, "")
+}
+
+/// `check_extra`: lines added to the `[service.check]` table.
+fn start_with(passive: &str, check_extra: &str) -> Lab {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "namespace tests need root: run `cargo xtask test`"
+    );
+    let w = failover_user::lab::Workdir::new("fop").expect("scratch dir");
+    let topo = Topology::create(&w.prefix).expect("lab topology");
+    let events = w.dir.join("events.jsonl");
+    let extras = LabExtras {
+        check: Some(format!("{SLOW_TCP}\n{check_extra}")),
+        checked_tables: format!("[service.passive]\n{passive}\n"),
+        events_file: Some(events.clone()),
+        top: "[admin]\nmetrics_listen = \"off\"\n".into(),
+        ..Default::default()
+    };
+    let config = w.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&w.bpffs, &w.dir.join("state"), &extras),
+    )
+    .expect("config");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let servers = topo
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            Some(
+                Server::start(ns, &format!("b{}", i + 1), &ports, BACKEND_UDP_PORT)
+                    .expect("servers"),
+            )
+        })
+        .collect();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&w.bpffs, &LB_IFACES)
+        .expect("attached");
+    Lab {
+        topo,
+        _daemon: daemon,
+        servers,
+        events,
+        _w: w,
+    }
+}
+
+impl Lab {
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for an event of `kind` about web/b1.
+    fn wait(&self, kind: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["kind"] == kind && e["service"] == "web" && e["backend"] == "b1")
+            {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "no {kind} event for web/b1 within 10 s: {:#?}",
+            self.events()
+        );
+    }
+
+    fn ask(&self) -> String {
+        tcp_request(
+            &self.topo.client,
+            vip(false, 80),
+            "x",
+            Duration::from_millis(500),
+        )
+        .expect("request answered")
+    }
+}
+
+/// The primary's process dies while a client opens a connection every
+/// millisecond: the refusals (RSTs answering SYNs) mark it down in the
+/// datapath, the traffic moves to the standby long before the 5 s probe,
+/// and the agent's immediate probe confirms.
+#[test]
+fn killed_primary_fails_over_without_waiting_for_a_probe() {
+    let mut lab = start("signals = [\"rst\"]\nfailures = 3\nwindow = \"1s\"");
+    assert_eq!(lab.ask(), "b1");
+    let t0 = Instant::now();
+    let h = client::stream(
+        &lab.topo.client.name,
+        vip(false, 80),
+        t0,
+        Duration::from_millis(1200),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let fail_at = t0.elapsed();
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    let samples = h.join().expect("client");
+    let down = lab.wait("passive-down");
+    assert_eq!(down["signal"], "rst", "{down}");
+    let confirmed = lab.wait("passive-confirmed");
+    let (rec, lost) = client::recovery(&samples, fail_at, "b2").expect("the standby answered");
+    println!(
+        "passive (rst): client-side recovery {:.1} ms, {lost} requests lost; confirmed: {confirmed}",
+        rec.as_secs_f64() * 1e3
+    );
+    // Everything from shortly after the switch on is answered by b2: the
+    // switch happened within the stream, well before any 5 s probe.
+    let tail: Vec<_> = samples
+        .iter()
+        .filter(|s| s.sent > fail_at + rec + Duration::from_millis(20))
+        .collect();
+    assert!(tail.len() > 300, "the stream went on after the switch");
+    assert!(tail.iter().all(|s| s.who.as_deref() == Some("b2")));
+    assert!(
+        lab.events()
+            .iter()
+            .all(|e| !(e["kind"] == "passive-restored" && e["backend"] == "b1")),
+        "a dead backend must not be restored"
+    );
+}
+
+/// The primary's link goes silent: clients' SYNs go unanswered, the kernel
+/// retransmits them after a second, and those retransmissions mark the
+/// backend down; the next retransmission of the same connections reaches
+/// the standby, and the connections complete.
+#[test]
+fn silent_backend_is_detected_from_syn_retransmissions() {
+    let lab = start("signals = [\"syn-retransmit\"]\nfailures = 2\nwindow = \"10s\"");
+    assert_eq!(lab.ask(), "b1");
+    lab.topo.backends[0]
+        .ip(&["link", "set", "b1", "down"])
+        .expect("silence b1");
+    let to: SocketAddr = vip(false, 80);
+    let t0 = Instant::now();
+    let conns: Vec<_> = (0..4)
+        .map(|_| {
+            let name = lab.topo.client.name.clone();
+            std::thread::spawn(move || -> Option<Duration> {
+                failover_user::lab::netns::enter_named(&name).ok()?;
+                let s = TcpStream::connect_timeout(&to, Duration::from_secs(8)).ok()?;
+                drop(s);
+                Some(t0.elapsed())
+            })
+        })
+        .collect();
+    let down = lab.wait("passive-down");
+    assert_eq!(down["signal"], "syn-retransmit", "{down}");
+    let done: Vec<Option<Duration>> = conns
+        .into_iter()
+        .map(|c| c.join().expect("thread"))
+        .collect();
+    println!(
+        "silent backend: connections completed at {done:?} (SYN retransmission at ~1 s and ~3 s)"
+    );
+    assert!(
+        done.iter().any(Option::is_some),
+        "a connection whose SYNs went unanswered completed on the standby"
+    );
+    assert_eq!(lab.ask(), "b2");
+    lab.wait("passive-confirmed");
+}
+
+/// A single refused connection (the primary's listener gone for a moment)
+/// is below `failures = 3`: no mark, no failover, b1 keeps serving.
+#[test]
+fn a_single_spurious_rst_does_not_fail_over() {
+    let mut lab = start("signals = [\"rst\"]\nfailures = 3\nwindow = \"10s\"");
+    assert_eq!(lab.ask(), "b1");
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    let refused = tcp_request(
+        &lab.topo.client,
+        vip(false, 80),
+        "x",
+        Duration::from_millis(500),
+    );
+    assert!(refused.is_err(), "the one request is refused: {refused:?}");
+    lab.servers[0] = Some(
+        Server::start(
+            &lab.topo.backends[0],
+            "b1",
+            &[BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1],
+            BACKEND_UDP_PORT,
+        )
+        .expect("b1 back"),
+    );
+    for _ in 0..50 {
+        assert_eq!(lab.ask(), "b1");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        lab.events()
+            .iter()
+            .all(|e| e["kind"] != "passive-down" && e["kind"] != "failover"),
+        "{:#?}",
+        lab.events()
+    );
+}
+
+/// The datapath and the probes disagree: the service port refuses (the
+/// datapath marks b1 down) while the health-check port answers. The
+/// agent's probes pass, so the mark is a false alarm: b1 is restored
+/// (whatever the failback policy), and serves again.
+#[test]
+fn a_mark_the_probes_do_not_confirm_is_restored() {
+    let mut lab = start_with("signals = [\"rst\"]\nfailures = 1", "port = 8081");
+    assert_eq!(lab.ask(), "b1");
+    // b1: the service port and the check port as two servers.
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
+    let b1 = &lab.topo.backends[0];
+    let _check_port =
+        Server::start(b1, "b1", &[BACKEND_TCP_PORT + 1], BACKEND_UDP_PORT + 1).expect("check port");
+    let refused = tcp_request(
+        &lab.topo.client,
+        vip(false, 80),
+        "x",
+        Duration::from_millis(500),
+    );
+    assert!(refused.is_err(), "the service port refuses: {refused:?}");
+    let down = lab.wait("passive-down");
+    let restored = lab.wait("passive-restored");
+    println!("marked: {down}\nrestored: {restored}");
+    assert!(
+        restored["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not confirmed")),
+        "{restored}"
+    );
+    assert!(
+        lab.events()
+            .iter()
+            .any(|e| e["kind"] == "state" && e["backend"] == "b1" && e["to"] == "up"),
+        "b1 back up: {:#?}",
+        lab.events()
+    );
+    lab.servers[0] = Some(
+        Server::start(b1, "b1", &[BACKEND_TCP_PORT], BACKEND_UDP_PORT).expect("service port back"),
+    );
+    assert_eq!(lab.ask(), "b1");
+}
