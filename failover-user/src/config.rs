@@ -286,6 +286,7 @@ struct RawAdmin {
     token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
     audit_file: Option<PathBuf>,
+    rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -309,6 +310,9 @@ pub struct Admin {
     /// The tamper-evident audit log (JSON lines).
     pub audit_file: PathBuf,
     pub alertmanager: crate::admin::AlertmanagerCfg,
+    /// Requests per second each admin/metrics listener answers (a burst of
+    /// as many); beyond that 429. 0: no limit.
+    pub rate_limit: u32,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -321,6 +325,7 @@ struct RawDaemon {
     #[serde(default)]
     xdp_mode: XdpModeCfg,
     events_file: Option<PathBuf>,
+    drop_capabilities: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -463,6 +468,8 @@ pub struct Daemon {
     pub xdp_mode: XdpModeCfg,
     /// Events are appended here as JSON lines (they also go to the log).
     pub events_file: Option<PathBuf>,
+    /// After attaching, keep only CAP_BPF (see `caps.rs`). Default true.
+    pub drop_capabilities: bool,
 }
 
 /// Map capacities, applied when the program is loaded.
@@ -984,8 +991,12 @@ fn validate_admin(errs: &mut Errors, a: RawAdmin, am: RawAlertmanager, state_dir
             backend_label: am.backend_label.unwrap_or_else(|| "backend".to_string()),
             action,
         },
+        rate_limit: a.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
     }
 }
+
+/// Admin API requests per second per listener, by default.
+pub const DEFAULT_RATE_LIMIT: u32 = 50;
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut errs = Errors(Vec::new());
@@ -1442,6 +1453,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             state_dir,
             xdp_mode: raw.daemon.xdp_mode,
             events_file: raw.daemon.events_file,
+            drop_capabilities: raw.daemon.drop_capabilities.unwrap_or(true),
         },
         limits,
         services,

@@ -139,6 +139,9 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// Concurrent connections; beyond that new connections get 503 and are closed.
     pub max_connections: usize,
+    /// Requests per second over all connections (a burst of as many);
+    /// beyond that 429 with `Retry-After`. 0: no limit.
+    pub max_requests_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -148,7 +151,53 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             read_timeout: Duration::from_secs(5),
             max_connections: 64,
+            max_requests_per_sec: 0,
         }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved up.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The limiter shared by a server's connections.
+type Limiter = Option<Arc<std::sync::Mutex<Bucket>>>;
+
+fn allowed(limiter: &Limiter) -> bool {
+    match limiter {
+        None => true,
+        // A poisoned lock only means a panic elsewhere: keep limiting.
+        Some(b) => match b.lock() {
+            Ok(mut b) => b.take(Instant::now()),
+            Err(p) => p.into_inner().take(Instant::now()),
+        },
     }
 }
 
@@ -395,6 +444,12 @@ async fn serve<L: Accept>(
     shutdown: watch::Receiver<bool>,
 ) {
     let limits = limits.normalized();
+    let limiter: Limiter = (limits.max_requests_per_sec > 0).then(|| {
+        Arc::new(std::sync::Mutex::new(Bucket::new(
+            limits.max_requests_per_sec,
+            Instant::now(),
+        )))
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let max_rejects = limits.max_connections.max(MIN_REJECT_TASKS);
     let mut conns: JoinSet<()> = JoinSet::new();
@@ -414,8 +469,9 @@ async fn serve<L: Accept>(
                     Ok(permit) => {
                         let handler = Arc::clone(&handler);
                         let rx = shutdown.clone();
+                        let limiter = limiter.clone();
                         conns.spawn(async move {
-                            serve_connection(stream, peer, handler, limits, rx).await;
+                            serve_connection(stream, peer, handler, limits, limiter, rx).await;
                             drop(permit);
                         });
                     }
@@ -520,6 +576,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
     peer: String,
     handler: Handler,
     limits: Limits,
+    limiter: Limiter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -571,7 +628,18 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send>(
         };
         let method = request.method.clone();
         let path = request.path.clone();
-        let response = run_handler(&handler, request).await;
+        let response = if allowed(&limiter) {
+            run_handler(&handler, request).await
+        } else {
+            Response::error(
+                429,
+                &format!(
+                    "rate limit: at most {} requests per second",
+                    limits.max_requests_per_sec
+                ),
+            )
+            .with_header("Retry-After", "1")
+        };
         let response = checked_status(response, &method, &path);
         let close = head.close || is_shutdown(&shutdown);
         let bytes = encode_response(&response, method == "HEAD", close);
@@ -1482,6 +1550,51 @@ mod tests {
             let fut3 = request(&ep, "GET", "/", &[], b"", ms(10));
             assert_send(&fut3);
         });
+    }
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(5, t0);
+        assert!((0..5).all(|_| b.take(t0)), "a burst of 5");
+        assert!(!b.take(t0), "the sixth at once is refused");
+        assert!(!b.take(t0 + ms(100)), "half a token after 100 ms");
+        assert!(b.take(t0 + ms(250)), "one token after 200 ms");
+        assert!((0..5).all(|_| b.take(t0 + ms(10_000))), "refilled");
+        assert!(!b.take(t0 + ms(10_000)), "never more than the burst");
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_rate_get_429_and_never_reach_the_handler() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let limits = Limits {
+            max_requests_per_sec: 3,
+            ..Limits::default()
+        };
+        let server = start_tcp(counting(count.clone()), limits).await;
+        let mut statuses = Vec::new();
+        let t0 = std::time::Instant::now();
+        for _ in 0..10 {
+            let (status, _) = request(&server.endpoint(), "GET", "/", &[], b"", STEP)
+                .await
+                .expect("an answer");
+            statuses.push(status);
+        }
+        let ok = statuses.iter().filter(|&&s| s == 200).count();
+        let limited = statuses.iter().filter(|&&s| s == 429).count();
+        assert_eq!(ok + limited, 10, "{statuses:?}");
+        // The burst, plus what the rate refilled while the loop ran.
+        let refilled = (t0.elapsed().as_secs_f64() * 3.0).ceil() as usize;
+        assert!(
+            (3..=3 + refilled).contains(&ok) && limited > 0,
+            "{statuses:?} ({refilled} refilled)"
+        );
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            ok,
+            "refused requests never reach the handler"
+        );
+        server.shutdown().await;
     }
 
     #[tokio::test]

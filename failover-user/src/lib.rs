@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit;
+pub mod caps;
 pub mod config;
 pub mod dataplane;
 pub mod events;

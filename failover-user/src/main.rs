@@ -794,7 +794,10 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     servers.push(tokio::spawn(http::serve_unix(
         unix,
         handler(true),
-        http::Limits::default(),
+        http::Limits {
+            max_requests_per_sec: cfg.admin.rate_limit,
+            ..http::Limits::default()
+        },
         stop_rx.clone(),
     )));
     if let Some(addr) = cfg.admin.listen {
@@ -804,7 +807,10 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         servers.push(tokio::spawn(http::serve_tcp(
             l,
             handler(false),
-            http::Limits::default(),
+            http::Limits {
+                max_requests_per_sec: cfg.admin.rate_limit,
+                ..http::Limits::default()
+            },
             stop_rx.clone(),
         )));
     }
@@ -820,9 +826,17 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         servers.push(tokio::spawn(http::serve_tcp(
             l,
             h,
-            http::Limits::default(),
+            http::Limits {
+                max_requests_per_sec: cfg.admin.rate_limit,
+                ..http::Limits::default()
+            },
             stop_rx.clone(),
         )));
+    }
+    // Attached and listening: from here on only map writes need a
+    // privilege.
+    if cfg.daemon.drop_capabilities {
+        drop_capabilities()?;
     }
     info!(
         services = layout.services.len(),
@@ -951,6 +965,25 @@ async fn reload(
         }
         Err(e) => Err(format!("reload failed part-way: {e:#}")),
     }
+}
+
+/// Keeps only CAP_BPF (see `caps.rs`), and checks every thread.
+fn drop_capabilities() -> anyhow::Result<()> {
+    use failover_user::caps;
+    let keep = caps::keep_set(caps::last_cap()?);
+    let d = caps::drop_all_but(keep).context("dropping capabilities")?;
+    let over = caps::check_threads(keep)?;
+    if !over.is_empty() {
+        anyhow::bail!(
+            "threads still hold capabilities after the drop: {over:?}; refusing to run with them"
+        );
+    }
+    info!(
+        kept = %caps::names(d.kept),
+        bounding_set_dropped = d.bounding,
+        "capabilities dropped"
+    );
+    Ok(())
 }
 
 /// Unpins the links (detaching the program) and the maps.

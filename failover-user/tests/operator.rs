@@ -466,3 +466,37 @@ fn tokens_alertmanager_and_metrics() {
     let _ = Path::new(&lab.config);
     drop(lab);
 }
+
+/// Once attached and listening, the daemon keeps only CAP_BPF, in every
+/// thread, with the bounding set reduced (the tests run as root, which has
+/// CAP_SETPCAP) and no_new_privs set; actions that write maps still work.
+#[test]
+fn capabilities_are_dropped_after_attaching() {
+    let lab = start();
+    let pid = lab._daemon.0.id();
+    let want = 1u64 << failover_user::caps::CAP_BPF;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon threads");
+    let mut n = 0;
+    for t in tasks {
+        let st = std::fs::read_to_string(t.expect("task").path().join("status")).expect("status");
+        for field in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                failover_user::caps::status_set(&st, field),
+                Some(want),
+                "{field} of a daemon thread:\n{st}"
+            );
+        }
+        assert_eq!(failover_user::caps::status_set(&st, "CapInh"), Some(0));
+        assert!(st.lines().any(|l| l == "NoNewPrivs:\t1"), "{st}");
+        n += 1;
+    }
+    assert!(n >= 1);
+    // Map writes (CAP_BPF) still work: drain moves new flows to b2.
+    let cfg = cfg_arg(&lab);
+    let (ok, out, err) = cli(&["drain", "web", "b1", "--config", &cfg]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        tcp_request(&lab.topo.client, vip(false, 80), "x", T).unwrap(),
+        "b2"
+    );
+}

@@ -91,19 +91,24 @@ impl Lab {
 
     /// Waits (bounded) for an event of `kind` about web/b1.
     fn wait(&self, kind: &str) -> serde_json::Value {
+        self.wait_for(kind, |e| e["kind"] == kind)
+    }
+
+    /// Waits (bounded) for an event about web/b1 matching `f`.
+    fn wait_for(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(e) = self
                 .events()
                 .into_iter()
-                .find(|e| e["kind"] == kind && e["service"] == "web" && e["backend"] == "b1")
+                .find(|e| e["service"] == "web" && e["backend"] == "b1" && f(e))
             {
                 return e;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         panic!(
-            "no {kind} event for web/b1 within 10 s: {:#?}",
+            "no {what} event for web/b1 within 10 s: {:#?}",
             self.events()
         );
     }
@@ -274,13 +279,8 @@ fn a_mark_the_probes_do_not_confirm_is_restored() {
             .is_some_and(|r| r.contains("not confirmed")),
         "{restored}"
     );
-    assert!(
-        lab.events()
-            .iter()
-            .any(|e| e["kind"] == "state" && e["backend"] == "b1" && e["to"] == "up"),
-        "b1 back up: {:#?}",
-        lab.events()
-    );
+    // b1 is back up (the state event follows the restore).
+    lab.wait_for("state up", |e| e["kind"] == "state" && e["to"] == "up");
     lab.servers[0] = Some(
         Server::start(b1, "b1", &[BACKEND_TCP_PORT], BACKEND_UDP_PORT).expect("service port back"),
     );

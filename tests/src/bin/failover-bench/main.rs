@@ -185,6 +185,15 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     pass.load()
         .context("loading the empty program into the kernel")?;
     let prog = lab.dp.program()?;
+    // What the verifier made of the program, so growth shows up here. (The
+    // stack depth is only in the verifier's log, which the loader does not
+    // keep on success; the build's 512-byte limit is enforced at load.)
+    let info = prog.info().context("program info")?;
+    report["verifier"] = json!({
+        "verified_instructions": info.verified_instruction_count(),
+        "translated_instructions": info.size_translated().map(|b| b / 8),
+        "jitted_bytes": info.size_jitted(),
+    });
     let (repeat, rounds, n) = if o.quick {
         (50_000, 5, 300)
     } else {
@@ -1025,6 +1034,11 @@ fn num(v: &Value) -> f64 {
 }
 
 fn print_per_packet(report: &Value, rows: &[Row]) {
+    let v = &report["verifier"];
+    println!(
+        "\nverifier: {} instructions processed; program {} BPF instructions, {} bytes JIT-compiled",
+        v["verified_instructions"], v["translated_instructions"], v["jitted_bytes"]
+    );
     println!("\n| per-packet cost (BPF_PROG_TEST_RUN) | ns | x empty program |");
     println!("| --- | ---: | ---: |");
     println!(
