@@ -424,6 +424,8 @@ struct RawHook {
     kind: String,
     command: Option<Vec<String>>,
     url: Option<String>,
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
     timeout: Option<String>,
     events: Option<Vec<HookEvent>>,
 }
@@ -1344,7 +1346,29 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     if let Err(e) = crate::hooks::parse_webhook_url(&url) {
                         errs.push(format!("{hp}.url"), e);
                     }
-                    HookSpec::Webhook { url }
+                    let tls = crate::hooks::TlsOptions {
+                        ca_file: h.ca_file,
+                        server_name: h.server_name,
+                    };
+                    if crate::hooks::is_https(&url) {
+                        // Read and check the CA file now: a broken one is a
+                        // config error, not a failed hook run later.
+                        if let Err(e) = crate::hooks::client_config(&tls) {
+                            errs.push(format!("{hp}.ca_file"), e);
+                        }
+                        if let (Some(_), Err(e)) = (
+                            &tls.server_name,
+                            crate::hooks::server_name(&tls, std::net::Ipv4Addr::LOCALHOST.into()),
+                        ) {
+                            errs.push(format!("{hp}.server_name"), e);
+                        }
+                    } else if tls.ca_file.is_some() || tls.server_name.is_some() {
+                        errs.push(
+                            hp.clone(),
+                            "ca_file and server_name are for https:// urls only",
+                        );
+                    }
+                    HookSpec::Webhook { url, tls }
                 }
                 ("webhook", _, None) => {
                     errs.push(format!("{hp}.url"), "a webhook hook needs a url");
@@ -1835,7 +1859,7 @@ address = "198.18.1.2"
         let text = "[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\nfailback = \"sometimes\"\n\
 [[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n\
 [service.check]\ntype = \"tcp\"\npath = \"/x\"\ninterval = \"10\"\nfall = 0\njitter = 0.9\n\
-[[service.hook]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"https://198.18.9.9/x\"\n\
+[[service.hook]]\nname = \"h\"\ntype = \"webhook\"\nurl = \"ftp://198.18.9.9/x\"\n\
 [[service.hook]]\nname = \"h\"\ntype = \"exec\"\ncommand = []\n";
         let e = errors(text);
         for want in [
@@ -1844,7 +1868,7 @@ address = "198.18.1.2"
             "service[0].check.fall: 0 must be 1-100",
             "service[0].check.jitter: 0.9 must be between 0 and 0.5",
             "service[0].failback: \"sometimes\": use",
-            "service[0].hook[0].url: \"https://198.18.9.9/x\": https is not supported",
+            "service[0].hook[0].url: \"ftp://198.18.9.9/x\": unsupported scheme \"ftp\": use http:// or https://",
             "service[0].hook[1].name: \"h\" is already the name of hook[0]",
             "service[0].hook[1].command: an exec hook needs a non-empty command",
         ] {
@@ -1949,5 +1973,36 @@ address = "198.18.1.2"
             e.iter().any(|m| m.contains("no passive signal exists")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn https_webhook_options_are_checked_at_load() {
+        let hook = |extra: &str| {
+            format!(
+                "[daemon]\ninterfaces = [\"lb0\"]\n[[service]]\nname = \"w\"\nvip = \"198.18.0.1\"\nport = 80\n[[service.backend]]\nname = \"a\"\naddress = \"198.18.1.2\"\n[[service.hook]]\nname = \"h\"\ntype = \"webhook\"\n{extra}\n"
+            )
+        };
+        // Mozilla's roots by default: valid.
+        parse(&hook("url = \"https://198.18.9.9/x\""), "t").expect("https with default roots");
+        let e = errors(&hook(
+            "url = \"https://198.18.9.9/x\"\nca_file = \"/nonexistent/ca.pem\"",
+        ));
+        assert!(
+            e.iter().any(|m| m.starts_with("service[0].hook[0].ca_file")
+                && m.contains("/nonexistent/ca.pem")),
+            "{e:?}"
+        );
+        let e = errors(&hook(
+            "url = \"https://198.18.9.9/x\"\nserver_name = \"bad name!\"",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("service[0].hook[0].server_name")),
+            "{e:?}"
+        );
+        let e = errors(&hook(
+            "url = \"http://198.18.9.9/x\"\nserver_name = \"hooks.test\"",
+        ));
+        assert!(e.iter().any(|m| m.contains("https:// urls only")), "{e:?}");
     }
 }

@@ -14,18 +14,24 @@
 //!   (FAILOVER_SERVICE, ...) plus FAILOVER_EVENT = the event JSON. Exit 0 is
 //!   success.
 //! * Webhooks POST the event JSON over HTTP/1.1 to an `http://IP[:PORT]/PATH`
-//!   url (IP literals only: no DNS; no TLS yet). A 2xx status is success.
+//!   or `https://IP[:PORT]/PATH` url (IP literals only: no DNS). HTTPS
+//!   verifies the server's certificate (rustls): against Mozilla's roots, or
+//!   the CAs of `ca_file`; for the url's IP address, or `server_name`. A 2xx
+//!   status is success.
 
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
     process::{ExitStatus, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     process::{Child, ChildStdin, Command},
     time::timeout,
@@ -53,9 +59,64 @@ pub enum HookSpec {
     /// FAILOVER_EVENT=<the event JSON>. Healthy outcome = exit status 0.
     /// stdout/stderr captured (first 4 KiB each kept for the outcome detail).
     Exec { command: Vec<String> },
-    /// HTTP/1.1 POST of the event JSON to `url` (`http://IP[:PORT]/PATH`,
-    /// IPv6 in brackets, default port 80, no DNS). Success = a 2xx status.
-    Webhook { url: String },
+    /// HTTP/1.1 POST of the event JSON to `url` (`http[s]://IP[:PORT]/PATH`,
+    /// IPv6 in brackets, default port 80/443, no DNS). Success = a 2xx
+    /// status.
+    Webhook { url: String, tls: TlsOptions },
+}
+
+/// How an https webhook verifies its server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates to trust instead of the built-in
+    /// (Mozilla) roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the url's IP
+    /// address).
+    pub server_name: Option<String>,
+}
+
+/// Whether `url` is an https url (any case).
+pub fn is_https(url: &str) -> bool {
+    url.split_once("://")
+        .is_some_and(|(s, _)| s.eq_ignore_ascii_case("https"))
+}
+
+/// The rustls client configuration for `o`: certificates verified against
+/// `ca_file`'s CAs or Mozilla's roots. Errors name the file and what is
+/// wrong with it.
+pub fn client_config(o: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &o.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(p) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+                .map_err(|e| format!("{}: {e}", p.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{}: no PEM certificate in it", p.display()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The name the certificate is checked against.
+pub fn server_name(o: &TlsOptions, ip: IpAddr) -> Result<ServerName<'static>, String> {
+    match &o.server_name {
+        Some(n) => ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}")),
+        None => Ok(ServerName::IpAddress(ip.into())),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,14 +147,15 @@ pub fn parse_webhook_url(url: &str) -> Result<(SocketAddr, String, String), Stri
     let Some((scheme, rest)) = url.split_once("://") else {
         return bad("not a url: expected http://IP[:PORT]/PATH".into());
     };
-    if scheme.eq_ignore_ascii_case("https") {
-        return bad("https is not supported yet: use an http:// url".into());
-    }
-    if !scheme.eq_ignore_ascii_case("http") {
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
         return bad(format!(
-            "unsupported scheme {scheme:?}: only http:// is supported"
+            "unsupported scheme {scheme:?}: use http:// or https://"
         ));
-    }
+    };
     let (authority, target) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -156,7 +218,7 @@ pub fn parse_webhook_url(url: &str) -> Result<(SocketAddr, String, String), Stri
         return bad(format!("{ip} is not a destination address"));
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some("") => return bad("empty port after ':'".into()),
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
@@ -167,7 +229,7 @@ pub fn parse_webhook_url(url: &str) -> Result<(SocketAddr, String, String), Stri
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => format!("[{a}]"),
     };
-    let host = if port == 80 {
+    let host = if port == default_port {
         host_ip
     } else {
         format!("{host_ip}:{port}")
@@ -196,7 +258,7 @@ pub async fn run(hook: &Hook, event_json: &str, env: &[(String, String)]) -> Hoo
     let start = Instant::now();
     let (ok, detail) = match &hook.spec {
         HookSpec::Exec { command } => run_exec(command, hook.timeout, start, event_json, env).await,
-        HookSpec::Webhook { url } => run_webhook(url, hook.timeout, event_json).await,
+        HookSpec::Webhook { url, tls } => run_webhook(url, tls, hook.timeout, event_json).await,
     };
     let elapsed = start.elapsed();
     let elapsed_ms = elapsed.as_secs_f64() * 1e3;
@@ -400,21 +462,36 @@ fn printable(s: &str) -> String {
 
 // ------------------------------------------------------------------ webhooks
 
-async fn run_webhook(url: &str, limit: Duration, body: &str) -> (bool, String) {
+async fn run_webhook(url: &str, tls: &TlsOptions, limit: Duration, body: &str) -> (bool, String) {
     let (addr, host, path) = match parse_webhook_url(url) {
         Ok(v) => v,
         Err(e) => return (false, format!("bad url: {e}")),
     };
-    match timeout(limit, post(addr, &host, &path, body)).await {
+    let tls = if is_https(url) {
+        match client_config(tls).and_then(|c| Ok((c, server_name(tls, addr.ip())?))) {
+            Ok(t) => Some(t),
+            Err(e) => return (false, format!("TLS: {e}")),
+        }
+    } else {
+        None
+    };
+    match timeout(limit, post(addr, &host, &path, body, tls)).await {
         Ok(Ok(code)) => ((200..300).contains(&code), format!("http {code}")),
         Ok(Err(detail)) => (false, detail),
         Err(_) => (false, timeout_detail(limit)),
     }
 }
 
-/// One POST; returns the final status code or a short error detail.
-async fn post(addr: SocketAddr, host: &str, path: &str, body: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(addr)
+/// One POST (over TLS when `tls` is given); returns the final status code
+/// or a short error detail.
+async fn post(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    body: &str,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+) -> Result<u16, String> {
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| match io_detail(&e) {
             Some(d) => d.to_string(),
@@ -431,7 +508,24 @@ async fn post(addr: SocketAddr, host: &str, path: &str, body: &str) -> Result<u1
          {body}",
         body.len()
     );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
+    match tls {
+        None => exchange(stream, request.as_bytes()).await,
+        Some((cfg, name)) => {
+            let s = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+            exchange(s, request.as_bytes()).await
+        }
+    }
+}
+
+/// Sends the request and reads the status.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+) -> Result<u16, String> {
+    if let Err(e) = stream.write_all(request).await {
         // The server may have answered (e.g. 413) and closed before reading
         // everything: prefer its answer when there is one.
         return match read_status(&mut stream).await {
@@ -446,7 +540,7 @@ async fn post(addr: SocketAddr, host: &str, path: &str, body: &str) -> Result<u1
 }
 
 /// Reads the response up to its final (non-1xx) status line.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, String> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -586,7 +680,10 @@ mod tests {
     fn webhook(url: &str, timeout: Duration) -> Hook {
         Hook {
             name: "wh".into(),
-            spec: HookSpec::Webhook { url: url.into() },
+            spec: HookSpec::Webhook {
+                url: url.into(),
+                tls: TlsOptions::default(),
+            },
             timeout,
         }
     }
@@ -1094,16 +1191,141 @@ mod tests {
     #[tokio::test]
     async fn webhook_bad_url_fails_cleanly() {
         let o = run(
-            &webhook("https://127.0.0.1/x", Duration::from_secs(5)),
+            &webhook("ftp://127.0.0.1/x", Duration::from_secs(5)),
             EVENT,
             &env(),
         )
         .await;
         assert!(!o.ok);
         assert!(
-            o.detail.starts_with("bad url:") && o.detail.contains("https"),
+            o.detail.starts_with("bad url:") && o.detail.contains("scheme"),
             "{o:?}"
         );
+    }
+
+    /// A CA, and a certificate for 127.0.0.1 and "hooks.test" it signed.
+    fn test_pki() -> (
+        String,
+        Vec<CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ) {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["hooks.test".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("cert");
+        (
+            ca.pem(),
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+    }
+
+    /// An HTTPS server answering each of `n` connections with 204.
+    async fn tls_server(
+        chain: Vec<CertificateDer<'static>>,
+        key: rustls_pki_types::PrivateKeyDer<'static>,
+        n: usize,
+    ) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server cert");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    continue; // the client refused our certificate
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    fn https_hook(url: &str, tls: TlsOptions) -> Hook {
+        Hook {
+            name: "tls".into(),
+            spec: HookSpec::Webhook {
+                url: url.into(),
+                tls,
+            },
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn https_webhooks_verify_the_server_certificate() {
+        let (ca_pem, chain, key) = test_pki();
+        let dir = std::env::temp_dir().join(format!("failover-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).expect("ca file");
+        let addr = tls_server(chain, key, 4).await;
+        let url = format!("https://{addr}/hook");
+        let with = |server_name: Option<&str>| TlsOptions {
+            ca_file: Some(ca_file.clone()),
+            server_name: server_name.map(str::to_string),
+        };
+        // Trusted CA, certificate for the url's IP: delivered.
+        let o = run(&https_hook(&url, with(None)), EVENT, &env()).await;
+        assert!(o.ok, "{o:?}");
+        assert_eq!(o.detail, "http 204");
+        // The same with the name the certificate carries.
+        let o = run(&https_hook(&url, with(Some("hooks.test"))), EVENT, &env()).await;
+        assert!(o.ok, "{o:?}");
+        // A name the certificate does not carry: refused.
+        let o = run(&https_hook(&url, with(Some("other.test"))), EVENT, &env()).await;
+        assert!(!o.ok && o.detail.contains("certificate"), "{o:?}");
+        // Mozilla's roots do not know our CA: refused.
+        let o = run(&https_hook(&url, TlsOptions::default()), EVENT, &env()).await;
+        assert!(!o.ok && o.detail.contains("certificate"), "{o:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_options_errors_name_the_problem() {
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            server_name: None,
+        };
+        let e = client_config(&missing).expect_err("missing file");
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let dir = std::env::temp_dir().join(format!("failover-tls-e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("file");
+        let e = client_config(&TlsOptions {
+            ca_file: Some(empty),
+            server_name: None,
+        })
+        .expect_err("no certificate");
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let bad = TlsOptions {
+            ca_file: None,
+            server_name: Some("not a name!".into()),
+        };
+        assert!(server_name(&bad, "127.0.0.1".parse().expect("ip")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -1148,8 +1370,14 @@ mod tests {
             let e = parse_webhook_url(u).expect_err(u);
             assert!(e.contains(want), "{u}: {e:?} should mention {want:?}");
         };
-        err("https://10.0.0.5/x", "https is not supported");
-        err("HTTPS://[::1]/x", "https is not supported");
+        assert_eq!(
+            ok("https://10.0.0.5/x"),
+            (sa("10.0.0.5:443"), "10.0.0.5".into(), "/x".into())
+        );
+        assert_eq!(
+            ok("HTTPS://[::1]:8443/x"),
+            (sa("[::1]:8443"), "[::1]:8443".into(), "/x".into())
+        );
         err("http://example.com/x", "not an IP address");
         err("http://localhost:8080/x", "no DNS");
         err("ftp://10.0.0.5/x", "unsupported scheme");
