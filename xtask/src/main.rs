@@ -78,6 +78,16 @@ enum Task {
         #[arg(last = true)]
         extra: Vec<OsString>,
     },
+    /// Setup, then chaos under load on the lab (release build): SIGKILL and
+    /// restart of the daemon, reload storms, a flapping backend, a silent
+    /// link, conntrack eviction, hanging and failing hooks, under a request
+    /// every millisecond; checks the invariants, writes
+    /// target/chaos/report.json.
+    Chaos {
+        /// Length of the run (at least 12: one chaos cycle).
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
     /// Coverage-guided fuzzing of the host-side parsers (cargo-fuzz on the
     /// nightly toolchain, installed if missing): each target for N seconds.
     FuzzHost {
@@ -140,6 +150,7 @@ fn run(task: Task) -> Result<ExitCode> {
             extra,
         } => fuzz(packets, seed, &extra),
         Task::FuzzHost { seconds, targets } => fuzz_host::run(seconds, &targets),
+        Task::Chaos { seconds } => chaos(seconds),
         Task::BuildAndRun {
             release: _,
             debug,
@@ -191,17 +202,7 @@ fn bench(quick: bool, only: Option<&str>) -> Result<ExitCode> {
     let root = workspace_root()?;
     let out = target_dir(&root).join("bench").join("report.json");
     // The daemon binary the bench runs in the lab.
-    let mut daemon = cargo(&ready, &root)?;
-    daemon.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "failover-user",
-        "--bin",
-        "failover",
-    ]);
-    cmd::run(&mut daemon)?;
+    build_daemon(&ready, &root)?;
     let mut command = tests_bin(&ready, &root, "failover-bench")?;
     command
         .arg("--out")
@@ -233,6 +234,39 @@ fn tests_bin(ready: &Ready, root: &Path, bin: &str) -> Result<std::process::Comm
         "--",
     ]);
     Ok(command)
+}
+
+/// The release `failover` binary that the bench and chaos run in the lab.
+fn build_daemon(ready: &Ready, root: &Path) -> Result<()> {
+    let mut daemon = cargo(ready, root)?;
+    daemon.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "failover-user",
+        "--bin",
+        "failover",
+    ]);
+    cmd::run(&mut daemon)
+}
+
+/// `cargo xtask chaos` (`tests/src/bin/failover-chaos.rs`).
+fn chaos(seconds: u64) -> Result<ExitCode> {
+    let ready = setup::run(Scope::Full, setup::Options::default())?;
+    warn_leftover_netns();
+    let root = workspace_root()?;
+    build_daemon(&ready, &root)?;
+    let mut command = tests_bin(&ready, &root, "failover-chaos")?;
+    command
+        .arg("--seconds")
+        .arg(seconds.to_string())
+        .arg("--out")
+        .arg(target_dir(&root).join("chaos").join("report.json"))
+        .arg("--failover")
+        .arg(target_dir(&root).join("release").join("failover"));
+    let status = cmd::status(&mut command)?;
+    Ok(ExitCode::from(cmd::exit_code(status)))
 }
 
 /// `cargo xtask fuzz`: the packet fuzzer (`tests/src/bin/failover-fuzz.rs`).

@@ -97,6 +97,12 @@ impl Topology {
             ns.sysctl("net/ipv6/conf/all/accept_dad", "0")?;
             ns.sysctl("net/ipv6/conf/default/accept_dad", "0")?;
         }
+        // The client opens a connection every millisecond for as long as a
+        // run lasts, and closes first: without reusing TIME_WAIT ports it
+        // runs out of source ports after about 14 s (connect() uses the
+        // even half of the range first), and requests fail for that alone.
+        client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+        client.sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
         netns::veth(&client, "cl", &lb, "lc")?;
         netns::veth(&lb, "lb1", &b1, "b1")?;
         netns::veth(&lb, "lb2", &b2, "b2")?;
@@ -163,6 +169,55 @@ impl Topology {
             backends: vec![b1, b2],
             pass,
         })
+    }
+
+    /// Backend `i`'s (0: b1, 1: b2) servers on the lab's ports: TCP
+    /// `BACKEND_TCP_PORT` and the next one, UDP `BACKEND_UDP_PORT`.
+    pub fn start_server(&self, i: usize) -> anyhow::Result<Server> {
+        let ns = self.backends.get(i).context("no such backend")?;
+        Server::start(
+            ns,
+            &format!("b{}", i + 1),
+            &[BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1],
+            BACKEND_UDP_PORT,
+        )
+    }
+
+    /// Takes backend `i`'s link (0: b1, 1: b2) down or up again. Linux drops
+    /// the routes through a link that goes down (and its IPv6 addresses), so
+    /// coming up restores the backend's address and routes back to the
+    /// clients too.
+    pub fn backend_link(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let ns = self.backends.get(i).context("no such backend")?;
+        let (n, dev) = (i + 1, format!("b{}", i + 1));
+        ns.ip(&["link", "set", &dev, if up { "up" } else { "down" }])?;
+        if up {
+            ns.ip(&[
+                "route",
+                "replace",
+                "198.18.0.0/24",
+                "via",
+                &format!("198.18.{n}.1"),
+            ])?;
+            ns.ip(&[
+                "-6",
+                "addr",
+                "replace",
+                &format!("2001:db8:{n}::2/64"),
+                "dev",
+                &dev,
+                "nodad",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "replace",
+                "2001:db8::/64",
+                "via",
+                &format!("2001:db8:{n}::1"),
+            ])?;
+        }
+        Ok(())
     }
 
     /// Detaches the pass programs from the backends' interfaces (the bench

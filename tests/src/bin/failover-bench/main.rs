@@ -485,8 +485,7 @@ fn tables(o: &Opts, report: &mut Value) -> anyhow::Result<(usize, Duration, Dura
 /// each is kept for the timeline plot.
 fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>> {
     use failover_user::lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
-        client, vip,
+        BACKEND_TCP_PORT, DaemonProcess, LB_IFACES, LabExtras, Topology, client, vip,
     };
     let exe = daemon_exe(o)?;
     let rounds = if o.quick { 1 } else { 3 };
@@ -515,14 +514,8 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                 let w = failover_user::lab::Workdir::new("fob")?;
                 let (dir, bpffs) = (w.dir.clone(), w.bpffs.clone());
                 let topo = Topology::create(&w.prefix)?;
-                let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
-                let mut b1 = Some(Server::start(
-                    &topo.backends[0],
-                    "b1",
-                    &ports,
-                    BACKEND_UDP_PORT,
-                )?);
-                let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
+                let mut b1 = Some(topo.start_server(0)?);
+                let _b2 = topo.start_server(1)?;
                 let mut _daemon = None;
                 let mut _haproxy = None;
                 if contender.starts_with("failover") {
