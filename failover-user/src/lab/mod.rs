@@ -101,8 +101,12 @@ impl Topology {
         // run lasts, and closes first: without reusing TIME_WAIT ports it
         // runs out of source ports after about 14 s (connect() uses the
         // even half of the range first), and requests fail for that alone.
-        client.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
-        client.sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
+        // The same in the load balancer's namespace, where a proxy (HAProxy
+        // in the bench) opens its own connections to the backends.
+        for ns in [&client, &lb] {
+            ns.sysctl("net/ipv4/tcp_tw_reuse", "1")?;
+            ns.sysctl("net/ipv4/ip_local_port_range", "1024 65535")?;
+        }
         netns::veth(&client, "cl", &lb, "lc")?;
         netns::veth(&lb, "lb1", &b1, "b1")?;
         netns::veth(&lb, "lb2", &b2, "b2")?;
