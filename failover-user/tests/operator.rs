@@ -75,6 +75,7 @@ fn start() -> Lab {
     let topo = Topology::create(&format!("foo{id}")).expect("topology");
     let extras = LabExtras {
         check: Some("type = \"tcp\"\ninterval = \"20ms\"\ntimeout = \"20ms\"".to_string()),
+        events_file: Some(dir.join("events.jsonl")),
         top: format!(
             "[admin]\nsocket = \"{}\"\nlisten = \"{ADMIN_TCP}\"\ntoken_file = \"{}\"\nmetrics_listen = \"{METRICS}\"\naudit_file = \"{}\"\n",
             dir.join("admin.sock").display(),
@@ -463,6 +464,21 @@ fn tokens_alertmanager_and_metrics() {
             .keys()
             .any(|k| k.starts_with("failover_probe_duration_seconds_bucket{"))
     );
+    // No secret is written anywhere: neither the right token nor the wrong
+    // one that was tried is in the audit log, the events file or /metrics.
+    let audit = std::fs::read_to_string(lab.dir.join("audit.jsonl")).expect("audit log");
+    assert!(audit.contains("\"status\":401"), "the refusals are audited");
+    let events = std::fs::read_to_string(lab.dir.join("events.jsonl")).expect("events file");
+    assert!(!events.is_empty(), "the drain and undrain are events");
+    for (what, text) in [
+        ("audit log", &audit),
+        ("events file", &events),
+        ("/metrics", &body),
+    ] {
+        for secret in [TOKEN, "wrong-token-000000000"] {
+            assert!(!text.contains(secret), "{secret:?} leaked into the {what}");
+        }
+    }
     let _ = Path::new(&lab.config);
     drop(lab);
 }
