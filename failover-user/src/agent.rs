@@ -780,6 +780,15 @@ impl Decider {
         word_for(b.machine.state(), self.svcs[b.svc].cfg.flows_on_down)
     }
 
+    /// What [`Self::serving`] would say if backend `i` still had `word`
+    /// (what served before a write, for the failover report).
+    fn serving_with(&mut self, svc: usize, i: usize, word: u32) -> (Option<usize>, Vec<String>) {
+        let now = std::mem::replace(&mut self.backends[i].word, word);
+        let before = self.serving(svc);
+        self.backends[i].word = now;
+        before
+    }
+
     /// The first tier with a member taking new flows, and those members.
     fn serving(&self, svc: usize) -> (Option<usize>, Vec<String>) {
         let s = &self.svcs[svc];
@@ -870,15 +879,12 @@ impl Decider {
                 dt = self.write(i, want, now);
             }
             let _ = self.backends[i].state_tx.send(tr.to);
-            let new_word = self.backends[i].word;
-            self.backends[i].word = old_word;
-            let before = self.serving(svc);
-            self.backends[i].word = new_word;
+            let before = self.serving_with(svc, i, old_word);
             let mut e = Event::new("state", service, tr.reason.clone(), self.stats.map_version);
             e.backend = Some(backend.to_string());
             e.from = Some(from.to_string());
             e.to = Some(to.to_string());
-            e.map_word = Some(word_name(new_word));
+            e.map_word = Some(word_name(self.backends[i].word));
             e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
             self.emit(svc, e, HookEvent::State);
             self.backend_metrics(i, |b| {
@@ -888,7 +894,7 @@ impl Decider {
             if dt.is_some() {
                 self.rebuild(svc, self.backends[i].tier);
             }
-            if new_word == STATE_UP {
+            if self.backends[i].word == STATE_UP {
                 self.keep_last(svc, now, Some(i));
             }
             self.report_failover(svc, before, &tr.reason);
@@ -990,10 +996,7 @@ impl Decider {
         }
         let _ = self.backends[i].state_tx.send(tr.to);
         // What served before the write, for the failover report.
-        let new_word = self.backends[i].word;
-        self.backends[i].word = old_word;
-        let before = self.serving(svc);
-        self.backends[i].word = new_word;
+        let before = self.serving_with(svc, i, old_word);
         let mut e = Event::new(
             "state",
             &self.svcs[svc].cfg.name,
@@ -1106,10 +1109,7 @@ impl Decider {
             oks: 0,
         });
         // The word is written: record the change as the datapath made it.
-        let before_word = self.backends[i].word;
-        self.backends[i].word = old_word;
-        let before = self.serving(svc);
-        self.backends[i].word = before_word;
+        let before = self.serving_with(svc, i, old_word);
         let _ = self.backends[i].state_tx.send(tr.to);
         let mut e = Event::new("state", &name, tr.reason.clone(), self.stats.map_version);
         e.backend = Some(self.backends[i].name.clone());

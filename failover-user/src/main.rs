@@ -788,16 +788,18 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             Box::pin(async move { admin::handle(st, req, trusted).await })
         })
     };
+    // Every listener: the same bounds and request rate.
+    let limits = http::Limits {
+        max_requests_per_sec: cfg.admin.rate_limit,
+        ..http::Limits::default()
+    };
     let mut servers = Vec::new();
     let unix = http::bind_unix(&cfg.admin.socket)
         .with_context(|| format!("admin socket {}", cfg.admin.socket.display()))?;
     servers.push(tokio::spawn(http::serve_unix(
         unix,
         handler(true),
-        http::Limits {
-            max_requests_per_sec: cfg.admin.rate_limit,
-            ..http::Limits::default()
-        },
+        limits,
         stop_rx.clone(),
     )));
     if let Some(addr) = cfg.admin.listen {
@@ -807,10 +809,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         servers.push(tokio::spawn(http::serve_tcp(
             l,
             handler(false),
-            http::Limits {
-                max_requests_per_sec: cfg.admin.rate_limit,
-                ..http::Limits::default()
-            },
+            limits,
             stop_rx.clone(),
         )));
     }
@@ -823,15 +822,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             let st = st.clone();
             Box::pin(async move { admin::metrics_response(&st, &req) })
         });
-        servers.push(tokio::spawn(http::serve_tcp(
-            l,
-            h,
-            http::Limits {
-                max_requests_per_sec: cfg.admin.rate_limit,
-                ..http::Limits::default()
-            },
-            stop_rx.clone(),
-        )));
+        servers.push(tokio::spawn(http::serve_tcp(l, h, limits, stop_rx.clone())));
     }
     // Attached and listening: from here on only map writes need a
     // privilege.
