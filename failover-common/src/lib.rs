@@ -101,10 +101,16 @@ pub enum Reason {
     /// A TCP flow of a backend that went down with `flows_on_down = reset`:
     /// answered with a RST (XDP_TX).
     TxReset = 18,
+    /// A reply of a direct connection (not through the VIP) to a NAT
+    /// backend endpoint: passed untouched.
+    PassDirect = 19,
+    /// A reply of a VIP flow that has no conntrack entry (evicted, expired
+    /// while idle, a restarted daemon): translated back from `REVERSE`.
+    FwdReplyUntracked = 20,
 }
 
 /// Number of entries in `REASON_STATS`.
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 21;
 
 impl Reason {
     /// All reasons in index order.
@@ -128,6 +134,8 @@ impl Reason {
         Reason::FwdReply,
         Reason::PassMalformed,
         Reason::TxReset,
+        Reason::PassDirect,
+        Reason::FwdReplyUntracked,
     ];
 
     /// Stable snake_case name used in CLI output and metrics.
@@ -152,6 +160,8 @@ impl Reason {
             Reason::FwdReply => "fwd_reply",
             Reason::PassMalformed => "pass_malformed",
             Reason::TxReset => "tx_reset",
+            Reason::PassDirect => "pass_direct",
+            Reason::FwdReplyUntracked => "fwd_reply_untracked",
         }
     }
 }
@@ -250,26 +260,69 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// The value of `CONNTRACK`.
+/// The value of `CONNTRACK` (verified flows) and `EMBRYONIC` (flows not
+/// yet verified: a TCP handshake in progress, or UDP the backend has not
+/// answered). Times are in milliseconds of `CLOCK` (low 32 bits): an entry
+/// whose `now - seen_ms` exceeds `timeout_ms` counts as absent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend_id: u32,
     pub service_id: u32,
-    /// `bpf_ktime_get_ns()` of the last packet seen in either direction.
-    pub last_seen_ns: u64,
-    /// When the flow was pinned to `backend_id`.
-    pub created_ns: u64,
+    /// `CLOCK` when a packet of the flow was last seen (either direction).
+    pub seen_ms: u32,
+    /// Idle timeout of the flow's current state.
+    pub timeout_ms: u32,
+    /// `CLOCK` when the flow was pinned to `backend_id`.
+    pub created_ms: u32,
+    /// TCP: the sequence number of the client's SYN.
+    pub client_isn: u32,
+    /// TCP (NAT): the sequence number of the backend's SYN-ACK.
+    pub server_isn: u32,
+    /// `FS_*`.
+    pub state: u8,
     /// `FLOW_*` bits.
-    pub flags: u32,
+    pub flags: u8,
     /// SYNs the client sent on this flow (towards this backend).
-    pub syns: u32,
+    pub syns: u16,
 }
 
+/// Flow states (`FlowValue::state`).
+/// TCP: the client's SYN was forwarded, the handshake is not complete.
+pub const FS_SYN: u8 = 1;
+/// TCP: the handshake completed (or the backend answered mid-stream).
+pub const FS_ESTABLISHED: u8 = 2;
+/// TCP: a FIN or RST was seen from either side.
+pub const FS_CLOSING: u8 = 3;
+/// UDP.
+pub const FS_UDP: u8 = 4;
+
 /// The backend answered on this flow (NAT: a reply came through).
-pub const FLOW_REPLIED: u32 = 1;
-/// The client sent something other than a SYN (the handshake completed).
-pub const FLOW_ACKED: u32 = 2;
+pub const FLOW_REPLIED: u8 = 1;
+/// The client's SYN had a valid TCP checksum (it may count as evidence
+/// for passive detection).
+pub const FLOW_SYN_VALID: u8 = 2;
+
+/// The value of `FLOW_TIMEOUTS[service_id]`: idle timeouts per flow state,
+/// in milliseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub syn_ms: u32,
+    pub established_ms: u32,
+    pub closing_ms: u32,
+    pub udp_ms: u32,
+}
+
+impl FlowTimeouts {
+    /// 5 s embryonic, 300 s established, 10 s closing, 30 s UDP.
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        syn_ms: 5_000,
+        established_ms: 300_000,
+        closing_ms: 10_000,
+        udp_ms: 30_000,
+    };
+}
 
 /// Passive failure signals (bit numbers in `PassiveConfig::signals`, and
 /// indexes of `PassiveStats::signals`).
@@ -398,6 +451,7 @@ const _: () = assert!(core::mem::size_of::<TableValue>().is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 16);
 const _: () = assert!(core::mem::size_of::<PassiveConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<PassiveHealth>() == 40);
 const _: () = assert!(core::mem::size_of::<PassiveGuard>() == 16);
@@ -428,8 +482,12 @@ pub mod map_names {
     pub const PASSIVE_MARKED: &str = "PASSIVE_MARKED";
     pub const PASSIVE_STATS: &str = "PASSIVE_STATS";
     pub const PASSIVE_EVENTS: &str = "PASSIVE_EVENTS";
+    pub const EMBRYONIC: &str = "EMBRYONIC";
+    pub const DIRECT: &str = "DIRECT";
+    pub const FLOW_TIMEOUTS: &str = "FLOW_TIMEOUTS";
+    pub const CLOCK: &str = "CLOCK";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 22] = [
         SERVICES,
         VIP_ADDRS,
         TIER_ACTIVE,
@@ -448,6 +506,10 @@ pub mod map_names {
         PASSIVE_MARKED,
         PASSIVE_STATS,
         PASSIVE_EVENTS,
+        EMBRYONIC,
+        DIRECT,
+        FLOW_TIMEOUTS,
+        CLOCK,
     ];
 }
 
@@ -460,6 +522,12 @@ pub mod defaults {
     pub const MAX_TIERS_TOTAL: u32 = 64;
     pub const MAX_BACKENDS: u32 = 1024;
     pub const CONNTRACK_ENTRIES: u32 = 65536;
+    /// Flows not yet verified (handshakes in progress): a SYN flood fills
+    /// this table, never `CONNTRACK`.
+    pub const EMBRYONIC_ENTRIES: u32 = 65536;
+    /// Direct connections through the load balancer to NAT backend
+    /// endpoints (their replies are never translated).
+    pub const DIRECT_ENTRIES: u32 = 16384;
     pub const DEVMAP_ENTRIES: u32 = 64;
 }
 
@@ -486,6 +554,7 @@ mod user {
         BackendValue,
         FlowKey,
         FlowValue,
+        FlowTimeouts,
         ReverseValue,
         Counter,
         ServiceStats,

@@ -15,6 +15,7 @@ use crate::{maps::DEVMAP, packet::Packet};
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NOT_FWDED: i64 = 4;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 
@@ -28,6 +29,8 @@ pub enum Fib {
     NoNeigh,
     /// Larger than the egress MTU.
     FragNeeded,
+    /// For this host (or not a unicast route).
+    Local,
     /// No route, blackhole, forwarding disabled, ...
     Fail,
 }
@@ -76,6 +79,7 @@ pub fn fib(ctx: &XdpContext, p: &mut FibParams) -> Fib {
         BPF_FIB_LKUP_RET_SUCCESS => Fib::Ok,
         BPF_FIB_LKUP_RET_NO_NEIGH => Fib::NoNeigh,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Fib::FragNeeded,
+        BPF_FIB_LKUP_RET_NOT_FWDED => Fib::Local,
         _ => Fib::Fail,
     }
 }

@@ -20,6 +20,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod atomic;
+mod conntrack;
 mod forward;
 mod maps;
 mod nat;
@@ -32,15 +33,14 @@ mod stats;
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use failover_common::{
     BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FLOW_REPLIED,
-    FlowKey, MODE_DSR, PROTO_TCP, Reason, ReverseValue, SIG_RST, ServiceValue, VipAddrKey,
-    hash::flow_hash,
+    FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowKey, MODE_DSR, PROTO_TCP, Reason,
+    ReverseValue, SIG_RST, ServiceValue, VipAddrKey, hash::flow_hash,
 };
 
 use crate::{
@@ -114,7 +114,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
     }
     if !flow.l4 && passive::is_icmp(flow.key.family, flow.key.proto) {
         // An unreachable error about a backend's flow is a failure signal.
-        passive::icmp(pkt, scratch);
+        passive::icmp(ctx, pkt, scratch);
     }
     let flow = &scratch.flow;
     if !flow.l4 {
@@ -138,6 +138,12 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         // program's run; the daemon replaces values whole, never in place.
         return to_backend(ctx, pkt, scratch, unsafe { &*svc });
     }
+    if k.proto == PROTO_TCP && rst::pure_syn(flow.tcp_flags) {
+        // Perhaps a direct connection to a NAT backend endpoint.
+        direct_syn(scratch);
+    }
+    let flow = &scratch.flow;
+    let k = &flow.key;
     scratch.ep = EndpointKey {
         addr: k.src,
         port: k.sport,
@@ -152,6 +158,32 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         return (PASS, Reason::PassVipOtherPort);
     }
     (PASS, Reason::PassNotVip)
+}
+
+/// A SYN not addressed to a VIP. If it opens a direct connection to a NAT
+/// backend endpoint, remember it (its replies stay untranslated) and forget
+/// any VIP flow on the same tuple. Not inlined: only SYNs pay for it.
+#[inline(never)]
+fn direct_syn(scratch: &mut Scratch) {
+    let Scratch { flow, ep, ct, .. } = scratch;
+    let k = &flow.key;
+    // `ep` holds (dst, dport, proto, family) from the service lookup.
+    // SAFETY: a value of our hash map, read within the program's run.
+    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+        return;
+    };
+    let _ = maps::DIRECT.insert(k, &conntrack::now_ms(), 0);
+    *ct = FlowKey {
+        src: k.src,
+        dst: rev.vip,
+        sport: k.sport,
+        dport: rev.vport,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let _ = maps::CONNTRACK.remove(&*ct);
+    let _ = maps::EMBRYONIC.remove(&*ct);
 }
 
 /// L3 length of the packet, for the FIB's MTU check.
@@ -173,21 +205,31 @@ fn to_backend(
     let (hash, bits) = {
         let flow = &scratch.flow;
         let k = &flow.key;
+        if k.family == FAMILY_V4 && !parse::ipv4_header_ok(pkt, flow) {
+            stats::service(svc.id, Dir::Dropped, bytes);
+            return (DROP, Reason::DropMalformed);
+        }
         let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
-        // Plain bits, not an Option: an undefined payload of a `None` is
-        // something the verifier refuses to read.
         let mut bits = 0u32;
         if k.proto == PROTO_TCP {
-            bits = select::PKT_TCP | u32::from(rst::tcp_flags(pkt, flow).unwrap_or(0));
+            bits = select::PKT_TCP;
+            // Only a SYN whose checksum holds may count as evidence about
+            // a backend (checked only where passive detection is on).
+            if rst::pure_syn(flow.tcp_flags)
+                && maps::PASSIVE_CFG
+                    .get(svc.id)
+                    .is_some_and(|c| c.signals != 0)
+                && parse::tcp_syn_checksum_ok(pkt, flow)
+            {
+                bits |= select::PKT_SYN_VALID;
+            }
         }
         if svc.flags & FLAG_MODE_MASK != MODE_DSR {
             bits |= select::PKT_NAT;
         }
         (hash, bits)
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let picked = select::backend_for(svc, scratch, hash, now, bits);
+    let picked = select::backend_for(svc, scratch, hash, bits);
     let (pick, bid) = ((picked >> 32) as u32, picked as u32);
     let Scratch { flow, fib, rw, .. } = scratch;
     let flow = &*flow;
@@ -263,7 +305,7 @@ fn to_backend(
             return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassFragNeeded);
         }
         Fib::FragNeeded => (PASS, Reason::PassFragNeeded),
-        Fib::Fail => (DROP, Reason::DropFibFail),
+        Fib::Fail | Fib::Local => (DROP, Reason::DropFibFail),
     };
     match out.0 {
         DROP => stats::service(svc.id, Dir::Dropped, bytes),
@@ -312,10 +354,14 @@ fn send(pkt: &Packet, e: Egress, fib: &FibParams) -> (u32, Reason) {
     }
 }
 
-/// A packet from a NAT backend: if it belongs to a flow we sent there,
-/// translate the source back to the VIP; otherwise (a probe reply, the
-/// backend's own traffic) pass it untouched. Not inlined, and returns a
-/// plain tuple (an `Option` here would give the kernel BTF it rejects).
+/// A packet from a NAT backend endpoint. A reply of a VIP flow is
+/// translated back to come from the VIP: with its conntrack entry, or
+/// without one (evicted, expired while idle, a restarted daemon) from
+/// `REVERSE` alone, since a backend endpoint serves one service. A reply of
+/// a direct connection to the endpoint (see `direct_syn`), or one addressed
+/// to this host (a health probe), is passed untouched. Not inlined, and
+/// returns a plain tuple (an `Option` here would give the kernel BTF it
+/// rejects).
 #[inline(never)]
 fn reply(
     ctx: &XdpContext,
@@ -326,7 +372,71 @@ fn reply(
     reply_inner(ctx, pkt, scratch, rev).unwrap_or((PASS, Reason::PassNotVip))
 }
 
-/// `None`: not a reply of a tracked flow.
+/// The reply's flow has a live entry on this backend.
+const REPLY_TRACKED: u32 = 0;
+/// No live entry.
+const REPLY_UNTRACKED: u32 = 1;
+/// A live entry on another backend: not this backend's flow.
+const REPLY_OTHERS: u32 = 2;
+
+/// Follows a reply in the flow's entry (`REPLY_*`).
+#[inline(always)]
+fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut passive::Op) -> u32 {
+    let tcp = flow.key.proto == PROTO_TCP;
+    let flags = if tcp { flow.tcp_flags } else { 0 };
+    let now = conntrack::now_ms();
+    if let Some(ct) = maps::CONNTRACK.get_ptr_mut(fkey) {
+        // SAFETY: a value of our LRU map, alive for the program's run.
+        let ct = unsafe { &mut *ct };
+        if conntrack::live(ct, now) {
+            if ct.backend_id != rev.backend_id || ct.service_id != rev.service_id {
+                return REPLY_OTHERS;
+            }
+            conntrack::seen(ct, now);
+            conntrack::on_flags(ct, flags);
+            return REPLY_TRACKED;
+        }
+    }
+    let Some(e) = maps::EMBRYONIC.get_ptr_mut(fkey) else {
+        return REPLY_UNTRACKED;
+    };
+    // SAFETY: as above.
+    let e = unsafe { &mut *e };
+    if !conntrack::live(e, now) {
+        return REPLY_UNTRACKED;
+    }
+    if e.backend_id != rev.backend_id || e.service_id != rev.service_id {
+        return REPLY_OTHERS;
+    }
+    conntrack::seen(e, now);
+    let first = e.flags & FLOW_REPLIED == 0;
+    if !tcp {
+        // The backend answered a UDP flow: verified.
+        if first {
+            e.flags |= FLOW_REPLIED;
+            op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id);
+        }
+        conntrack::promote(fkey, e, FS_UDP);
+        return REPLY_TRACKED;
+    }
+    if e.state == FS_SYN && flow.ack == e.client_isn.wrapping_add(1) {
+        if flags & (rst::SYN | rst::ACK | rst::RST) == rst::SYN | rst::ACK {
+            // The SYN-ACK: the client's ACK of it completes the handshake.
+            e.server_isn = flow.seq;
+            if first {
+                e.flags |= FLOW_REPLIED;
+                op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id);
+            }
+        } else if flags & rst::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
+            // The backend refused the SYN we forwarded: its process is gone.
+            op.set(passive::OP_FAILURE, SIG_RST, rev.service_id, rev.backend_id);
+        }
+    }
+    conntrack::on_flags(e, flags);
+    REPLY_TRACKED
+}
+
+/// `None`: not a reply of a VIP flow.
 #[inline(always)]
 fn reply_inner(
     ctx: &XdpContext,
@@ -338,8 +448,10 @@ fn reply_inner(
         flow,
         fib,
         ct: fkey,
+        dk,
         rw,
         op,
+        fv,
         ..
     } = scratch;
     let flow = &*flow;
@@ -353,32 +465,32 @@ fn reply_inner(
         family: k.family,
         _pad: [0; 2],
     };
-    let ct = maps::CONNTRACK.get_ptr_mut(&*fkey)?;
-    // SAFETY: a value of our LRU map, alive for the program's run.
-    let ct = unsafe { &mut *ct };
-    if ct.backend_id != rev.backend_id || ct.service_id != rev.service_id {
+    let tcp = k.proto == PROTO_TCP;
+    let track = reply_track(fkey, flow, rev, op);
+    if track == REPLY_OTHERS {
         return None;
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    ct.last_seen_ns = now;
-    // Passive detection: a RST as the backend's first answer refuses the
-    // connection (its process is gone); any other reply is a success.
-    let rst_flag =
-        k.proto == PROTO_TCP && rst::tcp_flags(pkt, flow).is_some_and(|f| f & rst::RST != 0);
-    if rst_flag && ct.flags & FLOW_REPLIED == 0 {
-        op.set(
-            passive::OP_FAILURE,
-            SIG_RST,
-            rev.service_id,
-            rev.backend_id,
-            now,
-        );
-    } else {
-        if ct.flags & FLOW_REPLIED == 0 {
-            ct.flags |= FLOW_REPLIED;
+    let tracked = track == REPLY_TRACKED;
+    let mut vouched = false;
+    if !tracked {
+        if tcp {
+            // The client's side of a direct connection, as it sent it.
+            *dk = FlowKey {
+                src: k.dst,
+                dst: k.src,
+                sport: k.dport,
+                dport: k.sport,
+                proto: k.proto,
+                family: k.family,
+                _pad: [0; 2],
+            };
+            if maps::DIRECT.get_ptr(&*dk).is_some() {
+                return Some((PASS, Reason::PassDirect));
+            }
+            // Data or an ACK from the backend: it holds this connection.
+            let f = flow.tcp_flags & (rst::SYN | rst::ACK | rst::RST);
+            vouched = f == rst::ACK;
         }
-        op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id, now);
     }
     let bytes = pkt.len() as u64;
     forward::prepare(
@@ -391,6 +503,11 @@ fn reply_inner(
         (rev.vport, k.dport),
         l3_len(pkt, flow),
     );
+    let fwd = if tracked {
+        Reason::FwdReply
+    } else {
+        Reason::FwdReplyUntracked
+    };
     let out = match forward::fib(ctx, fib) {
         Fib::Ok => match forward::egress(ctx, fib.ifindex) {
             Some(e) => {
@@ -408,28 +525,38 @@ fn reply_inner(
                     return Some((DROP, Reason::DropMalformed));
                 }
                 let (a, _) = send(pkt, e, fib);
-                (
-                    a,
-                    if a == DROP {
-                        Reason::DropInternal
-                    } else {
-                        Reason::FwdReply
-                    },
-                )
+                (a, if a == DROP { Reason::DropInternal } else { fwd })
             }
             None => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoEgress),
         },
         Fib::NoNeigh => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoNeigh),
         Fib::FragNeeded => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassFragNeeded),
-        Fib::Fail => (DROP, Reason::DropFibFail),
+        // Addressed to this host: a probe's answer, not a VIP flow's.
+        Fib::Local if !tracked => return None,
+        Fib::Local | Fib::Fail => (DROP, Reason::DropFibFail),
     };
     if out.0 == DROP {
         stats::service(rev.service_id, Dir::Dropped, bytes);
-    } else if out.1 == Reason::FwdReply {
-        stats::service(rev.service_id, Dir::Reply, bytes);
+        if out.1 == Reason::DropInternal {
+            warn!(ctx, "failover: redirect of a reply failed");
+        }
+        return Some(out);
     }
-    if out.1 == Reason::DropInternal {
-        warn!(ctx, "failover: redirect of a reply failed");
+    stats::service(rev.service_id, Dir::Reply, bytes);
+    if vouched {
+        let t = conntrack::timeouts(rev.service_id);
+        let now = conntrack::now_ms();
+        fv.backend_id = rev.backend_id;
+        fv.service_id = rev.service_id;
+        fv.seen_ms = now;
+        fv.created_ms = now;
+        fv.timeout_ms = t.established_ms;
+        fv.client_isn = 0;
+        fv.server_isn = 0;
+        fv.state = FS_ESTABLISHED;
+        fv.flags = FLOW_REPLIED;
+        fv.syns = 0;
+        let _ = maps::CONNTRACK.insert(&*fkey, &*fv, 0);
     }
     Some(out)
 }

@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use failover_common::{
-    BackendValue, Counter, EndpointKey, FlowKey, FlowValue, PassiveConfig, PassiveEvent,
-    PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue, ServiceStats,
-    ServiceValue, TableValue, VipAddrKey, defaults,
+    BackendValue, Counter, EndpointKey, FlowKey, FlowTimeouts, FlowValue, PassiveConfig,
+    PassiveEvent, PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue,
+    ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
 
 use crate::{nat::Rewrite, parse::Flow, passive::Op};
@@ -21,6 +21,8 @@ const MAX_TIERS_TOTAL: usize = defaults::MAX_TIERS_TOTAL as usize;
 const MAX_TABLES: usize = 2 * MAX_TIERS_TOTAL;
 const MAX_BACKENDS: usize = defaults::MAX_BACKENDS as usize;
 const CONNTRACK_ENTRIES: usize = defaults::CONNTRACK_ENTRIES as usize;
+const EMBRYONIC_ENTRIES: usize = defaults::EMBRYONIC_ENTRIES as usize;
+const DIRECT_ENTRIES: usize = defaults::DIRECT_ENTRIES as usize;
 const DEVMAP_ENTRIES: usize = defaults::DEVMAP_ENTRIES as usize;
 const REASONS: usize = REASON_COUNT as usize;
 /// BPF_F_NO_PREALLOC is not used: preallocated hash maps never fail an
@@ -52,10 +54,36 @@ pub static BACKENDS: Array<BackendValue, MAX_BACKENDS, NO_FLAGS> = Array::new();
 #[btf_map]
 pub static BACKEND_STATE: Array<u32, MAX_BACKENDS, NO_FLAGS> = Array::new();
 
-/// Client flow -> backend.
+/// Verified client flows -> backend: TCP flows whose handshake completed
+/// (or that the backend answered mid-stream), UDP flows the backend
+/// answered. Nothing an off-path sender can fake gets in, so a flood never
+/// evicts these.
 #[btf_map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue, CONNTRACK_ENTRIES, NO_FLAGS> =
     LruHashMap::new();
+
+/// Flows not verified yet: TCP handshakes in progress, UDP flows without a
+/// reply (and every DSR UDP flow). A SYN flood churns this table only.
+#[btf_map]
+pub static EMBRYONIC: LruHashMap<FlowKey, FlowValue, EMBRYONIC_ENTRIES, NO_FLAGS> =
+    LruHashMap::new();
+
+/// Direct TCP connections through the load balancer to a NAT backend
+/// endpoint (client -> backend address and port, as the client sent
+/// them), recorded at their SYN: their replies are not translated. The
+/// value is the `CLOCK` of the SYN.
+#[btf_map]
+pub static DIRECT: LruHashMap<FlowKey, u32, DIRECT_ENTRIES, NO_FLAGS> = LruHashMap::new();
+
+/// Service id -> idle timeouts of its flows, read on state changes only.
+#[btf_map]
+pub static FLOW_TIMEOUTS: Array<FlowTimeouts, MAX_SERVICES, NO_FLAGS> = Array::new();
+
+/// Coarse time in milliseconds (CLOCK_MONOTONIC), written by the daemon
+/// every 100 ms: flows expire on it without a clock read per packet. Zero
+/// (no daemon) means flows never expire.
+#[btf_map]
+pub static CLOCK: Array<u64, 1, NO_FLAGS> = Array::new();
 
 /// NAT backend endpoint -> the VIP its replies are translated back to.
 #[btf_map]
@@ -82,6 +110,8 @@ pub struct Scratch {
     pub ep: EndpointKey,
     pub vip: VipAddrKey,
     pub ct: FlowKey,
+    /// A direct connection's key.
+    pub dk: FlowKey,
     /// The NAT rewrite to apply.
     pub rw: Rewrite,
     /// Passive detection's work for this packet.

@@ -56,8 +56,16 @@ pub struct Flow {
     /// TCP or UDP with a complete header: ports are valid.
     pub l4: bool,
     /// TCP or UDP, but the header is cut short (by the end of the frame or
-    /// of the IP packet).
+    /// of the IP packet) or inconsistent with the IP header: a TCP data
+    /// offset below 5 or past the IP packet, a UDP length other than the
+    /// IP payload's, an IPv6 UDP checksum of zero (RFC 8200).
     pub l4_truncated: bool,
+    /// TCP: flags, sequence and acknowledgement numbers (valid when `l4`).
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// End of the IP packet (offset).
+    pub ip_end: usize,
 }
 
 /// Every offset the parser produces is below this (Ethernet + VLAN + IPv6 +
@@ -79,6 +87,12 @@ impl Flow {
         self.l4_off & OFF_MASK
     }
 
+    /// End of the IP packet.
+    #[inline(always)]
+    pub fn ip_end(&self) -> usize {
+        self.ip_end & OFF_MASK
+    }
+
     #[inline(always)]
     pub const fn new() -> Self {
         Self {
@@ -98,6 +112,10 @@ impl Flow {
             fragment: false,
             l4: false,
             l4_truncated: false,
+            tcp_flags: 0,
+            seq: 0,
+            ack: 0,
+            ip_end: 0,
         }
     }
 }
@@ -222,28 +240,114 @@ fn parse_v6(pkt: &Packet, flow: &mut Flow) {
 
 /// Reads the ports of a TCP/UDP header at `flow.l4_off`, which must lie
 /// whole inside the IP packet (ending at `ip_end`): bytes after it are
-/// link-layer padding or junk, never a header to read or patch.
+/// link-layer padding or junk, never a header to read or patch. A header
+/// that disagrees with the IP header (see `Flow::l4_truncated`) is
+/// malformed too.
 #[inline(always)]
 fn parse_l4(pkt: &Packet, flow: &mut Flow, ip_end: usize) {
-    let (ok, len) = match flow.key.proto {
-        // The whole fixed TCP header must be there: we patch its checksum.
-        PROTO_TCP => (
-            pkt.load::<TcpHdr>(flow.l4_off).map(|t| (t.source, t.dest)),
-            size_of::<TcpHdr>(),
-        ),
-        PROTO_UDP => (
-            pkt.load::<UdpHdr>(flow.l4_off).map(|u| (u.src, u.dst)),
-            size_of::<UdpHdr>(),
-        ),
-        _ => return,
+    flow.ip_end = ip_end;
+    let l4_off = flow.l4_off;
+    let Some(l4_len) = ip_end.checked_sub(l4_off) else {
+        flow.l4_truncated = true;
+        return;
     };
-    let ok = ok.filter(|_| flow.l4_off + len <= ip_end);
-    match ok {
-        Some((s, d)) => {
-            flow.key.sport = s;
-            flow.key.dport = d;
+    match flow.key.proto {
+        PROTO_TCP => {
+            // The whole fixed TCP header must be there: we patch its
+            // checksum. Bytes 12 and 13: data offset, flags.
+            let Some(t) = pkt.load::<[u8; 20]>(l4_off) else {
+                flow.l4_truncated = true;
+                return;
+            };
+            let doff = (t[12] >> 4) as usize * 4;
+            if doff < size_of::<TcpHdr>() || doff > l4_len {
+                flow.l4_truncated = true;
+                return;
+            }
+            flow.key.sport = [t[0], t[1]];
+            flow.key.dport = [t[2], t[3]];
+            flow.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            flow.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+            flow.tcp_flags = t[13];
             flow.l4 = true;
         }
-        None => flow.l4_truncated = true,
+        PROTO_UDP => {
+            let Some(u) = pkt.load::<UdpHdr>(l4_off) else {
+                flow.l4_truncated = true;
+                return;
+            };
+            let bad_len = u16::from_be_bytes(u.len) as usize != l4_len;
+            let v6_no_csum = flow.key.family == FAMILY_V6 && u.check == [0, 0];
+            if l4_len < size_of::<UdpHdr>() || bad_len || v6_no_csum {
+                flow.l4_truncated = true;
+                return;
+            }
+            flow.key.sport = u.src;
+            flow.key.dport = u.dst;
+            flow.l4 = true;
+        }
+        _ => {}
     }
+}
+
+/// Whether the IPv4 header checksum is right (RFC 1812 5.2.2: a router
+/// discards a packet whose header checksum is wrong). Checked for VIP
+/// packets only: the rest is the kernel's business.
+#[inline(always)]
+pub fn ipv4_header_ok(pkt: &Packet, flow: &Flow) -> bool {
+    let l3 = flow.l3();
+    let Some(vihl) = pkt.load::<u8>(l3) else {
+        return false;
+    };
+    let words = (vihl & 0x0f) as usize;
+    let mut sum: u32 = 0;
+    // At most 15 32-bit words (a 60-byte header).
+    for i in 0..15 {
+        if i >= words {
+            break;
+        }
+        let Some(w) = pkt.load::<[u8; 4]>(l3 + i * 4) else {
+            return false;
+        };
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        sum += u32::from(u16::from_be_bytes([w[2], w[3]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+/// Whether a TCP segment without payload beyond its options (a SYN: at most
+/// 60 bytes) carries a valid checksum. Longer segments answer `false`: they
+/// are never taken as evidence about a backend.
+#[inline(always)]
+pub fn tcp_syn_checksum_ok(pkt: &Packet, flow: &Flow) -> bool {
+    let l4 = flow.l4();
+    let len = flow.ip_end().wrapping_sub(l4);
+    if len > 60 || !len.is_multiple_of(4) {
+        return false;
+    }
+    let k = &flow.key;
+    let mut sum: u32 = u32::from(PROTO_TCP) + len as u32;
+    let addr_words = if k.family == FAMILY_V4 { 2 } else { 8 };
+    for i in 0..8 {
+        if i >= addr_words {
+            break;
+        }
+        sum += u32::from(u16::from_be_bytes([k.src[i * 2], k.src[i * 2 + 1]]));
+        sum += u32::from(u16::from_be_bytes([k.dst[i * 2], k.dst[i * 2 + 1]]));
+    }
+    for i in 0..15 {
+        if i * 4 >= len {
+            break;
+        }
+        let Some(w) = pkt.load::<[u8; 4]>(l4 + i * 4) else {
+            return false;
+        };
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        sum += u32::from(u16::from_be_bytes([w[2], w[3]]));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
 }

@@ -7,16 +7,17 @@
 //! ring buffer. The agent confirms with active probes, restores false
 //! alarms, and owns every failback.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use failover_common::{
-    FAMILY_V4, FAMILY_V6, FLOW_REPLIED, PassiveEvent, PassiveHealth, PassiveStats, SIG_ICMP,
-    SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
+    FAMILY_V4, FAMILY_V6, FLOW_REPLIED, FLOW_SYN_VALID, FS_SYN, PassiveEvent, PassiveHealth,
+    PassiveStats, SIG_ICMP, SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
 };
 
 use crate::{
-    atomic,
+    atomic, conntrack,
+    forward::{self, Fib},
     maps::{
-        BACKEND_STATE, BACKENDS, CONNTRACK, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
+        BACKEND_STATE, BACKENDS, EMBRYONIC, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
         PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE, Scratch,
     },
     packet::Packet,
@@ -30,7 +31,6 @@ pub struct Op {
     pub sig: u32,
     pub sid: u32,
     pub bid: u32,
-    pub now: u64,
 }
 
 pub const OP_NONE: u32 = 0;
@@ -40,22 +40,30 @@ pub const OP_NEW_FLOW: u32 = 3;
 
 impl Op {
     #[inline(always)]
-    pub fn set(&mut self, kind: u32, sig: u32, sid: u32, bid: u32, now: u64) {
+    pub fn set(&mut self, kind: u32, sig: u32, sid: u32, bid: u32) {
         self.kind = kind;
         self.sig = sig;
         self.sid = sid;
         self.bid = bid;
-        self.now = now;
     }
 }
 
-/// Carries out the recorded operation.
+/// Carries out the recorded operation (the only clock read of the packet
+/// path, and only for packets that carry a signal).
 #[inline(never)]
 pub fn apply(op: &Op) {
     match op.kind {
-        OP_FAILURE => failure(op.sid, op.bid, op.sig, op.now),
+        OP_FAILURE => {
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            failure(op.sid, op.bid, op.sig, now)
+        }
         OP_SUCCESS => success(op.bid),
-        OP_NEW_FLOW => new_flow(op.sid, op.bid, op.now),
+        OP_NEW_FLOW => {
+            // SAFETY: as above.
+            let now = unsafe { bpf_ktime_get_ns() };
+            new_flow(op.sid, op.bid, now)
+        }
         _ => {}
     }
 }
@@ -236,12 +244,20 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
 }
 
 /// An ICMP/ICMPv6 "destination unreachable" quoting a flow the load
-/// balancer sent to a NAT backend (found in `REVERSE` and in conntrack, so
-/// a forged error about an unknown flow counts for nothing).
+/// balancer sent to a NAT backend. It counts only as evidence nobody off
+/// the path can make: it quotes an unanswered handshake the load balancer
+/// forwarded (a valid SYN, its initial sequence number), is addressed to
+/// that flow's client, and arrives on the interface the load balancer
+/// reaches the backend through.
 #[inline(never)]
-pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
+pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
     let Scratch {
-        flow, ep, ct, op, ..
+        flow,
+        ep,
+        ct,
+        op,
+        fib,
+        ..
     } = scratch;
     let l4 = flow.l4();
     // One load at a time (a tuple of `Option`s leaves payloads the
@@ -253,6 +269,7 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
         return;
     };
     let inner = l4 + 8;
+    let quoted_seq;
     if flow.key.family == FAMILY_V4 {
         // Type 3; codes net/host/protocol/port unreachable and
         // administratively prohibited.
@@ -275,7 +292,7 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
         let Some(dst) = pkt.load::<[u8; 4]>(inner + 16) else {
             return;
         };
-        let Some(ports) = pkt.load::<[u8; 4]>(inner + (ihl & 0x3c)) else {
+        let Some(ports) = pkt.load::<[u8; 8]>(inner + (ihl & 0x3c)) else {
             return;
         };
         ep.addr = [0; 16];
@@ -292,6 +309,7 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
         ct.src[2] = src[2];
         ct.src[3] = src[3];
         ct.sport = [ports[0], ports[1]];
+        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
         ct.proto = proto;
         ct.family = FAMILY_V4;
     } else {
@@ -309,7 +327,7 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
         let Some(dst) = pkt.load::<[u8; 16]>(inner + 24) else {
             return;
         };
-        let Some(ports) = pkt.load::<[u8; 4]>(inner + 40) else {
+        let Some(ports) = pkt.load::<[u8; 8]>(inner + 40) else {
             return;
         };
         ep.addr = dst;
@@ -318,8 +336,13 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
         ep.family = FAMILY_V6;
         ct.src = src;
         ct.sport = [ports[0], ports[1]];
+        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
         ct.proto = proto;
         ct.family = FAMILY_V6;
+    }
+    if ct.src != flow.key.dst {
+        // Not addressed to the quoted packet's source (the client).
+        return;
     }
     // SAFETY: map values are only read here, within the program's run.
     let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
@@ -329,16 +352,37 @@ pub fn icmp(pkt: &Packet, scratch: &mut Scratch) {
     ct.dport = rev.vport;
     ct._pad = [0; 2];
     // SAFETY: as above.
-    let Some(f) = (unsafe { CONNTRACK.get(&*ct) }) else {
+    let Some(f) = (unsafe { EMBRYONIC.get(&*ct) }) else {
         return;
     };
-    if f.backend_id != rev.backend_id || f.flags & FLOW_REPLIED != 0 {
-        // Not this backend's flow, or one it already answered.
+    let evidence = f.flags & (FLOW_SYN_VALID | FLOW_REPLIED) == FLOW_SYN_VALID;
+    if f.backend_id != rev.backend_id
+        || f.state != FS_SYN
+        || !evidence
+        || f.client_isn != quoted_seq
+        || !conntrack::live(f, conntrack::now_ms())
+    {
+        // Not this backend's unanswered handshake.
         return;
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    op.set(OP_FAILURE, SIG_ICMP, rev.service_id, rev.backend_id, now);
+    // From the backend's side: the interface the FIB sends its traffic to.
+    let addr = ep.addr;
+    forward::prepare(
+        fib,
+        ctx,
+        ep.family,
+        ep.proto,
+        &flow.key.dst,
+        &addr,
+        (ct.sport, ep.port),
+        0,
+    );
+    if !matches!(forward::fib(ctx, fib), Fib::Ok | Fib::NoNeigh)
+        || fib.ifindex != ctx.ingress_ifindex() as u32
+    {
+        return;
+    }
+    op.set(OP_FAILURE, SIG_ICMP, rev.service_id, rev.backend_id);
 }
 
 /// Whether `proto` of this family is ICMP (the only non-TCP/UDP traffic

@@ -13,7 +13,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{packet::Packet, parse::Flow};
 
 const TCP_HDR_LEN: usize = 20;
-const FIN: u8 = 0x01;
+pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
@@ -23,12 +23,6 @@ const TTL: u8 = 64;
 #[inline(always)]
 pub fn pure_syn(flags: u8) -> bool {
     flags & (SYN | ACK | RST) == SYN
-}
-
-/// The TCP flags byte of the packet, if it is there.
-#[inline(always)]
-pub fn tcp_flags(pkt: &Packet, flow: &Flow) -> Option<u8> {
-    pkt.load::<u8>(flow.l4() + 13)
 }
 
 /// Whether a TCP packet with these flags may be answered with a RST (not a

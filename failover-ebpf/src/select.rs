@@ -3,12 +3,14 @@
 //! read on every packet.
 
 use failover_common::{
-    FLOW_ACKED, FLOW_REPLIED, FlowValue, MAX_TABLE_SIZE, MAX_TIER_MEMBERS, MAX_TIERS, SIG_SYN_RETX,
-    STATE_DOWN_RESET, STATE_DRAINING, STATE_UP, ServiceValue, TableValue,
+    FLOW_REPLIED, FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowValue, MAX_TABLE_SIZE,
+    MAX_TIER_MEMBERS, MAX_TIERS, SIG_SYN_RETX, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP,
+    ServiceValue, TableValue,
 };
 
 use crate::{
-    maps::{BACKEND_STATE, BACKENDS, CONNTRACK, Scratch, TABLES, TIER_ACTIVE},
+    conntrack,
+    maps::{BACKEND_STATE, BACKENDS, CONNTRACK, EMBRYONIC, Scratch, TABLES, TIER_ACTIVE},
     passive, rst,
 };
 
@@ -110,91 +112,192 @@ fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
     None
 }
 
-/// A TCP packet (its flags in the low byte of `bits`).
+/// A TCP packet.
 pub const PKT_TCP: u32 = 1 << 8;
 /// Replies come back through us (NAT): passive no-reply detection applies.
 pub const PKT_NAT: u32 = 1 << 9;
+/// A SYN whose TCP checksum is valid: it may count as evidence.
+pub const PKT_SYN_VALID: u32 = 1 << 10;
+
+/// What a live entry says about this packet.
+const ENTRY_NONE: u64 = u64::MAX;
 
 /// Chooses the backend for a client packet of `svc` (the flow parsed in
-/// `scratch`) and records the flow. `bits`: `PKT_*` and the TCP flags (at
-/// most five arguments cross a BPF call). A TCP packet other than a SYN of
-/// a flow whose backend went down with `reset` is answered with a RST.
+/// `scratch`) and records the flow (see `conntrack.rs`). `bits`: `PKT_*`.
+///
+/// A new connection (a SYN with a sequence number other than the one the
+/// tracked flow started with, or on an expired or closed entry) never
+/// inherits the backend of an earlier flow on its tuple: it is picked
+/// anew, so drain and failback hold for reused ports. A retransmitted SYN
+/// of a handshake stays with its backend only while that backend takes new
+/// flows. A TCP packet other than a SYN of a flow whose backend went down
+/// with `reset` is answered with a RST.
 ///
 /// Passive detection on the way (recorded in `op`, carried out after the
-/// packet is sent on): a client retransmitting the SYN of a flow its
-/// backend never answered is a failure signal (if it marks the backend
-/// down, the next packet goes elsewhere); the client's first non-SYN packet
-/// means the handshake completed, a success.
+/// packet is sent on): a client retransmitting a valid SYN its backend
+/// never answered is a failure signal; a new valid SYN counts towards
+/// no-reply (NAT); a completed handshake is a success.
 /// Returns `PICK_* << 32 | backend id` (one register: a returned pair
 /// would take a sixth, hidden argument). Not inlined: its frame and the
 /// forwarding stage's are never live together.
 #[inline(never)]
-pub fn backend_for(
-    svc: &ServiceValue,
-    scratch: &mut Scratch,
-    hash: u32,
-    now: u64,
-    bits: u32,
-) -> u64 {
+pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u32) -> u64 {
     let Scratch { flow, op, fv, .. } = scratch;
     let key = &flow.key;
     let tcp = bits & PKT_TCP != 0;
     let nat = bits & PKT_NAT != 0;
-    let flags = bits as u8;
+    let flags = if tcp { flow.tcp_flags } else { 0 };
     let may_reset = tcp && rst::resettable(flags);
     let syn = tcp && rst::pure_syn(flags);
+    let now = conntrack::now_ms();
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a value of our LRU map; the kernel keeps it alive for the
         // program's run. Concurrent writers only store whole aligned words.
         let ct = unsafe { &mut *ct };
-        match tracked(svc, ct, may_reset) {
-            Track::Keep => {
-                ct.last_seen_ns = now;
-                if syn {
-                    if ct.flags & (FLOW_ACKED | FLOW_REPLIED) != 0 {
-                        // A new connection reusing the tuple.
-                        ct.flags = 0;
-                        ct.syns = 1;
-                        ct.created_ns = now;
-                    } else {
-                        ct.syns = ct.syns.wrapping_add(1);
-                        if ct.syns > 1 {
-                            op.set(
-                                passive::OP_FAILURE,
-                                SIG_SYN_RETX,
-                                svc.id,
-                                ct.backend_id,
-                                now,
-                            );
-                        }
-                    }
-                } else if tcp && ct.flags & FLOW_ACKED == 0 {
-                    ct.flags |= FLOW_ACKED;
-                    op.set(passive::OP_SUCCESS, 0, svc.id, ct.backend_id, now);
+        if conntrack::live(ct, now) {
+            if syn && ct.client_isn != flow.seq {
+                // A new connection reusing a verified flow's tuple: the old
+                // entry must not catch its next packets.
+                let _ = CONNTRACK.remove(key);
+            } else {
+                let r = on_entry(svc, ct, flags, may_reset, hash, now);
+                if r != ENTRY_NONE {
+                    return r;
                 }
-                return picked(PICK_TO, ct.backend_id);
             }
-            Track::Reset => return picked(PICK_RESET, 0),
-            Track::Repick => {}
+        }
+    }
+    if let Some(e) = EMBRYONIC.get_ptr_mut(key) {
+        // SAFETY: as above.
+        let e = unsafe { &mut *e };
+        if conntrack::live(e, now) && !(syn && e.client_isn != flow.seq) {
+            if syn {
+                // A retransmitted SYN: the handshake is not done, so it may
+                // only stay with a backend that takes new flows.
+                if e.service_id == svc.id
+                    && owned(svc, e.backend_id)
+                    && state(e.backend_id) == STATE_UP
+                {
+                    conntrack::seen(e, now);
+                    e.syns = e.syns.wrapping_add(1);
+                    let evidence = FLOW_SYN_VALID | FLOW_REPLIED;
+                    if bits & PKT_SYN_VALID != 0 && e.flags & evidence == FLOW_SYN_VALID {
+                        op.set(passive::OP_FAILURE, SIG_SYN_RETX, svc.id, e.backend_id);
+                    }
+                    return picked(PICK_TO, e.backend_id);
+                }
+            } else {
+                let r = on_entry(svc, e, flags, may_reset, hash, now);
+                if r != ENTRY_NONE {
+                    if tcp
+                        && e.state == FS_SYN
+                        && completes_handshake(e, flow.seq, flow.ack, flags, nat)
+                    {
+                        op.set(passive::OP_SUCCESS, 0, svc.id, e.backend_id);
+                        conntrack::promote(key, e, FS_ESTABLISHED);
+                    }
+                    return r;
+                }
+            }
         }
     }
     let Some(id) = pick(svc, hash) else {
         return picked(PICK_NONE, 0);
     };
-    if syn && nat {
-        op.set(passive::OP_NEW_FLOW, 0, svc.id, id, now);
+    if tcp && !syn {
+        // Mid-stream without an entry (evicted, expired, a restarted
+        // daemon): forwarded by the table alone. Nothing is recorded for
+        // what an off-path sender can send; a NAT backend's answer vouches
+        // for the flow (see `reply`).
+        return picked(PICK_TO, id);
     }
+    let t = conntrack::timeouts(svc.id);
     // Built in scratch, field by field: not on the BPF stack.
     fv.backend_id = id;
     fv.service_id = svc.id;
-    fv.last_seen_ns = now;
-    fv.created_ns = now;
-    fv.flags = if tcp && !syn { FLOW_ACKED } else { 0 };
-    fv.syns = syn as u32;
-    // An LRU insert evicts the oldest flow when full; failure to record is
-    // not fatal (the next packet hashes to the same backend).
-    let _ = CONNTRACK.insert(key, &*fv, 0);
+    fv.seen_ms = now;
+    fv.created_ms = now;
+    fv.server_isn = 0;
+    fv.syns = syn as u16;
+    if tcp {
+        fv.state = FS_SYN;
+        fv.timeout_ms = t.syn_ms;
+        fv.client_isn = flow.seq;
+        fv.flags = if bits & PKT_SYN_VALID != 0 {
+            FLOW_SYN_VALID
+        } else {
+            0
+        };
+        if nat && bits & PKT_SYN_VALID != 0 {
+            op.set(passive::OP_NEW_FLOW, 0, svc.id, id);
+        }
+    } else {
+        fv.state = FS_UDP;
+        fv.timeout_ms = t.udp_ms;
+        fv.client_isn = 0;
+        fv.flags = 0;
+    }
+    // An LRU insert evicts the oldest unverified flow when full; failure
+    // to record is not fatal (the next packet hashes to the same backend).
+    let _ = EMBRYONIC.insert(key, &*fv, 0);
     picked(PICK_TO, id)
+}
+
+/// Whether backend `id` is one of the service's.
+#[inline(always)]
+fn owned(svc: &ServiceValue, id: u32) -> bool {
+    matches!(BACKENDS.get(id), Some(b) if b.service_id == svc.id)
+}
+
+/// A packet of a live tracked flow (not a retransmitted or new SYN):
+/// stays, is reset, or moves (its backend went down with `move`; the
+/// entry is re-pinned in place). `ENTRY_NONE`: no usable backend to move
+/// to, or the entry is another service's.
+#[inline(always)]
+fn on_entry(
+    svc: &ServiceValue,
+    v: &mut FlowValue,
+    flags: u8,
+    may_reset: bool,
+    hash: u32,
+    now: u32,
+) -> u64 {
+    match tracked(svc, v, may_reset) {
+        Track::Keep => {
+            conntrack::seen(v, now);
+            conntrack::on_flags(v, flags);
+            picked(PICK_TO, v.backend_id)
+        }
+        Track::Reset => picked(PICK_RESET, 0),
+        Track::Repick => {
+            if v.service_id != svc.id {
+                return ENTRY_NONE;
+            }
+            let Some(id) = pick(svc, hash) else {
+                return ENTRY_NONE;
+            };
+            v.backend_id = id;
+            v.created_ms = now;
+            conntrack::seen(v, now);
+            conntrack::on_flags(v, flags);
+            picked(PICK_TO, id)
+        }
+    }
+}
+
+/// The client's ACK that completes a handshake: NAT, it acknowledges the
+/// backend's SYN-ACK (recorded as it passed); DSR (replies are not seen),
+/// it follows the client's SYN.
+#[inline(always)]
+fn completes_handshake(e: &FlowValue, seq: u32, ack: u32, flags: u8, nat: bool) -> bool {
+    if flags & (rst::ACK | rst::SYN | rst::RST) != rst::ACK {
+        return false;
+    }
+    if nat {
+        e.flags & FLOW_REPLIED != 0 && ack == e.server_isn.wrapping_add(1)
+    } else {
+        seq == e.client_isn.wrapping_add(1)
+    }
 }
 
 #[inline(always)]

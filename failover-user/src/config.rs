@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use failover_common::{MAX_TIER_MEMBERS, MAX_TIERS, defaults};
+use failover_common::{FlowTimeouts, MAX_TIER_MEMBERS, MAX_TIERS, defaults};
 use serde::Deserialize;
 
 use crate::{
@@ -336,6 +336,7 @@ struct RawLimits {
     max_tiers: Option<u32>,
     max_backends: Option<u32>,
     conntrack_entries: Option<u32>,
+    embryonic_entries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,6 +365,18 @@ struct RawService {
     #[serde(default, rename = "hook")]
     hooks: Vec<RawHook>,
     passive: Option<RawPassive>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+}
+
+/// `[service.timeouts]`: idle timeouts of the service's flows per state.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    syn: Option<String>,
+    established: Option<String>,
+    closing: Option<String>,
+    udp: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -483,6 +496,9 @@ pub struct Limits {
     pub max_tiers: u32,
     pub max_backends: u32,
     pub conntrack_entries: u32,
+    /// Flows not verified yet (handshakes in progress): the table a SYN
+    /// flood fills.
+    pub embryonic_entries: u32,
 }
 
 impl Default for Limits {
@@ -493,6 +509,7 @@ impl Default for Limits {
             max_tiers: defaults::MAX_TIERS_TOTAL,
             max_backends: defaults::MAX_BACKENDS,
             conntrack_entries: defaults::CONNTRACK_ENTRIES,
+            embryonic_entries: defaults::EMBRYONIC_ENTRIES,
         }
     }
 }
@@ -516,6 +533,8 @@ pub struct Service {
     pub hooks: Vec<HookCfg>,
     /// `None`: no passive detection.
     pub passive: Option<Passive>,
+    /// Idle timeouts of the service's flows.
+    pub timeouts: FlowTimeouts,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -717,6 +736,32 @@ fn validate_passive(
             raw.confirm_within.as_deref(),
             Duration::from_secs(2),
         ),
+    }
+}
+
+/// `[service.timeouts]`: each from 1 s to 24 days (the dataplane compares
+/// 32-bit millisecond clocks).
+fn validate_timeouts(errs: &mut Errors, p: &str, raw: &RawTimeouts) -> FlowTimeouts {
+    let d = FlowTimeouts::DEFAULT;
+    let mut one = |name: &str, v: &Option<String>, default: u32| -> u32 {
+        let path = format!("{p}.timeouts.{name}");
+        let t = duration(
+            errs,
+            &path,
+            v.as_deref(),
+            Duration::from_millis(default.into()),
+        );
+        if t < Duration::from_secs(1) || t > Duration::from_secs(24 * 86400) {
+            errs.push(path, format!("{t:?} is out of range (1s to 24 days)"));
+            return default;
+        }
+        t.as_millis() as u32
+    };
+    FlowTimeouts {
+        syn_ms: one("syn", &raw.syn, d.syn_ms),
+        established_ms: one("established", &raw.established, d.established_ms),
+        closing_ms: one("closing", &raw.closing, d.closing_ms),
+        udp_ms: one("udp", &raw.udp, d.udp_ms),
     }
 }
 
@@ -1085,6 +1130,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             16,
             1 << 26,
         ),
+        embryonic_entries: limit(
+            "embryonic_entries",
+            raw.limits.embryonic_entries,
+            d.embryonic_entries,
+            16,
+            1 << 26,
+        ),
     };
 
     // [[service]]
@@ -1405,6 +1457,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let passive = s
             .passive
             .map(|raw| validate_passive(&mut errs, &p, raw, s.mode, s.protocol, check.is_some()));
+        let timeouts = validate_timeouts(&mut errs, &p, &s.timeouts);
         total_tiers += tiers.len() as u32;
         total_backends += tiers.iter().map(|t| t.len() as u32).sum::<u32>();
         if let Some(vip) = vip {
@@ -1423,6 +1476,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 damping,
                 hooks,
                 passive,
+                timeouts,
             });
         }
     }

@@ -19,9 +19,9 @@ use aya::{
 };
 use failover_common::{
     BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, FlowKey,
-    FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard, PassiveHealth,
-    PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue, VipAddrKey,
-    map_names,
+    FlowTimeouts, FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard,
+    PassiveHealth, PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue,
+    VipAddrKey, map_names,
 };
 use tracing::{info, warn};
 
@@ -94,6 +94,8 @@ impl Dataplane {
             .map_max_entries(map_names::BACKEND_STATS, limits.max_backends)
             .map_max_entries(map_names::REVERSE, limits.max_backends)
             .map_max_entries(map_names::CONNTRACK, limits.conntrack_entries)
+            .map_max_entries(map_names::EMBRYONIC, limits.embryonic_entries)
+            .map_max_entries(map_names::FLOW_TIMEOUTS, limits.max_services)
             .map_max_entries(map_names::PASSIVE_CFG, limits.max_services)
             .map_max_entries(map_names::PASSIVE_HEALTH, limits.max_backends)
             .map_max_entries(map_names::PASSIVE_GUARD, limits.max_tiers)
@@ -372,6 +374,14 @@ impl Dataplane {
             }
         }
         self.apply_passive(cfg, layout)?;
+        {
+            let mut t: Array<&mut MapData, FlowTimeouts> =
+                self.map_mut(map_names::FLOW_TIMEOUTS)?;
+            for (s, sl) in cfg.services.iter().zip(&layout.services) {
+                t.set(sl.id, s.timeouts, 0)
+                    .with_context(|| format!("writing the flow timeouts of {}", s.name))?;
+            }
+        }
         for (s, sl) in cfg.services.iter().zip(&layout.services) {
             for (ti, (tier, tl)) in s.tiers.iter().zip(&sl.tiers).enumerate() {
                 let members: Vec<maglev::Member> = tier
@@ -534,14 +544,25 @@ impl Dataplane {
         Ok(t)
     }
 
-    /// The conntrack entry of a flow, if any.
+    /// The verified (`CONNTRACK`) entry of a flow, if any.
     pub fn flow(&mut self, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
-        let m: BpfHashMap<&mut MapData, FlowKey, FlowValue> = self.map_mut(map_names::CONNTRACK)?;
+        self.flow_in(map_names::CONNTRACK, key)
+    }
+
+    /// The entry of a flow in `table` (`CONNTRACK` or `EMBRYONIC`), if any.
+    pub fn flow_in(&mut self, table: &str, key: &FlowKey) -> anyhow::Result<Option<FlowValue>> {
+        let m: BpfHashMap<&mut MapData, FlowKey, FlowValue> = self.map_mut(table)?;
         match m.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e).context("reading CONNTRACK"),
+            Err(e) => Err(e).with_context(|| format!("reading {table}")),
         }
+    }
+
+    /// Sets the dataplane's coarse clock (milliseconds; see [`clock_ms`]).
+    pub fn set_clock(&mut self, ms: u64) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, u64> = self.map_mut(map_names::CLOCK)?;
+        a.set(0, ms, 0).context("writing CLOCK")
     }
 
     /// Sets one backend's state word: the single map write that moves
@@ -553,9 +574,48 @@ impl Dataplane {
     }
 }
 
+/// CLOCK_MONOTONIC in milliseconds: the dataplane's coarse clock, by which
+/// flows expire.
+pub fn clock_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass; CLOCK_MONOTONIC is
+    // always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// How often the daemon advances the dataplane's clock.
+pub const CLOCK_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Advances the pinned `CLOCK` map every [`CLOCK_PERIOD`] on a thread of
+/// its own, for as long as the process runs (a stopped clock only stops
+/// expiry: flows then live until evicted).
+pub fn spawn_clock(pin_dir: &Path) -> anyhow::Result<()> {
+    let path = map_pin_path(pin_dir, map_names::CLOCK);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut clock: Array<MapData, u64> =
+        Array::try_from(aya::maps::Map::Array(data)).context("CLOCK is not an array")?;
+    clock.set(0, clock_ms(), 0).context("writing CLOCK")?;
+    std::thread::Builder::new()
+        .name("failover-clock".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CLOCK_PERIOD);
+                if let Err(e) = clock.set(0, clock_ms(), 0) {
+                    tracing::error!(error = %e, "cannot advance the dataplane clock");
+                }
+            }
+        })
+        .context("starting the clock thread")?;
+    Ok(())
+}
+
 /// (key size, value size or `None` when the kernel decides it, max entries)
 /// of every map for `limits`.
-fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 18] {
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 22] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -648,6 +708,25 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 18]
         ),
         // A ring buffer: no key or value.
         (map_names::PASSIVE_EVENTS, 0, None, PASSIVE_EVENTS_BYTES),
+        (
+            map_names::EMBRYONIC,
+            sz(size_of::<FlowKey>()),
+            Some(sz(size_of::<FlowValue>())),
+            limits.embryonic_entries,
+        ),
+        (
+            map_names::DIRECT,
+            sz(size_of::<FlowKey>()),
+            Some(4),
+            failover_common::defaults::DIRECT_ENTRIES,
+        ),
+        (
+            map_names::FLOW_TIMEOUTS,
+            4,
+            Some(sz(size_of::<FlowTimeouts>())),
+            limits.max_services,
+        ),
+        (map_names::CLOCK, 4, Some(8), 1),
     ]
 }
 

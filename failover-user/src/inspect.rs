@@ -112,6 +112,10 @@ pub struct FlowRow {
     pub protocol: &'static str,
     pub service: String,
     pub backend: String,
+    /// `syn`, `established`, `closing` or `udp`.
+    pub state: &'static str,
+    /// In the verified table (`CONNTRACK`), not the embryonic one.
+    pub verified: bool,
     /// Seconds since the flow's last packet.
     pub idle_s: f64,
 }
@@ -226,21 +230,27 @@ pub fn services(src: &Source) -> anyhow::Result<Vec<ServiceRow>> {
     Ok(rows)
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// The dataplane's clock (ms, as the daemon last wrote it).
+fn dataplane_clock(src: &Source) -> anyhow::Result<u32> {
+    let a: Array<MapData, u64> = Array::try_from(Map::Array(open(src, map_names::CLOCK)?))
+        .context("CLOCK has an unexpected type")?;
+    Ok(a.get(&0, 0).context("reading CLOCK")? as u32)
 }
 
+fn state_name(state: u8) -> &'static str {
+    match state {
+        failover_common::FS_SYN => "syn",
+        failover_common::FS_ESTABLISHED => "established",
+        failover_common::FS_CLOSING => "closing",
+        failover_common::FS_UDP => "udp",
+        _ => "unknown",
+    }
+}
+
+/// Live flows (expired entries count as absent, as in the dataplane):
+/// verified ones first, then those not verified yet.
 pub fn flows(src: &Source, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<FlowRow>> {
     let l = layout(src)?;
-    let ct: BpfHashMap<MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(Map::LruHashMap(open(src, map_names::CONNTRACK)?))
-            .context("CONNTRACK has an unexpected type")?;
     let names: BTreeMap<u32, (&str, BTreeMap<u32, &str>)> = l
         .services
         .iter()
@@ -258,39 +268,50 @@ pub fn flows(src: &Source, service: Option<&str>, limit: usize) -> anyhow::Resul
             )
         })
         .collect();
-    let now = monotonic_ns();
+    let now = dataplane_clock(src)?;
     let mut rows = Vec::new();
-    for item in ct.iter() {
-        if rows.len() >= limit {
-            break;
+    for table in [map_names::CONNTRACK, map_names::EMBRYONIC] {
+        let ct: BpfHashMap<MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(Map::LruHashMap(open(src, table)?))
+                .with_context(|| format!("{table} has an unexpected type"))?;
+        for item in ct.iter() {
+            if rows.len() >= limit {
+                break;
+            }
+            let Ok((k, v)) = item else { continue };
+            let idle_ms = now.wrapping_sub(v.seen_ms);
+            if idle_ms > v.timeout_ms {
+                continue;
+            }
+            let (svc, backend) = match names.get(&v.service_id) {
+                Some((s, bs)) => (
+                    s.to_string(),
+                    bs.get(&v.backend_id)
+                        .map_or(format!("slot {}", v.backend_id), |b| b.to_string()),
+                ),
+                None => (
+                    format!("id {}", v.service_id),
+                    format!("slot {}", v.backend_id),
+                ),
+            };
+            if service.is_some_and(|s| s != svc) {
+                continue;
+            }
+            rows.push(FlowRow {
+                client: SocketAddr::new(ip_from16(&k.src, k.family), u16::from_be_bytes(k.sport)),
+                vip: SocketAddr::new(ip_from16(&k.dst, k.family), u16::from_be_bytes(k.dport)),
+                protocol: if k.proto == failover_common::PROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+                service: svc,
+                backend,
+                state: state_name(v.state),
+                verified: table == map_names::CONNTRACK,
+                idle_s: f64::from(idle_ms) / 1e3,
+            });
         }
-        let Ok((k, v)) = item else { continue };
-        let (svc, backend) = match names.get(&v.service_id) {
-            Some((s, bs)) => (
-                s.to_string(),
-                bs.get(&v.backend_id)
-                    .map_or(format!("slot {}", v.backend_id), |b| b.to_string()),
-            ),
-            None => (
-                format!("id {}", v.service_id),
-                format!("slot {}", v.backend_id),
-            ),
-        };
-        if service.is_some_and(|s| s != svc) {
-            continue;
-        }
-        rows.push(FlowRow {
-            client: SocketAddr::new(ip_from16(&k.src, k.family), u16::from_be_bytes(k.sport)),
-            vip: SocketAddr::new(ip_from16(&k.dst, k.family), u16::from_be_bytes(k.dport)),
-            protocol: if k.proto == failover_common::PROTO_TCP {
-                "tcp"
-            } else {
-                "udp"
-            },
-            service: svc,
-            backend,
-            idle_s: now.saturating_sub(v.last_seen_ns) as f64 / 1e9,
-        });
     }
     Ok(rows)
 }

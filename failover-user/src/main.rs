@@ -417,6 +417,7 @@ fn cmd_flows(service: Option<&str>, limit: usize, a: &SourceArgs) -> anyhow::Res
                 r.protocol.to_string(),
                 r.service.clone(),
                 r.backend.clone(),
+                r.state.to_string(),
                 format!("{:.1}s", r.idle_s),
             ]
         })
@@ -424,7 +425,9 @@ fn cmd_flows(service: Option<&str>, limit: usize, a: &SourceArgs) -> anyhow::Res
     print!(
         "{}",
         inspect::table(
-            &["CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "IDLE"],
+            &[
+                "CLIENT", "VIP", "PROTO", "SERVICE", "BACKEND", "STATE", "IDLE"
+            ],
             &t
         )
     );
@@ -739,6 +742,8 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // backend it knew was down, nor flap one it knew was up.
     let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
     let layout = apply(&mut dp, &cfg, &saved)?;
+    // Flows expire on this clock (before the first packet arrives).
+    dataplane::spawn_clock(&cfg.daemon.bpffs)?;
     for iface in &cfg.daemon.interfaces {
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }

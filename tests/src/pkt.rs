@@ -90,6 +90,9 @@ pub struct Pkt {
     pub v6_fragment: bool,
     /// IPv6: insert a destination-options extension header.
     pub v6_dstopts: bool,
+    /// TCP sequence and acknowledgement numbers.
+    pub seq: u32,
+    pub ack: u32,
     pub l4: L4,
 }
 
@@ -106,6 +109,8 @@ impl Pkt {
             frag: 0,
             v6_fragment: false,
             v6_dstopts: false,
+            seq: 0x0102_0304,
+            ack: 0,
             l4,
         }
     }
@@ -122,8 +127,8 @@ impl Pkt {
                 let mut t = Vec::with_capacity(20 + payload.len());
                 t.extend_from_slice(&sport.to_be_bytes());
                 t.extend_from_slice(&dport.to_be_bytes());
-                t.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-                t.extend_from_slice(&0u32.to_be_bytes()); // ack
+                t.extend_from_slice(&self.seq.to_be_bytes());
+                t.extend_from_slice(&self.ack.to_be_bytes());
                 t.push(5 << 4); // data offset
                 t.push(*flags);
                 t.extend_from_slice(&64240u16.to_be_bytes()); // window

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use failover_common::{FAMILY_V4, FlowKey, Reason, STATE_DOWN, STATE_DRAINING, STATE_UP};
+use failover_common::{FlowKey, Reason, STATE_DOWN, STATE_DRAINING, STATE_UP};
 use failover_tests::{
     pkt::{L4, Pkt, arp_request, hex, verify_checksums},
     pktlab::*,
@@ -250,15 +250,110 @@ fn packet_cases() {
         action: XDP_PASS,
         reason: Reason::PassVipOtherPort,
     });
-    let mut p = Pkt::new(ip("198.18.1.2"), ip("198.18.0.2"), L4::tcp(8080, 40999));
+    let mut p = Pkt::new(ip("198.18.1.2"), ip("198.18.1.1"), L4::tcp(8080, 40999));
     p.dmac = LB_B_MAC;
     cases.push(Case {
-        name: "backend packet of no tracked flow (e.g. a probe reply) is untouched",
+        name: "backend packet to the load balancer itself (a probe reply) is untouched",
         ingress_backend_side: true,
         input: p.bytes(),
         output: None,
         action: XDP_PASS,
         reason: Reason::PassNotVip,
+    });
+    let mut p = Pkt::new(
+        ip("198.18.1.2"),
+        ip("198.18.0.2"),
+        L4::Tcp {
+            sport: 8080,
+            dport: 40999,
+            flags: 0x10,
+            payload: b"data".to_vec(),
+        },
+    );
+    p.dmac = LB_B_MAC;
+    p.smac = P_MAC;
+    let mut want = p.clone();
+    want.src = ip("198.18.0.10");
+    want.l4.set_ports(80, 40999);
+    want.ttl -= 1;
+    want.dmac = CLIENT_MAC;
+    want.smac = LB_C_MAC;
+    cases.push(Case {
+        name: "reply of a VIP flow without a conntrack entry is translated from REVERSE",
+        ingress_backend_side: true,
+        input: p.bytes(),
+        output: Some(want.bytes()),
+        action: XDP_REDIRECT,
+        reason: Reason::FwdReplyUntracked,
+    });
+
+    // --- inconsistent headers: dropped for a VIP, untouched otherwise ---
+    let tcp = from_client("198.18.0.10", L4::tcp(40040, 80)).bytes();
+    let mut v = tcp.clone();
+    v[46] = 4 << 4;
+    cases.push(Case {
+        name: "tcp data offset below 5",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut v = tcp.clone();
+    v[46] = 15 << 4;
+    cases.push(Case {
+        name: "tcp header (data offset 15) runs past the IP packet",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut v = tcp.clone();
+    v[24] ^= 0x5a;
+    cases.push(Case {
+        name: "ipv4 header checksum wrong (RFC 1812 5.2.2)",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut v = from_client("198.18.0.10", L4::udp(40041, 53, b"query")).bytes();
+    v[38..40].copy_from_slice(&14u16.to_be_bytes());
+    cases.push(Case {
+        name: "udp length other than the IP payload's",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
+    });
+    let mut v = Pkt::new(
+        ip("198.18.0.2"),
+        ip("198.18.0.99"),
+        L4::udp(40041, 53, b"query"),
+    )
+    .bytes();
+    v[38..40].copy_from_slice(&14u16.to_be_bytes());
+    cases.push(Case {
+        name: "udp length mismatch not for a VIP: untouched",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_PASS,
+        reason: Reason::PassNotVip,
+    });
+    let mut v = from_client("2001:db8::10", L4::udp(40042, 53, b"query")).bytes();
+    // Ethernet 14 + IPv6 40 + UDP checksum at 6.
+    v[60..62].copy_from_slice(&[0, 0]);
+    cases.push(Case {
+        name: "ipv6 udp checksum zero (RFC 8200)",
+        ingress_backend_side: false,
+        input: v,
+        output: None,
+        action: XDP_DROP,
+        reason: Reason::DropMalformed,
     });
 
     // --- VIP packets that are not forwarded ---
@@ -530,53 +625,120 @@ fn flow_key(p: &Pkt) -> FlowKey {
     }
 }
 
-/// Conntrack: a flow stays on its backend while it is healthy, moves on its
-/// next packet when its backend is marked down, and replies of a tracked
-/// flow are translated back to the VIP.
-#[test]
-fn conntrack_failover_and_reverse_nat() {
-    let mut lab = Lab::new();
-    let p = from_client("198.18.0.10", L4::tcp(41000, 80));
-    let key = flow_key(&p);
-    assert_eq!(key.family, FAMILY_V4);
-
-    let (a, out) = lab.run(lab.c0, &p.bytes());
-    assert_eq!(a, XDP_REDIRECT);
-    assert_eq!(
-        hex(&out),
-        hex(&natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes())
-    );
-    let ct = lab.dp.flow(&key).expect("ct").expect("flow recorded");
-    assert_eq!(ct.backend_id, lab.backend("web", "p"));
-
-    // The reply from the primary is translated back: source = VIP:80.
-    let mut reply = Pkt::new(
-        ip("198.18.1.2"),
-        ip("198.18.0.2"),
+/// A client TCP packet of the `web` service from port `sport`.
+fn web(sport: u16, flags: u8, seq: u32, ack: u32) -> Pkt {
+    let mut p = from_client(
+        "198.18.0.10",
         L4::Tcp {
-            sport: 8080,
-            dport: 41000,
-            flags: 0x12,
+            sport,
+            dport: 80,
+            flags,
             payload: vec![],
         },
     );
-    reply.smac = P_MAC;
-    reply.dmac = LB_B_MAC;
-    let mut want = reply.clone();
-    want.src = ip("198.18.0.10");
-    want.l4.set_ports(80, 41000);
-    want.ttl -= 1;
-    want.dmac = CLIENT_MAC;
-    want.smac = LB_C_MAC;
-    let (a, out) = lab.run(lab.b0, &reply.bytes());
-    assert_eq!(a, XDP_REDIRECT, "reply redirected to c0");
-    assert_eq!(hex(&out), hex(&want.bytes()), "reverse NAT bytes");
-    verify_checksums(&out).expect("reply checksums");
+    p.seq = seq;
+    p.ack = ack;
+    p
+}
 
-    // A reply from the standby for this flow is not ours (the flow is on p).
-    let mut wrong = reply.clone();
-    wrong.src = ip("198.18.1.3");
-    wrong.smac = S_MAC;
+/// A TCP packet from backend `addr` (MAC `m`) of the `web` service to the
+/// client's port `dport`.
+fn from_web_backend(addr: &str, m: [u8; 6], dport: u16, flags: u8, seq: u32, ack: u32) -> Pkt {
+    let mut r = Pkt::new(
+        ip(addr),
+        ip("198.18.0.2"),
+        L4::Tcp {
+            sport: 8080,
+            dport,
+            flags,
+            payload: vec![],
+        },
+    );
+    r.smac = m;
+    r.dmac = LB_B_MAC;
+    r.seq = seq;
+    r.ack = ack;
+    r
+}
+
+/// Which `web` backend the client packet went to (by its destination).
+fn went_to(lab: &Lab, p: &Pkt) -> &'static str {
+    let (a, out) = lab.run(lab.c0, &p.bytes());
+    assert_eq!(a, XDP_REDIRECT, "forwarded");
+    if hex(&out) == hex(&natted(p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes()) {
+        "p"
+    } else if hex(&out) == hex(&natted(p, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes()) {
+        "s"
+    } else {
+        panic!("unexpected output {}", hex(&out))
+    }
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const SYN_ACK: u8 = 0x12;
+const RST: u8 = 0x04;
+
+/// A full handshake of client port `sport` through the `web` service,
+/// answered by backend `b` ("p" or "s"); returns the verified entry.
+fn handshake(lab: &mut Lab, sport: u16, isn: u32, b: &str) -> failover_common::FlowValue {
+    let syn = web(sport, SYN, isn, 0);
+    assert_eq!(went_to(lab, &syn), b, "SYN of {sport}");
+    let key = flow_key(&syn);
+    let e = lab
+        .dp
+        .flow_in("EMBRYONIC", &key)
+        .unwrap()
+        .expect("SYN recorded");
+    assert_eq!((e.state, e.client_isn), (failover_common::FS_SYN, isn));
+    assert!(
+        lab.dp.flow(&key).unwrap().is_none(),
+        "not verified by a SYN"
+    );
+    let (addr, m) = if b == "p" {
+        ("198.18.1.2", P_MAC)
+    } else {
+        ("198.18.1.3", S_MAC)
+    };
+    let sa = from_web_backend(addr, m, sport, SYN_ACK, 7000, isn.wrapping_add(1));
+    let (a, out) = lab.run(lab.b0, &sa.bytes());
+    assert_eq!(a, XDP_REDIRECT, "SYN-ACK translated");
+    verify_checksums(&out).expect("SYN-ACK checksums");
+    // An ACK that does not acknowledge the SYN-ACK verifies nothing.
+    let bad = web(sport, ACK, isn.wrapping_add(1), 6999);
+    assert_eq!(went_to(lab, &bad), b);
+    assert!(
+        lab.dp.flow(&key).unwrap().is_none(),
+        "wrong ACK verifies nothing"
+    );
+    let ack = web(sport, ACK, isn.wrapping_add(1), 7001);
+    assert_eq!(went_to(lab, &ack), b);
+    let v = lab.dp.flow(&key).unwrap().expect("handshake verified");
+    assert_eq!(v.state, failover_common::FS_ESTABLISHED);
+    assert!(
+        lab.dp.flow_in("EMBRYONIC", &key).unwrap().is_none(),
+        "moved"
+    );
+    v
+}
+
+/// The flow lifecycle: handshakes verified by the client's ACK of the
+/// backend's SYN-ACK; flows move when their backend goes down; drain and
+/// failback hold for new connections on reused tuples (a new initial
+/// sequence number), retransmitted SYNs of a handshake stay only with a
+/// backend that takes new flows; idle and closed entries expire on the
+/// coarse clock and count as absent; replies of another backend are not
+/// ours.
+#[test]
+fn flow_lifecycle() {
+    let mut lab = Lab::new();
+    lab.dp.set_clock(1_000_000).unwrap();
+    let v = handshake(&mut lab, 41000, 1000, "p");
+    assert_eq!(v.backend_id, lab.backend("web", "p"));
+    let key = flow_key(&web(41000, ACK, 0, 0));
+
+    // A reply of the standby for this flow is not ours (the flow is on p).
+    let wrong = from_web_backend("198.18.1.3", S_MAC, 41000, ACK, 7001, 1001);
     let (a, out) = lab.run(lab.b0, &wrong.bytes());
     assert_eq!(
         (a, hex(&out)),
@@ -584,83 +746,180 @@ fn conntrack_failover_and_reverse_nat() {
         "reply of a backend the flow is not on"
     );
 
-    // Mark the primary down: the same flow moves to the standby on its next
-    // packet, and conntrack follows.
+    // The primary down: the established flow moves on its next packet.
     lab.set_state("web", "p", STATE_DOWN);
-    let (a, out) = lab.run(lab.c0, &p.bytes());
-    assert_eq!(a, XDP_REDIRECT);
-    assert_eq!(
-        hex(&out),
-        hex(&natted(&p, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes()),
-        "moved to standby"
-    );
+    assert_eq!(went_to(&lab, &web(41000, ACK, 1001, 7001)), "s");
     assert_eq!(
         lab.dp.flow(&key).unwrap().unwrap().backend_id,
         lab.backend("web", "s")
     );
-
-    // The primary comes back: the established flow stays on the standby
-    // (it is healthy), a new flow goes to the primary.
+    // Back up: the established flow stays on the standby...
     lab.set_state("web", "p", STATE_UP);
-    let (_, out) = lab.run(lab.c0, &p.bytes());
-    assert_eq!(
-        hex(&out),
-        hex(&natted(&p, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes()),
-        "stays on standby"
-    );
-    let p2 = from_client("198.18.0.10", L4::tcp(41001, 80));
-    let (_, out) = lab.run(lab.c0, &p2.bytes());
-    assert_eq!(
-        hex(&out),
-        hex(&natted(&p2, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes()),
-        "new flow to primary"
-    );
+    assert_eq!(went_to(&lab, &web(41000, ACK, 1001, 7001)), "s");
+    // ... but a new connection on the same tuple (another ISN) fails back.
+    assert_eq!(went_to(&lab, &web(41000, SYN, 9000, 0)), "p", "failback");
+    assert!(lab.dp.flow(&key).unwrap().is_none(), "old entry dropped");
 
-    // Draining the primary: its established flow (p2) stays, a new flow goes
-    // to the standby.
+    // Drain the primary: its established flow stays...
+    handshake(&mut lab, 41001, 2000, "p");
     lab.set_state("web", "p", STATE_DRAINING);
-    let (_, out) = lab.run(lab.c0, &p2.bytes());
+    assert_eq!(went_to(&lab, &web(41001, ACK, 2001, 7001)), "p");
+    // ... a new connection reusing its tuple does not...
+    assert_eq!(went_to(&lab, &web(41001, SYN, 2500, 0)), "s", "drain");
+    // ... nor does a retransmitted SYN of an unanswered handshake.
+    lab.set_state("web", "p", STATE_UP);
+    assert_eq!(went_to(&lab, &web(41002, SYN, 3000, 0)), "p");
+    lab.set_state("web", "p", STATE_DRAINING);
     assert_eq!(
-        hex(&out),
-        hex(&natted(&p2, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes()),
-        "draining keeps flows"
+        went_to(&lab, &web(41002, SYN, 3000, 0)),
+        "s",
+        "retransmission"
     );
-    let p3 = from_client("198.18.0.10", L4::tcp(41002, 80));
-    let (_, out) = lab.run(lab.c0, &p3.bytes());
+    // The same retransmission stays with the standby now.
+    assert_eq!(went_to(&lab, &web(41002, SYN, 3000, 0)), "s");
+    lab.set_state("web", "p", STATE_UP);
+
+    // Idle expiry on the coarse clock: 41003 established on the standby.
+    lab.set_state("web", "p", STATE_DOWN);
+    handshake(&mut lab, 41003, 4000, "s");
+    lab.set_state("web", "p", STATE_UP);
+    assert_eq!(went_to(&lab, &web(41003, ACK, 4001, 7001)), "s");
+    lab.dp.set_clock(1_000_000 + 300_000).unwrap();
     assert_eq!(
-        hex(&out),
-        hex(&natted(&p3, "198.18.1.3", 8080, S_MAC, LB_B_MAC).bytes()),
-        "no new flows while draining"
+        went_to(&lab, &web(41003, ACK, 4001, 7001)),
+        "s",
+        "alive at 300 s"
     );
+    lab.dp.set_clock(1_000_000 + 600_002).unwrap();
+    // Expired: counts as absent, the table picks the primary, and a
+    // mid-stream packet records nothing.
+    assert_eq!(went_to(&lab, &web(41003, ACK, 4001, 7001)), "p", "expired");
+    // A RST closes a flow: 10 s later it is gone.
+    let now = 2_000_000;
+    lab.dp.set_clock(now).unwrap();
+    lab.set_state("web", "p", STATE_DOWN);
+    handshake(&mut lab, 41004, 5000, "s");
+    lab.set_state("web", "p", STATE_UP);
+    assert_eq!(went_to(&lab, &web(41004, RST | ACK, 5001, 7001)), "s");
+    let v = lab
+        .dp
+        .flow(&flow_key(&web(41004, ACK, 0, 0)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(v.state, failover_common::FS_CLOSING);
+    lab.dp.set_clock(now + 10_000).unwrap();
+    assert_eq!(
+        went_to(&lab, &web(41004, ACK, 5001, 7001)),
+        "s",
+        "closing, 10 s"
+    );
+    lab.dp.set_clock(now + 20_002).unwrap();
+    assert_eq!(went_to(&lab, &web(41004, ACK, 5001, 7001)), "p", "closed");
 
     // Both down: the service has no backend; rule drop.
     lab.set_state("web", "s", STATE_DOWN);
     lab.set_state("web", "p", STATE_DOWN);
-    let (a, _) = lab.run(lab.c0, &p.bytes());
+    let (a, _) = lab.run(lab.c0, &web(41000, ACK, 9001, 7001).bytes());
     assert_eq!(a, XDP_DROP);
-
-    // Counters: the web service forwarded 6 client packets, 1 reply, 1 drop.
     let id = lab.layout.service("web").unwrap().id;
     let st = lab.dp.service_stats(id).unwrap();
+    assert_eq!(st.dropped.packets, 1);
+}
+
+/// Replies: a direct connection through the load balancer to a backend
+/// endpoint keeps its replies untranslated (even on the tuple of an
+/// earlier VIP flow), and a VIP flow that lost its entry still has its
+/// replies translated, and is verified again by the backend's answer.
+#[test]
+fn direct_connections_and_untracked_replies() {
+    let mut lab = Lab::new();
+    // A VIP flow from port 42000, then a direct connection from the same
+    // port to the backend endpoint.
+    handshake(&mut lab, 42000, 100, "p");
+    let vip_key = flow_key(&web(42000, ACK, 0, 0));
+    let mut direct = Pkt::new(ip("198.18.0.2"), ip("198.18.1.2"), L4::tcp(42000, 8080));
+    direct.smac = CLIENT_MAC;
+    direct.dmac = LB_C_MAC;
+    let before = lab.reasons();
+    let (a, out) = lab.run(lab.c0, &direct.bytes());
     assert_eq!(
-        (st.fwd.packets, st.reply.packets, st.dropped.packets),
-        (6, 1, 1)
+        (a, hex(&out)),
+        (XDP_PASS, hex(&direct.bytes())),
+        "direct SYN to the kernel"
     );
-    let len = p.bytes().len() as u64;
+    assert!(
+        lab.dp.flow(&vip_key).unwrap().is_none(),
+        "the VIP flow is forgotten"
+    );
+    for (flags, seq, ack) in [(SYN_ACK, 500, 0x0102_0305), (ACK, 501, 0x0102_0305)] {
+        let r = from_web_backend("198.18.1.2", P_MAC, 42000, flags, seq, ack);
+        let (a, out) = lab.run(lab.b0, &r.bytes());
+        assert_eq!(
+            (a, hex(&out)),
+            (XDP_PASS, hex(&r.bytes())),
+            "direct reply untouched"
+        );
+    }
+    let after = lab.reasons();
     assert_eq!(
+        after[Reason::PassDirect as usize] - before[Reason::PassDirect as usize],
+        2
+    );
+
+    // A VIP flow whose entry is gone (here: never made, as after a restart)
+    // has its replies translated, and the backend's ACK verifies it.
+    let r = from_web_backend("198.18.1.3", S_MAC, 42001, ACK, 800, 900);
+    let mut want = r.clone();
+    want.src = ip("198.18.0.10");
+    want.l4.set_ports(80, 42001);
+    want.ttl -= 1;
+    want.dmac = CLIENT_MAC;
+    want.smac = LB_C_MAC;
+    let (a, out) = lab.run(lab.b0, &r.bytes());
+    assert_eq!((a, hex(&out)), (XDP_REDIRECT, hex(&want.bytes())));
+    let v = lab
+        .dp
+        .flow(&flow_key(&web(42001, ACK, 0, 0)))
+        .unwrap()
+        .expect("vouched for by the backend");
+    assert_eq!(v.backend_id, lab.backend("web", "s"));
+    // So the client's next packet stays on the standby that holds it.
+    assert_eq!(went_to(&lab, &web(42001, ACK, 900, 801)), "s");
+    // A RST from a backend vouches for nothing.
+    let r = from_web_backend("198.18.1.2", P_MAC, 42002, RST, 0, 0);
+    let (a, _) = lab.run(lab.b0, &r.bytes());
+    assert_eq!(a, XDP_REDIRECT);
+    assert!(
         lab.dp
-            .backend_stats(lab.backend("web", "p"))
+            .flow(&flow_key(&web(42002, ACK, 0, 0)))
             .unwrap()
-            .packets,
-        3
+            .is_none()
     );
-    assert_eq!(
-        lab.dp.backend_stats(lab.backend("web", "s")).unwrap(),
-        failover_common::Counter {
-            packets: 3,
-            bytes: 3 * len
-        }
-    );
+}
+
+/// A flood of spoofed SYNs fills the embryonic table only: verified flows
+/// all survive it, even with a table far smaller than the flood.
+#[test]
+fn syn_flood_never_evicts_verified_flows() {
+    let cfg = format!("[limits]\nconntrack_entries = 64\nembryonic_entries = 64\n{CONFIG}");
+    let mut lab = Lab::with_config(&cfg);
+    for i in 0..10u16 {
+        handshake(&mut lab, 43000 + i, 10 * u32::from(i), "p");
+    }
+    for i in 0..2000u32 {
+        let mut p = web(1024 + (i % 60000) as u16, SYN, i, 0);
+        p.src = ip(&format!("198.19.{}.{}", i / 250, 1 + i % 250));
+        let (a, _) = lab.run(lab.c0, &p.bytes());
+        assert_eq!(a, XDP_REDIRECT);
+    }
+    lab.set_state("web", "p", STATE_DRAINING);
+    for i in 0..10u16 {
+        let key = flow_key(&web(43000 + i, ACK, 0, 0));
+        assert!(lab.dp.flow(&key).unwrap().is_some(), "flow {i} survived");
+        // Still pinned: it stays on the draining primary.
+        let seq = 10 * u32::from(i) + 1;
+        assert_eq!(went_to(&lab, &web(43000 + i, ACK, seq, 7001)), "p");
+    }
 }
 
 /// The RST the dataplane must send for client packet `p` (TCP, IPv4,

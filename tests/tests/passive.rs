@@ -121,11 +121,13 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
     }
 }
 
-/// The primary's (198.18.1.2:8080) packet to the client for `port`.
+/// The primary's (198.18.1.2:8080) packet to the client for `port`,
+/// acknowledging the client's SYN (the builder's sequence number).
 fn from_primary(port: u16, flags: u8) -> Pkt {
     let mut r = Pkt::new(ip("198.18.1.2"), ip("198.18.0.2"), tcp(8080, port, flags));
     r.smac = P_MAC;
     r.dmac = LB_B_MAC;
+    r.ack = 0x0102_0305;
     r
 }
 
@@ -313,4 +315,56 @@ fn icmp_unreachable_about_a_backend_flow_marks_it_down() {
     let ev = events(&mut lab);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].signal, SIG_ICMP);
+}
+
+/// What an off-path sender can make counts for nothing: RSTs the backend
+/// sends to bare ACKs or that do not answer the SYN, SYN retransmissions
+/// with a bad checksum, ICMP errors from the client's side or quoting
+/// another sequence number.
+#[test]
+fn forged_signals_count_for_nothing() {
+    let mut lab = Lab::new();
+    // Every signal but no-reply: the handshakes here are left unanswered on
+    // purpose, which no-reply rightly counts.
+    let signals = ALL & !(1 << SIG_NO_REPLY);
+    enable(&mut lab, "web", signals, 1, 0, 1);
+    enable(&mut lab, "web-dsr", signals, 1, 0, 1);
+    // A bare ACK to a new tuple: the backend answers with a RST.
+    let ack = from_client("198.18.0.10", tcp(47000, 80, 0x10)).bytes();
+    assert_eq!(lab.run(lab.c0, &ack).0, XDP_REDIRECT);
+    let mut r = from_primary(47000, 0x04);
+    r.ack = 0;
+    assert_eq!(lab.run(lab.b0, &r.bytes()).0, XDP_REDIRECT);
+    // A RST that does not acknowledge the SYN we forwarded.
+    assert_eq!(syn(&lab, 47001).0, XDP_REDIRECT);
+    let mut r = from_primary(47001, 0x14);
+    r.ack = 0x0102_0399;
+    assert_eq!(lab.run(lab.b0, &r.bytes()).0, XDP_REDIRECT);
+    // SYN retransmissions with a bad TCP checksum (DSR: only the client is
+    // seen).
+    let mut bad = from_client("198.18.0.11", L4::tcp(47002, 80)).bytes();
+    bad[50] ^= 0xff;
+    for _ in 0..4 {
+        assert_eq!(lab.run(lab.c0, &bad).0, XDP_REDIRECT);
+    }
+    // An ICMP error about a real unanswered handshake, but sent from the
+    // client's side, and one quoting another sequence number.
+    assert_eq!(syn(&lab, 47003).0, XDP_REDIRECT);
+    let mut from_client_side = icmp_unreachable(47003);
+    from_client_side[0..6].copy_from_slice(&failover_tests::pktlab::LB_C_MAC);
+    assert_eq!(lab.run(lab.c0, &from_client_side).0, XDP_PASS);
+    let mut other_seq = icmp_unreachable(47003);
+    // Ethernet 14 + IP 20 + ICMP 8 + quoted IP 20 + ports 4: the sequence.
+    other_seq[66] ^= 0x01;
+    assert_eq!(lab.run(lab.b0, &other_seq).0, XDP_PASS);
+    for (svc, b) in [("web", "p"), ("web-dsr", "p")] {
+        assert_eq!(state(&mut lab, svc, b), STATE_UP, "{svc}/{b} not marked");
+        let st = stats(&mut lab, svc, b);
+        assert_eq!((st.signals, st.marked), ([0; 4], 0), "{svc}/{b}: no signal");
+    }
+    assert!(events(&mut lab).is_empty());
+    // The same ICMP error from the backend's side, quoting the SYN, counts.
+    let e = icmp_unreachable(47003);
+    assert_eq!(lab.run(lab.b0, &e).0, XDP_PASS);
+    assert_eq!(state(&mut lab, "web", "p"), STATE_DOWN);
 }
