@@ -561,3 +561,26 @@ fn h_restart_keeps_known_states() {
         );
     }
 }
+
+/// `failover set-state S B down` writes the word the agent would write for
+/// down under the service's `flows_on_down` (here reset).
+#[test]
+fn j_set_state_down_honours_flows_on_down() {
+    let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failover"))
+        .args(["set-state", "web", "b1", "down", "--config"])
+        .arg(&lab.config)
+        .output()
+        .expect("running failover set-state");
+    assert!(
+        out.status.success(),
+        "set-state failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
+    assert_eq!(
+        dataplane::pinned_state(&lab.s.bpffs, b1).expect("state"),
+        failover_common::STATE_DOWN_RESET,
+        "flows_on_down = reset: the reset word"
+    );
+}
