@@ -661,3 +661,57 @@ fn j_set_state_down_honours_flows_on_down() {
         "flows_on_down = reset: the reset word"
     );
 }
+
+/// The same with `failback = "manual"`: both backends die and come back;
+/// one serves at once, without `failover release`.
+#[test]
+fn k_manual_failback_never_keeps_the_service_dark() {
+    let mut lab = start(TCP_10MS, "failback = \"manual\"", "");
+    for k in 0..2 {
+        if let Some(s) = lab.servers[k].take() {
+            s.stop();
+        }
+    }
+    lab.wait_event("web dark", |e| {
+        is(e, "no-healthy-backend", "web", None, None)
+    });
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let back = Instant::now();
+    for (k, name) in ["b1", "b2"].into_iter().enumerate() {
+        lab.servers[k] = Some(
+            Server::start(&lab.topo.backends[k], name, &ports, BACKEND_UDP_PORT)
+                .expect("server again"),
+        );
+    }
+    let c = &lab.topo.client;
+    let ask =
+        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    while ask().is_none() {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "web stayed dark with both backends healthy (manual failback)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = lab.wait_event("policy-override", |e| {
+        is(e, "policy-override", "web", None, Some("up"))
+    });
+    println!(
+        "(k) web answered {:.0} ms after both servers restarted: {o}",
+        back.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        o["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("manual failback")),
+        "{o}"
+    );
+    // Exactly one came up; the other waits for an operator.
+    std::thread::sleep(Duration::from_millis(300));
+    let ups = lab
+        .events()
+        .into_iter()
+        .filter(|e| is(e, "state", "web", None, Some("up")))
+        .count();
+    assert_eq!(ups, 1, "{:#?}", lab.events());
+}
