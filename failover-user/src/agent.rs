@@ -143,6 +143,77 @@ struct SvcRt {
     backends: Vec<usize>,
 }
 
+/// A held backend the never-dark rule brings up (see [`never_dark`]).
+#[derive(Debug)]
+struct Override {
+    idx: usize,
+    tr: Transition,
+    /// The policy it overrode (`None`: nothing held it any more).
+    overridden: Option<String>,
+}
+
+/// Whether backend `b` serves: up (or suspect) by its probes and taking new
+/// flows in the map. A backend kept in the map by keep-last is down: it
+/// does not serve.
+fn serves(b: &BackendRt) -> bool {
+    b.word == STATE_UP && b.machine.state().serving()
+}
+
+/// Policies never keep a service dark. Hold-down, manual failback and flap
+/// damping delay a healthy backend's return only while another backend of
+/// the service (`members`: its indexes in `backends`) serves. When none
+/// does, the best held backend is brought up at once: the highest-priority
+/// tier first, then the one healthy for longest, then the first in the
+/// config. One is enough: the others stay under their policy, now that
+/// one serves. Backends in an operator state or with an unsettled passive
+/// mark are never picked.
+fn never_dark(backends: &mut [BackendRt], members: &[usize], now: Instant) -> Option<Override> {
+    if members.iter().any(|&i| serves(&backends[i])) {
+        return None;
+    }
+    let idx = members
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let b = &backends[i];
+            b.unconfirmed.is_none() && b.machine.held(&b.policy)
+        })
+        .min_by_key(|&i| {
+            let b = &backends[i];
+            (b.tier, b.machine.healthy_since().unwrap_or(now), i)
+        })?;
+    let p = backends[idx].policy;
+    let (tr, overridden) = backends[idx].machine.override_up(
+        now,
+        &p,
+        "policy override: no backend of the service serves",
+    )?;
+    Some(Override {
+        idx,
+        tr,
+        overridden,
+    })
+}
+
+/// The `policy-override` event for `o` (after its map write).
+fn override_event(service: &str, b: &BackendRt, o: &Override, map_version: u64) -> Event {
+    let held = o.overridden.as_deref().unwrap_or("nothing any more");
+    let mut e = Event::new(
+        "policy-override",
+        service,
+        format!(
+            "no backend of the service serves: {} is healthy and brought up at once (it was held by {held}); its policy applies again once another backend serves",
+            b.name
+        ),
+        map_version,
+    );
+    e.backend = Some(b.name.clone());
+    e.from = Some(o.tr.from.name().to_string());
+    e.to = Some(o.tr.to.name().to_string());
+    e.map_word = Some(word_name(b.word));
+    e
+}
+
 enum Cmd {
     Snapshot(oneshot::Sender<(HashMap<BackendKey, State>, Stats)>),
     Admin {
@@ -706,10 +777,19 @@ impl Decider {
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
-                    Some(m) => self.on_probe(m),
+                    Some(m) => {
+                        let svc = self.backends[m.idx].svc;
+                        self.on_probe(m);
+                        self.enforce_never_dark(svc);
+                    }
                     None => break,
                 },
-                Some(ev) = passive_rx.recv() => self.on_passive(ev),
+                Some(ev) = passive_rx.recv() => {
+                    self.on_passive(ev);
+                    for svc in 0..self.svcs.len() {
+                        self.enforce_never_dark(svc);
+                    }
+                }
                 _ = tick.tick() => self.passive_deadlines(),
                 c = cmd_rx.recv() => match c {
                     Some(Cmd::Snapshot(reply)) => {
@@ -899,6 +979,7 @@ impl Decider {
             }
             self.report_failover(svc, before, &tr.reason);
         }
+        self.enforce_never_dark(svc);
         Ok(Change {
             service: service.to_string(),
             backend: backend.to_string(),
@@ -1033,6 +1114,27 @@ impl Decider {
             self.rebuild(svc, self.backends[i].tier);
         }
         self.report_failover(svc, before, &tr.reason);
+    }
+
+    /// Applies the never-dark rule ([`never_dark`]) to service `svc`: the
+    /// state change as any other, then a `policy-override` event.
+    fn enforce_never_dark(&mut self, svc: usize) {
+        let members = std::mem::take(&mut self.svcs[svc].backends);
+        let o = never_dark(&mut self.backends, &members, Instant::now());
+        self.svcs[svc].backends = members;
+        let Some(o) = o else {
+            return;
+        };
+        let i = o.idx;
+        let name = self.svcs[svc].cfg.name.clone();
+        self.backend_metrics(i, |b| {
+            b.state_changes += 1;
+            b.health = State::Up.name();
+        });
+        self.with_metrics(|m| *m.policy_overrides.entry(name.clone()).or_default() += 1);
+        self.apply_transition(i, o.tr.clone(), None);
+        let e = override_event(&name, &self.backends[i], &o, self.stats.map_version);
+        self.emit(svc, e, HookEvent::Failover);
     }
 
     /// The datapath marked a backend down (its word is already written).
@@ -1428,6 +1530,229 @@ fn build_entries(members: &[(u32, String, u32, bool)], size: u32) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Damping, Failback};
+
+    /// One service driven by hand with a fake clock: probe results go
+    /// through each backend's machine, the map word follows every change,
+    /// then the never-dark rule runs, as in the decider.
+    struct Svc {
+        b: Vec<BackendRt>,
+        members: Vec<usize>,
+        events: Vec<Event>,
+        t0: Instant,
+    }
+
+    impl Svc {
+        /// Backends b1, b2, ... in the given tiers; rise 2, fall 1.
+        fn new(failback: Failback, damping: Damping, tiers: &[usize]) -> Self {
+            let policy = Policy {
+                rise: 2,
+                fall: 1,
+                failback,
+                damping,
+            };
+            let b = tiers
+                .iter()
+                .enumerate()
+                .map(|(k, &tier)| {
+                    let name = format!("b{}", k + 1);
+                    BackendRt {
+                        svc: 0,
+                        tier,
+                        key: (
+                            "web".into(),
+                            name.clone(),
+                            SocketAddr::from(([198, 18, 1, k as u8 + 1], 80)),
+                        ),
+                        name: name.clone(),
+                        id: k as u32,
+                        weight: 1,
+                        maglev_key: name,
+                        machine: Machine::new(State::Up),
+                        policy,
+                        word: STATE_UP,
+                        kept_last: false,
+                        state_tx: watch::channel(State::Up).0,
+                        tier_slot: tier as u32,
+                        probe_now: Arc::new(tokio::sync::Notify::new()),
+                        unconfirmed: None,
+                    }
+                })
+                .collect::<Vec<_>>();
+            Self {
+                members: (0..b.len()).collect(),
+                b,
+                events: Vec::new(),
+                t0: Instant::now(),
+            }
+        }
+
+        /// Backend `k` (1-based, as its name) answers its probe at `ms`.
+        fn probe(&mut self, k: usize, ms: u64, ok: bool) {
+            let at = self.t0 + Duration::from_millis(ms);
+            let i = k - 1;
+            let p = self.b[i].policy;
+            if let (Some(tr), _) = self.b[i].machine.observe(at, ok, "test", &p) {
+                self.b[i].word = word_for(tr.to, FlowsOnDown::Move);
+            }
+            if let Some(o) = never_dark(&mut self.b, &self.members, at) {
+                self.b[o.idx].word = word_for(o.tr.to, FlowsOnDown::Move);
+                self.events
+                    .push(override_event("web", &self.b[o.idx], &o, 0));
+            }
+        }
+
+        fn serving(&self) -> Vec<&str> {
+            self.b
+                .iter()
+                .filter(|b| serves(b))
+                .map(|b| b.name.as_str())
+                .collect()
+        }
+    }
+
+    fn no_damping() -> Damping {
+        Damping {
+            max_changes: 100,
+            window: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn hold_down_never_keeps_the_service_dark() {
+        let hold = Failback::HoldDown(Duration::from_secs(30));
+        let mut s = Svc::new(hold, no_damping(), &[0, 1]);
+        // Both die.
+        s.probe(1, 0, false);
+        s.probe(2, 5, false);
+        assert!(s.serving().is_empty());
+        assert!(s.events.is_empty(), "nothing healthy to bring up");
+        // The standby returns while the primary is still dead: it serves
+        // as soon as it is healthy (rise 2), not after 30 s.
+        s.probe(2, 100, true);
+        assert!(s.serving().is_empty(), "rise is 2");
+        s.probe(2, 110, true);
+        assert_eq!(s.serving(), ["b2"]);
+        assert_eq!(s.events.len(), 1);
+        let e = &s.events[0];
+        assert_eq!(e.kind, "policy-override");
+        assert_eq!(e.backend.as_deref(), Some("b2"));
+        assert_eq!(
+            (e.from.as_deref(), e.to.as_deref()),
+            (Some("down"), Some("up"))
+        );
+        assert_eq!(e.map_word, Some("up"));
+        assert!(e.reason.contains("hold-down"), "{}", e.reason);
+        // The primary returns while b2 serves: hold-down applies again.
+        s.probe(1, 200, true);
+        s.probe(1, 210, true);
+        for ms in (300..30_000).step_by(500) {
+            s.probe(1, ms, true);
+            s.probe(2, ms + 1, true);
+            assert_eq!(s.serving(), ["b2"], "b1 held at {ms} ms while b2 serves");
+        }
+        s.probe(1, 30_210, true);
+        assert_eq!(s.serving(), ["b1", "b2"], "b1 back after its hold-down");
+        assert_eq!(
+            s.b[1].machine.state(),
+            State::Up,
+            "the overridden b2 stays up (a standby again, not flapped down)"
+        );
+        assert_eq!(s.events.len(), 1, "no other override");
+    }
+
+    #[test]
+    fn manual_failback_never_keeps_the_service_dark() {
+        let mut s = Svc::new(Failback::Manual, no_damping(), &[0, 0, 1]);
+        // Tier 0 dies; b3 serves.
+        s.probe(1, 0, false);
+        s.probe(2, 0, false);
+        assert_eq!(s.serving(), ["b3"]);
+        // Both recover: manual failback holds them while b3 serves.
+        s.probe(2, 100, true);
+        s.probe(2, 110, true);
+        s.probe(1, 200, true);
+        s.probe(1, 210, true);
+        for ms in (300..5_000).step_by(100) {
+            s.probe(1, ms, true);
+            s.probe(2, ms, true);
+        }
+        assert_eq!(s.serving(), ["b3"], "held for an operator");
+        assert!(s.events.is_empty());
+        // b3 dies: every healthy backend is held and none serves. One
+        // serves at once: tier 0 first, then the one healthy for longest
+        // (b2, healthy since 110 ms).
+        s.probe(3, 6_000, false);
+        assert_eq!(s.serving(), ["b2"]);
+        assert_eq!(s.events.len(), 1);
+        let e = &s.events[0];
+        assert_eq!(e.kind, "policy-override");
+        assert_eq!(e.backend.as_deref(), Some("b2"));
+        assert!(e.reason.contains("manual failback"), "{}", e.reason);
+        // b1 is still held (b2 serves now), b3 recovers and is held too.
+        s.probe(1, 6_100, true);
+        s.probe(3, 6_100, true);
+        s.probe(3, 6_110, true);
+        assert_eq!(s.serving(), ["b2"]);
+        assert_eq!(s.events.len(), 1);
+        // An operator still releases as before.
+        let p = s.b[0].policy;
+        let tr = s.b[0]
+            .machine
+            .release(s.t0 + Duration::from_secs(7), &p)
+            .expect("released")
+            .expect("a change");
+        assert_eq!(tr.to, State::Up);
+    }
+
+    #[test]
+    fn damping_never_keeps_the_service_dark() {
+        let damping = Damping {
+            max_changes: 2,
+            window: Duration::from_secs(60),
+        };
+        let mut s = Svc::new(Failback::Auto, damping, &[0, 0]);
+        // b1 flaps: down, up, down; now damped.
+        s.probe(1, 0, false);
+        s.probe(1, 10, true);
+        s.probe(1, 20, true);
+        s.probe(1, 30, false);
+        s.probe(1, 40, true);
+        s.probe(1, 50, true);
+        assert_eq!(s.serving(), ["b2"], "b1 damped while b2 serves");
+        // b2 dies: b1 is healthy and comes up despite damping.
+        s.probe(2, 100, false);
+        assert_eq!(s.serving(), ["b1"]);
+        assert_eq!(s.events.len(), 1);
+        assert!(
+            s.events[0].reason.contains("flap damping"),
+            "{}",
+            s.events[0].reason
+        );
+        // Going down is still never delayed.
+        s.probe(1, 110, false);
+        assert!(s.serving().is_empty());
+    }
+
+    #[test]
+    fn operator_states_and_unhealthy_backends_are_never_overridden() {
+        let hold = Failback::HoldDown(Duration::from_secs(30));
+        let mut s = Svc::new(hold, no_damping(), &[0, 1]);
+        let t = s.t0;
+        s.b[1].machine.set_admin(t, Some(State::Disabled));
+        s.b[1].word = STATE_DISABLED;
+        s.probe(1, 0, false);
+        s.probe(2, 10, true);
+        s.probe(2, 20, true);
+        s.probe(1, 30, true); // one pass of rise 2
+        assert!(s.serving().is_empty());
+        assert!(
+            s.events.is_empty(),
+            "disabled b2 stays disabled; b1 not healthy yet"
+        );
+        s.probe(1, 40, true);
+        assert_eq!(s.serving(), ["b1"]);
+    }
 
     #[test]
     fn histogram_quantiles() {

@@ -19,7 +19,9 @@ use tracing::{info, warn};
 pub struct Event {
     /// RFC 3339 UTC time with microseconds.
     pub ts: String,
-    /// `state`, `failover`, `held-down`, `keep-last`, `no-healthy-backend`.
+    /// `state`, `failover`, `held-down`, `keep-last`, `no-healthy-backend`,
+    /// `policy-override`, `passive-down`, `passive-confirmed`,
+    /// `passive-restored`.
     pub kind: &'static str,
     pub service: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,6 +16,12 @@
 //! delayed. So one backend makes at most `max_changes + 1` changes per
 //! window. `Draining` and `Disabled` are operator states: probes are still
 //! recorded, but no transition happens until the operator lifts them.
+//!
+//! Policies never keep a service dark: hold-down, manual failback and
+//! damping delay a healthy backend's return only while another backend of
+//! its service serves. The machine knows only its own backend; the agent,
+//! which sees the whole service, brings a held backend up with
+//! [`Machine::override_up`] when none serves (see `agent::never_dark`).
 
 use std::{collections::VecDeque, time::Instant};
 
@@ -232,6 +238,16 @@ impl Machine {
         if self.ok_streak < p.rise {
             return (None, None);
         }
+        if let Some(why) = self.holding(now, p) {
+            return (None, self.notice(why));
+        }
+        let reason = format!("{detail} ({} consecutive successes)", self.ok_streak);
+        (self.go(now, State::Up, reason), None)
+    }
+
+    /// The policy that keeps a healthy down backend down now, if any:
+    /// failback (manual, hold-down), then flap damping.
+    fn holding(&mut self, now: Instant, p: &Policy) -> Option<String> {
         let since = self.healthy_since.unwrap_or(now);
         let hold = match p.failback {
             Failback::Auto => None,
@@ -241,20 +257,51 @@ impl Machine {
                 (stable < d).then(|| format!("hold-down: healthy for {stable:?} of {d:?}"))
             }
         };
-        if let Some(why) = hold {
-            return (None, self.notice(why));
+        if hold.is_some() {
+            return hold;
         }
-        if self.damped(now, &p.damping) {
-            let why = format!(
+        self.damped(now, &p.damping).then(|| {
+            format!(
                 "flap damping: {} changes within {:?} (max {})",
                 self.changes.len(),
                 p.damping.window,
                 p.damping.max_changes
-            );
-            return (None, self.notice(why));
+            )
+        })
+    }
+
+    /// Down although its probes pass (`rise` in a row): a policy holds it.
+    pub fn held(&self, p: &Policy) -> bool {
+        self.state == State::Down && self.ok_streak >= p.rise
+    }
+
+    /// When its current healthy streak reached `rise`.
+    pub fn healthy_since(&self) -> Option<Instant> {
+        self.healthy_since
+    }
+
+    /// Brings a held backend up whatever its failback and damping say,
+    /// because no backend of its service serves (a policy must never keep
+    /// a service dark). Returns the change and the policy it overrode
+    /// (`None` when nothing held it any more). Only for a backend that is
+    /// down with `rise` passing probes; an operator state is never
+    /// overridden. From then on it is an ordinary up backend.
+    pub fn override_up(
+        &mut self,
+        now: Instant,
+        p: &Policy,
+        why: &str,
+    ) -> Option<(Transition, Option<String>)> {
+        if !self.held(p) {
+            return None;
         }
-        let reason = format!("{detail} ({} consecutive successes)", self.ok_streak);
-        (self.go(now, State::Up, reason), None)
+        let overridden = self.holding(now, p);
+        let reason = match &overridden {
+            Some(h) => format!("{why}: brought up despite {h}"),
+            None => format!("{why}: brought up"),
+        };
+        let tr = self.go(now, State::Up, reason)?;
+        Some((tr, overridden))
     }
 
     fn notice(&mut self, why: String) -> Option<Notice> {
@@ -517,6 +564,47 @@ mod tests {
             State::Down,
             "down even over budget"
         );
+    }
+
+    #[test]
+    fn override_up_only_for_a_healthy_held_backend() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            fall: 1,
+            ..policy(Failback::HoldDown(Duration::from_secs(30)))
+        };
+        let mut m = Machine::new(State::Up);
+        m.observe(c.at(0), false, "x", &p);
+        assert!(!m.held(&p));
+        assert!(m.override_up(c.at(1), &p, "dark").is_none(), "not healthy");
+        m.observe(c.at(10), true, "ok", &p);
+        m.observe(c.at(20), true, "ok", &p);
+        assert!(m.held(&p));
+        assert_eq!(m.healthy_since(), Some(c.at(20)));
+        let (t, by) = m.override_up(c.at(30), &p, "dark").expect("overridden");
+        assert_eq!((t.from, t.to), (State::Down, State::Up));
+        assert!(
+            by.as_deref().is_some_and(|b| b.contains("hold-down")),
+            "{by:?}"
+        );
+        assert!(
+            t.reason.starts_with("dark: brought up despite hold-down"),
+            "{}",
+            t.reason
+        );
+        // From then on an ordinary up backend.
+        assert!(m.observe(c.at(40), true, "ok", &p).0.is_none());
+        assert_eq!(
+            m.observe(c.at(50), false, "x", &p).0.unwrap().to,
+            State::Down
+        );
+        // An operator state is never overridden.
+        let mut d = Machine::new(State::Up);
+        d.set_admin(c.at(0), Some(State::Disabled));
+        d.observe(c.at(10), true, "ok", &p);
+        d.observe(c.at(20), true, "ok", &p);
+        assert!(d.override_up(c.at(30), &p, "dark").is_none());
+        assert_eq!(d.state(), State::Disabled);
     }
 
     #[test]

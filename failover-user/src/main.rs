@@ -665,7 +665,20 @@ fn set_state(path: PathBuf, service: &str, backend: &str, state: StateArg) -> an
     let id = layout
         .backend_id(service, backend)
         .with_context(|| format!("no backend {backend:?} in service {service:?}"))?;
-    dataplane::set_pinned_state(&cfg.daemon.bpffs, id, state.word())?;
+    // "down" is the word the agent would write: the service's flows_on_down
+    // policy decides what its established flows get.
+    let word = match state {
+        StateArg::Down => {
+            let svc = cfg
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .with_context(|| format!("no service {service:?} in the config"))?;
+            agent::word_for(State::Down, svc.flows_on_down)
+        }
+        other => other.word(),
+    };
+    dataplane::set_pinned_state(&cfg.daemon.bpffs, id, word)?;
     println!("{service}/{backend} (slot {id}): state set");
     Ok(())
 }

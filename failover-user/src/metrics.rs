@@ -106,6 +106,8 @@ pub struct AgentMetrics {
     pub backends: BTreeMap<(String, String), BackendMetrics>,
     /// service -> failovers (serving tier changes, including to none).
     pub failovers: BTreeMap<String, u64>,
+    /// service -> held backends brought up because none served.
+    pub policy_overrides: BTreeMap<String, u64>,
     pub decision_to_map: PromHistogram,
     pub map_version: u64,
     pub hooks_ok: u64,
@@ -117,6 +119,7 @@ impl Default for AgentMetrics {
         Self {
             backends: BTreeMap::new(),
             failovers: BTreeMap::new(),
+            policy_overrides: BTreeMap::new(),
             decision_to_map: PromHistogram::new(SWITCH_BUCKETS),
             map_version: 0,
             hooks_ok: 0,
@@ -233,6 +236,19 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
     );
     for (s, n) in &agent.failovers {
         let _ = writeln!(o, "failover_failovers_total{{service=\"{}\"}} {n}", esc(s));
+    }
+    head(
+        &mut o,
+        "failover_policy_overrides_total",
+        "counter",
+        "Held backends (hold-down, manual failback, damping) brought up because no backend of the service served.",
+    );
+    for (s, n) in &agent.policy_overrides {
+        let _ = writeln!(
+            o,
+            "failover_policy_overrides_total{{service=\"{}\"}} {n}",
+            esc(s)
+        );
     }
     head(
         &mut o,
@@ -425,6 +441,7 @@ mod tests {
         b.probes_ok = 3;
         b.health = "down";
         m.failovers.insert("we\"b".into(), 2);
+        m.policy_overrides.insert("web".into(), 1);
         let s = render(&m, None);
         assert!(
             s.contains(
@@ -443,5 +460,9 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("# TYPE failover_decision_to_map_seconds histogram"));
+        assert!(
+            s.contains("failover_policy_overrides_total{service=\"web\"} 1"),
+            "{s}"
+        );
     }
 }

@@ -561,3 +561,157 @@ fn h_restart_keeps_known_states() {
         );
     }
 }
+
+/// Policies never keep a service dark: with a 30 s hold-down, both
+/// backends die, then the standby comes back while the primary stays dead.
+/// The standby serves within a few probe intervals (not after 30 s), with a
+/// `policy-override` event; when the primary returns while b2 serves, its
+/// hold-down applies again and b2 stays up.
+#[test]
+fn i_hold_down_never_keeps_the_service_dark() {
+    let mut lab = start(
+        TCP_10MS,
+        "failback = \"hold-down\"\nhold_down = \"30s\"",
+        "",
+    );
+    for k in 0..2 {
+        if let Some(s) = lab.servers[k].take() {
+            s.stop();
+        }
+    }
+    lab.wait_event("web dark", |e| {
+        is(e, "no-healthy-backend", "web", None, None)
+    });
+    let c = &lab.topo.client;
+    let ask =
+        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    assert_eq!(ask(), None, "nothing answers while both are dead");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let back = Instant::now();
+    lab.servers[1] = Some(
+        Server::start(&lab.topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2 again"),
+    );
+    // rise 2 at 10 ms: it should serve within tens of milliseconds.
+    while ask().as_deref() != Some("b2") {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "web stayed dark although b2 is healthy (hold-down 30 s)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = back.elapsed();
+    let o = lab.wait_event("policy-override", |e| {
+        is(e, "policy-override", "web", Some("b2"), Some("up"))
+    });
+    println!(
+        "(i) b2 answered {:.0} ms after its server restarted (hold-down 30 s): {o}",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        o["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("hold-down")),
+        "{o}"
+    );
+    // The primary returns while b2 serves: its hold-down applies again.
+    lab.servers[0] = Some(
+        Server::start(&lab.topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 again"),
+    );
+    lab.wait_event("b1 held down", |e| {
+        is(e, "held-down", "web", Some("b1"), None)
+    });
+    for _ in 0..25 {
+        assert_eq!(ask().as_deref(), Some("b2"), "b1 took traffic back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let overrides: Vec<serde_json::Value> = lab
+        .events()
+        .into_iter()
+        .filter(|e| is(e, "policy-override", "web", None, None))
+        .collect();
+    assert_eq!(overrides.len(), 1, "{overrides:#?}");
+    assert!(
+        !lab.events()
+            .iter()
+            .any(|e| is(e, "state", "web", Some("b2"), Some("down"))
+                && e["ts"].as_str() > o["ts"].as_str()),
+        "the overridden b2 stayed up"
+    );
+}
+
+/// `failover set-state S B down` writes the word the agent would write for
+/// down under the service's `flows_on_down` (here reset).
+#[test]
+fn j_set_state_down_honours_flows_on_down() {
+    let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failover"))
+        .args(["set-state", "web", "b1", "down", "--config"])
+        .arg(&lab.config)
+        .output()
+        .expect("running failover set-state");
+    assert!(
+        out.status.success(),
+        "set-state failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
+    assert_eq!(
+        dataplane::pinned_state(&lab.s.bpffs, b1).expect("state"),
+        failover_common::STATE_DOWN_RESET,
+        "flows_on_down = reset: the reset word"
+    );
+}
+
+/// The same with `failback = "manual"`: both backends die and come back;
+/// one serves at once, without `failover release`.
+#[test]
+fn k_manual_failback_never_keeps_the_service_dark() {
+    let mut lab = start(TCP_10MS, "failback = \"manual\"", "");
+    for k in 0..2 {
+        if let Some(s) = lab.servers[k].take() {
+            s.stop();
+        }
+    }
+    lab.wait_event("web dark", |e| {
+        is(e, "no-healthy-backend", "web", None, None)
+    });
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let back = Instant::now();
+    for (k, name) in ["b1", "b2"].into_iter().enumerate() {
+        lab.servers[k] = Some(
+            Server::start(&lab.topo.backends[k], name, &ports, BACKEND_UDP_PORT)
+                .expect("server again"),
+        );
+    }
+    let c = &lab.topo.client;
+    let ask =
+        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    while ask().is_none() {
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "web stayed dark with both backends healthy (manual failback)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let o = lab.wait_event("policy-override", |e| {
+        is(e, "policy-override", "web", None, Some("up"))
+    });
+    println!(
+        "(k) web answered {:.0} ms after both servers restarted: {o}",
+        back.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(
+        o["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("manual failback")),
+        "{o}"
+    );
+    // Exactly one came up; the other waits for an operator.
+    std::thread::sleep(Duration::from_millis(300));
+    let ups = lab
+        .events()
+        .into_iter()
+        .filter(|e| is(e, "state", "web", None, Some("up")))
+        .count();
+    assert_eq!(ups, 1, "{:#?}", lab.events());
+}
