@@ -1838,6 +1838,32 @@ address = "198.18.1.2"
     }
 
     #[test]
+    fn flow_timeouts() {
+        let c = parse(MIN, "t").unwrap();
+        assert_eq!(c.services[0].timeouts, FlowTimeouts::DEFAULT);
+        assert_eq!(c.limits.embryonic_entries, defaults::EMBRYONIC_ENTRIES);
+        let text = MIN.replace(
+            "port = 80\n",
+            "port = 80\ntimeouts = { syn = \"2s\", established = \"1h\" }\n",
+        );
+        let t = parse(&text, "t").unwrap().services[0].timeouts;
+        assert_eq!(
+            (t.syn_ms, t.established_ms, t.closing_ms, t.udp_ms),
+            (2_000, 3_600_000, 10_000, 30_000)
+        );
+        let bad = MIN.replace(
+            "port = 80\n",
+            "port = 80\ntimeouts = { closing = \"500ms\", udp = \"30d\" }\n",
+        );
+        let e = format!("{:#}", parse(&bad, "t").unwrap_err());
+        assert!(
+            e.contains("service[0].timeouts.closing: 500ms is out of range"),
+            "{e}"
+        );
+        assert!(e.contains("service[0].timeouts.udp"), "{e}");
+    }
+
+    #[test]
     fn check_and_policy_defaults() {
         let c = parse(MIN, "t").unwrap();
         let s = &c.services[0];

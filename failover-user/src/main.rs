@@ -755,8 +755,9 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // backend it knew was down, nor flap one it knew was up.
     let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
     let layout = apply(&mut dp, &cfg, &saved)?;
-    // Flows expire on this clock (before the first packet arrives).
-    dataplane::spawn_clock(&cfg.daemon.bpffs)?;
+    // Flows expire on this clock: set before the first packet arrives,
+    // advanced by a thread started once capabilities are dropped.
+    dp.set_clock(dataplane::clock_ms())?;
     for iface in &cfg.daemon.interfaces {
         dp.attach(iface, cfg.daemon.xdp_mode)?;
     }
@@ -847,6 +848,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     if cfg.daemon.drop_capabilities {
         drop_capabilities()?;
     }
+    dataplane::spawn_clock(&cfg.daemon.bpffs)?;
     info!(
         services = layout.services.len(),
         bpffs = %cfg.daemon.bpffs.display(),

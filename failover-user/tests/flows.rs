@@ -1,0 +1,227 @@
+//! Flow lifecycle through real namespaces: new connections on reused
+//! client ports follow drain and failback, and a direct connection to a
+//! backend endpoint on the tuple of an earlier VIP flow keeps its replies
+//! untranslated. Real daemon, real servers, real TCP. Needs root; fails
+//! (never skips) without it.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::FromRawFd,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use failover_user::lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, Workdir, vip,
+};
+
+const T: Duration = Duration::from_millis(1000);
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+}
+
+fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
+    let out = Command::new(exe())
+        .args(["set-state", service, backend, state, "--config"])
+        .arg(config)
+        .output()
+        .expect("running failover set-state");
+    assert!(
+        out.status.success(),
+        "set-state failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One request on a new IPv4 connection from local port `port` (bound with
+/// SO_REUSEADDR; closed with a RST, SO_LINGER 0, so the port is free again
+/// at once): the backend that answered. Called inside the client's
+/// namespace.
+fn request_from_port(port: u16, to: SocketAddrV4, msg: &str) -> anyhow::Result<String> {
+    // SAFETY: plain socket syscalls on a descriptor we own; the structs
+    // passed are initialised and sized as the kernel expects.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is ours; from here the TcpStream owns and closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    let sa = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sa(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    let remote = sa(to);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: as above.
+    let rc = unsafe {
+        let opt = |name, v: *const libc::c_void, l: usize| {
+            libc::setsockopt(fd, libc::SOL_SOCKET, name, v, l as libc::socklen_t)
+        };
+        if opt(libc::SO_REUSEADDR, (&one as *const i32).cast(), 4) != 0
+            || opt(
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>(),
+            ) != 0
+            || opt(
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>(),
+            ) != 0
+            || libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0
+        {
+            -1
+        } else {
+            libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len)
+        }
+    };
+    if rc != 0 {
+        bail!("port {port} -> {to}: {}", std::io::Error::last_os_error());
+    }
+    stream.set_read_timeout(Some(T))?;
+    (&stream).write_all(format!("{msg}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    match line.trim_end().split_once(' ') {
+        Some((name, echoed)) if echoed == msg => Ok(name.to_string()),
+        _ => bail!("unexpected answer {line:?}"),
+    }
+}
+
+struct Lab {
+    topo: Topology,
+    config: PathBuf,
+    _daemon: DaemonProcess,
+    _servers: Vec<Server>,
+    _s: Workdir,
+}
+
+fn start_lab() -> Lab {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+    let s = Workdir::new("ffl").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("creating the lab topology");
+    let config = s.dir.join("lab.toml");
+    std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("writing config");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let servers = vec![
+        Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 servers"),
+        Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2 servers"),
+    ];
+    let mut daemon =
+        DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("starting the daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("daemon attached");
+    Lab {
+        topo,
+        config,
+        _daemon: daemon,
+        _servers: servers,
+        _s: s,
+    }
+}
+
+/// Who answered `n` connections cycling over the client ports `ports`.
+fn tally(lab: &Lab, ports: std::ops::Range<u16>, n: usize, tag: &str) -> (usize, usize) {
+    let SocketAddr::V4(to) = vip(false, 80) else {
+        unreachable!("an IPv4 VIP")
+    };
+    let ports: Vec<u16> = ports.collect();
+    lab.topo
+        .client
+        .run(|| {
+            let (mut b1, mut b2) = (0, 0);
+            for i in 0..n {
+                let port = ports[i % ports.len()];
+                match request_from_port(port, to, &format!("{tag}-{i}"))?.as_str() {
+                    "b1" => b1 += 1,
+                    "b2" => b2 += 1,
+                    other => bail!("answered by {other}"),
+                }
+            }
+            Ok((b1, b2))
+        })
+        .expect("every connection answered")
+}
+
+/// 2000 new connections over 10 client ports while the primary drains
+/// reach it 0 times; after it is up again every new connection goes back
+/// to it (failback), reused tuples included.
+#[test]
+fn drain_and_failback_hold_for_reused_ports() {
+    let lab = start_lab();
+    let ports = 47100..47110;
+    assert_eq!(
+        tally(&lab, ports.clone(), 50, "warm"),
+        (50, 0),
+        "primary first"
+    );
+    set_state(&lab.config, "web", "b1", "draining");
+    assert_eq!(
+        tally(&lab, ports.clone(), 2000, "drain"),
+        (0, 2000),
+        "no new connection reaches the draining primary"
+    );
+    set_state(&lab.config, "web", "b1", "up");
+    assert_eq!(
+        tally(&lab, ports, 500, "back"),
+        (500, 0),
+        "every new connection fails back"
+    );
+}
+
+/// A direct connection through the load balancer to a backend endpoint,
+/// from the client port an earlier VIP flow used, is answered from the
+/// backend's own address (its replies are not rewritten to the VIP).
+#[test]
+fn direct_connection_after_a_vip_flow_on_the_same_port() {
+    let lab = start_lab();
+    lab.topo
+        .client
+        .ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.1"])
+        .expect("route to the backends");
+    let SocketAddr::V4(to_vip) = vip(false, 80) else {
+        unreachable!("an IPv4 VIP")
+    };
+    let direct = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), BACKEND_TCP_PORT);
+    lab.topo
+        .client
+        .run(|| {
+            for (i, port) in (47200..47210).enumerate() {
+                assert_eq!(request_from_port(port, to_vip, &format!("vip-{i}"))?, "b1");
+                assert_eq!(
+                    request_from_port(port, direct, &format!("direct-{i}"))?,
+                    "b1",
+                    "direct connection from port {port}"
+                );
+                // And the VIP again on the same port.
+                assert_eq!(
+                    request_from_port(port, to_vip, &format!("again-{i}"))?,
+                    "b1"
+                );
+            }
+            Ok(())
+        })
+        .expect("direct and VIP connections on the same ports");
+}
