@@ -135,6 +135,9 @@ struct Unconfirmed {
     deadline: Instant,
     /// Consecutive passing probes since the mark.
     oks: u32,
+    /// What served before the mark: the failover is
+    /// reported (and its hooks run) only once probes confirm the mark.
+    before: (Option<usize>, Vec<String>),
 }
 
 struct SvcRt {
@@ -1058,6 +1061,18 @@ impl Decider {
     /// A state change of backend `i`: the map write first (one syscall),
     /// then events, keep-last, tables and the failover report.
     fn apply_transition(&mut self, i: usize, tr: Transition, signal: Option<&'static str>) {
+        self.apply_transition_from(i, tr, signal, None);
+    }
+
+    /// As [`Self::apply_transition`]; `before`: what served before, for the
+    /// failover report, when not what served just before this write.
+    fn apply_transition_from(
+        &mut self,
+        i: usize,
+        tr: Transition,
+        signal: Option<&'static str>,
+        before: Option<(Option<usize>, Vec<String>)>,
+    ) {
         let svc = self.backends[i].svc;
         let decided = Instant::now();
         let old_word = self.backends[i].word;
@@ -1077,7 +1092,7 @@ impl Decider {
         }
         let _ = self.backends[i].state_tx.send(tr.to);
         // What served before the write, for the failover report.
-        let before = self.serving_with(svc, i, old_word);
+        let before = before.unwrap_or_else(|| self.serving_with(svc, i, old_word));
         let mut e = Event::new(
             "state",
             &self.svcs[svc].cfg.name,
@@ -1205,13 +1220,14 @@ impl Decider {
             self.settle(i, true);
             return;
         };
+        // The word is written: record the change as the datapath made it.
+        let before = self.serving_with(svc, i, old_word);
         self.backends[i].unconfirmed = Some(Unconfirmed {
             signal,
             deadline: now + p.confirm_within,
             oks: 0,
+            before: before.clone(),
         });
-        // The word is written: record the change as the datapath made it.
-        let before = self.serving_with(svc, i, old_word);
         let _ = self.backends[i].state_tx.send(tr.to);
         let mut e = Event::new("state", &name, tr.reason.clone(), self.stats.map_version);
         e.backend = Some(self.backends[i].name.clone());
@@ -1221,7 +1237,8 @@ impl Decider {
         e.signal = Some(signal);
         self.emit(svc, e, HookEvent::State);
         self.rebuild(svc, self.backends[i].tier);
-        self.report_failover(svc, before, &tr.reason);
+        // No failover report yet: an unconfirmed mark may be a false alarm
+        // (see `confirm`).
         // Probe it now rather than at its next interval.
         self.backends[i].probe_now.notify_one();
     }
@@ -1245,7 +1262,10 @@ impl Decider {
         };
         let signal = u.signal;
         if !m.result.ok {
-            self.backends[i].unconfirmed = None;
+            let Some(u) = self.backends[i].unconfirmed.take() else {
+                return;
+            };
+            self.backends[i].machine.passive_confirmed();
             self.settle(i, true);
             self.backend_metrics(i, |b| b.passive_confirmed += 1);
             let mut e = Event::new(
@@ -1257,6 +1277,12 @@ impl Decider {
             e.backend = Some(self.backends[i].name.clone());
             e.signal = Some(signal);
             self.emit(svc, e, HookEvent::State);
+            // Now a real failure: the failover it caused is reported.
+            let cause = format!(
+                "passive {signal} mark confirmed by a probe: {}",
+                m.result.detail
+            );
+            self.report_failover(svc, u.before, &cause);
             // From here on an ordinary down backend: its failback policy.
             let policy = self.backends[i].policy;
             let _ = self.backends[i]
@@ -1299,7 +1325,9 @@ impl Decider {
             .machine
             .passive_restore(Instant::now(), rise, why)
         {
-            self.apply_transition(i, tr, Some(u.signal));
+            // Compared with what served before the mark: a false alarm
+            // undone is no failover (no event, no hooks).
+            self.apply_transition_from(i, tr, Some(u.signal), Some(u.before));
         }
     }
 

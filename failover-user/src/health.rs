@@ -97,6 +97,9 @@ pub struct Machine {
     noticed: bool,
     /// Recorded while in an operator state: where to return.
     health: State,
+    /// When an unsettled passive mark took it down: a false alarm's change
+    /// is taken back from `changes`.
+    passive_mark_at: Option<Instant>,
 }
 
 impl Machine {
@@ -114,6 +117,7 @@ impl Machine {
             } else {
                 State::Down
             },
+            passive_mark_at: None,
         }
     }
 
@@ -324,7 +328,13 @@ impl Machine {
             self.first_failure_at = Some(now);
         }
         self.health = State::Down;
+        self.passive_mark_at = Some(now);
         self.go(now, State::Down, reason)
+    }
+
+    /// Probes confirmed the passive mark: from now on an ordinary change.
+    pub fn passive_confirmed(&mut self) {
+        self.passive_mark_at = None;
     }
 
     /// Probes did not confirm a passive mark-down: a false alarm, undone
@@ -335,6 +345,7 @@ impl Machine {
         rise: u32,
         reason: String,
     ) -> Option<Transition> {
+        let mark = self.passive_mark_at.take();
         if self.state != State::Down {
             return None;
         }
@@ -343,7 +354,16 @@ impl Machine {
         self.first_failure_at = None;
         self.healthy_since = Some(now);
         self.health = State::Up;
-        self.go(now, State::Up, reason)
+        let tr = self.go(now, State::Up, reason);
+        // A false alarm counts for nothing towards flap damping: neither
+        // the mark nor its undoing.
+        if let Some(at) = mark {
+            self.changes.pop_back();
+            if let Some(k) = self.changes.iter().rposition(|&t| t == at) {
+                self.changes.remove(k);
+            }
+        }
+        tr
     }
 
     /// An operator releases a backend held down by manual failback (or by
@@ -501,6 +521,48 @@ mod tests {
         let t = m.release(c.at(2000), &p).unwrap().unwrap();
         assert_eq!((t.from, t.to), (State::Down, State::Up));
         assert!(m.release(c.at(2001), &p).is_err(), "already up");
+    }
+
+    #[test]
+    fn false_alarms_do_not_count_towards_damping() {
+        let c = Clock(Instant::now());
+        let p = Policy {
+            rise: 1,
+            fall: 1,
+            damping: Damping {
+                max_changes: 2,
+                window: Duration::from_secs(60),
+            },
+            ..policy(Failback::Auto)
+        };
+        let mut m = Machine::new(State::Up);
+        // Five forged marks, each undone as a false alarm.
+        for k in 0..5u64 {
+            assert!(m.passive_down(c.at(k * 100), "forged".into()).is_some());
+            assert!(
+                m.passive_restore(c.at(k * 100 + 50), 1, "restored".into())
+                    .is_some()
+            );
+        }
+        // A real failure and recovery still go through: 2 changes allowed.
+        let (t, _) = m.observe(c.at(1000), false, "dead", &p);
+        assert_eq!(t.map(|t| t.to), Some(State::Down));
+        let (t, _) = m.observe(c.at(1100), true, "back", &p);
+        assert_eq!(
+            t.map(|t| t.to),
+            Some(State::Up),
+            "not damped by false alarms"
+        );
+        // A confirmed mark is an ordinary change: it counts.
+        let mut m = Machine::new(State::Up);
+        assert!(m.passive_down(c.at(0), "real".into()).is_some());
+        m.passive_confirmed();
+        let (t, _) = m.observe(c.at(100), true, "back", &p);
+        assert_eq!(t.map(|t| t.to), Some(State::Up));
+        let (t, _) = m.observe(c.at(200), false, "dead again", &p);
+        assert_eq!(t.map(|t| t.to), Some(State::Down));
+        let (t, _) = m.observe(c.at(300), true, "back again", &p);
+        assert!(t.is_none(), "damped: three real changes within the window");
     }
 
     #[test]

@@ -285,4 +285,12 @@ fn a_mark_the_probes_do_not_confirm_is_restored() {
         Server::start(b1, "b1", &[BACKEND_TCP_PORT], BACKEND_UDP_PORT).expect("service port back"),
     );
     assert_eq!(lab.ask(), "b1");
+    // A false alarm is no failover: no failover event (nor its hooks),
+    // neither for the mark nor for its undoing.
+    let failovers: Vec<_> = lab
+        .events()
+        .into_iter()
+        .filter(|e| e["service"] == "web" && e["kind"] == "failover")
+        .collect();
+    assert!(failovers.is_empty(), "{failovers:#?}");
 }
