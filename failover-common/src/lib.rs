@@ -107,10 +107,12 @@ pub enum Reason {
     /// A reply of a VIP flow that has no conntrack entry (evicted, expired
     /// while idle, a restarted daemon): translated back from `REVERSE`.
     FwdReplyUntracked = 20,
+    /// An ICMP/ICMPv6 error about a VIP flow, translated and forwarded.
+    FwdIcmp = 21,
 }
 
 /// Number of entries in `REASON_STATS`.
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     /// All reasons in index order.
@@ -136,6 +138,7 @@ impl Reason {
         Reason::TxReset,
         Reason::PassDirect,
         Reason::FwdReplyUntracked,
+        Reason::FwdIcmp,
     ];
 
     /// Stable snake_case name used in CLI output and metrics.
@@ -162,6 +165,7 @@ impl Reason {
             Reason::TxReset => "tx_reset",
             Reason::PassDirect => "pass_direct",
             Reason::FwdReplyUntracked => "fwd_reply_untracked",
+            Reason::FwdIcmp => "fwd_icmp",
         }
     }
 }
@@ -486,8 +490,9 @@ pub mod map_names {
     pub const DIRECT: &str = "DIRECT";
     pub const FLOW_TIMEOUTS: &str = "FLOW_TIMEOUTS";
     pub const CLOCK: &str = "CLOCK";
+    pub const PROGS: &str = "PROGS";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         SERVICES,
         VIP_ADDRS,
         TIER_ACTIVE,
@@ -510,6 +515,7 @@ pub mod map_names {
         DIRECT,
         FLOW_TIMEOUTS,
         CLOCK,
+        PROGS,
     ];
 }
 

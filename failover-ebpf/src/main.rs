@@ -22,6 +22,7 @@
 mod atomic;
 mod conntrack;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;
@@ -75,6 +76,40 @@ pub fn failover(ctx: XdpContext) -> u32 {
     action
 }
 
+/// ICMP and ICMPv6, tail-called by [`failover`] with the packet parsed in
+/// this CPU's scratch: a failure signal about a backend's flow (passive
+/// detection), an error about a VIP flow translated and sent on along the
+/// flow (`icmp.rs`); anything else goes to the host as before.
+#[xdp]
+pub fn failover_icmp(ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(&ctx);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return PASS;
+    };
+    // SAFETY: this CPU's slot, as in `failover`; the caller's run ended.
+    let scratch = unsafe { &mut *scratch };
+    scratch.op.kind = passive::OP_NONE;
+    // An unreachable error about a backend's flow is a failure signal.
+    passive::icmp(&ctx, &pkt, scratch);
+    let v = icmp::handle(&ctx, &pkt, scratch);
+    let (action, reason) = if v as u32 != icmp::NOT_HANDLED {
+        let r = Reason::ALL
+            .get(v as u32 as usize)
+            .copied()
+            .unwrap_or(Reason::DropInternal);
+        ((v >> 32) as u32, r)
+    } else if dst_is_vip(&scratch.flow, &mut scratch.vip) {
+        (PASS, Reason::PassVipOtherPort)
+    } else {
+        (PASS, Reason::PassNotVip)
+    };
+    if scratch.op.kind != passive::OP_NONE {
+        passive::apply(&scratch.op);
+    }
+    stats::reason(reason);
+    action
+}
+
 /// Whether the flow's destination is a VIP address (any port).
 #[inline(always)]
 fn dst_is_vip(flow: &Flow, key: &mut VipAddrKey) -> bool {
@@ -113,10 +148,13 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         return (PASS, Reason::PassNotVip);
     }
     if !flow.l4 && passive::is_icmp(flow.key.family, flow.key.proto) {
-        // An unreachable error about a backend's flow is a failure signal.
-        passive::icmp(ctx, pkt, scratch);
+        // ICMP: the program of its own (`failover_icmp`), with the parsed
+        // flow in this CPU's scratch. It does not return here; if the call
+        // fails (no program installed), ICMP goes to the host as below.
+        // SAFETY: a tail call replaces this program; nothing is left to
+        // drop or finish here.
+        unsafe { maps::PROGS.tail_call(ctx, maps::PROG_ICMP) };
     }
-    let flow = &scratch.flow;
     if !flow.l4 {
         // Not TCP/UDP (ICMP, ...): the host handles it.
         let r = if dst_is_vip(flow, &mut scratch.vip) {

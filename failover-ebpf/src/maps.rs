@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use failover_common::{
@@ -13,7 +13,7 @@ use failover_common::{
     ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
 
-use crate::{nat::Rewrite, parse::Flow, passive::Op};
+use crate::{icmp::Quote, nat::Rewrite, parse::Flow, passive::Op};
 
 const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
 const MAX_VIP_ADDRS: usize = defaults::MAX_VIP_ADDRS as usize;
@@ -79,6 +79,14 @@ pub static DIRECT: LruHashMap<FlowKey, u32, DIRECT_ENTRIES, NO_FLAGS> = LruHashM
 #[btf_map]
 pub static FLOW_TIMEOUTS: Array<FlowTimeouts, MAX_SERVICES, NO_FLAGS> = Array::new();
 
+/// Programs the packet path tail-calls: `[PROG_ICMP]` handles ICMP and
+/// ICMPv6 (errors about VIP flows, passive signals). A program of its own,
+/// verified on its own: inlined, its paths would multiply the main
+/// program's past the verifier's limit.
+#[btf_map]
+pub static PROGS: ProgramArray<1, NO_FLAGS> = ProgramArray::new();
+pub const PROG_ICMP: u32 = 0;
+
 /// Coarse time in milliseconds (CLOCK_MONOTONIC), written by the daemon
 /// every 100 ms: flows expire on it without a clock read per packet. Zero
 /// (no daemon) means flows never expire.
@@ -118,6 +126,8 @@ pub struct Scratch {
     pub op: Op,
     /// A new conntrack entry being built.
     pub fv: FlowValue,
+    /// The packet an ICMP error quotes.
+    pub quote: Quote,
 }
 
 #[btf_map]

@@ -119,6 +119,26 @@ impl Dataplane {
             .context("the `failover` program is not an XDP program")?;
         prog.load()
             .context("the kernel refused the XDP program (verifier)")?;
+        let icmp: &mut Xdp = ebpf
+            .program_mut(objects::ICMP_PROGRAM)
+            .context("the eBPF object has no `failover_icmp` program")?
+            .try_into()
+            .context("the `failover_icmp` program is not an XDP program")?;
+        icmp.load()
+            .context("the kernel refused the ICMP XDP program (verifier)")?;
+        let icmp_fd = icmp
+            .fd()
+            .context("the ICMP program has no fd")?
+            .try_clone()
+            .context("duplicating the ICMP program's fd")?;
+        let mut progs = aya::maps::ProgramArray::try_from(
+            ebpf.map_mut(map_names::PROGS)
+                .context("the eBPF object has no PROGS map")?,
+        )
+        .context("PROGS is not a program array")?;
+        progs
+            .set(objects::PROG_ICMP, &icmp_fd, 0)
+            .context("installing the ICMP program in PROGS")?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
@@ -615,7 +635,7 @@ pub fn spawn_clock(pin_dir: &Path) -> anyhow::Result<()> {
 
 /// (key size, value size or `None` when the kernel decides it, max entries)
 /// of every map for `limits`.
-fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 22] {
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 23] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -727,6 +747,7 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 22]
             limits.max_services,
         ),
         (map_names::CLOCK, 4, Some(8), 1),
+        (map_names::PROGS, 4, Some(4), 1),
     ]
 }
 

@@ -16,6 +16,10 @@ pub static BENCHGEN: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 
 /// Name of the XDP function in [`FAILOVER`].
 pub const FAILOVER_PROGRAM: &str = "failover";
+/// Name of the ICMP program in [`FAILOVER`], tail-called by the first
+/// (slot `PROG_ICMP` of its `PROGS` map).
+pub const ICMP_PROGRAM: &str = "failover_icmp";
+pub const PROG_ICMP: u32 = 0;
 /// Name of the XDP function in [`PASS`].
 pub const PASS_PROGRAM: &str = "failover_pass";
 /// Names of the programs in [`BENCHGEN`], and of the sink's counter map.

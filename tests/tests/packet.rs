@@ -1163,3 +1163,189 @@ fn per_packet_cost_beside_the_empty_program() {
         vip_est / floor
     );
 }
+
+/// The start of packet `p`'s IP header and 28 bytes of its TCP segment, as
+/// an ICMP error quotes it.
+fn quote_of(p: &Pkt) -> Vec<u8> {
+    let b = p.bytes();
+    let ip = if p.src.is_ipv4() { 20 } else { 40 };
+    b[14..14 + ip + 28].to_vec()
+}
+
+/// A TCP segment with data from `src:sport` to `dst:dport`, TTL 63.
+fn segment(src: &str, sport: u16, dst: &str, dport: u16) -> Pkt {
+    let mut p = Pkt::new(
+        ip(src),
+        ip(dst),
+        L4::Tcp {
+            sport,
+            dport,
+            flags: 0x18,
+            payload: vec![0xab; 100],
+        },
+    );
+    p.ttl = 63;
+    p.seq = 0x1111_2222;
+    p.ack = 0x3333_4444;
+    p
+}
+
+/// ICMP and ICMPv6 errors about VIP flows follow the flow, both ways, for
+/// every translated type, with exact bytes: to the VIP (from the clients'
+/// side) they go to the flow's backend with the outer destination and the
+/// quoted source rewritten (NAT) or only new MACs (DSR); from the backends'
+/// side to a client the quoted destination becomes the VIP (and the outer
+/// source when the backend itself sent it). An error about an untracked
+/// flow is left to the host.
+#[test]
+fn icmp_errors_follow_their_flow() {
+    use failover_tests::pkt::icmp_error;
+    let mut lab = Lab::new();
+    let mtu = |m: u32| m.to_be_bytes();
+    // (v6, type, code, bytes 4..8, to the backend, from the backend itself)
+    let cases: [(bool, u8, u8, [u8; 4], bool, bool); 10] = [
+        (false, 3, 4, [0, 0, 0x05, 0x78], true, false), // frag needed, MTU 1400
+        (false, 3, 4, [0, 0, 0x05, 0x78], false, true),
+        (false, 3, 1, [0; 4], false, false), // host unreachable, from a router
+        (false, 11, 0, [0; 4], true, false), // time exceeded
+        (false, 11, 0, [0; 4], false, false),
+        (true, 2, 0, mtu(1280), true, false), // packet too big
+        (true, 2, 0, mtu(1280), false, true),
+        (true, 1, 3, [0; 4], false, false), // address unreachable
+        (true, 3, 0, [0; 4], true, false),  // time exceeded
+        (true, 3, 0, [0; 4], false, true),
+    ];
+    for (i, &(v6, ty, code, rest, to_backend, from_backend)) in cases.iter().enumerate() {
+        let name = format!("case {i}: v6 {v6} type {ty} code {code} to backend {to_backend}");
+        let sport = 45000 + i as u16;
+        let (client, vip, backend, router_c, router_b) = if v6 {
+            (
+                "2001:db8::2",
+                "2001:db8::10",
+                "2001:db8:1::2",
+                "2001:db8::2",
+                "2001:db8:1::3",
+            )
+        } else {
+            (
+                "198.18.0.2",
+                "198.18.0.10",
+                "198.18.1.2",
+                "198.18.0.5",
+                "198.18.1.3",
+            )
+        };
+        let syn = from_client(vip, L4::tcp(sport, 80));
+        let (a, out) = lab.run(lab.c0, &syn.bytes());
+        assert_eq!(a, XDP_REDIRECT, "{name}: SYN");
+        assert_eq!(
+            hex(&out),
+            hex(&natted(&syn, backend, 8080, P_MAC, LB_B_MAC).bytes())
+        );
+        let before = lab.reasons();
+        let (input, want, ingress) = if to_backend {
+            let input = icmp_error(
+                CLIENT_MAC,
+                LB_C_MAC,
+                ip(router_c),
+                ip(vip),
+                64,
+                ty,
+                code,
+                rest,
+                &quote_of(&segment(vip, 80, client, sport)),
+            );
+            let want = icmp_error(
+                LB_B_MAC,
+                P_MAC,
+                ip(router_c),
+                ip(backend),
+                63,
+                ty,
+                code,
+                rest,
+                &quote_of(&segment(backend, 8080, client, sport)),
+            );
+            (input, want, lab.c0)
+        } else {
+            let (src, m) = if from_backend {
+                (backend, P_MAC)
+            } else {
+                (router_b, S_MAC)
+            };
+            let input = icmp_error(
+                m,
+                LB_B_MAC,
+                ip(src),
+                ip(client),
+                64,
+                ty,
+                code,
+                rest,
+                &quote_of(&segment(client, sport, backend, 8080)),
+            );
+            let want = icmp_error(
+                LB_C_MAC,
+                CLIENT_MAC,
+                ip(if from_backend { vip } else { src }),
+                ip(client),
+                63,
+                ty,
+                code,
+                rest,
+                &quote_of(&segment(client, sport, vip, 80)),
+            );
+            (input, want, lab.b0)
+        };
+        let (a, out) = lab.run(ingress, &input);
+        assert_eq!(a, XDP_REDIRECT, "{name}: verdict");
+        assert_eq!(hex(&out), hex(&want), "{name}: bytes");
+        let after = lab.reasons();
+        assert_eq!(
+            after[Reason::FwdIcmp as usize] - before[Reason::FwdIcmp as usize],
+            1,
+            "{name}: counted"
+        );
+    }
+
+    // DSR: to the backend serving the flow, only the MACs and TTL change.
+    let syn = from_client("198.18.0.11", L4::tcp(45100, 80));
+    assert_eq!(lab.run(lab.c0, &syn.bytes()).0, XDP_REDIRECT, "DSR SYN");
+    let q = quote_of(&segment("198.18.0.11", 80, "198.18.0.2", 45100));
+    let e = |smac, dmac, ttl| {
+        icmp_error(
+            smac,
+            dmac,
+            ip("198.18.0.5"),
+            ip("198.18.0.11"),
+            ttl,
+            3,
+            4,
+            [0, 0, 0x05, 0x78],
+            &q,
+        )
+    };
+    let (a, out) = lab.run(lab.c0, &e(CLIENT_MAC, LB_C_MAC, 64));
+    assert_eq!(a, XDP_REDIRECT, "DSR error");
+    assert_eq!(hex(&out), hex(&e(LB_B_MAC, P_MAC, 63)), "DSR error bytes");
+
+    // About a flow nobody tracks: the host's.
+    let q = quote_of(&segment("198.18.0.10", 80, "198.18.0.2", 45999));
+    let input = icmp_error(
+        CLIENT_MAC,
+        LB_C_MAC,
+        ip("198.18.0.5"),
+        ip("198.18.0.10"),
+        64,
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &q,
+    );
+    let (a, out) = lab.run(lab.c0, &input);
+    assert_eq!(
+        (a, hex(&out)),
+        (XDP_PASS, hex(&input)),
+        "untracked: untouched"
+    );
+}
