@@ -20,6 +20,16 @@
 //! 4. everything else gets the documented verdict, and the per-CPU reason
 //!    counters move exactly as the model says ([`check_counters`], batch
 //!    by batch).
+//!
+//! Known limits added with the flow lifecycle (issue 11): the model reads
+//! `CONNTRACK`, `EMBRYONIC` and `DIRECT` for the packet's flow before it
+//! runs and predicts from them, so it trusts what earlier packets recorded;
+//! after the run it checks only recording rules no LRU eviction can make
+//! look wrong ([`Model::check_tables`]: no entry for a TCP non-SYN without
+//! one, a direct connection's SYN in `DIRECT` with the VIP flow gone).
+//! `CLOCK` stays 0 (nothing expires; expiry is not modelled). For
+//! addresses outside the lab's subnets the FIB may also answer NOT_FWDED
+//! (an untracked reply then passes untouched): taken from the output.
 
 use std::net::IpAddr;
 
@@ -128,10 +138,20 @@ pub struct Parsed {
     pub fragment: bool,
     /// TCP/UDP with its whole fixed header inside the IP packet.
     pub l4_ok: bool,
-    /// TCP/UDP (or an extension header before it) cut short.
+    /// TCP/UDP (or an extension header before it) cut short, or a
+    /// TCP/UDP header that disagrees with the IP header: a TCP data offset
+    /// below 5 or past the IP packet, a UDP length other than the IP
+    /// payload's, an IPv6 UDP checksum of zero; or (any protocol) IPv6
+    /// extension headers that end past the IP packet.
     pub l4_truncated: bool,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags, sequence and acknowledgement numbers (when `l4_ok`).
+    pub tcp_flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// IPv4: the header checksum is right (always true for IPv6).
+    pub ip_sum_ok: bool,
 }
 
 fn be16(f: &[u8], at: usize) -> Option<u16> {
@@ -168,6 +188,10 @@ pub fn parse(f: &[u8]) -> Parsed {
         l4_truncated: false,
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
+        seq: 0,
+        ack: 0,
+        ip_sum_ok: true,
     };
     let Some(mut et) = be16(f, 12) else {
         return p;
@@ -198,6 +222,7 @@ pub fn parse(f: &[u8]) -> Parsed {
             p.proto = f[l3 + 9];
             p.ip_end = l3 + tot;
             p.l4 = l3 + ihl;
+            p.ip_sum_ok = inet_checksum(&f[l3..l3 + ihl]) == 0;
             p.fragment = be16(f, l3 + 6).unwrap_or(0) & 0x3fff != 0;
             if p.fragment {
                 return p;
@@ -239,6 +264,12 @@ pub fn parse(f: &[u8]) -> Parsed {
         }
         _ => return p,
     }
+    // Extension headers that end past the IP packet leave no room for any
+    // L4 header (whatever the protocol).
+    if p.l4 > p.ip_end {
+        p.l4_truncated = true;
+        return p;
+    }
     let need = match p.proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
@@ -248,8 +279,26 @@ pub fn parse(f: &[u8]) -> Parsed {
         p.l4_truncated = true;
         return p;
     }
+    let l4_len = p.ip_end - p.l4;
+    let consistent = if p.proto == PROTO_TCP {
+        let doff = usize::from(f[p.l4 + 12] >> 4) * 4;
+        (20..=l4_len).contains(&doff)
+    } else {
+        usize::from(be16(f, p.l4 + 4).unwrap_or(0)) == l4_len
+            && !(p.v6 && be16(f, p.l4 + 6) == Some(0))
+    };
+    if !consistent {
+        p.l4_truncated = true;
+        return p;
+    }
     p.sport = be16(f, p.l4).unwrap_or(0);
     p.dport = be16(f, p.l4 + 2).unwrap_or(0);
+    if p.proto == PROTO_TCP {
+        let w = |at: usize| u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        p.seq = w(p.l4 + 4);
+        p.ack = w(p.l4 + 8);
+        p.tcp_flags = f[p.l4 + 13];
+    }
     p.l4_ok = true;
     p
 }
@@ -1060,11 +1109,62 @@ pub enum Class {
 pub struct Pre {
     pub parsed: Parsed,
     pub class: Class,
-    /// The conntrack key to look up before running the packet.
+    /// The flow key to look up in `CONNTRACK` and `EMBRYONIC` before
+    /// running the packet (a reply: its client's key).
     pub flow: Option<FlowKey>,
+    /// A TCP reply: the key of the direct connection (client -> backend
+    /// endpoint) to look up in `DIRECT` before running the packet.
+    pub direct: Option<FlowKey>,
+    /// A TCP pure SYN to a NAT backend endpoint, not for a service: it
+    /// records `DIRECT[.0]` and deletes the VIP flow `.1` before anything
+    /// else happens to it.
+    pub direct_syn: Option<(FlowKey, FlowKey)>,
     pub ingress: Side,
     /// The input's IP and TCP/UDP checksums are all correct.
     pub sums_ok: bool,
+}
+
+/// What the flow tables held for the packet's flow before it ran
+/// (`Pre::flow`, `Pre::direct`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Before {
+    /// Its `CONNTRACK` entry (a verified flow).
+    pub conntrack: Option<FlowValue>,
+    /// Its `EMBRYONIC` entry (an unverified flow).
+    pub embryonic: Option<FlowValue>,
+    /// `DIRECT` holds `Pre::direct`.
+    pub direct: bool,
+}
+
+/// What the flow tables hold after the packet ran, where the rules say
+/// what must have been recorded (or not): the packet's flow (`Pre::flow`),
+/// and for a direct connection's SYN (`Pre::direct_syn`) its `DIRECT` key
+/// and the VIP flow it deletes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct After {
+    pub conntrack: Option<FlowValue>,
+    pub embryonic: Option<FlowValue>,
+    /// `DIRECT` holds `Pre::direct_syn.0`.
+    pub direct_recorded: bool,
+    /// `CONNTRACK` / `EMBRYONIC` still hold `Pre::direct_syn.1`.
+    pub gone_conntrack: bool,
+    pub gone_embryonic: bool,
+}
+
+/// Whether a flow entry counts. Nobody writes `CLOCK` in the fuzzer, so
+/// "now" is 0 and an entry is live unless its idle time (from `seen_ms`,
+/// wrapping) exceeds its timeout.
+fn live(v: &FlowValue) -> bool {
+    0u32.wrapping_sub(v.seen_ms) <= v.timeout_ms
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// A SYN opening a connection (no ACK, no RST).
+fn pure_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
 }
 
 /// A broken invariant.
@@ -1108,6 +1208,8 @@ enum FibOut {
     Ok([u8; 6], Side),
     NoNeigh,
     FragNeeded,
+    /// NOT_FWDED: for this host, not a unicast route, or no route at all.
+    Local,
     Fail,
 }
 
@@ -1212,6 +1314,8 @@ impl Model {
         let vip = self.is_vip(p.dst);
         let fixed = |reason| Class::Fixed { reason, vip };
         let mut flow = None;
+        let mut direct = None;
+        let mut direct_syn = None;
         let class = match p.kind {
             Kind::NotIp => fixed(Reason::PassNonIp),
             Kind::BadIp if vip => fixed(Reason::DropMalformed),
@@ -1226,16 +1330,31 @@ impl Model {
                     p.src.unwrap_or(IpAddr::from([0u8; 4])),
                     p.dst.unwrap_or(IpAddr::from([0u8; 4])),
                 );
-                if let Some(i) = self
+                let service = self
                     .services
                     .iter()
-                    .position(|s| s.vip == dst && s.port == p.dport && s.proto == p.proto)
+                    .position(|s| s.vip == dst && s.port == p.dport && s.proto == p.proto);
+                if service.is_none()
+                    && p.proto == PROTO_TCP
+                    && pure_syn(p.tcp_flags)
+                    && let Some((s, ..)) = self.nat_backend(dst, p.dport, p.proto)
                 {
+                    // A direct connection to a NAT backend endpoint.
+                    let svc = &self.services[s];
+                    direct_syn = Some((
+                        flow_key(src, dst, p.sport, p.dport, p.proto),
+                        flow_key(src, svc.vip, p.sport, svc.port, p.proto),
+                    ));
+                }
+                if let Some(i) = service {
                     flow = Some(flow_key(src, dst, p.sport, p.dport, p.proto));
                     Class::Service(i)
                 } else if let Some((s, t, m)) = self.nat_backend(src, p.sport, p.proto) {
                     let svc = &self.services[s];
                     flow = Some(flow_key(dst, svc.vip, p.dport, svc.port, p.proto));
+                    if p.proto == PROTO_TCP {
+                        direct = Some(flow_key(dst, src, p.dport, p.sport, p.proto));
+                    }
                     Class::Reply { s, t, m }
                 } else if vip {
                     fixed(Reason::PassVipOtherPort)
@@ -1249,6 +1368,8 @@ impl Model {
             parsed: p,
             class,
             flow,
+            direct,
+            direct_syn,
             ingress,
             sums_ok,
         }
@@ -1322,7 +1443,7 @@ impl Model {
         if plain_host {
             vec![route]
         } else {
-            vec![route, FibOut::Fail]
+            vec![route, FibOut::Fail, FibOut::Local]
         }
     }
 
@@ -1438,7 +1559,7 @@ impl Model {
                         ),
                     }
                 }
-                (FibOut::Fail, _) => Exp::Drop(Reason::DropFibFail),
+                (FibOut::Fail | FibOut::Local, _) => Exp::Drop(Reason::DropFibFail),
             })
             .collect()
     }
@@ -1505,16 +1626,15 @@ impl Model {
         }
     }
 
-    /// Everything that may legitimately happen to the packet, given the
-    /// conntrack entry found before it ran and the backend states.
+    /// Everything that may legitimately happen to the packet, given what
+    /// the flow tables held before it ran and the backend states.
     fn expectations(
         &self,
         frame: &[u8],
         pre: &Pre,
-        ct: Option<FlowValue>,
+        before: &Before,
         state: &dyn Fn(u32) -> u32,
     ) -> Vec<Exp> {
-        let p = &pre.parsed;
         match &pre.class {
             Class::Fixed { reason, .. } => {
                 if reason.name().starts_with("drop") {
@@ -1523,89 +1643,231 @@ impl Model {
                     vec![Exp::Pass(*reason)]
                 }
             }
-            Class::Service(i) => {
-                let s = &self.services[*i];
-                // A flow pinned to a backend of this service.
-                if let Some(ct) = ct.filter(|c| c.service_id == s.id)
-                    && let Some(b) = s.tiers.iter().flatten().find(|b| b.id == ct.backend_id)
+            Class::Service(i) => self.service(frame, pre, &self.services[*i], before, state),
+            Class::Reply { s, t, m } => self.reply(frame, pre, *s, *t, *m, before),
+        }
+    }
+
+    /// A new pick for a client packet of `s`: any UP member of the first
+    /// tier that has one (`None`: no UP backend at all).
+    fn new_pick(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        s: &MService,
+        state: &dyn Fn(u32) -> u32,
+    ) -> Option<Vec<Exp>> {
+        let t = s
+            .tiers
+            .iter()
+            .find(|t| t.iter().any(|b| state(b.id) == STATE_UP))?;
+        Some(
+            t.iter()
+                .filter(|b| state(b.id) == STATE_UP)
+                .flat_map(|b| self.to_backend(frame, pre, s, b))
+                .collect(),
+        )
+    }
+
+    /// A client packet of service `s`.
+    ///
+    /// Rules: an IPv4 header with a wrong checksum is dropped as
+    /// malformed. A live `CONNTRACK` entry decides (see `on_entry`), unless
+    /// the packet is a pure SYN with another ISN than the entry's (a new
+    /// connection: the entry is deleted). Then a live `EMBRYONIC` entry
+    /// (not for a pure SYN with another ISN): a retransmitted SYN stays on
+    /// its backend only while that is UP; anything else follows the entry
+    /// like `CONNTRACK`. Otherwise a new pick from the tiers.
+    fn service(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        s: &MService,
+        before: &Before,
+        state: &dyn Fn(u32) -> u32,
+    ) -> Vec<Exp> {
+        let p = &pre.parsed;
+        if !p.v6 && !p.ip_sum_ok {
+            return vec![Exp::Drop(Reason::DropMalformed)];
+        }
+        let tcp = p.proto == PROTO_TCP;
+        let syn = tcp && pure_syn(p.tcp_flags);
+        // TCP other than SYN or RST.
+        let may_reset = tcp && p.tcp_flags & (TCP_SYN | TCP_RST) == 0;
+        let new_conn = |v: &FlowValue| syn && v.client_isn != p.seq;
+        let owned = |id: u32| s.tiers.iter().flatten().find(|b| b.id == id);
+        // A live entry of a flow that is not a new connection: stays on its
+        // backend (UP or DRAINING), is reset (DOWN_RESET, not a SYN/RST), or
+        // moves to a new pick; `None`: nothing to move to, or another
+        // service's entry.
+        let on_entry = |v: &FlowValue| -> Option<Vec<Exp>> {
+            if v.service_id != s.id {
+                return None;
+            }
+            if let Some(b) = owned(v.backend_id) {
+                match state(b.id) {
+                    STATE_UP | STATE_DRAINING => return Some(self.to_backend(frame, pre, s, b)),
+                    STATE_DOWN_RESET if may_reset => return Some(vec![Self::rst(frame, p)]),
+                    _ => {}
+                }
+            }
+            self.new_pick(frame, pre, s, state)
+        };
+        if let Some(c) = before.conntrack.filter(|c| live(c) && !new_conn(c))
+            && let Some(x) = on_entry(&c)
+        {
+            return x;
+        }
+        if let Some(e) = before.embryonic.filter(|e| live(e) && !new_conn(e)) {
+            if syn {
+                if e.service_id == s.id
+                    && let Some(b) = owned(e.backend_id)
+                    && state(b.id) == STATE_UP
                 {
-                    // TCP other than SYN or RST (the header is whole).
-                    let may_reset = p.proto == PROTO_TCP && frame[p.l4 + 13] & 0x06 == 0;
-                    match state(b.id) {
-                        STATE_UP | STATE_DRAINING => return self.to_backend(frame, pre, s, b),
-                        STATE_DOWN_RESET if may_reset => return vec![Self::rst(frame, p)],
-                        _ => {}
+                    return self.to_backend(frame, pre, s, b);
+                }
+            } else if let Some(x) = on_entry(&e) {
+                return x;
+            }
+        }
+        match self.new_pick(frame, pre, s, state) {
+            Some(x) => x,
+            None if s.pass_on_none => vec![Exp::Pass(Reason::PassNoBackend)],
+            None => vec![Exp::Drop(Reason::DropNoBackend)],
+        }
+    }
+
+    /// A packet from NAT backend `services[s].tiers[t][m]`.
+    ///
+    /// Rules: a live entry (`CONNTRACK` first, then `EMBRYONIC`) of the
+    /// client's flow on this backend: translated (`fwd_reply`); on another
+    /// backend: untouched (`pass_not_vip`). No live entry: TCP of a direct
+    /// connection (in `DIRECT`) is untouched (`pass_direct`); otherwise
+    /// translated statelessly (`fwd_reply_untracked`), unless the FIB says
+    /// the client is not forwarded to (NOT_FWDED: a probe's answer to this
+    /// host, untouched as `pass_not_vip`).
+    fn reply(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        s: usize,
+        t: usize,
+        m: usize,
+        before: &Before,
+    ) -> Vec<Exp> {
+        let p = &pre.parsed;
+        let svc = &self.services[s];
+        let b = &svc.tiers[t][m];
+        let mut b4 = *before;
+        // A SYN that is also a direct connection's (a packet from one
+        // backend endpoint to another): its table changes come first.
+        if let Some((dk, gone)) = &pre.direct_syn {
+            if pre.flow.as_ref() == Some(gone) {
+                b4.conntrack = None;
+                b4.embryonic = None;
+            }
+            if pre.direct.as_ref() == Some(dk) {
+                b4.direct = true;
+            }
+        }
+        let entry = b4
+            .conntrack
+            .filter(live)
+            .or_else(|| b4.embryonic.filter(live));
+        let tracked = match entry {
+            Some(v) if v.backend_id == b.id && v.service_id == svc.id => true,
+            Some(_) => return vec![Exp::Pass(Reason::PassNotVip)],
+            None => false,
+        };
+        if !tracked && p.proto == PROTO_TCP && b4.direct {
+            return vec![Exp::Pass(Reason::PassDirect)];
+        }
+        let fwd = if tracked {
+            Reason::FwdReply
+        } else {
+            Reason::FwdReplyUntracked
+        };
+        let client = p.dst.unwrap_or(IpAddr::from([0u8; 4]));
+        self.fib(Some(svc.vip), client, frame.len() - p.l3)
+            .into_iter()
+            .map(|fib| match fib {
+                FibOut::Ok(..) if Self::ttl(frame, p) <= 1 => Exp::Pass(Reason::PassTtlExceeded),
+                FibOut::Ok(mac, side) => {
+                    let (bytes, free) = Self::rewritten(
+                        frame,
+                        p,
+                        Rw::Src,
+                        svc.vip,
+                        svc.port,
+                        true,
+                        Some((mac, Self::lb_mac(side))),
+                    );
+                    Exp::Bytes {
+                        action: self.send(pre.ingress, side).0,
+                        reason: fwd,
+                        bytes,
+                        free,
+                        what: format!("reply of {}/{} to {client}", svc.name, b.name),
                     }
                 }
-                // A new pick: any UP member of the first tier that has one.
-                let tier = s
-                    .tiers
-                    .iter()
-                    .find(|t| t.iter().any(|b| state(b.id) == STATE_UP));
-                match tier {
-                    Some(t) => t
-                        .iter()
-                        .filter(|b| state(b.id) == STATE_UP)
-                        .flat_map(|b| self.to_backend(frame, pre, s, b))
-                        .collect(),
-                    None if s.pass_on_none => vec![Exp::Pass(Reason::PassNoBackend)],
-                    None => vec![Exp::Drop(Reason::DropNoBackend)],
+                FibOut::NoNeigh | FibOut::FragNeeded => {
+                    let (bytes, free) =
+                        Self::rewritten(frame, p, Rw::Src, svc.vip, svc.port, false, None);
+                    Exp::Bytes {
+                        action: XDP_PASS,
+                        reason: if matches!(fib, FibOut::NoNeigh) {
+                            Reason::PassNoNeigh
+                        } else {
+                            Reason::PassFragNeeded
+                        },
+                        bytes,
+                        free,
+                        what: format!("reply of {}/{} handed to the kernel", svc.name, b.name),
+                    }
                 }
+                FibOut::Local if !tracked => Exp::Pass(Reason::PassNotVip),
+                FibOut::Local | FibOut::Fail => Exp::Drop(Reason::DropFibFail),
+            })
+            .collect()
+    }
+
+    /// Checks the flow tables after the packet ran (only what no LRU
+    /// eviction can make wrong): a TCP packet other than a pure SYN of a
+    /// flow without entries records nothing; a direct connection's SYN is
+    /// in `DIRECT` and the VIP flow on its tuple is gone from both tables.
+    pub fn check_tables(&self, pre: &Pre, before: &Before, after: &After) -> Result<(), Violation> {
+        let p = &pre.parsed;
+        let mut problems = Vec::new();
+        if matches!(pre.class, Class::Service(_))
+            && p.proto == PROTO_TCP
+            && !pure_syn(p.tcp_flags)
+            && before.conntrack.is_none()
+            && before.embryonic.is_none()
+            && (after.conntrack.is_some() || after.embryonic.is_some())
+        {
+            problems.push(format!(
+                "a TCP packet (flags {:#04x}) without a flow entry recorded one (conntrack {:?}, embryonic {:?})",
+                p.tcp_flags, after.conntrack, after.embryonic
+            ));
+        }
+        if pre.direct_syn.is_some() {
+            if !after.direct_recorded {
+                problems.push("a direct connection's SYN is not in DIRECT".to_string());
             }
-            Class::Reply { s, t, m } => {
-                let svc = &self.services[*s];
-                let b = &svc.tiers[*t][*m];
-                let tracked = ct.is_some_and(|c| c.backend_id == b.id && c.service_id == svc.id);
-                if !tracked {
-                    return vec![Exp::Pass(Reason::PassNotVip)];
-                }
-                let client = p.dst.unwrap_or(IpAddr::from([0u8; 4]));
-                self.fib(Some(svc.vip), client, frame.len() - p.l3)
-                    .into_iter()
-                    .map(|fib| match fib {
-                        FibOut::Ok(..) if Self::ttl(frame, p) <= 1 => {
-                            Exp::Pass(Reason::PassTtlExceeded)
-                        }
-                        FibOut::Ok(mac, side) => {
-                            let (bytes, free) = Self::rewritten(
-                                frame,
-                                p,
-                                Rw::Src,
-                                svc.vip,
-                                svc.port,
-                                true,
-                                Some((mac, Self::lb_mac(side))),
-                            );
-                            Exp::Bytes {
-                                action: self.send(pre.ingress, side).0,
-                                reason: Reason::FwdReply,
-                                bytes,
-                                free,
-                                what: format!("reply of {}/{} to {client}", svc.name, b.name),
-                            }
-                        }
-                        FibOut::NoNeigh | FibOut::FragNeeded => {
-                            let (bytes, free) =
-                                Self::rewritten(frame, p, Rw::Src, svc.vip, svc.port, false, None);
-                            Exp::Bytes {
-                                action: XDP_PASS,
-                                reason: if matches!(fib, FibOut::NoNeigh) {
-                                    Reason::PassNoNeigh
-                                } else {
-                                    Reason::PassFragNeeded
-                                },
-                                bytes,
-                                free,
-                                what: format!(
-                                    "reply of {}/{} handed to the kernel",
-                                    svc.name, b.name
-                                ),
-                            }
-                        }
-                        FibOut::Fail => Exp::Drop(Reason::DropFibFail),
-                    })
-                    .collect()
+            if after.gone_conntrack || after.gone_embryonic {
+                problems.push(format!(
+                    "a direct connection's SYN left the VIP flow on its tuple (conntrack {}, embryonic {})",
+                    after.gone_conntrack, after.gone_embryonic
+                ));
             }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Violation {
+                invariant: 4,
+                what: format!("flow tables: {}", problems.join("; ")),
+            })
         }
     }
 
@@ -1614,7 +1876,7 @@ impl Model {
         &self,
         frame: &[u8],
         pre: &Pre,
-        ct: Option<FlowValue>,
+        before: &Before,
         state: &dyn Fn(u32) -> u32,
         action: u32,
         out: &[u8],
@@ -1636,7 +1898,7 @@ impl Model {
             Class::Service(_) => "service",
             Class::Reply { .. } => "backend_reply",
         };
-        let exps = self.expectations(frame, pre, ct, state);
+        let exps = self.expectations(frame, pre, before, state);
         let mut ok: Mask = 0;
         let mut why = Vec::new();
         for e in &exps {
@@ -1653,7 +1915,7 @@ impl Model {
             Class::Reply { .. }
                 if exps
                     .iter()
-                    .all(|e| matches!(e, Exp::Pass(Reason::PassNotVip))) =>
+                    .all(|e| matches!(e, Exp::Pass(Reason::PassNotVip | Reason::PassDirect))) =>
             {
                 2
             }
@@ -1871,7 +2133,11 @@ mod tests {
             })
         };
         let pre = m.prepare(frame, side);
-        m.judge(frame, &pre, ct, &st, action, out)
+        let before = Before {
+            conntrack: ct,
+            ..Before::default()
+        };
+        m.judge(frame, &pre, &before, &st, action, out)
     }
 
     fn one(r: Reason) -> Mask {
@@ -2000,9 +2266,11 @@ mod tests {
         let to_p = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes();
         let p_id = id(&m, "web", "p");
         let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
+        // A verified flow whose SYN this packet is (same ISN).
         let pinned = FlowValue {
             backend_id: p_id,
             service_id: web,
+            client_isn: p.seq,
             ..FlowValue::default()
         };
         let drain = [(p_id, STATE_DRAINING)];
@@ -2016,6 +2284,22 @@ mod tests {
             &to_p,
         )
         .unwrap();
+        // A SYN with another ISN on the tuple is a new connection.
+        let old = FlowValue {
+            client_isn: p.seq ^ 1,
+            ..pinned
+        };
+        let v = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            Some(old),
+            &drain,
+            XDP_REDIRECT,
+            &to_p,
+        )
+        .unwrap_err();
+        assert_eq!(v.invariant, 3, "a new connection to a draining backend");
         let v = judge(
             &m,
             &p.bytes(),
@@ -2096,44 +2380,96 @@ mod tests {
     }
 
     #[test]
-    fn replies_only_for_tracked_flows() {
+    fn replies_translated_unless_another_backends_or_direct() {
         let m = model();
         let mut r = Pkt::new(ip("198.18.1.2"), ip("198.18.0.2"), L4::tcp(8080, 40000));
         r.smac = P_MAC;
         r.dmac = LB_B_MAC;
         let f = r.bytes();
-        // Untracked: untouched.
-        assert_eq!(
-            judge(&m, &f, Side::Backend, None, &[], XDP_PASS, &f)
-                .unwrap()
-                .reasons,
-            one(Reason::PassNotVip)
-        );
-        let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
-        let ct = FlowValue {
-            backend_id: id(&m, "web", "p"),
-            service_id: web,
-            ..FlowValue::default()
-        };
         let mut want = r.clone();
         want.src = ip("198.18.0.10");
         want.l4.set_ports(80, 40000);
         want.ttl -= 1;
         want.dmac = CLIENT_MAC;
         want.smac = LB_C_MAC;
-        let j = judge(
-            &m,
-            &f,
-            Side::Backend,
-            Some(ct),
-            &[],
-            XDP_REDIRECT,
-            &want.bytes(),
-        )
-        .unwrap();
+        let want = want.bytes();
+        // Untracked: translated statelessly.
+        assert_eq!(
+            judge(&m, &f, Side::Backend, None, &[], XDP_REDIRECT, &want)
+                .unwrap()
+                .reasons,
+            one(Reason::FwdReplyUntracked)
+        );
+        assert!(judge(&m, &f, Side::Backend, None, &[], XDP_PASS, &f).is_err());
+        let web = m.services.iter().find(|s| s.name == "web").unwrap().id;
+        let ct = FlowValue {
+            backend_id: id(&m, "web", "p"),
+            service_id: web,
+            ..FlowValue::default()
+        };
+        let j = judge(&m, &f, Side::Backend, Some(ct), &[], XDP_REDIRECT, &want).unwrap();
         assert_eq!(j.reasons, one(Reason::FwdReply));
         // Tracked but passed untouched: wrong.
         assert!(judge(&m, &f, Side::Backend, Some(ct), &[], XDP_PASS, &f).is_err());
+        // Tracked on another backend: untouched.
+        let other = FlowValue {
+            backend_id: id(&m, "web", "s"),
+            ..ct
+        };
+        let j = judge(&m, &f, Side::Backend, Some(other), &[], XDP_PASS, &f).unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNotVip));
+        assert!(judge(&m, &f, Side::Backend, Some(other), &[], XDP_REDIRECT, &want).is_err());
+        // Untracked, of a direct connection: untouched.
+        let pre = m.prepare(&f, Side::Backend);
+        assert!(pre.direct.is_some());
+        let before = Before {
+            direct: true,
+            ..Before::default()
+        };
+        let j = m
+            .judge(&f, &pre, &before, &|_| STATE_UP, XDP_PASS, &f)
+            .unwrap();
+        assert_eq!(j.reasons, one(Reason::PassDirect));
+        // A probe's answer to the LB itself (the FIB says NOT_FWDED).
+        let mut probe = r.clone();
+        probe.dst = ip("198.18.1.1");
+        let pf = probe.bytes();
+        let j = judge(&m, &pf, Side::Backend, None, &[], XDP_PASS, &pf).unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNotVip));
+    }
+
+    #[test]
+    fn strict_l4_and_ip_checksum_rules() {
+        let m = model();
+        let good = from_client("198.18.0.10", L4::tcp(1, 80)).bytes();
+        // Data offset 4 (< 5): malformed for a VIP.
+        let mut bad = good.clone();
+        bad[14 + 20 + 12] = 0x40;
+        assert!(parse(&bad).l4_truncated);
+        // Data offset 15 (60 bytes) past the 20-byte segment.
+        bad[14 + 20 + 12] = 0xf0;
+        assert!(parse(&bad).l4_truncated);
+        assert_eq!(
+            judge(&m, &bad, Side::Client, None, &[], XDP_DROP, &bad)
+                .unwrap()
+                .reasons,
+            one(Reason::DropMalformed)
+        );
+        // A wrong IPv4 header checksum on a service's packet.
+        let mut bad = good.clone();
+        bad[14 + 10] ^= 1;
+        assert!(!parse(&bad).ip_sum_ok);
+        assert_eq!(
+            judge(&m, &bad, Side::Client, None, &[], XDP_DROP, &bad)
+                .unwrap()
+                .reasons,
+            one(Reason::DropMalformed)
+        );
+        // UDP length other than the IP payload's.
+        let mut u = from_client("198.18.0.10", L4::udp(1, 53, b"abcd")).bytes();
+        assert!(parse(&u).l4_ok);
+        u[14 + 20 + 5] += 1;
+        assert!(parse(&u).l4_truncated);
     }
 
     #[test]
@@ -2251,7 +2587,14 @@ mod tests {
             assert!(c.frame.len() >= 14 && c.frame.len() <= MAX_FRAME);
             // The model never panics on a mutant.
             let pre = m.prepare(&c.frame, Side::Client);
-            let _ = m.judge(&c.frame, &pre, None, &|_| STATE_UP, XDP_PASS, &c.frame);
+            let _ = m.judge(
+                &c.frame,
+                &pre,
+                &Before::default(),
+                &|_| STATE_UP,
+                XDP_PASS,
+                &c.frame,
+            );
         }
     }
 }

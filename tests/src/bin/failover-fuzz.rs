@@ -18,11 +18,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use failover_common::{
-    REASON_COUNT, Reason, STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP,
+    FlowKey, FlowValue, REASON_COUNT, Reason, STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET,
+    STATE_DRAINING, STATE_UP, map_names,
 };
 use failover_tests::{
-    fuzz::{self, Case, Mask, Model, Rng, Side},
+    fuzz::{self, After, Before, Case, Mask, Model, Rng, Side},
     pkt::hex,
     pktlab::{CONFIG, Lab},
 };
@@ -191,10 +193,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Side::Client
         };
         let pre = model.prepare(&case.frame, side);
-        let ct = match &pre.flow {
-            Some(k) => lab.dp.flow(k)?,
-            None => None,
-        };
+        let tables = tables_before(&mut lab, &pre)?;
         let (action, out) = match lab.try_run(model.ifindex(side), &case.frame) {
             Ok(r) => r,
             Err(e) => {
@@ -210,7 +209,13 @@ fn run() -> anyhow::Result<ExitCode> {
         };
         st.actions[(action as usize).min(5)] += 1;
         let state = |b: u32| states.get(&b).copied().unwrap_or(STATE_DOWN);
-        match model.judge(&case.frame, &pre, ct, &state, action, &out) {
+        let judged = model
+            .judge(&case.frame, &pre, &tables, &state, action, &out)
+            .and_then(|j| {
+                let after = tables_after(&mut lab, &pre)?;
+                model.check_tables(&pre, &tables, &after).map(|()| j)
+            });
+        match judged {
             Ok(j) => {
                 *st.classes.entry(j.class).or_default() += 1;
                 batch.push(j.reasons);
@@ -226,7 +231,9 @@ fn run() -> anyhow::Result<ExitCode> {
                         "seed_packet": seeds[case.seed].name,
                         "mutations": case.mutations,
                         "ingress": if case.from_backend { "b0" } else { "c0" },
-                        "conntrack_before": ct.map(|c| json!({"backend_id": c.backend_id, "service_id": c.service_id})),
+                        "conntrack_before": tables.conntrack.map(flow_json),
+                        "embryonic_before": tables.embryonic.map(flow_json),
+                        "direct_before": tables.direct,
                         "input": hex(&case.frame),
                         "action": action,
                         "output": hex(&out),
@@ -339,6 +346,69 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     println!("fuzz: ok, no invariant violated");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `CONNTRACK`, `EMBRYONIC` and `DIRECT` hold for the packet's flow
+/// before it runs.
+fn tables_before(lab: &mut Lab, pre: &fuzz::Pre) -> anyhow::Result<Before> {
+    let mut b = Before::default();
+    if let Some(k) = &pre.flow {
+        b.conntrack = lab.dp.flow_in(map_names::CONNTRACK, k)?;
+        b.embryonic = lab.dp.flow_in(map_names::EMBRYONIC, k)?;
+    }
+    if let Some(k) = &pre.direct {
+        b.direct = direct_has(lab, k)?;
+    }
+    Ok(b)
+}
+
+/// What the tables hold after the packet ran (see `fuzz::After`). A map
+/// read that fails is reported as a violation of invariant 4.
+fn tables_after(lab: &mut Lab, pre: &fuzz::Pre) -> Result<After, fuzz::Violation> {
+    let read = |lab: &mut Lab| -> anyhow::Result<After> {
+        let mut a = After::default();
+        if let Some(k) = &pre.flow {
+            a.conntrack = lab.dp.flow_in(map_names::CONNTRACK, k)?;
+            a.embryonic = lab.dp.flow_in(map_names::EMBRYONIC, k)?;
+        }
+        if let Some((dk, gone)) = &pre.direct_syn {
+            a.direct_recorded = direct_has(lab, dk)?;
+            a.gone_conntrack = lab.dp.flow_in(map_names::CONNTRACK, gone)?.is_some();
+            a.gone_embryonic = lab.dp.flow_in(map_names::EMBRYONIC, gone)?.is_some();
+        }
+        Ok(a)
+    };
+    read(lab).map_err(|e| fuzz::Violation {
+        invariant: 4,
+        what: format!("reading the flow tables: {e:#}"),
+    })
+}
+
+fn direct_has(lab: &mut Lab, k: &FlowKey) -> anyhow::Result<bool> {
+    let map = lab
+        .dp
+        .ebpf_mut()
+        .map(map_names::DIRECT)
+        .context("no DIRECT map")?;
+    let direct: BpfHashMap<&MapData, FlowKey, u32> = BpfHashMap::try_from(map)?;
+    match direct.get(k, 0) {
+        Ok(_) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(e).context("reading DIRECT"),
+    }
+}
+
+fn flow_json(v: FlowValue) -> Value {
+    json!({
+        "backend_id": v.backend_id,
+        "service_id": v.service_id,
+        "state": v.state,
+        "flags": v.flags,
+        "client_isn": v.client_isn,
+        "server_isn": v.server_isn,
+        "seen_ms": v.seen_ms,
+        "timeout_ms": v.timeout_ms,
+    })
 }
 
 fn fmt_map<K: std::fmt::Display>(m: &BTreeMap<K, u64>) -> String {
