@@ -5,7 +5,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::bpf_fib_lookup,
+    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use failover_common::FAMILY_V4;
@@ -115,11 +115,27 @@ pub fn egress(ctx: &XdpContext, ifindex: u32) -> Option<Egress> {
 }
 
 /// Writes the MACs found by the FIB lookup `p` and returns the XDP action
-/// that sends the frame.
+/// that sends the frame. A frame that came in with a VLAN tag leaves
+/// without it: the FIB answered for an untagged interface (the one XDP runs
+/// on, or another in the devmap), never for the tag's network. The packet
+/// must not be touched after this (its head may have moved).
 #[inline(always)]
-pub fn send(pkt: &Packet, e: Egress, p: &FibParams) -> Option<u32> {
-    pkt.store(0, p.dmac)?;
-    pkt.store(6, p.smac)?;
+pub fn send(ctx: &XdpContext, pkt: &Packet, e: Egress, p: &FibParams, tagged: bool) -> Option<u32> {
+    if tagged {
+        // New MACs written just before the inner EtherType, then the head
+        // moved past the old MACs and the tag: what remains is
+        // [dmac][smac][EtherType][IP ...].
+        pkt.store(VLAN_HDR_LEN, p.dmac)?;
+        pkt.store(VLAN_HDR_LEN + 6, p.smac)?;
+        // SAFETY: shrinks the frame's head by 4 bytes of a frame at least
+        // 18 bytes long (the parser read the tag and the EtherType).
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HDR_LEN as i32) } != 0 {
+            return None;
+        }
+    } else {
+        pkt.store(0, p.dmac)?;
+        pkt.store(6, p.smac)?;
+    }
     Some(match e {
         Egress::Tx => xdp_action::XDP_TX,
         Egress::Redirect(ifindex) => match DEVMAP.redirect(ifindex, 0) {
@@ -128,3 +144,6 @@ pub fn send(pkt: &Packet, e: Egress, p: &FibParams) -> Option<u32> {
         },
     })
 }
+
+/// Length of an 802.1Q/802.1ad tag.
+const VLAN_HDR_LEN: usize = 4;

@@ -430,7 +430,7 @@ fn send(
     if !dec_ttl(pkt, flow) {
         return verdict(PASS, Reason::PassTtlExceeded);
     }
-    match forward::send(pkt, e, fib) {
+    match forward::send(ctx, pkt, e, fib, flow.tagged()) {
         Some(a) if a != DROP => verdict(a, Reason::FwdIcmp),
         _ => verdict(DROP, Reason::DropInternal),
     }

@@ -317,7 +317,7 @@ fn to_backend(
                 return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoEgress);
             };
             if dsr {
-                send(pkt, e, fib)
+                send(ctx, pkt, flow, e, fib)
             } else {
                 match nat::ttl(pkt, flow) {
                     Some(t) if t > 1 => {}
@@ -332,7 +332,7 @@ fn to_backend(
                 if !nat::rewrite(pkt, flow, rw) {
                     return (DROP, Reason::DropMalformed);
                 }
-                send(pkt, e, fib)
+                send(ctx, pkt, flow, e, fib)
             }
         }
         Fib::NoNeigh if !dsr => {
@@ -381,12 +381,12 @@ fn pass_rewritten(
 }
 
 #[inline(always)]
-fn send(pkt: &Packet, e: Egress, fib: &FibParams) -> (u32, Reason) {
+fn send(ctx: &XdpContext, pkt: &Packet, flow: &Flow, e: Egress, fib: &FibParams) -> (u32, Reason) {
     let r = match e {
         Egress::Tx => Reason::FwdTx,
         Egress::Redirect(_) => Reason::FwdRedirect,
     };
-    match forward::send(pkt, e, fib) {
+    match forward::send(ctx, pkt, e, fib, flow.tagged()) {
         Some(a) if a != DROP => (a, r),
         _ => (DROP, Reason::DropInternal),
     }
@@ -562,7 +562,7 @@ fn reply_inner(
                 if !nat::rewrite(pkt, flow, rw) {
                     return Some((DROP, Reason::DropMalformed));
                 }
-                let (a, _) = send(pkt, e, fib);
+                let (a, _) = send(ctx, pkt, flow, e, fib);
                 (a, if a == DROP { Reason::DropInternal } else { fwd })
             }
             None => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoEgress),

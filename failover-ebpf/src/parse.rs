@@ -87,6 +87,12 @@ impl Flow {
         self.l4_off & OFF_MASK
     }
 
+    /// Whether the frame carries a VLAN tag.
+    #[inline(always)]
+    pub fn tagged(&self) -> bool {
+        self.l3_off != size_of::<EthHdr>()
+    }
+
     /// End of the IP packet.
     #[inline(always)]
     pub fn ip_end(&self) -> usize {

@@ -133,10 +133,26 @@ fn packet_cases() {
     });
     let mut p = from_client("198.18.0.10", L4::tcp(40004, 80));
     p.vlan = Some(100);
+    let mut untagged = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC);
+    untagged.vlan = None;
     cases.push(Case {
-        name: "vlan-tagged ipv4 tcp nat keeps its tag",
+        name: "vlan-tagged ipv4 tcp nat leaves untagged (the FIB's egress has no tag)",
         ingress_backend_side: false,
-        output: Some(natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC).bytes()),
+        output: Some(untagged.bytes()),
+        input: p.bytes(),
+        action: XDP_REDIRECT,
+        reason: Reason::FwdRedirect,
+    });
+    let mut p = from_client("198.18.0.11", L4::tcp(40006, 80));
+    p.vlan = Some(100);
+    let mut untagged = p.clone();
+    untagged.vlan = None;
+    untagged.dmac = P_MAC;
+    untagged.smac = LB_B_MAC;
+    cases.push(Case {
+        name: "vlan-tagged ipv4 tcp dsr leaves untagged",
+        ingress_backend_side: false,
+        output: Some(untagged.bytes()),
         input: p.bytes(),
         action: XDP_REDIRECT,
         reason: Reason::FwdRedirect,
