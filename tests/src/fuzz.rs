@@ -17,6 +17,9 @@
 //!    is UP (or UP/DRAINING for a flow already pinned to it), with exactly
 //!    the expected bytes changed, MACs from the neighbour table, and correct
 //!    checksums (`pkt::verify_checksums`) whenever the input's were correct;
+//!    an ICMP error about a VIP flow follows the flow (to its backend, or
+//!    back to its client as if from the VIP) with every patched checksum
+//!    consistent with the input's;
 //! 4. everything else gets the documented verdict, and the per-CPU reason
 //!    counters move exactly as the model says ([`check_counters`], batch
 //!    by batch).
@@ -30,6 +33,24 @@
 //! `CLOCK` stays 0 (nothing expires; expiry is not modelled). For
 //! addresses outside the lab's subnets the FIB may also answer NOT_FWDED
 //! (an untracked reply then passes untouched): taken from the output.
+//!
+//! ICMP errors about VIP flows and VLAN (issue 11, points 4 and 6): an
+//! error's quoted flow is judged from its `CONNTRACK`/`EMBRYONIC` entry
+//! (and, towards a client, `DIRECT`) read before it runs, like any flow;
+//! an error records no entry (checked). Its checksums are patched
+//! incrementally, so they are judged consistent rather than right: the
+//! one's-complement sum over what each covers must be the same (mod
+//! 0xffff) after as before, so a wrong checksum stays exactly as wrong,
+//! and 0x0000/0xffff are told apart only for a quoted UDP checksum (zero
+//! stays zero, over IPv6 too; non-zero never becomes zero). As the program
+//! does, the quoted IPv6 header's version is not looked at, and an error
+//! to a VIP follows the flow's entry whatever its backend's state. Not
+//! modelled: the passive ICMP signals (passive detection is off in the
+//! lab) and PassNoEgress (both lab interfaces are in the devmap). A frame
+//! forwarded by XDP_TX/XDP_REDIRECT after a FIB lookup leaves without its
+//! VLAN tag; passed frames and the RST keep it. An 802.1ad-tagged input's
+//! checksums are judged as if untagged (`pkt::verify_checksums` knows
+//! 802.1Q only).
 
 use std::net::IpAddr;
 
@@ -43,7 +64,7 @@ use failover_user::{
 };
 
 use crate::{
-    pkt::{L4, Pkt, arp_request, inet_checksum, verify_checksums},
+    pkt::{L4, Pkt, arp_request, icmp_error, inet_checksum, verify_checksums},
     pktlab::{
         CLIENT_MAC, LB_B_MAC, LB_C_MAC, NEIGHBOURS, P_MAC, XDP_DROP, XDP_PASS, XDP_REDIRECT,
         XDP_TX, from_client, ip,
@@ -537,6 +558,149 @@ pub fn seeds() -> Vec<Seed> {
         let quoted = Pkt::new(ip(vip), ip(client), tcp(80, port, 0x12, b"")).bytes();
         add(name, icmp_unreachable(ip(client), ip(vip), &quoted), false);
     }
+    // More errors to a VIP (from a router on the clients' side), quoting
+    // whole packets (the quoted L4 checksum inside) or the first 8 bytes:
+    // (name, sender, VIP, client, quoted L4, type, code, whole quote).
+    for (name, from, vip, client, l4, ty, code, whole) in [
+        (
+            "icmp frag needed to a v4 VIP (whole tcp quote)",
+            "198.18.0.7",
+            "198.18.0.10",
+            "198.18.0.2",
+            tcp(80, 40000, 0x18, b"HTTP/1.1 200 OK"),
+            3,
+            4,
+            true,
+        ),
+        (
+            "icmp time exceeded to a v4 VIP (udp quote)",
+            "198.18.0.7",
+            "198.18.0.10",
+            "198.18.0.2",
+            L4::udp(53, 40001, b"answer"),
+            11,
+            0,
+            false,
+        ),
+        (
+            "icmp time exceeded to a v4 VIP (udp quote without checksum)",
+            "198.18.0.7",
+            "198.18.0.10",
+            "198.18.0.2",
+            L4::Udp {
+                sport: 53,
+                dport: 40002,
+                payload: b"a".to_vec(),
+                no_checksum: true,
+            },
+            11,
+            0,
+            true,
+        ),
+        (
+            "icmp time exceeded to a DSR VIP",
+            "198.18.0.7",
+            "198.18.0.11",
+            "198.18.0.2",
+            tcp(80, 40010, 0x12, b""),
+            11,
+            0,
+            true,
+        ),
+        (
+            "icmpv6 packet too big to a v6 VIP",
+            "2001:db8::7",
+            "2001:db8::10",
+            "2001:db8::2",
+            tcp(80, 40003, 0x10, b"200 OK"),
+            2,
+            0,
+            true,
+        ),
+    ] {
+        let q = Pkt::new(ip(vip), ip(client), l4).bytes();
+        let q = &q[14..];
+        let q = if whole { q } else { &q[..q.len().min(28)] };
+        add(
+            name,
+            icmp_error(
+                CLIENT_MAC,
+                LB_C_MAC,
+                ip(from),
+                ip(vip),
+                64,
+                ty,
+                code,
+                [0, 0, 0x05, 0x78],
+                q,
+            ),
+            false,
+        );
+    }
+    // Errors to a client from the backends' side, quoting the client's
+    // packet to a NAT backend endpoint: from the backend itself (its
+    // address becomes the VIP too) or from a router.
+    for (name, from, client, backend, l4, ty, code, whole) in [
+        (
+            "icmp frag needed from web backend p to a v4 client",
+            "198.18.1.2",
+            "198.18.0.2",
+            "198.18.1.2",
+            tcp(40000, 8080, 0x18, b"GET / HTTP/1.1\r\n\r\n"),
+            3,
+            4,
+            true,
+        ),
+        (
+            "icmp time exceeded from a router to a v4 client (udp quote)",
+            "198.18.1.7",
+            "198.18.0.2",
+            "198.18.1.2",
+            L4::udp(40001, 5353, b"query"),
+            11,
+            0,
+            false,
+        ),
+        (
+            "icmpv6 packet too big from web6 backend p to a v6 client",
+            "2001:db8:1::2",
+            "2001:db8::2",
+            "2001:db8:1::2",
+            tcp(40003, 8080, 0x18, b"GET /"),
+            2,
+            0,
+            true,
+        ),
+        (
+            "icmpv6 time exceeded from a router to a v6 client",
+            "2001:db8:1::7",
+            "2001:db8::2",
+            "2001:db8:1::2",
+            tcp(40003, 8080, 0x10, b""),
+            3,
+            0,
+            true,
+        ),
+    ] {
+        let q = Pkt::new(ip(client), ip(backend), l4).bytes();
+        let q = &q[14..];
+        let q = if whole { q } else { &q[..q.len().min(28)] };
+        add(
+            name,
+            icmp_error(
+                P_MAC,
+                LB_B_MAC,
+                ip(from),
+                ip(client),
+                64,
+                ty,
+                code,
+                [0, 0, 0x05, 0x78],
+                q,
+            ),
+            true,
+        );
+    }
     // Replies of NAT backends, for the client flows above.
     add(
         "v4 tcp reply from web backend p",
@@ -689,7 +853,7 @@ fn set_addr(f: &mut [u8], at: usize, rng: &mut Rng, v6: bool) {
 pub fn mutate(f: &mut Vec<u8>, rng: &mut Rng) -> &'static str {
     let l = layers(f);
     let l3 = l.l3;
-    let name = match rng.below(18) {
+    let name = match rng.below(19) {
         0 => {
             // Truncate at (or next to) a layer boundary.
             let mut cuts = vec![
@@ -884,6 +1048,10 @@ pub fn mutate(f: &mut Vec<u8>, rng: &mut Rng) -> &'static str {
             }
             "ttl"
         }
+        17 => {
+            icmp_quote(f, &l, rng);
+            "icmp-quote"
+        }
         _ => {
             if l.v4 && f.len() >= l3 + 20 {
                 // Add IPv4 options (NOPs, end of list, or junk) and raise
@@ -906,6 +1074,72 @@ pub fn mutate(f: &mut Vec<u8>, rng: &mut Rng) -> &'static str {
     }
     f.truncate(MAX_FRAME);
     name
+}
+
+/// Mutates an ICMP/ICMPv6 message's type or code, or the packet it quotes
+/// (taken to be of the outer family, at ICMP header + 8): its addresses,
+/// ports, protocol, version/IHL, its length, or its direction.
+fn icmp_quote(f: &mut Vec<u8>, l: &Layers, rng: &mut Rng) {
+    let Some(l4) = l.l4 else {
+        return;
+    };
+    if !((l.v4 && l.proto == 1) || (l.v6 && l.proto == 58)) || l4 + 8 >= f.len() {
+        return;
+    }
+    let qip = l4 + 8;
+    let ql4 = if l.v6 {
+        qip + 40
+    } else {
+        qip + usize::from(f[qip] & 0xf) * 4
+    };
+    match rng.below(8) {
+        0 => f[l4] = rng.pick_or(&[3, 11, 1, 2, 3, 4, 0, 8, 128, 135], |r| r.byte()),
+        1 => f[l4 + 1] = rng.pick_or(&[0, 1, 3, 4, 13], |r| r.byte()),
+        2 => {
+            let at = if l.v6 {
+                qip + 8 + 16 * rng.below(2)
+            } else {
+                qip + 12 + 4 * rng.below(2)
+            };
+            set_addr(f, at, rng, l.v6);
+        }
+        3 => {
+            let v = if rng.chance(1, 4) {
+                rng.next_u64() as u16
+            } else {
+                *rng.pick(&PORTS)
+            };
+            put16(f, ql4 + 2 * rng.below(2), v);
+        }
+        4 => {
+            let at = qip + if l.v6 { 6 } else { 9 };
+            if let Some(b) = f.get_mut(at) {
+                *b = rng.pick_or(&[6, 17, 1, 58, 0], |r| r.byte());
+            }
+        }
+        5 => {
+            f[qip] = if l.v6 {
+                rng.pick_or(&[0x60, 0x40, 0x00], |r| r.byte())
+            } else {
+                rng.pick_or(&[0x45, 0x46, 0x44, 0x4f, 0x65, 0x55], |r| r.byte())
+            };
+        }
+        6 => {
+            let n = ql4 + rng.pick_or(&[0, 2, 3, 4, 5, 6, 7, 8, 16, 17, 18, 20], |r| r.below(64));
+            f.truncate(n.max(14));
+        }
+        _ => {
+            let (a, n) = if l.v6 { (qip + 8, 16) } else { (qip + 12, 4) };
+            if f.len() >= a + 2 * n {
+                let (x, y) = f[a..a + 2 * n].split_at_mut(n);
+                x.swap_with_slice(y);
+            }
+            if ql4 + 4 <= f.len() {
+                let (x, y) = f[ql4..ql4 + 4].split_at_mut(2);
+                x.swap_with_slice(y);
+            }
+        }
+    }
 }
 
 /// Inserts an 8-byte IPv6 extension header of type `ty` (body `body`, its
@@ -1102,6 +1336,93 @@ pub enum Class {
     Service(usize),
     /// A packet from NAT backend `services[s].tiers[t][m]`.
     Reply { s: usize, t: usize, m: usize },
+    /// An ICMP/ICMPv6 error whose quoted packet `q` may belong to a VIP
+    /// flow (which one is in `Pre::flow`); `vip`: the outer destination is
+    /// a VIP address.
+    Icmp { q: Quote, to: IcmpTo, vip: bool },
+}
+
+/// Which way an ICMP error about a VIP flow would go.
+#[derive(Clone, Copy, Debug)]
+pub enum IcmpTo {
+    /// To the VIP of `services[i]` (the quoted packet is the VIP's reply):
+    /// on to the flow's backend.
+    Vip(usize),
+    /// To a client, quoting its packet to NAT backend
+    /// `services[s].tiers[t][m]`: back as if from the VIP.
+    Client { s: usize, t: usize, m: usize },
+}
+
+/// The packet an ICMP/ICMPv6 error quotes, where the rules look for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Quote {
+    /// Offset of the quoted IP header (ICMP header + 8).
+    pub ip: usize,
+    /// Length of the quoted IP header (IPv4: IHL; IPv6: 40).
+    pub hlen: usize,
+    /// Offset of the quoted TCP/UDP header.
+    pub l4: usize,
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// The quoted packet of an ICMP error the rules translate: an IPv4
+/// destination unreachable (any code) or time exceeded, or an ICMPv6
+/// destination unreachable, packet too big or time exceeded, quoting (in
+/// the outer family) an IPv4 header with IHL >= 5 or a fixed IPv6 header
+/// (its version is not looked at, no extension headers walked), of TCP or
+/// UDP, whose 4 port bytes lie inside the outer IP packet.
+pub fn icmp_quote_of(f: &[u8], p: &Parsed) -> Option<Quote> {
+    if p.kind != Kind::Ip || p.fragment || p.l4_truncated {
+        return None;
+    }
+    let ty = *f.get(p.l4)?;
+    let ok = if p.v6 {
+        p.proto == 58 && (1..=3).contains(&ty)
+    } else {
+        p.proto == 1 && (ty == 3 || ty == 11)
+    };
+    if !ok {
+        return None;
+    }
+    let ip = p.l4 + 8;
+    let (hlen, proto, src, dst) = if p.v6 {
+        (
+            40,
+            *f.get(ip + 6)?,
+            addr_at(f, ip + 8, true)?,
+            addr_at(f, ip + 24, true)?,
+        )
+    } else {
+        let vihl = *f.get(ip)?;
+        let hlen = usize::from(vihl & 0xf) * 4;
+        if vihl >> 4 != 4 || hlen < 20 {
+            return None;
+        }
+        (
+            hlen,
+            *f.get(ip + 9)?,
+            addr_at(f, ip + 12, false)?,
+            addr_at(f, ip + 16, false)?,
+        )
+    };
+    let l4 = ip + hlen;
+    if !(proto == PROTO_TCP || proto == PROTO_UDP) || l4 + 4 > p.ip_end {
+        return None;
+    }
+    Some(Quote {
+        ip,
+        hlen,
+        l4,
+        proto,
+        src,
+        dst,
+        sport: be16(f, l4)?,
+        dport: be16(f, l4 + 2)?,
+    })
 }
 
 /// A packet prepared for judging.
@@ -1112,8 +1433,9 @@ pub struct Pre {
     /// The flow key to look up in `CONNTRACK` and `EMBRYONIC` before
     /// running the packet (a reply: its client's key).
     pub flow: Option<FlowKey>,
-    /// A TCP reply: the key of the direct connection (client -> backend
-    /// endpoint) to look up in `DIRECT` before running the packet.
+    /// A TCP reply, or an ICMP error to a client quoting its packet to a
+    /// backend endpoint: the key of the direct connection (client ->
+    /// backend endpoint) to look up in `DIRECT` before running the packet.
     pub direct: Option<FlowKey>,
     /// A TCP pure SYN to a NAT backend endpoint, not for a service: it
     /// records `DIRECT[.0]` and deletes the VIP flow `.1` before anything
@@ -1191,14 +1513,56 @@ enum Exp {
     /// XDP_DROP (the bytes do not matter).
     Drop(Reason),
     /// `action` with exactly `bytes`, except the checksum bytes at `free`,
-    /// which `verify_checksums` judges.
+    /// which `verify_checksums` judges (when the input's were right) and
+    /// `sums` must hold.
     Bytes {
         action: u32,
         reason: Reason,
         bytes: Vec<u8>,
         free: Vec<usize>,
+        sums: Vec<Sum>,
         what: String,
     },
+}
+
+/// An incrementally patched checksum: the one's-complement sum over what
+/// it covers (checksum field included) must be the same (mod 0xffff) in
+/// the output as in the input, right or wrong; the changed fields outside
+/// the ranges are not covered by it.
+#[derive(Clone, Debug)]
+pub struct Sum {
+    what: &'static str,
+    /// Ranges of the input.
+    inp: Vec<(usize, usize)>,
+    /// The same ranges in the output (a removed VLAN tag shifts them).
+    out: Vec<(usize, usize)>,
+    /// Output offset of a UDP checksum that must not be zero (a computed
+    /// zero is sent as 0xffff).
+    nonzero: Option<usize>,
+}
+
+/// The one's-complement sum (RFC 1071, an odd range padded) over `ranges`
+/// of `f`, reduced mod 0xffff (0 and 0xffff are the same).
+fn ones_sum(f: &[u8], ranges: &[(usize, usize)]) -> Option<u32> {
+    let mut sum: u64 = 0;
+    for &(a, b) in ranges {
+        for c in f.get(a..b)?.chunks(2) {
+            sum += u64::from(c[0]) << 8 | c.get(1).copied().map_or(0, u64::from);
+        }
+    }
+    Some((sum % 0xffff) as u32)
+}
+
+/// `frame` without its VLAN tag (802.1Q or 802.1ad), if it has one.
+fn untagged(frame: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match be16(frame, 12) {
+        Some(0x8100 | 0x88a8) if frame.len() >= 16 => {
+            let mut v = frame[..12].to_vec();
+            v.extend_from_slice(&frame[16..]);
+            std::borrow::Cow::Owned(v)
+        }
+        _ => std::borrow::Cow::Borrowed(frame),
+    }
 }
 
 /// The FIB's answer for a destination, as the lab's routes and neighbour
@@ -1217,6 +1581,18 @@ enum FibOut {
 enum Rw {
     Src,
     Dst,
+}
+
+/// The rewrite of an ICMP error: towards the backend, the outer
+/// destination (`outer`), the quoted source and source port become
+/// `addr`/`port`; towards the client, the quoted destination and
+/// destination port, and the outer source if `outer`.
+#[derive(Clone, Copy, Debug)]
+struct IcmpRw {
+    to_backend: bool,
+    addr: IpAddr,
+    port: u16,
+    outer: bool,
 }
 
 fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
@@ -1323,8 +1699,30 @@ impl Model {
             Kind::Ip if p.fragment && vip => fixed(Reason::DropFragment),
             Kind::Ip if p.l4_truncated && vip => fixed(Reason::DropMalformed),
             Kind::Ip if p.fragment || p.l4_truncated => fixed(Reason::PassNotVip),
-            Kind::Ip if !p.l4_ok && vip => fixed(Reason::PassVipOtherPort),
-            Kind::Ip if !p.l4_ok => fixed(Reason::PassNotVip),
+            Kind::Ip if !p.l4_ok => {
+                // An ICMP error about a VIP flow (both ways only when the
+                // outer destination is the quoted source).
+                let icmp = icmp_quote_of(frame, &p)
+                    .filter(|q| p.dst == Some(q.src))
+                    .and_then(|q| Some((q, self.icmp_to(&q)?)));
+                match icmp {
+                    Some((q, to)) => {
+                        match to {
+                            IcmpTo::Vip(_) => {
+                                flow = Some(flow_key(q.dst, q.src, q.dport, q.sport, q.proto));
+                            }
+                            IcmpTo::Client { s, .. } => {
+                                let svc = &self.services[s];
+                                flow = Some(flow_key(q.src, svc.vip, q.sport, svc.port, q.proto));
+                                direct = Some(flow_key(q.src, q.dst, q.sport, q.dport, q.proto));
+                            }
+                        }
+                        Class::Icmp { q, to, vip }
+                    }
+                    None if vip => fixed(Reason::PassVipOtherPort),
+                    None => fixed(Reason::PassNotVip),
+                }
+            }
             Kind::Ip => {
                 let (src, dst) = (
                     p.src.unwrap_or(IpAddr::from([0u8; 4])),
@@ -1363,7 +1761,7 @@ impl Model {
                 }
             }
         };
-        let sums_ok = p.kind == Kind::Ip && p.l4_ok && verify_checksums(frame).is_ok();
+        let sums_ok = p.kind == Kind::Ip && p.l4_ok && verify_checksums(&untagged(frame)).is_ok();
         Pre {
             parsed: p,
             class,
@@ -1373,6 +1771,21 @@ impl Model {
             ingress,
             sums_ok,
         }
+    }
+
+    /// Where an ICMP error quoting `q` would go: to a VIP if the quoted
+    /// source is a service (VIP, port, protocol), else to a client if the
+    /// quoted destination is a NAT backend endpoint.
+    fn icmp_to(&self, q: &Quote) -> Option<IcmpTo> {
+        if let Some(i) = self
+            .services
+            .iter()
+            .position(|s| s.vip == q.src && s.port == q.sport && s.proto == q.proto)
+        {
+            return Some(IcmpTo::Vip(i));
+        }
+        let (s, t, m) = self.nat_backend(q.dst, q.dport, q.proto)?;
+        Some(IcmpTo::Client { s, t, m })
     }
 
     /// The NAT backend (service, tier, member) listening on `addr:port`.
@@ -1507,12 +1920,14 @@ impl Model {
                     let mut bytes = frame.to_vec();
                     bytes[0..6].copy_from_slice(&mac);
                     bytes[6..12].copy_from_slice(&Self::lb_mac(side));
+                    let (bytes, free) = Self::sent(p, bytes, Vec::new());
                     let (action, reason) = self.send(pre.ingress, side);
                     Exp::Bytes {
                         action,
                         reason,
                         bytes,
-                        free: Vec::new(),
+                        free,
+                        sums: Vec::new(),
                         what: format!("DSR to {}/{} ({})", s.name, b.name, b.addr),
                     }
                 }
@@ -1529,12 +1944,14 @@ impl Model {
                         true,
                         Some((mac, Self::lb_mac(side))),
                     );
+                    let (bytes, free) = Self::sent(p, bytes, free);
                     let (action, reason) = self.send(pre.ingress, side);
                     Exp::Bytes {
                         action,
                         reason,
                         bytes,
                         free,
+                        sums: Vec::new(),
                         what: format!("NAT to {}/{} ({}:{})", s.name, b.name, b.addr, b.port),
                     }
                 }
@@ -1553,6 +1970,7 @@ impl Model {
                         reason,
                         bytes,
                         free,
+                        sums: Vec::new(),
                         what: format!(
                             "NAT to {}/{} ({}:{}) handed to the kernel",
                             s.name, b.name, b.addr, b.port
@@ -1562,6 +1980,19 @@ impl Model {
                 (FibOut::Fail | FibOut::Local, _) => Exp::Drop(Reason::DropFibFail),
             })
             .collect()
+    }
+
+    /// A frame as it leaves by XDP_TX/XDP_REDIRECT after a FIB lookup
+    /// (`forward::send`): a VLAN-tagged one without its tag (the FIB
+    /// answered for an untagged interface), the offsets in `free` moved
+    /// with it.
+    fn sent(p: &Parsed, mut bytes: Vec<u8>, free: Vec<usize>) -> (Vec<u8>, Vec<usize>) {
+        if p.l3 == 18 {
+            bytes.drain(12..16);
+            let free = free.into_iter().map(|i| i - 4).collect();
+            return (bytes, free);
+        }
+        (bytes, free)
     }
 
     fn send(&self, ingress: Side, egress: Side) -> (u32, Reason) {
@@ -1617,11 +2048,13 @@ impl Model {
         t.extend_from_slice(&rack.to_be_bytes());
         t.extend_from_slice(&[0x50, rflags, 0, 0, 0, 0, 0, 0]);
         b[l4..l4 + 20].copy_from_slice(&t);
+        // Built in place (not through `forward::send`): a VLAN tag stays.
         Exp::Bytes {
             action: XDP_TX,
             reason: Reason::TxReset,
             bytes: b,
             free,
+            sums: Vec::new(),
             what: "RST to the client".into(),
         }
     }
@@ -1645,7 +2078,233 @@ impl Model {
             }
             Class::Service(i) => self.service(frame, pre, &self.services[*i], before, state),
             Class::Reply { s, t, m } => self.reply(frame, pre, *s, *t, *m, before),
+            Class::Icmp { q, to, vip } => self.icmp(frame, pre, q, *to, *vip, before),
         }
+    }
+
+    /// An ICMP error that may be about a VIP flow (`Class::Icmp`).
+    ///
+    /// Rules: to a VIP, the flow (client = the quoted destination) needs a
+    /// live entry of the service (`CONNTRACK` first, then `EMBRYONIC`;
+    /// whatever its backend's state); NAT rewrites the outer destination,
+    /// the quoted source and source port to the backend's, DSR nothing;
+    /// then it is sent towards the backend. To a client: a live entry of
+    /// the service on another backend, or no live entry and the direct
+    /// connection in `DIRECT`, leave it alone; otherwise the quoted
+    /// destination and port become the VIP's, the outer source too when
+    /// it is the backend itself; then it is sent towards the client. What
+    /// is left alone passes untouched, as any other ICMP.
+    fn icmp(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        q: &Quote,
+        to: IcmpTo,
+        vip: bool,
+        before: &Before,
+    ) -> Vec<Exp> {
+        let p = &pre.parsed;
+        let not_handled = vec![Exp::Pass(if vip {
+            Reason::PassVipOtherPort
+        } else {
+            Reason::PassNotVip
+        })];
+        let entry = |sid: u32| {
+            let of = |v: &FlowValue| live(v) && v.service_id == sid;
+            before
+                .conntrack
+                .filter(of)
+                .or_else(|| before.embryonic.filter(of))
+                .map(|v| v.backend_id)
+        };
+        match to {
+            IcmpTo::Vip(i) => {
+                let s = &self.services[i];
+                let Some(bid) = entry(s.id) else {
+                    return not_handled;
+                };
+                // An entry names a backend of its service (nothing else
+                // is right if it does not).
+                let Some(b) = s.tiers.iter().flatten().find(|b| b.id == bid) else {
+                    return Vec::new();
+                };
+                let rw = (!s.dsr).then_some(IcmpRw {
+                    to_backend: true,
+                    addr: b.addr,
+                    port: b.port,
+                    outer: true,
+                });
+                let what = format!("ICMP error to {} sent on to {}/{}", s.name, s.name, b.name);
+                self.icmp_send(frame, pre, q, rw, b.addr, what)
+            }
+            IcmpTo::Client { s, t, m } => {
+                let svc = &self.services[s];
+                let b = &svc.tiers[t][m];
+                match entry(svc.id) {
+                    Some(id) if id != b.id => return not_handled,
+                    None if before.direct => return not_handled,
+                    _ => {}
+                }
+                let client = p.dst.unwrap_or(IpAddr::from([0u8; 4]));
+                let rw = Some(IcmpRw {
+                    to_backend: false,
+                    addr: svc.vip,
+                    port: svc.port,
+                    outer: p.src == Some(q.dst),
+                });
+                let what = format!(
+                    "ICMP error about {}/{} to the client {client}",
+                    svc.name, b.name
+                );
+                self.icmp_send(frame, pre, q, rw, client, what)
+            }
+        }
+    }
+
+    /// The outcomes of an ICMP error (rewritten by `rw`, if any) sent
+    /// towards `to`: rewritten even when it is passed to the kernel.
+    fn icmp_send(
+        &self,
+        frame: &[u8],
+        pre: &Pre,
+        q: &Quote,
+        rw: Option<IcmpRw>,
+        to: IpAddr,
+        what: String,
+    ) -> Vec<Exp> {
+        let p = &pre.parsed;
+        let passed = |reason| {
+            let (bytes, free, sums) = Self::icmp_bytes(frame, p, q, rw, false, None);
+            Exp::Bytes {
+                action: XDP_PASS,
+                reason,
+                bytes,
+                free,
+                sums,
+                what: format!("{what}, handed to the kernel"),
+            }
+        };
+        self.fib(p.src, to, frame.len() - p.l3)
+            .into_iter()
+            .map(|fib| match fib {
+                FibOut::Ok(..) if Self::ttl(frame, p) <= 1 => passed(Reason::PassTtlExceeded),
+                FibOut::Ok(mac, side) => {
+                    let (bytes, free, sums) =
+                        Self::icmp_bytes(frame, p, q, rw, true, Some((mac, Self::lb_mac(side))));
+                    Exp::Bytes {
+                        action: self.send(pre.ingress, side).0,
+                        reason: Reason::FwdIcmp,
+                        bytes,
+                        free,
+                        sums,
+                        what: what.clone(),
+                    }
+                }
+                FibOut::NoNeigh => passed(Reason::PassNoNeigh),
+                FibOut::FragNeeded => passed(Reason::PassFragNeeded),
+                FibOut::Local | FibOut::Fail => Exp::Drop(Reason::DropFibFail),
+            })
+            .collect()
+    }
+
+    /// The error with the rewrite `rw` applied, the TTL / hop limit
+    /// decremented if `dec_ttl`, and when forwarded (`macs`) the MACs set
+    /// and a VLAN tag removed. The checksum bytes of what changed are left
+    /// free, with the sums they must keep: the outer IPv4 header's, the
+    /// quoted IPv4 header's, the quoted TCP/UDP checksum when its 2 bytes
+    /// lie inside the outer packet (a zero UDP checksum stays zero, a
+    /// non-zero one stays non-zero), the ICMP checksum (ICMPv6: with the
+    /// outer addresses of its pseudo-header).
+    fn icmp_bytes(
+        frame: &[u8],
+        p: &Parsed,
+        q: &Quote,
+        rw: Option<IcmpRw>,
+        dec_ttl: bool,
+        macs: Option<([u8; 6], [u8; 6])>,
+    ) -> (Vec<u8>, Vec<usize>, Vec<Sum>) {
+        let put = |b: &mut [u8], at: usize, a: IpAddr| match a {
+            IpAddr::V4(a) => b[at..at + 4].copy_from_slice(&a.octets()),
+            IpAddr::V6(a) => b[at..at + 16].copy_from_slice(&a.octets()),
+        };
+        let l3 = p.l3;
+        let mut b = frame.to_vec();
+        let mut free = Vec::new();
+        let mut sums = Vec::new();
+        // `out` and `nonzero` in input offsets until the end.
+        let sum = |what, inp: Vec<(usize, usize)>, nonzero| Sum {
+            what,
+            out: inp.clone(),
+            inp,
+            nonzero,
+        };
+        let mut outer_changed = dec_ttl;
+        if let Some(rw) = rw {
+            let (outer_at, quoted_at, port_at) = match (rw.to_backend, p.v6) {
+                (true, false) => (l3 + 16, q.ip + 12, q.l4),
+                (true, true) => (l3 + 24, q.ip + 8, q.l4),
+                (false, false) => (l3 + 12, q.ip + 16, q.l4 + 2),
+                (false, true) => (l3 + 8, q.ip + 24, q.l4 + 2),
+            };
+            if rw.outer {
+                put(&mut b, outer_at, rw.addr);
+                outer_changed = true;
+            }
+            put(&mut b, quoted_at, rw.addr);
+            b[port_at..port_at + 2].copy_from_slice(&rw.port.to_be_bytes());
+            if !p.v6 {
+                free.extend([q.ip + 10, q.ip + 11]);
+                sums.push(sum("quoted IPv4 header", vec![(q.ip, q.ip + q.hlen)], None));
+            }
+            let qc = q.l4 + if q.proto == PROTO_TCP { 16 } else { 6 };
+            let udp = q.proto == PROTO_UDP;
+            if qc + 2 <= p.ip_end && !(udp && frame[qc..qc + 2] == [0, 0]) {
+                free.extend([qc, qc + 1]);
+                let addrs = if p.v6 {
+                    (q.ip + 8, q.ip + 40)
+                } else {
+                    (q.ip + 12, q.ip + 20)
+                };
+                sums.push(sum(
+                    "quoted L4",
+                    vec![addrs, (q.l4, q.l4 + 4), (qc, qc + 2)],
+                    udp.then_some(qc),
+                ));
+            }
+            free.extend([p.l4 + 2, p.l4 + 3]);
+            let mut icmp = vec![(p.l4, p.ip_end)];
+            if p.v6 {
+                icmp.insert(0, (l3 + 8, l3 + 40));
+            }
+            sums.push(sum("ICMP", icmp, None));
+        }
+        if dec_ttl {
+            let at = l3 + if p.v6 { 7 } else { 8 };
+            b[at] = b[at].wrapping_sub(1);
+        }
+        if !p.v6 && outer_changed {
+            free.extend([l3 + 10, l3 + 11]);
+            sums.push(sum("outer IPv4 header", vec![(l3, p.l4)], None));
+        }
+        let shift = if let Some((d, s)) = macs {
+            b[0..6].copy_from_slice(&d);
+            b[6..12].copy_from_slice(&s);
+            if p.l3 == 18 { 4 } else { 0 }
+        } else {
+            0
+        };
+        let (b, free) = if macs.is_some() {
+            Self::sent(p, b, free)
+        } else {
+            (b, free)
+        };
+        for s in &mut sums {
+            for r in &mut s.out {
+                *r = (r.0 - shift, r.1 - shift);
+            }
+            s.nonzero = s.nonzero.map(|o| o - shift);
+        }
+        (b, free, sums)
     }
 
     /// A new pick for a client packet of `s`: any UP member of the first
@@ -1802,11 +2461,13 @@ impl Model {
                         true,
                         Some((mac, Self::lb_mac(side))),
                     );
+                    let (bytes, free) = Self::sent(p, bytes, free);
                     Exp::Bytes {
                         action: self.send(pre.ingress, side).0,
                         reason: fwd,
                         bytes,
                         free,
+                        sums: Vec::new(),
                         what: format!("reply of {}/{} to {client}", svc.name, b.name),
                     }
                 }
@@ -1822,6 +2483,7 @@ impl Model {
                         },
                         bytes,
                         free,
+                        sums: Vec::new(),
                         what: format!("reply of {}/{} handed to the kernel", svc.name, b.name),
                     }
                 }
@@ -1848,6 +2510,15 @@ impl Model {
             problems.push(format!(
                 "a TCP packet (flags {:#04x}) without a flow entry recorded one (conntrack {:?}, embryonic {:?})",
                 p.tcp_flags, after.conntrack, after.embryonic
+            ));
+        }
+        if matches!(pre.class, Class::Icmp { .. })
+            && ((before.conntrack.is_none() && after.conntrack.is_some())
+                || (before.embryonic.is_none() && after.embryonic.is_some()))
+        {
+            problems.push(format!(
+                "an ICMP error recorded a flow (conntrack {:?}, embryonic {:?})",
+                after.conntrack, after.embryonic
             ));
         }
         if pre.direct_syn.is_some() {
@@ -1897,6 +2568,7 @@ impl Model {
             },
             Class::Service(_) => "service",
             Class::Reply { .. } => "backend_reply",
+            Class::Icmp { .. } => "icmp_error",
         };
         let exps = self.expectations(frame, pre, before, state);
         let mut ok: Mask = 0;
@@ -1912,7 +2584,7 @@ impl Model {
         }
         let invariant = match &pre.class {
             Class::Fixed { vip: false, .. } => 2,
-            Class::Reply { .. }
+            Class::Reply { .. } | Class::Icmp { .. }
                 if exps
                     .iter()
                     .all(|e| matches!(e, Exp::Pass(Reason::PassNotVip | Reason::PassDirect))) =>
@@ -1982,6 +2654,7 @@ impl Model {
                 reason,
                 bytes,
                 free,
+                sums,
                 what,
             } => {
                 if action != *want {
@@ -2004,8 +2677,25 @@ impl Model {
                         diff(bytes, out)
                     ));
                 }
+                for s in sums {
+                    let (a, b) = (ones_sum(frame, &s.inp), ones_sum(out, &s.out));
+                    if a.is_none() || a != b {
+                        return Err(format!(
+                            "{what}: the {} checksum does not match the changes (sum mod 0xffff {a:x?} in, {b:x?} out)",
+                            s.what
+                        ));
+                    }
+                    if let Some(o) = s.nonzero
+                        && out.get(o..o + 2) == Some(&[0, 0][..])
+                    {
+                        return Err(format!(
+                            "{what}: the {} checksum became zero (UDP: 0xffff)",
+                            s.what
+                        ));
+                    }
+                }
                 if pre.sums_ok
-                    && let Err(e) = verify_checksums(out)
+                    && let Err(e) = verify_checksums(&untagged(out))
                 {
                     return Err(format!(
                         "{what}: bad {e} in the output (the input's were correct)"
@@ -2094,6 +2784,7 @@ mod tests {
 
     use super::*;
     use crate::pktlab::{CONFIG, Q_MAC, S_MAC, natted};
+    use failover_common::STATE_DOWN_RESET;
 
     fn model() -> Model {
         let cfg = config::parse(CONFIG, "t").unwrap();
@@ -2506,6 +3197,405 @@ mod tests {
         bad[14 + 20 + 8] = 1;
         fix_checksums(&mut bad);
         assert!(judge(&m, &p.bytes(), Side::Client, Some(ct), &reset, XDP_TX, &bad).is_err());
+    }
+
+    /// An ICMP error from `from` to `to` quoting the IP packet of `q`.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp(
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        from: &str,
+        to: &str,
+        ttl: u8,
+        ty: u8,
+        code: u8,
+        q: &Pkt,
+    ) -> Vec<u8> {
+        let qb = q.bytes();
+        icmp_error(
+            smac,
+            dmac,
+            ip(from),
+            ip(to),
+            ttl,
+            ty,
+            code,
+            [0, 0, 0x05, 0x78],
+            &qb[14..],
+        )
+    }
+
+    fn svc_id(m: &Model, name: &str) -> u32 {
+        m.services.iter().find(|s| s.name == name).unwrap().id
+    }
+
+    #[test]
+    fn icmp_errors_to_a_vip_follow_the_flow_to_its_backend() {
+        let m = model();
+        let p_id = id(&m, "web", "p");
+        let ct = FlowValue {
+            backend_id: p_id,
+            service_id: svc_id(&m, "web"),
+            ..FlowValue::default()
+        };
+        // Fragmentation needed for the VIP's reply to the client, quoted
+        // whole (the quoted TCP checksum inside).
+        let quoted = Pkt::new(
+            ip("198.18.0.10"),
+            ip("198.18.0.2"),
+            tcp(80, 40000, 0x18, b"data"),
+        );
+        let f = icmp(
+            CLIENT_MAC,
+            LB_C_MAC,
+            "198.18.0.7",
+            "198.18.0.10",
+            64,
+            3,
+            4,
+            &quoted,
+        );
+        let pre = m.prepare(&f, Side::Client);
+        assert!(matches!(pre.class, Class::Icmp { .. }), "{:?}", pre.class);
+        let mut q2 = quoted.clone();
+        q2.src = ip("198.18.1.2");
+        q2.l4.set_ports(8080, 40000);
+        let want = icmp(LB_B_MAC, P_MAC, "198.18.0.7", "198.18.1.2", 63, 3, 4, &q2);
+        let j = judge(&m, &f, Side::Client, Some(ct), &[], XDP_REDIRECT, &want).unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdIcmp));
+        // Whatever the backend's state.
+        judge(
+            &m,
+            &f,
+            Side::Client,
+            Some(ct),
+            &[(p_id, STATE_DOWN)],
+            XDP_REDIRECT,
+            &want,
+        )
+        .unwrap();
+        // No live entry of the service: untouched, to a VIP address.
+        assert_eq!(
+            judge(&m, &f, Side::Client, None, &[], XDP_PASS, &f)
+                .unwrap()
+                .reasons,
+            one(Reason::PassVipOtherPort)
+        );
+        assert!(judge(&m, &f, Side::Client, None, &[], XDP_REDIRECT, &want).is_err());
+        let other = FlowValue {
+            service_id: svc_id(&m, "dns"),
+            ..ct
+        };
+        assert!(judge(&m, &f, Side::Client, Some(other), &[], XDP_PASS, &f).is_ok());
+        // A checksum not patched (outer IPv4 header, ICMP, quoted IPv4
+        // header, quoted TCP): caught.
+        for at in [14 + 10, 14 + 20 + 2, 14 + 28 + 10, 14 + 28 + 20 + 16] {
+            let mut bad = want.clone();
+            bad[at] ^= 0x10;
+            let v = judge(&m, &f, Side::Client, Some(ct), &[], XDP_REDIRECT, &bad).unwrap_err();
+            assert!(v.what.contains("checksum"), "{at}: {v:?}");
+        }
+        // A wrong ICMP checksum stays as wrong (patched, not recomputed).
+        let (mut fb, mut wb) = (f.clone(), want.clone());
+        fb[14 + 20 + 5] ^= 1;
+        wb[14 + 20 + 5] ^= 1;
+        judge(&m, &fb, Side::Client, Some(ct), &[], XDP_REDIRECT, &wb).unwrap();
+        assert!(judge(&m, &fb, Side::Client, Some(ct), &[], XDP_REDIRECT, &want).is_err());
+        // TTL 1: rewritten, then handed to the kernel.
+        let f1 = icmp(
+            CLIENT_MAC,
+            LB_C_MAC,
+            "198.18.0.7",
+            "198.18.0.10",
+            1,
+            3,
+            4,
+            &quoted,
+        );
+        let w1 = icmp(
+            CLIENT_MAC,
+            LB_C_MAC,
+            "198.18.0.7",
+            "198.18.1.2",
+            1,
+            3,
+            4,
+            &q2,
+        );
+        let j = judge(&m, &f1, Side::Client, Some(ct), &[], XDP_PASS, &w1).unwrap();
+        assert_eq!(j.reasons, one(Reason::PassTtlExceeded));
+        // DSR: nothing rewritten but the TTL and the MACs.
+        let dq = Pkt::new(
+            ip("198.18.0.11"),
+            ip("198.18.0.2"),
+            tcp(80, 40010, 0x12, b""),
+        );
+        let df = icmp(
+            CLIENT_MAC,
+            LB_C_MAC,
+            "198.18.0.7",
+            "198.18.0.11",
+            64,
+            11,
+            0,
+            &dq,
+        );
+        let dwant = icmp(LB_B_MAC, P_MAC, "198.18.0.7", "198.18.0.11", 63, 11, 0, &dq);
+        let dct = FlowValue {
+            backend_id: id(&m, "web-dsr", "p"),
+            service_id: svc_id(&m, "web-dsr"),
+            ..FlowValue::default()
+        };
+        let j = judge(&m, &df, Side::Client, Some(dct), &[], XDP_REDIRECT, &dwant).unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdIcmp));
+        // Not an error the rules translate (an echo request's type).
+        let mut echo = f.clone();
+        echo[14 + 20] = 8;
+        assert!(matches!(
+            m.prepare(&echo, Side::Client).class,
+            Class::Fixed { .. }
+        ));
+    }
+
+    #[test]
+    fn icmp_errors_to_a_client_come_from_the_vip() {
+        let m = model();
+        let p_id = id(&m, "web6", "p");
+        let web6 = svc_id(&m, "web6");
+        // The backend itself says its path is narrower.
+        let quoted = Pkt::new(
+            ip("2001:db8::2"),
+            ip("2001:db8:1::2"),
+            tcp(40003, 8080, 0x18, b"GET /"),
+        );
+        let f = icmp(
+            P_MAC,
+            LB_B_MAC,
+            "2001:db8:1::2",
+            "2001:db8::2",
+            64,
+            2,
+            0,
+            &quoted,
+        );
+        let mut q2 = quoted.clone();
+        q2.dst = ip("2001:db8::10");
+        q2.l4.set_ports(40003, 80);
+        let want = icmp(
+            LB_C_MAC,
+            CLIENT_MAC,
+            "2001:db8::10",
+            "2001:db8::2",
+            63,
+            2,
+            0,
+            &q2,
+        );
+        // Untracked (no entry, no direct connection) or tracked here.
+        let j = judge(&m, &f, Side::Backend, None, &[], XDP_REDIRECT, &want).unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdIcmp));
+        let ct = FlowValue {
+            backend_id: p_id,
+            service_id: web6,
+            ..FlowValue::default()
+        };
+        judge(&m, &f, Side::Backend, Some(ct), &[], XDP_REDIRECT, &want).unwrap();
+        // The ICMPv6 checksum covers the outer source.
+        let mut bad = want.clone();
+        bad[14 + 40 + 2] ^= 0x01;
+        assert!(judge(&m, &f, Side::Backend, None, &[], XDP_REDIRECT, &bad).is_err());
+        // From a router: its source stays.
+        let fr = icmp(
+            P_MAC,
+            LB_B_MAC,
+            "2001:db8:1::7",
+            "2001:db8::2",
+            64,
+            3,
+            0,
+            &quoted,
+        );
+        let wr = icmp(
+            LB_C_MAC,
+            CLIENT_MAC,
+            "2001:db8:1::7",
+            "2001:db8::2",
+            63,
+            3,
+            0,
+            &q2,
+        );
+        judge(&m, &fr, Side::Backend, None, &[], XDP_REDIRECT, &wr).unwrap();
+        // The flow is on another backend: untouched.
+        let other = FlowValue {
+            backend_id: id(&m, "web6", "s"),
+            ..ct
+        };
+        let j = judge(&m, &f, Side::Backend, Some(other), &[], XDP_PASS, &f).unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNotVip));
+        let v = judge(&m, &f, Side::Backend, Some(other), &[], XDP_REDIRECT, &want).unwrap_err();
+        assert_eq!(v.invariant, 2);
+        // A direct connection's (no entry): untouched.
+        let pre = m.prepare(&f, Side::Backend);
+        assert!(pre.direct.is_some());
+        let direct = Before {
+            direct: true,
+            ..Before::default()
+        };
+        let j = m
+            .judge(&f, &pre, &direct, &|_| STATE_UP, XDP_PASS, &f)
+            .unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNotVip));
+        // ... unless the VIP flow has a live entry here.
+        let tracked = Before {
+            conntrack: Some(ct),
+            direct: true,
+            ..Before::default()
+        };
+        m.judge(&f, &pre, &tracked, &|_| STATE_UP, XDP_REDIRECT, &want)
+            .unwrap();
+        // IPv4, a UDP quote of 8 bytes: its checksum is patched, never to 0.
+        let uq = Pkt::new(
+            ip("198.18.0.2"),
+            ip("198.18.1.2"),
+            L4::udp(40001, 5353, b"q"),
+        );
+        let cut = |p: &Pkt| p.bytes()[14..14 + 28].to_vec();
+        let uf = icmp_error(
+            P_MAC,
+            LB_B_MAC,
+            ip("198.18.1.7"),
+            ip("198.18.0.2"),
+            64,
+            11,
+            0,
+            [0; 4],
+            &cut(&uq),
+        );
+        let mut uq2 = uq.clone();
+        uq2.dst = ip("198.18.0.10");
+        uq2.l4.set_ports(40001, 53);
+        let uwant = icmp_error(
+            LB_C_MAC,
+            CLIENT_MAC,
+            ip("198.18.1.7"),
+            ip("198.18.0.2"),
+            63,
+            11,
+            0,
+            [0; 4],
+            &cut(&uq2),
+        );
+        let j = judge(&m, &uf, Side::Backend, None, &[], XDP_REDIRECT, &uwant).unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdIcmp));
+        let mut bad = uwant.clone();
+        bad[14 + 28 + 20 + 6] ^= 0x20;
+        assert!(judge(&m, &uf, Side::Backend, None, &[], XDP_REDIRECT, &bad).is_err());
+    }
+
+    #[test]
+    fn forwarded_tagged_frames_lose_their_tag_passed_ones_keep_it() {
+        let m = model();
+        let mut p = from_client("198.18.0.10", tcp(40004, 80, 0x10, b"x"));
+        p.vlan = Some(100);
+        let mut want = natted(&p, "198.18.1.2", 8080, P_MAC, LB_B_MAC);
+        let tagged = want.bytes();
+        want.vlan = None;
+        let j = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &[],
+            XDP_REDIRECT,
+            &want.bytes(),
+        )
+        .unwrap();
+        assert_eq!(j.reasons, one(Reason::FwdRedirect));
+        let v = judge(
+            &m,
+            &p.bytes(),
+            Side::Client,
+            None,
+            &[],
+            XDP_REDIRECT,
+            &tagged,
+        )
+        .unwrap_err();
+        assert_eq!(v.invariant, 3);
+        // An 802.1ad tag too; checksums are still checked.
+        let mut ad = p.bytes();
+        ad[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+        assert!(m.prepare(&ad, Side::Client).sums_ok);
+        let mut bad = want.bytes();
+        bad[14 + 20 + 16] ^= 1;
+        assert!(judge(&m, &ad, Side::Client, None, &[], XDP_REDIRECT, &bad).is_err());
+        // Handed to the kernel (no neighbour for the backend): kept.
+        let mut n = from_client("198.18.0.14", tcp(40015, 80, 0x02, b""));
+        n.vlan = Some(100);
+        let mut nw = n.clone();
+        nw.dst = ip("198.18.1.9");
+        nw.l4.set_ports(40015, 8080);
+        let j = judge(
+            &m,
+            &n.bytes(),
+            Side::Client,
+            None,
+            &[],
+            XDP_PASS,
+            &nw.bytes(),
+        )
+        .unwrap();
+        assert_eq!(j.reasons, one(Reason::PassNoNeigh));
+        // The RST (built in place): kept.
+        let ct = FlowValue {
+            backend_id: id(&m, "web", "p"),
+            service_id: svc_id(&m, "web"),
+            ..FlowValue::default()
+        };
+        let pre = m.prepare(&p.bytes(), Side::Client);
+        let Exp::Bytes { bytes, .. } = Model::rst(&p.bytes(), &pre.parsed) else {
+            panic!("a RST")
+        };
+        let mut rst = bytes.clone();
+        fix_checksums(&mut rst);
+        let reset = [(ct.backend_id, STATE_DOWN_RESET)];
+        judge(&m, &p.bytes(), Side::Client, Some(ct), &reset, XDP_TX, &rst).unwrap();
+        let untagged_rst = untagged(&rst).into_owned();
+        assert!(
+            judge(
+                &m,
+                &p.bytes(),
+                Side::Client,
+                Some(ct),
+                &reset,
+                XDP_TX,
+                &untagged_rst
+            )
+            .is_err()
+        );
+        // An ICMP error forwarded from a tagged frame: untagged too.
+        let quoted = Pkt::new(
+            ip("198.18.0.10"),
+            ip("198.18.0.2"),
+            tcp(80, 40000, 0x12, b""),
+        );
+        let mut f = icmp(
+            CLIENT_MAC,
+            LB_C_MAC,
+            "198.18.0.2",
+            "198.18.0.10",
+            64,
+            3,
+            3,
+            &quoted,
+        );
+        f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        let mut q2 = quoted.clone();
+        q2.src = ip("198.18.1.2");
+        q2.l4.set_ports(8080, 40000);
+        let w = icmp(LB_B_MAC, P_MAC, "198.18.0.2", "198.18.1.2", 63, 3, 3, &q2);
+        judge(&m, &f, Side::Client, Some(ct), &[], XDP_REDIRECT, &w).unwrap();
     }
 
     #[test]
