@@ -112,17 +112,30 @@ struct Lab {
     topo: Topology,
     config: PathBuf,
     _daemon: DaemonProcess,
-    _servers: Vec<Server>,
+    servers: Vec<Server>,
     _s: Workdir,
 }
 
 fn start_lab() -> Lab {
+    start_lab_with("")
+}
+
+/// The lab with `top` added to its config (e.g. a `[limits]` table).
+fn start_lab_with(top: &str) -> Lab {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
     let s = Workdir::new("ffl").expect("scratch dir");
     let topo = Topology::create(&s.prefix).expect("creating the lab topology");
     let config = s.dir.join("lab.toml");
-    std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("writing config");
+    let extras = failover_user::lab::LabExtras {
+        top: top.to_string(),
+        ..Default::default()
+    };
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &extras),
+    )
+    .expect("writing config");
     let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
     let servers = vec![
         Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1 servers"),
@@ -137,7 +150,7 @@ fn start_lab() -> Lab {
         topo,
         config,
         _daemon: daemon,
-        _servers: servers,
+        servers,
         _s: s,
     }
 }
@@ -460,5 +473,171 @@ fn vlan_tagged_packets_leave_untagged() {
     assert!(
         recv(&client_rx, &syn_ack).is_some(),
         "the backend's SYN-ACK came back from the VIP"
+    );
+}
+
+/// A TCP SYN from `src:sport` to the VIP (198.18.100.10:80), untagged.
+fn syn_frame(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], sport: u16, seq: u32) -> Vec<u8> {
+    let dst = [198u8, 18, 100, 10];
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&80u16.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = inet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(54);
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// 1 000 000 SYNs from spoofed sources at the VIP while 20 established
+/// connections wait for answers their server sends after 4 s of silence:
+/// all 20 answers arrive, from the VIP. The flood churns only the table of
+/// unverified flows. With the default tables (65536 verified, 65536
+/// embryonic flows).
+#[test]
+fn syn_flood_breaks_no_established_connection() {
+    syn_flood("");
+}
+
+fn syn_flood(top: &str) {
+    let mut lab = start_lab_with(top);
+    // b1's server: answers each line once the flood is over, and not
+    // before 4 s of silence.
+    lab.servers.remove(0).stop();
+    let flood_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let over = flood_over.clone();
+    let b1 = &lab.topo.backends[0];
+    let listener = b1
+        .run(|| std::net::TcpListener::bind(("::", BACKEND_TCP_PORT)).context("binding the server"))
+        .expect("slow server");
+    let server = std::thread::spawn(move || {
+        let mut handlers = Vec::new();
+        for _ in 0..20 {
+            let Ok((s, _)) = listener.accept() else { break };
+            let over = over.clone();
+            handlers.push(std::thread::spawn(move || -> anyhow::Result<()> {
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line)?;
+                let read = std::time::Instant::now();
+                let deadline = read + Duration::from_secs(40);
+                while (!over.load(std::sync::atomic::Ordering::Relaxed)
+                    || read.elapsed() < Duration::from_secs(4))
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (&s).write_all(format!("b1 {}", line).as_bytes())?;
+                Ok(())
+            }));
+        }
+        handlers
+    });
+    let c = &lab.topo.client;
+    let SocketAddr::V4(to) = vip(false, 80) else {
+        unreachable!("an IPv4 VIP")
+    };
+    let conns: Vec<TcpStream> = c
+        .run(|| {
+            (0..20)
+                .map(|i| {
+                    let s = TcpStream::connect_timeout(&SocketAddr::V4(to), T)?;
+                    s.set_read_timeout(Some(Duration::from_secs(50)))?;
+                    (&s).write_all(format!("held-{i}\n").as_bytes())?;
+                    Ok(s)
+                })
+                .collect::<anyhow::Result<_>>()
+        })
+        .expect("20 connections");
+    // Idle a while (the connections' entries age), then the flood,
+    // bounded in count and time.
+    std::thread::sleep(Duration::from_secs(1));
+    let lb_mac = mac_of(&lab.topo.lb, "lc");
+    let client_mac = mac_of(c, "cl");
+    // Four senders (both CPUs), each 125 000 spoofed handshakes whose SYN
+    // is sent twice (a retransmission: flood entries are looked up again,
+    // as a real flood's are). Bounded in count and time.
+    let flood = |part: u32| -> anyhow::Result<u32> {
+        c.run(|| {
+            let tx = packet_socket("cl")?;
+            let start = std::time::Instant::now();
+            let mut sent = 0u32;
+            for i in part * 125_000..(part + 1) * 125_000 {
+                if start.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                let src = [198, 19, (i >> 8) as u8, i as u8];
+                let f = syn_frame(lb_mac, client_mac, src, 1024 + (i % 60000) as u16, i);
+                for _ in 0..2 {
+                    // SAFETY: sending a buffer we own on a bound AF_PACKET
+                    // socket.
+                    let n = unsafe {
+                        libc::send(
+                            std::os::fd::AsRawFd::as_raw_fd(&tx),
+                            f.as_ptr().cast(),
+                            f.len(),
+                            0,
+                        )
+                    };
+                    if n == f.len() as isize {
+                        sent += 1;
+                    }
+                }
+            }
+            Ok(sent)
+        })
+    };
+    let sent: u32 = std::thread::scope(|sc| {
+        let parts: Vec<_> = (0..4).map(|p| sc.spawn(move || flood(p))).collect();
+        parts
+            .into_iter()
+            .map(|h| h.join().expect("flood thread").expect("flooding"))
+            .sum()
+    });
+    flood_over.store(true, std::sync::atomic::Ordering::Relaxed);
+    println!("flood: {sent} spoofed SYNs sent");
+    let stats = Command::new(exe())
+        .args(["stats", "--config"])
+        .arg(&lab.config)
+        .output()
+        .expect("failover stats");
+    println!("{}", String::from_utf8_lossy(&stats.stdout));
+    assert!(sent >= 900_000, "the flood was sent ({sent})");
+    let mut answered = 0;
+    // One deadline for all the answers (a broken connection answers
+    // nothing; waiting for each in turn would take minutes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for (i, s) in conns.iter().enumerate() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .expect("read timeout");
+        let mut line = String::new();
+        match BufReader::new(s).read_line(&mut line) {
+            Ok(_) if line.trim_end() == format!("b1 held-{i}") => answered += 1,
+            other => println!("connection {i}: {other:?} {line:?}"),
+        }
+    }
+    for h in server.join().expect("server thread") {
+        let _ = h.join();
+    }
+    assert_eq!(
+        answered, 20,
+        "established connections answered after the flood"
     );
 }
