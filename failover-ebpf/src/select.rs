@@ -119,6 +119,10 @@ pub const PKT_NAT: u32 = 1 << 9;
 /// A SYN whose TCP checksum is valid: it may count as evidence.
 pub const PKT_SYN_VALID: u32 = 1 << 10;
 
+/// The shortest gap between a SYN and its retransmission that counts as
+/// evidence (Linux retransmits a SYN after 1 s at the earliest).
+const SYN_RETX_MIN_MS: u32 = 200;
+
 /// What a live entry says about this packet.
 const ENTRY_NONE: u64 = u64::MAX;
 
@@ -178,10 +182,15 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
                     && owned(svc, e.backend_id)
                     && state(e.backend_id) == STATE_UP
                 {
+                    // Evidence only as a TCP stack retransmits: not sooner
+                    // than `SYN_RETX_MIN_MS` after the previous SYN (an
+                    // off-path sender can repeat a SYN at once, before the
+                    // backend's answer is back).
+                    let paced = now.wrapping_sub(e.seen_ms) >= SYN_RETX_MIN_MS;
                     conntrack::seen(e, now);
                     e.syns = e.syns.wrapping_add(1);
                     let evidence = FLOW_SYN_VALID | FLOW_REPLIED;
-                    if bits & PKT_SYN_VALID != 0 && e.flags & evidence == FLOW_SYN_VALID {
+                    if paced && bits & PKT_SYN_VALID != 0 && e.flags & evidence == FLOW_SYN_VALID {
                         op.set(passive::OP_FAILURE, SIG_SYN_RETX, svc.id, e.backend_id);
                     }
                     return picked(PICK_TO, e.backend_id);

@@ -14,9 +14,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use common::raw;
 use failover_user::lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, Workdir, vip,
 };
+
+mod common;
 
 const T: Duration = Duration::from_millis(1000);
 
@@ -239,166 +242,6 @@ fn direct_connection_after_a_vip_flow_on_the_same_port() {
         .expect("direct and VIP connections on the same ports");
 }
 
-/// RFC 1071 checksum of `data`.
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A VLAN-tagged (id 100) TCP SYN frame from the client to the VIP.
-fn tagged_syn(dmac: [u8; 6], smac: [u8; 6], sport: u16) -> Vec<u8> {
-    let (src, dst) = ([198u8, 18, 0, 2], [198u8, 18, 100, 10]);
-    let mut tcp = Vec::new();
-    tcp.extend_from_slice(&sport.to_be_bytes());
-    tcp.extend_from_slice(&80u16.to_be_bytes());
-    tcp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 6, 0, tcp.len() as u8]);
-    pseudo.extend_from_slice(&tcp);
-    let c = inet_checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = inet_checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::new();
-    f.extend_from_slice(&dmac);
-    f.extend_from_slice(&smac);
-    f.extend_from_slice(&[0x81, 0x00, 0x00, 100, 0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
-}
-
-/// An AF_PACKET socket on `dev` (in the calling thread's namespace), with
-/// a receive timeout.
-fn packet_socket(dev: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket syscalls on a descriptor we own from here.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned to us.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let name = std::ffi::CString::new(dev)?;
-    // SAFETY: a NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {dev}");
-    }
-    // SAFETY: zeroed sockaddr_ll is valid; the fields are then set.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: valid structs of the sizes passed.
-    let ok = unsafe {
-        libc::bind(
-            fd,
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        ) == 0
-            && libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            ) == 0
-            && libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_AUXDATA,
-                (&1i32 as *const i32).cast(),
-                4,
-            ) == 0
-    };
-    if !ok {
-        bail!("binding to {dev}: {}", std::io::Error::last_os_error());
-    }
-    Ok(owned)
-}
-
-/// A captured frame; `vlan`: a tag the kernel moved out of the frame's
-/// bytes on receive (reported in PACKET_AUXDATA), as it does before the
-/// packet taps see it.
-struct Frame {
-    data: Vec<u8>,
-    vlan: Option<u16>,
-}
-
-/// One frame from an AF_PACKET socket with PACKET_AUXDATA (`None` on
-/// timeout).
-fn recv_frame(fd: &std::os::fd::OwnedFd) -> Option<Frame> {
-    let mut buf = [0u8; 2048];
-    let mut ctrl = [0u64; 16];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the
-    // call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctrl.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&ctrl);
-    // SAFETY: recvmsg fills buffers we own, of the sizes given.
-    let n = unsafe { libc::recvmsg(std::os::fd::AsRawFd::as_raw_fd(fd), &mut msg, 0) };
-    if n <= 0 {
-        return None;
-    }
-    let mut vlan = None;
-    // SAFETY: walking the control messages the kernel wrote into `ctrl`.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
-                let aux: libc::tpacket_auxdata =
-                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
-                    vlan = Some(aux.tp_vlan_tci & 0x0fff);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Some(Frame {
-        data: buf[..n as usize].to_vec(),
-        vlan,
-    })
-}
-
-fn mac_of(ns: &failover_user::lab::netns::Netns, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["-br", "link", "show", dev]).expect("ip link show");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let mac = text
-        .split_whitespace()
-        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
-        .unwrap_or_else(|| panic!("no MAC in {text:?}"));
-    let mut m = [0u8; 6];
-    for (i, b) in mac.split(':').enumerate() {
-        m[i] = u8::from_str_radix(b, 16).expect("hex MAC");
-    }
-    m
-}
-
 /// A VLAN-tagged client packet to the VIP (real frames on the client's
 /// link; this kernel has no VLAN devices, so the frame is sent through an
 /// AF_PACKET socket) reaches the untagged backend link without the tag,
@@ -415,33 +258,15 @@ fn vlan_tagged_packets_leave_untagged() {
         failover_user::lab::tcp_request(c, vip(false, 80), "warm", T).expect("untagged request"),
         "b1"
     );
-    let lb_mac = mac_of(&lab.topo.lb, "lc");
-    let client_mac = mac_of(c, "cl");
-    let capture = b1.run(|| packet_socket("b1")).expect("capture on b1");
-    let client_rx = c.run(|| packet_socket("cl")).expect("capture on cl");
-    let tx = c.run(|| packet_socket("cl")).expect("socket on cl");
-    let frame = tagged_syn(lb_mac, client_mac, 47300);
-    // SAFETY: sending a buffer we own on a bound AF_PACKET socket.
-    let sent = unsafe {
-        libc::send(
-            std::os::fd::AsRawFd::as_raw_fd(&tx),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-        )
-    };
-    assert_eq!(sent, frame.len() as isize, "sending the tagged SYN");
-    let recv = |fd: &std::os::fd::OwnedFd, want: &dyn Fn(&[u8]) -> bool| -> Option<Frame> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if let Some(f) = recv_frame(fd)
-                && want(&f.data)
-            {
-                return Some(f);
-            }
-        }
-        None
-    };
+    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
+    let client_mac = raw::mac_of(c, "cl");
+    let capture = b1.run(|| raw::packet_socket("b1")).expect("capture on b1");
+    let client_rx = c.run(|| raw::packet_socket("cl")).expect("capture on cl");
+    let tx = c.run(|| raw::packet_socket("cl")).expect("socket on cl");
+    let syn = raw::Tcp::syn([198, 18, 0, 2], [198, 18, 100, 10], 47300, 80, 0x1234_5678);
+    let frame = raw::ether(lb_mac, client_mac, Some(100), &syn.ip());
+    assert!(raw::send(&tx, &frame), "sending the tagged SYN");
+    let recv = raw::recv_matching;
     // On the backend link: our SYN, NATed, with no tag.
     let ours = |f: &[u8]| -> bool {
         let (et, ip) = if f[12..14] == [0x81, 0x00] {
@@ -474,35 +299,6 @@ fn vlan_tagged_packets_leave_untagged() {
         recv(&client_rx, &syn_ack).is_some(),
         "the backend's SYN-ACK came back from the VIP"
     );
-}
-
-/// A TCP SYN from `src:sport` to the VIP (198.18.100.10:80), untagged.
-fn syn_frame(dmac: [u8; 6], smac: [u8; 6], src: [u8; 4], sport: u16, seq: u32) -> Vec<u8> {
-    let dst = [198u8, 18, 100, 10];
-    let mut tcp = Vec::with_capacity(20);
-    tcp.extend_from_slice(&sport.to_be_bytes());
-    tcp.extend_from_slice(&80u16.to_be_bytes());
-    tcp.extend_from_slice(&seq.to_be_bytes());
-    tcp.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&tcp);
-    let c = inet_checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let c = inet_checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut f = Vec::with_capacity(54);
-    f.extend_from_slice(&dmac);
-    f.extend_from_slice(&smac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
 }
 
 /// 1 000 000 SYNs from spoofed sources at the VIP while 20 established
@@ -568,14 +364,14 @@ fn syn_flood(top: &str) {
     // Idle a while (the connections' entries age), then the flood,
     // bounded in count and time.
     std::thread::sleep(Duration::from_secs(1));
-    let lb_mac = mac_of(&lab.topo.lb, "lc");
-    let client_mac = mac_of(c, "cl");
+    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
+    let client_mac = raw::mac_of(c, "cl");
     // Four senders (both CPUs), each 125 000 spoofed handshakes whose SYN
     // is sent twice (a retransmission: flood entries are looked up again,
     // as a real flood's are). Bounded in count and time.
     let flood = |part: u32| -> anyhow::Result<u32> {
         c.run(|| {
-            let tx = packet_socket("cl")?;
+            let tx = raw::packet_socket("cl")?;
             let start = std::time::Instant::now();
             let mut sent = 0u32;
             for i in part * 125_000..(part + 1) * 125_000 {
@@ -583,19 +379,10 @@ fn syn_flood(top: &str) {
                     break;
                 }
                 let src = [198, 19, (i >> 8) as u8, i as u8];
-                let f = syn_frame(lb_mac, client_mac, src, 1024 + (i % 60000) as u16, i);
+                let syn = raw::Tcp::syn(src, [198, 18, 100, 10], 1024 + (i % 60000) as u16, 80, i);
+                let f = raw::ether(lb_mac, client_mac, None, &syn.ip());
                 for _ in 0..2 {
-                    // SAFETY: sending a buffer we own on a bound AF_PACKET
-                    // socket.
-                    let n = unsafe {
-                        libc::send(
-                            std::os::fd::AsRawFd::as_raw_fd(&tx),
-                            f.as_ptr().cast(),
-                            f.len(),
-                            0,
-                        )
-                    };
-                    if n == f.len() as isize {
+                    if raw::send(&tx, &f) {
                         sent += 1;
                     }
                 }

@@ -10,6 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::raw;
 use failover_user::lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
     client, tcp_request, vip,
@@ -32,6 +35,11 @@ fn start(passive: &str) -> Lab {
 
 /// `check_extra`: lines added to the `[service.check]` table.
 fn start_with(passive: &str, check_extra: &str) -> Lab {
+    start_full(passive, check_extra, "")
+}
+
+/// `tables`: tables added to every service (e.g. `[[service.hook]]`).
+fn start_full(passive: &str, check_extra: &str, tables: &str) -> Lab {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -45,6 +53,7 @@ fn start_with(passive: &str, check_extra: &str) -> Lab {
         check: Some(format!("{SLOW_TCP}\n{check_extra}")),
         checked_tables: format!("[service.passive]\n{passive}\n"),
         events_file: Some(events.clone()),
+        service_tables: tables.to_string(),
         top: "[admin]\nmetrics_listen = \"off\"\n".into(),
         ..Default::default()
     };
@@ -293,4 +302,120 @@ fn a_mark_the_probes_do_not_confirm_is_restored() {
         .filter(|e| e["service"] == "web" && e["kind"] == "failover")
         .collect();
     assert!(failovers.is_empty(), "{failovers:#?}");
+}
+
+/// An off-path attacker on the clients' side sends 1000 crafted packets a
+/// second for 10 s, a mix of every forgery that used to count: bare ACKs
+/// to new tuples (the backend answers them with RSTs), SYNs with a bad
+/// checksum retransmitted, valid SYNs repeated at once, ICMP unreachables
+/// sent from the clients' side quoting the attacker's own fresh handshakes
+/// with their right sequence numbers, and SYNs from spoofed sources. Every
+/// passive signal is on with a threshold of 3; a client asks every
+/// millisecond meanwhile. Nothing may follow: 0 marks, 0 failovers, 0 hook
+/// runs, every legitimate request answered by the primary.
+#[test]
+fn forged_signals_cause_no_mark_no_failover_and_no_hook() {
+    let w = failover_user::lab::Workdir::new("fof").expect("scratch dir");
+    let hook_out = w.dir.join("hook-runs");
+    let mut lab = start_full(
+        "signals = [\"rst\", \"icmp\", \"syn-retransmit\", \"no-reply\"]\nfailures = 3\nwindow = \"10s\"\nno_reply = \"500ms\"",
+        "",
+        &format!(
+            "[[service.hook]]\nname = \"count\"\ntype = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"echo run >> \\\"$0\\\"\", \"{}\"]\ntimeout = \"2s\"\n",
+            hook_out.display()
+        ),
+    );
+    assert_eq!(lab.ask(), "b1");
+    let c = &lab.topo.client;
+    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
+    let client_mac = raw::mac_of(c, "cl");
+    let t0 = Instant::now();
+    let legit = client::stream(&c.name, vip(false, 80), t0, Duration::from_secs(10));
+    let (vip4, me, b1) = ([198, 18, 100, 10], [198, 18, 0, 2], [198, 18, 1, 2]);
+    let sent = c
+        .run(|| {
+            let tx = raw::packet_socket("cl")?;
+            let mut sent = 0u32;
+            let start = Instant::now();
+            for k in 0..10_000u32 {
+                // 1000 a second, for 10 s.
+                let due = Duration::from_micros(u64::from(k) * 1000);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let port = 20_000 + (k % 20_000) as u16;
+                let mut frames = Vec::new();
+                match k % 5 {
+                    0 => {
+                        let mut t = raw::Tcp::syn(me, vip4, port, 80, k);
+                        t.flags = raw::ACK;
+                        t.ack = 0x0bad_0000 + k;
+                        frames.push(t.ip());
+                    }
+                    1 => {
+                        let mut t = raw::Tcp::syn(me, vip4, port, 80, k);
+                        t.bad_checksum = true;
+                        frames.push(t.ip());
+                    }
+                    2 => {
+                        let t = raw::Tcp::syn(me, vip4, port, 80, k);
+                        frames.push(t.ip());
+                        frames.push(t.ip());
+                    }
+                    3 => {
+                        // The attacker's own handshake, and at once an
+                        // unreachable about it (as the load balancer sent
+                        // it to b1), from the clients' side.
+                        let t = raw::Tcp::syn(me, vip4, port, 80, k);
+                        frames.push(t.ip());
+                        let natted = raw::Tcp::syn(me, b1, port, BACKEND_TCP_PORT, k).ip();
+                        frames.push(raw::icmp_unreachable(b1, me, 3, &natted));
+                    }
+                    _ => {
+                        let src = [198, 19, (k >> 8) as u8, k as u8];
+                        let t = raw::Tcp::syn(src, vip4, port, 80, k);
+                        frames.push(t.ip());
+                        frames.push(t.ip());
+                    }
+                }
+                for ip in frames {
+                    if raw::send(&tx, &raw::ether(lb_mac, client_mac, None, &ip)) {
+                        sent += 1;
+                    }
+                }
+                if start.elapsed() > Duration::from_secs(15) {
+                    break;
+                }
+            }
+            Ok(sent)
+        })
+        .expect("the forged packets");
+    let samples = legit.join().expect("client");
+    println!(
+        "forged: {sent} packets; legitimate requests: {}",
+        samples.len()
+    );
+    assert!(sent >= 10_000, "the forgeries went out ({sent})");
+    // Let any deferred decision (a probe confirming a mark) happen.
+    std::thread::sleep(Duration::from_millis(500));
+    let unanswered = samples
+        .iter()
+        .filter(|s| s.who.as_deref() != Some("b1"))
+        .count();
+    let kinds: Vec<String> = lab
+        .events()
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .filter(|k| k.starts_with("passive") || k == "failover" || k == "state")
+        .collect();
+    let hook_runs = std::fs::read_to_string(&hook_out).map_or(0, |s| s.lines().count());
+    assert_eq!(
+        (kinds.len(), hook_runs, unanswered),
+        (0, 0, 0),
+        "marks/failovers/state events {kinds:?}, hook runs, legitimate requests not answered by b1"
+    );
+    assert!(samples.len() > 5000, "the legitimate stream ran");
+    if let Some(s) = lab.servers[0].take() {
+        s.stop();
+    }
 }

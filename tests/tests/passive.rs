@@ -231,9 +231,22 @@ fn retransmitted_syns_of_a_silent_backend_mark_it_down() {
     let s2 = from_client("198.18.0.11", L4::tcp(44001, 80)).bytes();
     assert_eq!(lab.run(lab.c0, &s2).0, XDP_REDIRECT);
     assert_eq!(lab.run(lab.c0, &ack).0, XDP_REDIRECT);
+    // Retransmissions count when paced as a TCP stack paces them (the
+    // clock moves 1 s between them); one sent at once counts for nothing.
+    let mut clock = 1_000_000;
+    lab.dp.set_clock(clock).unwrap();
     assert_eq!(lab.run(lab.c0, &s).0, XDP_REDIRECT);
+    assert_eq!(lab.run(lab.c0, &s).0, XDP_REDIRECT, "at once: no evidence");
+    assert_eq!(
+        stats(&mut lab, "web-dsr", "p").signals[SIG_SYN_RETX as usize],
+        0
+    );
+    clock += 1000;
+    lab.dp.set_clock(clock).unwrap();
     assert_eq!(lab.run(lab.c0, &s).0, XDP_REDIRECT, "first retransmission");
     assert_eq!(state(&mut lab, "web-dsr", "p"), STATE_UP);
+    clock += 1000;
+    lab.dp.set_clock(clock).unwrap();
     assert_eq!(lab.run(lab.c0, &s).0, XDP_REDIRECT, "second retransmission");
     assert_eq!(state(&mut lab, "web-dsr", "p"), STATE_DOWN);
     let ev = events(&mut lab);
@@ -343,11 +356,17 @@ fn forged_signals_count_for_nothing() {
     r.ack = 0x0102_0399;
     assert_eq!(lab.run(lab.b0, &r.bytes()).0, XDP_REDIRECT);
     // SYN retransmissions with a bad TCP checksum (DSR: only the client is
-    // seen).
+    // seen, paced as a TCP stack would: only the checksum disqualifies them).
     let mut bad = from_client("198.18.0.11", L4::tcp(47002, 80)).bytes();
     bad[50] ^= 0xff;
-    for _ in 0..4 {
+    for k in 0..4 {
+        lab.dp.set_clock(1_000_000 + k * 1000).unwrap();
         assert_eq!(lab.run(lab.c0, &bad).0, XDP_REDIRECT);
+    }
+    // And valid SYNs repeated at once (before any answer could be back).
+    let quick = from_client("198.18.0.11", L4::tcp(47004, 80)).bytes();
+    for _ in 0..4 {
+        assert_eq!(lab.run(lab.c0, &quick).0, XDP_REDIRECT);
     }
     // An ICMP error about a real unanswered handshake, but sent from the
     // client's side, and one quoting another sequence number.

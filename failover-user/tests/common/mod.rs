@@ -1,0 +1,3 @@
+//! Helpers shared by the namespace tests.
+
+pub mod raw;
