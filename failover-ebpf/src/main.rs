@@ -510,25 +510,23 @@ fn reply_inner(
     }
     let tracked = track == REPLY_TRACKED;
     let mut vouched = false;
-    if !tracked {
-        if tcp {
-            // The client's side of a direct connection, as it sent it.
-            *dk = FlowKey {
-                src: k.dst,
-                dst: k.src,
-                sport: k.dport,
-                dport: k.sport,
-                proto: k.proto,
-                family: k.family,
-                _pad: [0; 2],
-            };
-            if maps::DIRECT.get_ptr(&*dk).is_some() {
-                return Some((PASS, Reason::PassDirect));
-            }
-            // Data or an ACK from the backend: it holds this connection.
-            let f = flow.tcp_flags & (rst::SYN | rst::ACK | rst::RST);
-            vouched = f == rst::ACK;
+    if !tracked && tcp {
+        // The client's side of a direct connection, as it sent it.
+        *dk = FlowKey {
+            src: k.dst,
+            dst: k.src,
+            sport: k.dport,
+            dport: k.sport,
+            proto: k.proto,
+            family: k.family,
+            _pad: [0; 2],
+        };
+        if maps::DIRECT.get_ptr(&*dk).is_some() {
+            return Some((PASS, Reason::PassDirect));
         }
+        // Data or an ACK from the backend: it holds this connection.
+        let f = flow.tcp_flags & (rst::SYN | rst::ACK | rst::RST);
+        vouched = f == rst::ACK;
     }
     let bytes = pkt.len() as u64;
     forward::prepare(

@@ -379,6 +379,65 @@ pub fn hex(b: &[u8]) -> String {
         .join("")
 }
 
+/// An ICMP (IPv4) or ICMPv6 error frame from `src` to `dst` of type `ty`,
+/// code `code`, with `rest` in bytes 4..8 (the MTU for fragmentation needed
+/// and packet too big) quoting `quote` (the start of an IP packet). Every
+/// checksum computed in full here.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![ty, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quote);
+    let mut f = Vec::new();
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = inet_checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&[0x43, 0x21, 0, 0, ttl, 1, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = inet_checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(&icmp);
+            let c = inet_checksum(&pseudo);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            f.push(58);
+            f.push(ttl);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    f.extend_from_slice(&icmp);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,63 +497,4 @@ mod tests {
         b[14 + 40 + 1] = 200;
         assert!(verify_checksums(&b).is_err());
     }
-}
-
-/// An ICMP (IPv4) or ICMPv6 error frame from `src` to `dst` of type `ty`,
-/// code `code`, with `rest` in bytes 4..8 (the MTU for fragmentation needed
-/// and packet too big) quoting `quote` (the start of an IP packet). Every
-/// checksum computed in full here.
-#[allow(clippy::too_many_arguments)]
-pub fn icmp_error(
-    smac: [u8; 6],
-    dmac: [u8; 6],
-    src: IpAddr,
-    dst: IpAddr,
-    ttl: u8,
-    ty: u8,
-    code: u8,
-    rest: [u8; 4],
-    quote: &[u8],
-) -> Vec<u8> {
-    let mut icmp = vec![ty, code, 0, 0];
-    icmp.extend_from_slice(&rest);
-    icmp.extend_from_slice(quote);
-    let mut f = Vec::new();
-    f.extend_from_slice(&dmac);
-    f.extend_from_slice(&smac);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let c = inet_checksum(&icmp);
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0];
-            h.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&[0x43, 0x21, 0, 0, ttl, 1, 0, 0]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = inet_checksum(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 58]);
-            pseudo.extend_from_slice(&icmp);
-            let c = inet_checksum(&pseudo);
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&0x86ddu16.to_be_bytes());
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            f.push(58);
-            f.push(ttl);
-            f.extend_from_slice(&s.octets());
-            f.extend_from_slice(&d.octets());
-        }
-        _ => panic!("mixed address families"),
-    }
-    f.extend_from_slice(&icmp);
-    f
 }

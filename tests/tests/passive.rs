@@ -13,7 +13,6 @@ use failover_tests::{
     pktlab::*,
 };
 
-const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 const ALL: u32 = 0b1111;
 
