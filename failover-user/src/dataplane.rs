@@ -117,14 +117,14 @@ impl Dataplane {
             .context("the eBPF object has no `failover` program")?
             .try_into()
             .context("the `failover` program is not an XDP program")?;
-        prog.load()
+        without_signals(|| prog.load())
             .context("the kernel refused the XDP program (verifier)")?;
         let icmp: &mut Xdp = ebpf
             .program_mut(objects::ICMP_PROGRAM)
             .context("the eBPF object has no `failover_icmp` program")?
             .try_into()
             .context("the `failover_icmp` program is not an XDP program")?;
-        icmp.load()
+        without_signals(|| icmp.load())
             .context("the kernel refused the ICMP XDP program (verifier)")?;
         let icmp_fd = icmp
             .fd()
@@ -591,6 +591,41 @@ impl Dataplane {
         let mut a: Array<&mut MapData, u32> = self.map_mut(map_names::BACKEND_STATE)?;
         a.set(backend_id, state, 0)
             .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
+    }
+}
+
+/// Runs `f` (a program load) with the asynchronous signals blocked in this
+/// thread. The verifier gives up with EAGAIN when a signal is pending for
+/// the loading thread, and verifying the program takes a second or more: a
+/// SIGHUP (a reload) or SIGCHLD (a hook ending) arriving then would fail a
+/// start or a restart. Blocked here, such a signal goes to another thread
+/// or waits until the load is done.
+fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset operations on a local set, and pthread_sigmask on the
+    // calling thread only; the old mask is restored before returning.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGCHLD,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGALRM,
+            libc::SIGPIPE,
+            libc::SIGWINCH,
+        ] {
+            libc::sigaddset(&mut set, sig);
+        }
+        let blocked = libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0;
+        let out = f();
+        if blocked {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+        out
     }
 }
 

@@ -719,6 +719,12 @@ fn apply(
 }
 
 fn daemon(path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
+    // A reload asked for before the handler is installed (in run_daemon)
+    // is moot, the config is read fresh: ignore SIGHUP until then rather
+    // than die of its default action.
+    // SAFETY: setting a signal's disposition to "ignore" has no
+    // preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let cfg = config::load(&path)?;
     if cfg.daemon.interfaces.is_empty() {
         anyhow::bail!(
@@ -736,6 +742,12 @@ fn daemon(path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
 async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    // Signals first: a SIGHUP (or SIGTERM) that comes while the program is
+    // still being verified (seconds on a busy host) must not kill the daemon
+    // half-started by its default action; it is handled once running.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     check_forwarding();
     // The audit log first: a tampered log stops the daemon before anything
     // changes.
@@ -861,9 +873,6 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
     }
     .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {e}"))?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut current = cfg;
     let audit_note = |what: serde_json::Value| {
         if let (Ok(mut log), serde_json::Value::Object(m)) = (audit.lock(), what)

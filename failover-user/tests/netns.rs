@@ -525,3 +525,42 @@ fn dsr_end_to_end() {
     until_answered_by(|| tcp_request(c, vip(false, 80), "x", T), "b2");
     assert!(daemon.terminate().expect("stops").success());
 }
+
+/// Signals while the daemon starts (verifying the program takes a second
+/// or more): SIGHUPs sent every 20 ms from its spawn neither kill it (the
+/// default action of an unhandled SIGHUP) nor fail the program load (the
+/// verifier gives up with EAGAIN when a signal is pending): it attaches,
+/// runs, and serves.
+#[test]
+fn sighup_storm_during_start() {
+    require_root();
+    let s = scratch();
+    let topo = Topology::create(&s.prefix).expect("creating the lab topology");
+    let config = s.dir.join("lab.toml");
+    std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("writing config");
+    let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+    let _b1 = Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1");
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    let pid = daemon.0.id() as libc::pid_t;
+    // From 50 ms after the spawn (the process has reached its main).
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        daemon.0.try_wait().expect("daemon status").is_none(),
+        "the daemon survived SIGHUPs during its start"
+    );
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("daemon attached");
+    assert_eq!(
+        tcp_request(&topo.client, vip(false, 80), "after-hups", T).expect("served"),
+        "b1"
+    );
+    let status = daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(status.success(), "daemon exit status {status}");
+}

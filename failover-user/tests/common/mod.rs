@@ -1,3 +1,0 @@
-//! Helpers shared by the namespace tests.
-
-pub mod raw;
