@@ -14,12 +14,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use common::raw;
+use failover_user::lab::raw;
 use failover_user::lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, Workdir, vip,
 };
-
-mod common;
 
 const T: Duration = Duration::from_millis(1000);
 
@@ -258,8 +256,8 @@ fn vlan_tagged_packets_leave_untagged() {
         failover_user::lab::tcp_request(c, vip(false, 80), "warm", T).expect("untagged request"),
         "b1"
     );
-    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
-    let client_mac = raw::mac_of(c, "cl");
+    let lb_mac = raw::mac_of(&lab.topo.lb, "lc").expect("LB MAC");
+    let client_mac = raw::mac_of(c, "cl").expect("client MAC");
     let capture = b1.run(|| raw::packet_socket("b1")).expect("capture on b1");
     let client_rx = c.run(|| raw::packet_socket("cl")).expect("capture on cl");
     let tx = c.run(|| raw::packet_socket("cl")).expect("socket on cl");
@@ -313,118 +311,20 @@ fn syn_flood_breaks_no_established_connection() {
 
 fn syn_flood(top: &str) {
     let mut lab = start_lab_with(top);
-    // b1's server: answers each line once the flood is over, and not
-    // before 4 s of silence.
+    // b1's service port is the held server's.
     lab.servers.remove(0).stop();
-    let flood_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let over = flood_over.clone();
-    let b1 = &lab.topo.backends[0];
-    let listener = b1
-        .run(|| std::net::TcpListener::bind(("::", BACKEND_TCP_PORT)).context("binding the server"))
-        .expect("slow server");
-    let server = std::thread::spawn(move || {
-        let mut handlers = Vec::new();
-        for _ in 0..20 {
-            let Ok((s, _)) = listener.accept() else { break };
-            let over = over.clone();
-            handlers.push(std::thread::spawn(move || -> anyhow::Result<()> {
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                let mut line = String::new();
-                BufReader::new(&s).read_line(&mut line)?;
-                let read = std::time::Instant::now();
-                let deadline = read + Duration::from_secs(40);
-                while (!over.load(std::sync::atomic::Ordering::Relaxed)
-                    || read.elapsed() < Duration::from_secs(4))
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                (&s).write_all(format!("b1 {}", line).as_bytes())?;
-                Ok(())
-            }));
-        }
-        handlers
-    });
-    let c = &lab.topo.client;
-    let SocketAddr::V4(to) = vip(false, 80) else {
-        unreachable!("an IPv4 VIP")
-    };
-    let conns: Vec<TcpStream> = c
-        .run(|| {
-            (0..20)
-                .map(|i| {
-                    let s = TcpStream::connect_timeout(&SocketAddr::V4(to), T)?;
-                    s.set_read_timeout(Some(Duration::from_secs(50)))?;
-                    (&s).write_all(format!("held-{i}\n").as_bytes())?;
-                    Ok(s)
-                })
-                .collect::<anyhow::Result<_>>()
-        })
-        .expect("20 connections");
-    // Idle a while (the connections' entries age), then the flood,
-    // bounded in count and time.
-    std::thread::sleep(Duration::from_secs(1));
-    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
-    let client_mac = raw::mac_of(c, "cl");
-    // Four senders (both CPUs), each 125 000 spoofed handshakes whose SYN
-    // is sent twice (a retransmission: flood entries are looked up again,
-    // as a real flood's are). Bounded in count and time.
-    let flood = |part: u32| -> anyhow::Result<u32> {
-        c.run(|| {
-            let tx = raw::packet_socket("cl")?;
-            let start = std::time::Instant::now();
-            let mut sent = 0u32;
-            for i in part * 125_000..(part + 1) * 125_000 {
-                if start.elapsed() > Duration::from_secs(30) {
-                    break;
-                }
-                let src = [198, 19, (i >> 8) as u8, i as u8];
-                let syn = raw::Tcp::syn(src, [198, 18, 100, 10], 1024 + (i % 60000) as u16, 80, i);
-                let f = raw::ether(lb_mac, client_mac, None, &syn.ip());
-                for _ in 0..2 {
-                    if raw::send(&tx, &f) {
-                        sent += 1;
-                    }
-                }
-            }
-            Ok(sent)
-        })
-    };
-    let sent: u32 = std::thread::scope(|sc| {
-        let parts: Vec<_> = (0..4).map(|p| sc.spawn(move || flood(p))).collect();
-        parts
-            .into_iter()
-            .map(|h| h.join().expect("flood thread").expect("flooding"))
-            .sum()
-    });
-    flood_over.store(true, std::sync::atomic::Ordering::Relaxed);
-    println!("flood: {sent} spoofed SYNs sent");
+    let o = failover_user::lab::flood::run(&lab.topo, 1_000_000).expect("the flood");
+    println!("flood: {o:?}");
     let stats = Command::new(exe())
         .args(["stats", "--config"])
         .arg(&lab.config)
         .output()
         .expect("failover stats");
     println!("{}", String::from_utf8_lossy(&stats.stdout));
-    assert!(sent >= 900_000, "the flood was sent ({sent})");
-    let mut answered = 0;
-    // One deadline for all the answers (a broken connection answers
-    // nothing; waiting for each in turn would take minutes).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    for (i, s) in conns.iter().enumerate() {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
-            .expect("read timeout");
-        let mut line = String::new();
-        match BufReader::new(s).read_line(&mut line) {
-            Ok(_) if line.trim_end() == format!("b1 held-{i}") => answered += 1,
-            other => println!("connection {i}: {other:?} {line:?}"),
-        }
-    }
-    for h in server.join().expect("server thread") {
-        let _ = h.join();
-    }
+    assert!(o.sent >= 900_000, "the flood was sent ({})", o.sent);
     assert_eq!(
-        answered, 20,
-        "established connections answered after the flood"
+        (o.answered, o.leaked),
+        (failover_user::lab::flood::HELD, 0),
+        "established connections answered after the flood, replies leaked"
     );
 }

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::raw;
+use failover_user::lab::raw;
 use failover_user::lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
     client, tcp_request, vip,
@@ -327,8 +325,8 @@ fn forged_signals_cause_no_mark_no_failover_and_no_hook() {
     );
     assert_eq!(lab.ask(), "b1");
     let c = &lab.topo.client;
-    let lb_mac = raw::mac_of(&lab.topo.lb, "lc");
-    let client_mac = raw::mac_of(c, "cl");
+    let lb_mac = raw::mac_of(&lab.topo.lb, "lc").expect("LB MAC");
+    let client_mac = raw::mac_of(c, "cl").expect("client MAC");
     let t0 = Instant::now();
     let legit = client::stream(&c.name, vip(false, 80), t0, Duration::from_secs(10));
     let (vip4, me, b1) = ([198, 18, 100, 10], [198, 18, 0, 2], [198, 18, 1, 2]);

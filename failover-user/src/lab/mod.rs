@@ -12,7 +12,9 @@
 
 pub mod client;
 pub mod demo;
+pub mod flood;
 pub mod netns;
+pub mod raw;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},

@@ -1,18 +1,17 @@
-//! Raw frames for the namespace tests: an IPv4 TCP/ICMP frame builder
-//! with full checksums, AF_PACKET sockets to send frames no socket API
-//! would (forged, spoofed, VLAN-tagged) and to capture what really
-//! crossed a link.
-#![allow(dead_code)]
+//! Raw frames for the lab's tests and the bench: an IPv4 TCP/ICMP frame
+//! builder with full checksums, AF_PACKET sockets to send frames no socket
+//! API would (forged, spoofed, VLAN-tagged) and to capture what really
+//! crossed a link. Only inside the lab's own namespaces.
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 /// RFC 1071 checksum of `data`.
 pub fn inet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data
         .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
         .sum();
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -230,18 +229,18 @@ pub fn recv_frame(fd: &std::os::fd::OwnedFd) -> Option<Frame> {
     })
 }
 
-pub fn mac_of(ns: &failover_user::lab::netns::Netns, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["-br", "link", "show", dev]).expect("ip link show");
+pub fn mac_of(ns: &super::netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.ip(&["-br", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mac = text
         .split_whitespace()
         .find(|w| w.len() == 17 && w.matches(':').count() == 5)
-        .unwrap_or_else(|| panic!("no MAC in {text:?}"));
+        .with_context(|| format!("no MAC address in {text:?}"))?;
     let mut m = [0u8; 6];
-    for (i, b) in mac.split(':').enumerate() {
-        m[i] = u8::from_str_radix(b, 16).expect("hex MAC");
+    for (i, b) in mac.split(':').enumerate().take(6) {
+        m[i] = u8::from_str_radix(b, 16).with_context(|| format!("MAC address {mac:?}"))?;
     }
-    m
+    Ok(m)
 }
 
 /// Frames from `fd` until one matches `want` or 3 s pass.
