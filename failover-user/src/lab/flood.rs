@@ -98,8 +98,14 @@ pub fn run(topo: &Topology, syns: u32) -> anyhow::Result<Outcome> {
                 let syn = raw::Tcp::syn(src, [198, 18, 100, 10], port, 80, i);
                 let f = raw::ether(lb_mac, client_mac, None, &syn.ip());
                 for _ in 0..2 {
-                    if raw::send(&tx, &f) {
-                        sent += 1;
+                    // A full transmit queue refuses a frame (ENOBUFS): try
+                    // again shortly, a bounded number of times.
+                    for _ in 0..1000 {
+                        if raw::send(&tx, &f) {
+                            sent += 1;
+                            break;
+                        }
+                        std::thread::yield_now();
                     }
                 }
             }

@@ -22,7 +22,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use failover_common::{FlowKey, FlowValue, map_names};
+use failover_common::{FLOW_REPLIED, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowValue, map_names};
 use failover_tests::{
     pkt::{L4, Pkt},
     pktlab::{CONFIG, LB_B_MAC, Lab, P_MAC, from_client},
@@ -175,8 +175,63 @@ struct Row {
     floor: f64,
 }
 
+/// Verified (`CONNTRACK`) entries for the client's flows from `ports` to
+/// `vip`:80 on `backend` of `service`: established packets then hit
+/// conntrack as a real established flow does (a flow gets there through
+/// its handshake, which the bench does not replay).
+fn verify_flows(
+    lab: &mut Lab,
+    vip: &str,
+    ports: impl Iterator<Item = u16>,
+    service: &str,
+    backend: &str,
+) -> anyhow::Result<()> {
+    let service_id = lab.layout.service(service).context("bench service")?.id;
+    let backend_id = lab.backend(service, backend);
+    let v6 = vip.contains(':');
+    let (src, family) = addr16(if v6 { "2001:db8::2" } else { "198.18.0.2" }.parse()?);
+    let (dst, _) = addr16(vip.parse()?);
+    let map = lab
+        .dp
+        .ebpf_mut()
+        .map_mut(map_names::CONNTRACK)
+        .context("CONNTRACK")?;
+    let mut ct: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(map)?;
+    for p in ports {
+        let k = FlowKey {
+            src,
+            dst,
+            sport: p.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+            proto: 6,
+            family,
+            _pad: [0; 2],
+        };
+        let v = FlowValue {
+            backend_id,
+            service_id,
+            timeout_ms: FlowTimeouts::DEFAULT.established_ms,
+            state: FS_ESTABLISHED,
+            flags: FLOW_REPLIED,
+            ..FlowValue::default()
+        };
+        ct.insert(k, v, 0)?;
+    }
+    Ok(())
+}
+
 fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
+    verify_flows(&mut lab, "198.18.0.11", [42000].into_iter(), "web-dsr", "p")?;
+    verify_flows(&mut lab, "198.18.0.10", 10_000..10_000 + 3000, "web", "p")?;
+    verify_flows(&mut lab, "2001:db8::10", 20_000..20_000 + 3000, "web6", "p")?;
+    verify_flows(
+        &mut lab,
+        "198.18.0.11",
+        30_000..30_000 + 3000,
+        "web-dsr",
+        "p",
+    )?;
     let mut empty = aya::Ebpf::load(objects::PASS).context("loading the empty program")?;
     let pass: &mut Xdp = empty
         .program_mut(objects::PASS_PROGRAM)
@@ -269,8 +324,27 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     let chosen_s = single(prog, lab.c0, &no_backend, PASS)?;
     let v6_created = single(prog, lab.c0, &v6_new, REDIRECT)?;
     let v6_established = single(prog, lab.c0, &v6_est, REDIRECT)?;
+    // Without any entry: a mid-stream packet forwarded by the table alone
+    // (records nothing), and a reply translated from REVERSE alone.
+    let midstream: Vec<Vec<u8>> = ports(50_000)
+        .map(|p| from_client("198.18.0.10", ack(p, 80)).bytes())
+        .collect();
+    let untracked = single(prog, lab.c0, &midstream, REDIRECT)?;
+    let untracked_replies: Vec<Vec<u8>> = ports(60_000)
+        .map(|p| {
+            let mut r = Pkt::new(
+                "198.18.1.2".parse().expect("ip"),
+                "198.18.0.2".parse().expect("ip"),
+                ack(8080, p),
+            );
+            r.smac = P_MAC;
+            r.dmac = LB_B_MAC;
+            r.bytes()
+        })
+        .collect();
+    let untracked_reply = single(prog, lab.b0, &untracked_replies, REDIRECT)?;
     rows.push(Row {
-        what: "VIP, new flow (conntrack insert), NAT".into(),
+        what: "VIP, new flow (SYN: embryonic insert), NAT".into(),
         ns: created,
         floor: floor_s,
     });
@@ -282,6 +356,16 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     rows.push(Row {
         what: "reply translated back (reverse NAT)".into(),
         ns: reply,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "VIP, mid-stream packet without an entry (table only), NAT".into(),
+        ns: untracked,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "reply without an entry (translated from REVERSE)".into(),
+        ns: untracked_reply,
         floor: floor_s,
     });
     rows.push(Row {
@@ -314,7 +398,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
             established - dsr_s,
         ),
         (
-            "new flow: conntrack insert (NAT new minus NAT established)",
+            "new flow: embryonic insert (NAT new minus NAT established)",
             created - established,
         ),
     ];
@@ -353,6 +437,7 @@ fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>>
     let mut out = Vec::new();
     let mut filled = 0usize;
     let mem_per_entry = conntrack_memory(&mut lab)? / f64::from(cap);
+    verify_flows(&mut lab, "198.18.0.11", [42000].into_iter(), "web-dsr", "p")?;
     for &n in sizes {
         {
             let map = lab
@@ -380,6 +465,8 @@ fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>>
                     FlowValue {
                         backend_id: 0,
                         service_id: 0,
+                        timeout_ms: FlowTimeouts::DEFAULT.established_ms,
+                        state: FS_ESTABLISHED,
                         ..FlowValue::default()
                     },
                     0,
@@ -945,14 +1032,69 @@ fn machine() -> Value {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "per-packet",
     "scale",
     "tables",
     "failover",
     "throughput",
     "udp",
+    "flood",
 ];
+
+/// The SYN flood of `lab::flood` against failover NAT and nftables DNAT
+/// on the same topology: the held connections' answers and the leaks.
+fn syn_flood(
+    o: &Opts,
+    report: &mut Value,
+) -> anyhow::Result<Vec<(&'static str, failover_user::lab::flood::Outcome)>> {
+    use failover_user::lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, flood};
+    ensure_packages(&[("nft", "nftables")])?;
+    let exe = daemon_exe(o)?;
+    let syns = if o.quick { 200_000 } else { 1_000_000 };
+    let mut rows = Vec::new();
+    for contender in ["failover nat", "nftables dnat"] {
+        let w = failover_user::lab::Workdir::new("ffb")?;
+        let topo = Topology::create(&w.prefix)?;
+        // b1's service port is the held server's (see `lab::flood`).
+        let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
+        let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
+        let _daemon = if contender == "failover nat" {
+            Some(start_daemon(&exe, &w, &topo, false)?)
+        } else {
+            let rules = "table ip bench {\n chain pre {\n  type nat hook prerouting priority -100;\n  ip daddr 198.18.100.10 tcp dport 80 dnat to 198.18.1.2:8080\n }\n}\n";
+            load_nft(&w, &topo, rules)?;
+            None
+        };
+        let out =
+            flood::run(&topo, syns).with_context(|| format!("the flood against {contender}"))?;
+        rows.push((contender, out));
+    }
+    report["syn_flood"] = json!({
+        "spoofed_syns": syns,
+        "held_connections": flood::HELD,
+        "contenders": rows.iter().map(|(c, r)| json!({
+            "contender": c, "sent": r.sent, "answered": r.answered, "leaked": r.leaked, "flood_s": r.flood_secs,
+        })).collect::<Vec<_>>(),
+    });
+    Ok(rows)
+}
+
+fn print_flood(rows: &[(&'static str, failover_user::lab::flood::Outcome)]) {
+    println!(
+        "\n| spoofed SYN flood at the VIP (each SYN twice) | SYNs sent | held connections answered after 4 s of silence | packets from a backend's own address at the client |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    for (c, r) in rows {
+        println!(
+            "| {c} | {} | {}/{} | {} |",
+            r.sent,
+            r.answered,
+            failover_user::lab::flood::HELD,
+            r.leaked
+        );
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let o = parse_args()?;
@@ -1007,6 +1149,10 @@ fn main() -> anyhow::Result<()> {
     if run("udp") {
         let udp = udp_rate(&o, &mut report)?;
         print_udp(&report, &udp);
+    }
+    if run("flood") {
+        let rows = syn_flood(&o, &mut report)?;
+        print_flood(&rows);
     }
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
