@@ -4,7 +4,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use failover_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP};
+use failover_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, csum};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -306,21 +306,23 @@ pub fn ipv4_header_ok(pkt: &Packet, flow: &Flow) -> bool {
         return false;
     };
     let words = (vihl & 0x0f) as usize;
-    let mut sum: u32 = 0;
-    // At most 15 32-bit words (a 60-byte header).
+    add_words(pkt, l3, words, 0).is_some_and(|sum| csum::fold(sum) == 0xffff)
+}
+
+/// Adds `words` (at most 15) 32-bit words of the packet from `off` to the
+/// one's complement sum `sum`, as 16-bit halves; `None` if they are not all
+/// in the packet.
+#[inline(always)]
+fn add_words(pkt: &Packet, off: usize, words: usize, mut sum: u32) -> Option<u32> {
     for i in 0..15 {
         if i >= words {
             break;
         }
-        let Some(w) = pkt.load::<[u8; 4]>(l3 + i * 4) else {
-            return false;
-        };
+        let w = pkt.load::<[u8; 4]>(off + i * 4)?;
         sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
         sum += u32::from(u16::from_be_bytes([w[2], w[3]]));
     }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
+    Some(sum)
 }
 
 /// Whether a TCP segment without payload beyond its options (a SYN: at most
@@ -343,17 +345,5 @@ pub fn tcp_syn_checksum_ok(pkt: &Packet, flow: &Flow) -> bool {
         sum += u32::from(u16::from_be_bytes([k.src[i * 2], k.src[i * 2 + 1]]));
         sum += u32::from(u16::from_be_bytes([k.dst[i * 2], k.dst[i * 2 + 1]]));
     }
-    for i in 0..15 {
-        if i * 4 >= len {
-            break;
-        }
-        let Some(w) = pkt.load::<[u8; 4]>(l4 + i * 4) else {
-            return false;
-        };
-        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        sum += u32::from(u16::from_be_bytes([w[2], w[3]]));
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
+    add_words(pkt, l4, len / 4, sum).is_some_and(|sum| csum::fold(sum) == 0xffff)
 }

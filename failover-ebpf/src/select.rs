@@ -123,9 +123,6 @@ pub const PKT_SYN_VALID: u32 = 1 << 10;
 /// evidence (Linux retransmits a SYN after 1 s at the earliest).
 const SYN_RETX_MIN_MS: u32 = 200;
 
-/// What a live entry says about this packet.
-const ENTRY_NONE: u64 = u64::MAX;
-
 /// Chooses the backend for a client packet of `svc` (the flow parsed in
 /// `scratch`) and records the flow (see `conntrack.rs`). `bits`: `PKT_*`.
 ///
@@ -154,6 +151,10 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
     let may_reset = tcp && rst::resettable(flags);
     let syn = tcp && rst::pure_syn(flags);
     let now = conntrack::now_ms();
+    // A tracked flow whose backend went down (with `move`) is re-pinned in
+    // place to the one pick below: one copy of the tier walk in the
+    // program, not three (the verifier's budget).
+    let mut repin: *mut FlowValue = core::ptr::null_mut();
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a value of our LRU map; the kernel keeps it alive for the
         // program's run. Concurrent writers only store whole aligned words.
@@ -164,20 +165,32 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
                 // entry must not catch its next packets.
                 let _ = CONNTRACK.remove(key);
             } else {
-                let r = on_entry(svc, ct, flags, may_reset, hash, now);
-                if r != ENTRY_NONE {
-                    return r;
+                match tracked(svc, ct, may_reset) {
+                    Track::Keep => {
+                        conntrack::seen(ct, now);
+                        conntrack::on_flags(ct, flags);
+                        return picked(PICK_TO, ct.backend_id);
+                    }
+                    Track::Reset => return picked(PICK_RESET, 0),
+                    Track::Repick if ct.service_id == svc.id => repin = ct,
+                    Track::Repick => {}
                 }
             }
         }
     }
-    if let Some(e) = EMBRYONIC.get_ptr_mut(key) {
+    let embryonic = if repin.is_null() {
+        EMBRYONIC.get_ptr_mut(key)
+    } else {
+        None
+    };
+    if let Some(e) = embryonic {
         // SAFETY: as above.
         let e = unsafe { &mut *e };
         if conntrack::live(e, now) && !(syn && e.client_isn != flow.seq) {
             if syn {
                 // A retransmitted SYN: the handshake is not done, so it may
-                // only stay with a backend that takes new flows.
+                // only stay with a backend that takes new flows (else it is
+                // picked anew below, a new entry).
                 if e.service_id == svc.id
                     && owned(svc, e.backend_id)
                     && state(e.backend_id) == STATE_UP
@@ -196,16 +209,23 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
                     return picked(PICK_TO, e.backend_id);
                 }
             } else {
-                let r = on_entry(svc, e, flags, may_reset, hash, now);
-                if r != ENTRY_NONE {
-                    if tcp
-                        && e.state == FS_SYN
-                        && completes_handshake(e, flow.seq, flow.ack, flags, nat)
-                    {
-                        op.set(passive::OP_SUCCESS, 0, svc.id, e.backend_id);
-                        conntrack::promote(key, e, FS_ESTABLISHED);
+                match tracked(svc, e, may_reset) {
+                    Track::Keep => {
+                        conntrack::seen(e, now);
+                        conntrack::on_flags(e, flags);
+                        let id = e.backend_id;
+                        if tcp
+                            && e.state == FS_SYN
+                            && completes_handshake(e, flow.seq, flow.ack, flags, nat)
+                        {
+                            op.set(passive::OP_SUCCESS, 0, svc.id, id);
+                            conntrack::promote(key, e, FS_ESTABLISHED);
+                        }
+                        return picked(PICK_TO, id);
                     }
-                    return r;
+                    Track::Reset => return picked(PICK_RESET, 0),
+                    Track::Repick if e.service_id == svc.id => repin = e,
+                    Track::Repick => {}
                 }
             }
         }
@@ -213,6 +233,16 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
     let Some(id) = pick(svc, hash) else {
         return picked(PICK_NONE, 0);
     };
+    if !repin.is_null() {
+        // SAFETY: `repin` points to a live value of one of our LRU maps
+        // (found above in this run).
+        let v = unsafe { &mut *repin };
+        v.backend_id = id;
+        v.created_ms = now;
+        conntrack::seen(v, now);
+        conntrack::on_flags(v, flags);
+        return picked(PICK_TO, id);
+    }
     if tcp && !syn {
         // Mid-stream without an entry (evicted, expired, a restarted
         // daemon): forwarded by the table alone. Nothing is recorded for
@@ -256,42 +286,6 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
 #[inline(always)]
 fn owned(svc: &ServiceValue, id: u32) -> bool {
     matches!(BACKENDS.get(id), Some(b) if b.service_id == svc.id)
-}
-
-/// A packet of a live tracked flow (not a retransmitted or new SYN):
-/// stays, is reset, or moves (its backend went down with `move`; the
-/// entry is re-pinned in place). `ENTRY_NONE`: no usable backend to move
-/// to, or the entry is another service's.
-#[inline(always)]
-fn on_entry(
-    svc: &ServiceValue,
-    v: &mut FlowValue,
-    flags: u8,
-    may_reset: bool,
-    hash: u32,
-    now: u32,
-) -> u64 {
-    match tracked(svc, v, may_reset) {
-        Track::Keep => {
-            conntrack::seen(v, now);
-            conntrack::on_flags(v, flags);
-            picked(PICK_TO, v.backend_id)
-        }
-        Track::Reset => picked(PICK_RESET, 0),
-        Track::Repick => {
-            if v.service_id != svc.id {
-                return ENTRY_NONE;
-            }
-            let Some(id) = pick(svc, hash) else {
-                return ENTRY_NONE;
-            };
-            v.backend_id = id;
-            v.created_ms = now;
-            conntrack::seen(v, now);
-            conntrack::on_flags(v, flags);
-            picked(PICK_TO, id)
-        }
-    }
 }
 
 /// The client's ACK that completes a handshake: NAT, it acknowledges the

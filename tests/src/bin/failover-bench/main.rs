@@ -296,18 +296,22 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     let floor_s = single(pass, lab.c0, &v4_new, PASS)?;
     let created = single(prog, lab.c0, &v4_new, REDIRECT)?;
     let established = single(prog, lab.c0, &v4_est, REDIRECT)?;
-    let replies: Vec<Vec<u8>> = ports(10_000)
-        .map(|p| {
-            let mut r = Pkt::new(
-                "198.18.1.2".parse().expect("ip"),
-                "198.18.0.2".parse().expect("ip"),
-                ack(8080, p),
-            );
-            r.smac = P_MAC;
-            r.dmac = LB_B_MAC;
-            r.bytes()
-        })
-        .collect();
+    // The primary's ACKs to the client's ports from `base`.
+    let replies_to = |base: u16| -> Vec<Vec<u8>> {
+        ports(base)
+            .map(|p| {
+                let mut r = Pkt::new(
+                    "198.18.1.2".parse().expect("ip"),
+                    "198.18.0.2".parse().expect("ip"),
+                    ack(8080, p),
+                );
+                r.smac = P_MAC;
+                r.dmac = LB_B_MAC;
+                r.bytes()
+            })
+            .collect()
+    };
+    let replies = replies_to(10_000);
     let reply = single(prog, lab.b0, &replies, REDIRECT)?;
     // The same packets as single runs, for the stage breakdown below.
     let nonvip_s = single(prog, lab.c0, &vec![other.clone(); n], PASS)?;
@@ -330,18 +334,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         .map(|p| from_client("198.18.0.10", ack(p, 80)).bytes())
         .collect();
     let untracked = single(prog, lab.c0, &midstream, REDIRECT)?;
-    let untracked_replies: Vec<Vec<u8>> = ports(60_000)
-        .map(|p| {
-            let mut r = Pkt::new(
-                "198.18.1.2".parse().expect("ip"),
-                "198.18.0.2".parse().expect("ip"),
-                ack(8080, p),
-            );
-            r.smac = P_MAC;
-            r.dmac = LB_B_MAC;
-            r.bytes()
-        })
-        .collect();
+    let untracked_replies = replies_to(60_000);
     let untracked_reply = single(prog, lab.b0, &untracked_replies, REDIRECT)?;
     rows.push(Row {
         what: "VIP, new flow (SYN: embryonic insert), NAT".into(),
