@@ -117,8 +117,7 @@ impl Dataplane {
             .context("the eBPF object has no `failover` program")?
             .try_into()
             .context("the `failover` program is not an XDP program")?;
-        without_signals(|| prog.load())
-            .context("the kernel refused the XDP program (verifier)")?;
+        without_signals(|| prog.load()).context("the kernel refused the XDP program (verifier)")?;
         let icmp: &mut Xdp = ebpf
             .program_mut(objects::ICMP_PROGRAM)
             .context("the eBPF object has no `failover_icmp` program")?
