@@ -26,9 +26,10 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     conntrack,
     forward::{self, Fib},
-    maps::{self, BACKENDS, Scratch},
+    maps::{self, BACKENDS},
     packet::Packet,
-    parse::Flow,
+    parse::{Flow, OFF_MASK},
+    scratch::{Dir, Quote, Scratch},
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
@@ -38,41 +39,6 @@ const IPPROTO_ICMPV6: u8 = 58;
 
 /// Not an error about a VIP flow: the caller goes on as before.
 pub const NOT_HANDLED: u32 = u32::MAX;
-
-/// Where the quoted packet and its parts are, and what to write.
-pub struct Quote {
-    /// Offset of the quoted IP header.
-    ip: usize,
-    /// Offset of the quoted TCP/UDP header.
-    l4: usize,
-    proto: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-    sport: [u8; 2],
-    dport: [u8; 2],
-    /// The rewrite: which way, the new address and port.
-    dir: Dir,
-    addr: [u8; 16],
-    port: [u8; 2],
-}
-
-/// Every offset here is below this (see `parse::OFF_MASK`).
-const OFF_MASK: usize = 0x3fff;
-
-impl Quote {
-    /// Offset of the quoted IP header (masked: offsets read back from map
-    /// memory are unbounded for the verifier).
-    #[inline(always)]
-    fn ip(&self) -> usize {
-        self.ip & OFF_MASK
-    }
-
-    /// Offset of the quoted TCP/UDP header.
-    #[inline(always)]
-    fn l4(&self) -> usize {
-        self.l4 & OFF_MASK
-    }
-}
 
 /// Reads the error's type and the quoted packet into `q`; `false` if it is
 /// not an error this module translates.
@@ -272,16 +238,6 @@ fn live_backend(key: &FlowKey, service_id: u32) -> Option<u32> {
         return Some(v.backend_id);
     }
     None
-}
-
-/// Which way the error goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    /// Outer destination and quoted source become the backend's.
-    ToBackend,
-    /// Quoted destination becomes the VIP's; the outer source too when it
-    /// is the backend itself.
-    ToClient,
 }
 
 /// Rewrites addresses and the port as `dir` says, with every checksum.

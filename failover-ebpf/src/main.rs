@@ -29,6 +29,7 @@ mod packet;
 mod parse;
 mod passive;
 mod rst;
+mod scratch;
 mod select;
 mod stats;
 
@@ -46,10 +47,11 @@ use failover_common::{
 
 use crate::{
     forward::{Egress, Fib},
-    maps::{REVERSE, SCRATCH, SERVICES, Scratch, VIP_ADDRS},
+    maps::{REVERSE, SERVICES, VIP_ADDRS},
     nat::{Rewrite, Side},
     packet::Packet,
     parse::{Flow, Kind},
+    scratch::{OP_FAILURE, OP_NONE, OP_SUCCESS, Op, SCRATCH, Scratch},
     stats::Dir,
 };
 
@@ -67,9 +69,9 @@ pub fn failover(ctx: XdpContext) -> u32 {
     // SAFETY: this CPU's slot of a per-CPU array; XDP runs to completion on
     // one CPU and never nests, so nothing else uses it meanwhile.
     let scratch = unsafe { &mut *scratch };
-    scratch.op.kind = passive::OP_NONE;
+    scratch.op.kind = OP_NONE;
     let (action, reason) = process(&ctx, &pkt, scratch);
-    if scratch.op.kind != passive::OP_NONE {
+    if scratch.op.kind != OP_NONE {
         passive::apply(&scratch.op);
     }
     stats::reason(reason);
@@ -88,7 +90,7 @@ pub fn failover_icmp(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's slot, as in `failover`; the caller's run ended.
     let scratch = unsafe { &mut *scratch };
-    scratch.op.kind = passive::OP_NONE;
+    scratch.op.kind = OP_NONE;
     // An unreachable error about a backend's flow is a failure signal.
     passive::icmp(&ctx, &pkt, scratch);
     let v = icmp::handle(&ctx, &pkt, scratch);
@@ -103,7 +105,7 @@ pub fn failover_icmp(ctx: XdpContext) -> u32 {
     } else {
         (PASS, Reason::PassNotVip)
     };
-    if scratch.op.kind != passive::OP_NONE {
+    if scratch.op.kind != OP_NONE {
         passive::apply(&scratch.op);
     }
     stats::reason(reason);
@@ -419,7 +421,7 @@ const REPLY_OTHERS: u32 = 2;
 
 /// Follows a reply in the flow's entry (`REPLY_*`).
 #[inline(always)]
-fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut passive::Op) -> u32 {
+fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> u32 {
     let tcp = flow.key.proto == PROTO_TCP;
     let flags = if tcp { flow.tcp_flags } else { 0 };
     let now = conntrack::now_ms();
@@ -452,7 +454,7 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut passive
         // The backend answered a UDP flow: verified.
         if first {
             e.flags |= FLOW_REPLIED;
-            op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id);
+            op.set(OP_SUCCESS, 0, rev.service_id, rev.backend_id);
         }
         conntrack::promote(fkey, e, FS_UDP);
         return REPLY_TRACKED;
@@ -463,11 +465,11 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut passive
             e.server_isn = flow.seq;
             if first {
                 e.flags |= FLOW_REPLIED;
-                op.set(passive::OP_SUCCESS, 0, rev.service_id, rev.backend_id);
+                op.set(OP_SUCCESS, 0, rev.service_id, rev.backend_id);
             }
         } else if flags & rst::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
             // The backend refused the SYN we forwarded: its process is gone.
-            op.set(passive::OP_FAILURE, SIG_RST, rev.service_id, rev.backend_id);
+            op.set(OP_FAILURE, SIG_RST, rev.service_id, rev.backend_id);
         }
     }
     conntrack::on_flags(e, flags);

@@ -3,7 +3,6 @@
 //! `failover-common`, shared with userspace.
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup as FibParams,
     btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
@@ -12,8 +11,6 @@ use failover_common::{
     PassiveEvent, PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue,
     ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
-
-use crate::{icmp::Quote, nat::Rewrite, parse::Flow, passive::Op};
 
 const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
 const MAX_VIP_ADDRS: usize = defaults::MAX_VIP_ADDRS as usize;
@@ -106,32 +103,6 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats, MAX_SERVICES, NO_FLAGS> = Pe
 
 #[btf_map]
 pub static BACKEND_STATS: PerCpuArray<Counter, MAX_BACKENDS, NO_FLAGS> = PerCpuArray::new();
-
-/// Per-CPU scratch space for what would not fit the 512-byte BPF stack:
-/// the parsed flow and the FIB lookup parameters of the packet being
-/// processed. XDP runs to completion on one CPU, so one slot per CPU is
-/// never shared.
-pub struct Scratch {
-    pub flow: Flow,
-    pub fib: FibParams,
-    /// Lookup keys built from the flow.
-    pub ep: EndpointKey,
-    pub vip: VipAddrKey,
-    pub ct: FlowKey,
-    /// A direct connection's key.
-    pub dk: FlowKey,
-    /// The NAT rewrite to apply.
-    pub rw: Rewrite,
-    /// Passive detection's work for this packet.
-    pub op: Op,
-    /// A new conntrack entry being built.
-    pub fv: FlowValue,
-    /// The packet an ICMP error quotes.
-    pub quote: Quote,
-}
-
-#[btf_map]
-pub static SCRATCH: PerCpuArray<Scratch, 1, NO_FLAGS> = PerCpuArray::new();
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<u64, REASONS, NO_FLAGS> = PerCpuArray::new();

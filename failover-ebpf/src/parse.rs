@@ -72,7 +72,7 @@ pub struct Flow {
 /// four extension headers of at most 2 KiB each is 8250), so masking with it
 /// loses nothing; it gives the verifier bounds for offsets read back from
 /// map memory, which it otherwise sees as unbounded.
-const OFF_MASK: usize = 0x3fff;
+pub const OFF_MASK: usize = 0x3fff;
 
 impl Flow {
     /// Offset of the IP header.

@@ -18,35 +18,11 @@ use crate::{
     forward::{self, Fib},
     maps::{
         BACKEND_STATE, BACKENDS, EMBRYONIC, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
-        PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE, Scratch,
+        PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE,
     },
     packet::Packet,
+    scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Op, Scratch},
 };
-
-/// What the packet path asks of passive detection, recorded in scratch and
-/// carried out by [`apply`] after the packet's fate is decided: deferring it
-/// keeps its stack frame out of the deepest call chain (512 bytes in all).
-pub struct Op {
-    pub kind: u32,
-    pub sig: u32,
-    pub sid: u32,
-    pub bid: u32,
-}
-
-pub const OP_NONE: u32 = 0;
-pub const OP_FAILURE: u32 = 1;
-pub const OP_SUCCESS: u32 = 2;
-pub const OP_NEW_FLOW: u32 = 3;
-
-impl Op {
-    #[inline(always)]
-    pub fn set(&mut self, kind: u32, sig: u32, sid: u32, bid: u32) {
-        self.kind = kind;
-        self.sig = sig;
-        self.sid = sid;
-        self.bid = bid;
-    }
-}
 
 /// Carries out the recorded operation (the only clock read of the packet
 /// path, and only for packets that carry a signal).

@@ -10,8 +10,9 @@ use failover_common::{
 
 use crate::{
     conntrack,
-    maps::{BACKEND_STATE, BACKENDS, CONNTRACK, EMBRYONIC, Scratch, TABLES, TIER_ACTIVE},
-    passive, rst,
+    maps::{BACKEND_STATE, BACKENDS, CONNTRACK, EMBRYONIC, TABLES, TIER_ACTIVE},
+    rst,
+    scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Scratch},
 };
 
 #[inline(always)]
@@ -204,7 +205,7 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
                     e.syns = e.syns.wrapping_add(1);
                     let evidence = FLOW_SYN_VALID | FLOW_REPLIED;
                     if paced && bits & PKT_SYN_VALID != 0 && e.flags & evidence == FLOW_SYN_VALID {
-                        op.set(passive::OP_FAILURE, SIG_SYN_RETX, svc.id, e.backend_id);
+                        op.set(OP_FAILURE, SIG_SYN_RETX, svc.id, e.backend_id);
                     }
                     return picked(PICK_TO, e.backend_id);
                 }
@@ -218,7 +219,7 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
                             && e.state == FS_SYN
                             && completes_handshake(e, flow.seq, flow.ack, flags, nat)
                         {
-                            op.set(passive::OP_SUCCESS, 0, svc.id, id);
+                            op.set(OP_SUCCESS, 0, svc.id, id);
                             conntrack::promote(key, e, FS_ESTABLISHED);
                         }
                         return picked(PICK_TO, id);
@@ -268,7 +269,7 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
             0
         };
         if nat && bits & PKT_SYN_VALID != 0 {
-            op.set(passive::OP_NEW_FLOW, 0, svc.id, id);
+            op.set(OP_NEW_FLOW, 0, svc.id, id);
         }
     } else {
         fv.state = FS_UDP;

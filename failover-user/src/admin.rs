@@ -34,14 +34,7 @@ pub struct ReloadRequest {
     pub reply: oneshot::Sender<Result<Value, String>>,
 }
 
-/// Alertmanager label names and what a firing alert does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertmanagerCfg {
-    pub service_label: String,
-    pub backend_label: String,
-    /// `drain` or `disable`.
-    pub action: AdminAction,
-}
+pub use crate::config::AlertmanagerCfg;
 
 /// Everything the handlers need.
 pub struct AdminState {

@@ -15,10 +15,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use failover_common::{
-    PassiveEvent, PassiveGuard, PassiveHealth, STATE_DISABLED, STATE_DOWN, STATE_DOWN_RESET,
-    STATE_DRAINING, STATE_UP, TableValue,
-};
+use failover_common::{PassiveEvent, PassiveGuard, PassiveHealth, STATE_UP, TableValue};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
@@ -26,7 +23,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{Check, Config, FlowsOnDown, HookEvent, NoBackend, Service},
+    config::{Check, Config, HookEvent, NoBackend, Service},
     dataplane::{AgentMaps, write_table_to},
     events::{Event, Sink},
     health::{Machine, Notice, Policy, State, Transition},
@@ -39,21 +36,7 @@ use crate::{
 /// Identity of a backend across reloads.
 pub type BackendKey = (String, String, SocketAddr);
 
-/// The state word the dataplane gets for a backend in `state`.
-pub fn word_for(state: State, flows_on_down: FlowsOnDown) -> u32 {
-    match state {
-        State::Up | State::Suspect => STATE_UP,
-        State::Draining => STATE_DRAINING,
-        State::Disabled => STATE_DISABLED,
-        State::Down => match flows_on_down {
-            FlowsOnDown::Move => STATE_DOWN,
-            FlowsOnDown::Keep => STATE_DRAINING,
-            FlowsOnDown::Reset => STATE_DOWN_RESET,
-        },
-    }
-}
-
-use crate::inspect::word_name;
+pub use crate::model::{AdminAction, word_for, word_name};
 
 /// Latency samples (µs) with percentiles; bounded.
 #[derive(Debug, Default, Clone)]
@@ -226,35 +209,6 @@ enum Cmd {
         reply: oneshot::Sender<Result<Change, String>>,
     },
     Backends(oneshot::Sender<Vec<BackendView>>),
-}
-
-/// An operator action on one backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminAction {
-    /// Keep its flows, no new ones.
-    Drain,
-    /// Lift a drain (back to what probes say).
-    Undrain,
-    /// Take it out (flows move).
-    Disable,
-    /// Lift a disable.
-    Enable,
-    /// Let a backend held down by manual failback (or hold-down) back in.
-    Release,
-}
-
-impl AdminAction {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "drain" => Self::Drain,
-            "undrain" => Self::Undrain,
-            "disable" => Self::Disable,
-            "enable" => Self::Enable,
-            "release" => Self::Release,
-            _ => return None,
-        })
-    }
 }
 
 /// What an operator action changed.
@@ -1558,7 +1512,8 @@ fn build_entries(members: &[(u32, String, u32, bool)], size: u32) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Damping, Failback};
+    use crate::config::{Damping, Failback, FlowsOnDown};
+    use failover_common::STATE_DISABLED;
 
     /// One service driven by hand with a fake clock: probe results go
     /// through each backend's machine, the map word follows every change,

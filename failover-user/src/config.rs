@@ -34,9 +34,11 @@ use std::{
 use failover_common::{FlowTimeouts, MAX_TIER_MEMBERS, MAX_TIERS, defaults};
 use serde::Deserialize;
 
+pub use crate::model::{Damping, Failback, FlowsOnDown};
 use crate::{
     hooks::{Hook, HookSpec},
     maglev,
+    model::AdminAction,
     probe::ProbeSpec,
 };
 
@@ -127,38 +129,13 @@ pub enum XdpModeCfg {
     Generic,
 }
 
-/// What happens to established flows of a backend that goes down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowsOnDown {
-    /// Rehash on their next packet (to a healthy backend).
-    #[default]
-    Move,
-    /// Keep them on the down backend (drain-like); new flows go elsewhere.
-    Keep,
-    /// TCP: the dataplane answers their next packet with a RST, so clients
-    /// reconnect at once (to a healthy backend); other flows move.
-    Reset,
-}
-
-/// When a recovered backend takes traffic back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failback {
-    /// As soon as it has passed `rise` checks.
-    Auto,
-    /// Only after an operator says so.
-    Manual,
-    /// After it has stayed healthy for this long (after `rise`).
-    HoldDown(Duration),
-}
-
-/// Flap damping: at most `max_changes` state changes of one backend within
-/// `window` bring it back up; beyond that it stays down until the window
-/// allows (going down is never delayed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Damping {
-    pub max_changes: u32,
-    pub window: Duration,
+/// Alertmanager label names and what a firing alert does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertmanagerCfg {
+    pub service_label: String,
+    pub backend_label: String,
+    /// `drain` or `disable`.
+    pub action: AdminAction,
 }
 
 /// Failure detection in the datapath (`[service.passive]`): the XDP
@@ -309,7 +286,7 @@ pub struct Admin {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The tamper-evident audit log (JSON lines).
     pub audit_file: PathBuf,
-    pub alertmanager: crate::admin::AlertmanagerCfg,
+    pub alertmanager: AlertmanagerCfg,
     /// Requests per second each admin/metrics listener answers (a burst of
     /// as many); beyond that 429. 0: no limit.
     pub rate_limit: u32,
@@ -1015,14 +992,14 @@ fn validate_admin(errs: &mut Errors, a: RawAdmin, am: RawAlertmanager, state_dir
         }
     }
     let action = match am.action.as_deref() {
-        None | Some("drain") => crate::agent::AdminAction::Drain,
-        Some("disable") => crate::agent::AdminAction::Disable,
+        None | Some("drain") => AdminAction::Drain,
+        Some("disable") => AdminAction::Disable,
         Some(other) => {
             errs.push(
                 "alertmanager.action",
                 format!("{other:?}: use \"drain\" or \"disable\""),
             );
-            crate::agent::AdminAction::Drain
+            AdminAction::Drain
         }
     };
     Admin {
@@ -1033,7 +1010,7 @@ fn validate_admin(errs: &mut Errors, a: RawAdmin, am: RawAlertmanager, state_dir
         audit_file: a
             .audit_file
             .unwrap_or_else(|| state_dir.join("audit.jsonl")),
-        alertmanager: crate::admin::AlertmanagerCfg {
+        alertmanager: AlertmanagerCfg {
             service_label: am.service_label.unwrap_or_else(|| "service".to_string()),
             backend_label: am.backend_label.unwrap_or_else(|| "backend".to_string()),
             action,

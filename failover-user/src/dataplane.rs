@@ -153,7 +153,7 @@ impl Dataplane {
         let mut guards = HashMap::new();
         for (s, sl) in cfg.services.iter().zip(&layout.services) {
             let Some(p) = s.passive else { continue };
-            let down_word = crate::agent::word_for(crate::health::State::Down, s.flows_on_down);
+            let down_word = crate::model::word_for(crate::model::State::Down, s.flows_on_down);
             live.insert(
                 sl.id,
                 PassiveConfig {

@@ -25,36 +25,9 @@
 
 use std::{collections::VecDeque, time::Instant};
 
-use serde::Serialize;
-
 use crate::config::{Damping, Failback};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Up,
-    Suspect,
-    Down,
-    Draining,
-    Disabled,
-}
-
-impl State {
-    /// Whether the dataplane may send new flows to it.
-    pub fn serving(self) -> bool {
-        matches!(self, State::Up | State::Suspect)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Up => "up",
-            State::Suspect => "suspect",
-            State::Down => "down",
-            State::Draining => "draining",
-            State::Disabled => "disabled",
-        }
-    }
-}
+pub use crate::model::State;
 
 /// The knobs of one backend's machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

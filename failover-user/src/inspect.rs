@@ -11,8 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use failover_common::{
-    Counter, FlowKey, FlowValue, REASON_COUNT, Reason, STATE_DISABLED, STATE_DOWN_RESET,
-    STATE_DRAINING, STATE_UP, ServiceStats, map_names,
+    Counter, FlowKey, FlowValue, REASON_COUNT, Reason, STATE_UP, ServiceStats, map_names,
 };
 use serde::Serialize;
 
@@ -64,16 +63,7 @@ fn layout(src: &Source) -> anyhow::Result<Layout> {
     })
 }
 
-/// A state word's name.
-pub fn word_name(w: u32) -> &'static str {
-    match w {
-        STATE_UP => "up",
-        STATE_DRAINING => "draining",
-        STATE_DISABLED => "disabled",
-        STATE_DOWN_RESET => "down-reset",
-        _ => "down",
-    }
-}
+pub use crate::model::word_name;
 
 #[derive(Debug, Serialize)]
 pub struct BackendRow {

@@ -17,5 +17,6 @@ pub mod lab;
 pub mod layout;
 pub mod maglev;
 pub mod metrics;
+pub mod model;
 pub mod objects;
 pub mod probe;
