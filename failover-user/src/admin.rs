@@ -26,6 +26,7 @@ use crate::{
     events,
     http::{Request, Response},
     inspect, metrics,
+    model::AdminError,
 };
 
 /// A reload request from the API to the daemon's main loop.
@@ -176,16 +177,24 @@ async fn status(st: &AdminState) -> Response {
     Response::json(200, &json!({"services": services, "backends": backends}))
 }
 
+/// The one place an operator action's refusal becomes an HTTP status.
+fn refusal(e: &AdminError) -> Response {
+    let status = match e {
+        AdminError::NoBackend { .. } => 404,
+        AdminError::Conflict(_) => 409,
+        AdminError::AgentDown => 503,
+    };
+    Response::error(status, &e.to_string())
+}
+
 async fn action_on(st: &AdminState, svc: &str, b: &str, a: AdminAction) -> Response {
     let agent = st.agent.read().await;
     let Some(agent) = agent.as_ref() else {
-        return Response::error(503, "the health agent is not running");
+        return refusal(&AdminError::AgentDown);
     };
     match agent.admin(svc, b, a).await {
-        Ok(Ok(change)) => Response::json(200, &json!(change)),
-        Ok(Err(why)) if why.starts_with("no backend") => Response::error(404, &why),
-        Ok(Err(why)) => Response::error(409, &why),
-        Err(e) => Response::error(503, &format!("{e:#}")),
+        Ok(change) => Response::json(200, &json!(change)),
+        Err(e) => refusal(&e),
     }
 }
 
@@ -223,9 +232,8 @@ async fn switch(st: &AdminState, svc: &str, body: &[u8]) -> Response {
     {
         if matches!(b.state, "up" | "suspect") {
             match agent.admin(svc, &b.backend, AdminAction::Drain).await {
-                Ok(Ok(c)) => changes.push(json!(c)),
-                Ok(Err(why)) => return Response::error(409, &why),
-                Err(e) => return Response::error(503, &format!("{e:#}")),
+                Ok(c) => changes.push(json!(c)),
+                Err(e) => return refusal(&e),
             }
         }
     }
@@ -274,10 +282,11 @@ async fn alertmanager(st: &AdminState, body: &[u8]) -> Response {
         };
         let (svc, b) = (svc.as_str(), b.as_str());
         match agent.admin(svc, b, action).await {
-            Ok(Ok(c)) => results.push(json!({"action": action, "change": c})),
-            Ok(Err(why)) => results
-                .push(json!({"action": action, "service": svc, "backend": b, "unchanged": why})),
-            Err(e) => return Response::error(503, &format!("{e:#}")),
+            Ok(c) => results.push(json!({"action": action, "change": c})),
+            Err(AdminError::AgentDown) => return refusal(&AdminError::AgentDown),
+            Err(e) => results.push(
+                json!({"action": action, "service": svc, "backend": b, "unchanged": e.to_string()}),
+            ),
         }
     }
     Response::json(200, &json!({"results": results}))
@@ -371,6 +380,27 @@ pub fn default_socket(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_map_to_their_status() {
+        let cases = [
+            (
+                AdminError::NoBackend {
+                    service: "web".into(),
+                    backend: "x".into(),
+                },
+                404,
+            ),
+            (AdminError::Conflict("b1 is up, not draining".into()), 409),
+            (AdminError::AgentDown, 503),
+        ];
+        for (e, status) in cases {
+            let r = refusal(&e);
+            assert_eq!(r.status, status, "{e}");
+            let body: Value = serde_json::from_slice(&r.body).expect("JSON error body");
+            assert_eq!(body["error"], e.to_string(), "{e}");
+        }
+    }
 
     #[test]
     fn switch_body() {

@@ -36,7 +36,7 @@ use crate::{
 /// Identity of a backend across reloads.
 pub type BackendKey = (String, String, SocketAddr);
 
-pub use crate::model::{AdminAction, word_for, word_name};
+pub use crate::model::{AdminAction, AdminError, word_for, word_name};
 
 /// Latency samples (µs) with percentiles; bounded.
 #[derive(Debug, Default, Clone)]
@@ -206,7 +206,7 @@ enum Cmd {
         service: String,
         backend: String,
         action: AdminAction,
-        reply: oneshot::Sender<Result<Change, String>>,
+        reply: oneshot::Sender<Result<Change, AdminError>>,
     },
     Backends(oneshot::Sender<Vec<BackendView>>),
 }
@@ -436,7 +436,7 @@ impl Agent {
         service: &str,
         backend: &str,
         action: AdminAction,
-    ) -> anyhow::Result<Result<Change, String>> {
+    ) -> Result<Change, AdminError> {
         let (tx, rx) = oneshot::channel();
         let cmd = Cmd::Admin {
             service: service.to_string(),
@@ -447,8 +447,8 @@ impl Agent {
         self.cmd_tx
             .send(cmd)
             .await
-            .context("the agent has stopped")?;
-        rx.await.context("the agent has stopped")
+            .map_err(|_| AdminError::AgentDown)?;
+        rx.await.map_err(|_| AdminError::AgentDown)?
     }
 
     /// Every backend's state as the agent sees it.
@@ -875,12 +875,15 @@ impl Decider {
         service: &str,
         backend: &str,
         action: AdminAction,
-    ) -> Result<Change, String> {
+    ) -> Result<Change, AdminError> {
         let i = self
             .backends
             .iter()
             .position(|b| b.key.0 == service && b.name == backend)
-            .ok_or_else(|| format!("no backend {backend:?} in service {service:?}"))?;
+            .ok_or_else(|| AdminError::NoBackend {
+                service: service.to_string(),
+                backend: backend.to_string(),
+            })?;
         let now = Instant::now();
         let policy = self.backends[i].policy;
         let current = self.backends[i].machine.state();
@@ -892,15 +895,24 @@ impl Decider {
                 .machine
                 .set_admin(now, Some(State::Disabled)),
             AdminAction::Undrain if current != State::Draining => {
-                return Err(format!("{backend} is {}, not draining", current.name()));
+                return Err(AdminError::Conflict(format!(
+                    "{backend} is {}, not draining",
+                    current.name()
+                )));
             }
             AdminAction::Enable if current != State::Disabled => {
-                return Err(format!("{backend} is {}, not disabled", current.name()));
+                return Err(AdminError::Conflict(format!(
+                    "{backend} is {}, not disabled",
+                    current.name()
+                )));
             }
             AdminAction::Undrain | AdminAction::Enable => {
                 self.backends[i].machine.set_admin(now, None)
             }
-            AdminAction::Release => self.backends[i].machine.release(now, &policy)?,
+            AdminAction::Release => self.backends[i]
+                .machine
+                .release(now, &policy)
+                .map_err(AdminError::Conflict)?,
         };
         let svc = self.backends[i].svc;
         let (from, to) = match &tr {

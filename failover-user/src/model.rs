@@ -122,3 +122,17 @@ pub fn word_name(w: u32) -> &'static str {
         _ => "down",
     }
 }
+
+/// Why an operator action was not carried out; the API maps each to its
+/// status in one place (`admin::refusal`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("no backend {backend:?} in service {service:?}")]
+    NoBackend { service: String, backend: String },
+    /// The backend's state does not allow the action.
+    #[error("{0}")]
+    Conflict(String),
+    /// The health agent is not running (or stopped meanwhile).
+    #[error("the health agent is not running")]
+    AgentDown,
+}
