@@ -24,7 +24,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::process::ExitStatusExt as _,
     path::PathBuf,
-    process::{ExitStatus, Stdio},
+    process::ExitStatus,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -33,18 +33,13 @@ use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
-    process::{Child, ChildStdin, Command},
+    process::Command,
     time::timeout,
 };
 use tracing::{info, warn};
 
-/// How much of an exec hook's stdout and of its stderr is kept (each).
-pub const OUTPUT_CAP: usize = 4096;
-/// After an exec hook exits, how long its pipes are still drained (a
-/// background process it left may hold them open).
-const PIPE_GRACE: Duration = Duration::from_millis(200);
-/// After killing a timed-out child, how long to wait to reap it.
-const REAP_GRACE: Duration = Duration::from_secs(1);
+pub use crate::exec::OUTPUT_CAP;
+use crate::exec::{self, Ended};
 /// The most of a webhook response head read while looking for the status.
 const RESPONSE_CAP: usize = 16 * 1024;
 /// The most characters of child output or server text put in a detail.
@@ -281,15 +276,6 @@ fn timeout_detail(t: Duration) -> String {
 
 // ---------------------------------------------------------------- exec hooks
 
-/// What an exec run collected; filled in place so that a run cut short by
-/// the timeout still leaves what it had.
-#[derive(Default)]
-struct Capture {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    status: Option<io::Result<ExitStatus>>,
-}
-
 async fn run_exec(
     command: &[String],
     limit: Duration,
@@ -312,110 +298,18 @@ async fn run_exec(
     let mut cmd = Command::new(program);
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("FAILOVER_EVENT", event_json)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so that a timeout kills what it started too.
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => return (false, spawn_error(program, &e)),
-    };
-    let pid = child.id();
+        .env("FAILOVER_EVENT", event_json);
     let mut input = Vec::with_capacity(event_json.len() + 1);
     input.extend_from_slice(event_json.as_bytes());
     input.push(b'\n');
-
-    let mut cap = Capture::default();
     let remaining = limit.saturating_sub(start.elapsed());
-    // On timeout drive() is dropped and `cap` keeps what it had.
-    let _ = timeout(remaining, drive(&mut child, &input, &mut cap)).await;
-    match cap.status.take() {
-        Some(Ok(status)) => exit_detail(status, &cap.stdout, &cap.stderr),
-        Some(Err(e)) => {
-            kill(&mut child, pid).await;
-            (false, format!("waiting for the child: {e}"))
-        }
-        None => {
-            // Still running at the deadline.
-            kill(&mut child, pid).await;
-            (false, timeout_detail(limit))
-        }
-    }
-}
-
-/// Feeds stdin, drains stdout and stderr and waits for the exit status, all
-/// at once (so that neither side can block the other on a full pipe). Once
-/// the child has exited, its pipes are drained for at most [`PIPE_GRACE`].
-async fn drive(child: &mut Child, input: &[u8], cap: &mut Capture) {
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let (out, err) = (&mut cap.stdout, &mut cap.stderr);
-    let reads = async move { tokio::join!(read_capped(stdout, out), read_capped(stderr, err)) };
-    let feed = feed(stdin, input);
-    let wait = child.wait();
-    tokio::pin!(reads, feed, wait);
-    let (mut reads_done, mut feed_done) = (false, false);
-    let status = loop {
-        tokio::select! {
-            st = &mut wait => break st,
-            () = &mut feed, if !feed_done => feed_done = true,
-            _ = &mut reads, if !reads_done => reads_done = true,
-        }
-    };
-    cap.status = Some(status);
-    if !reads_done {
-        let _ = timeout(PIPE_GRACE, &mut reads).await;
-    }
-}
-
-/// Writes `input` to the child's stdin and closes it. A child that does not
-/// read its stdin is fine (the write error is ignored).
-async fn feed(stdin: Option<ChildStdin>, input: &[u8]) {
-    if let Some(mut stdin) = stdin {
-        let _ = stdin.write_all(input).await;
-        let _ = stdin.shutdown().await;
-    }
-}
-
-/// Reads `r` to its end, keeping the first [`OUTPUT_CAP`] bytes.
-async fn read_capped<R: AsyncRead + Unpin>(r: Option<R>, keep: &mut Vec<u8>) {
-    let Some(mut r) = r else { return };
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = OUTPUT_CAP.saturating_sub(keep.len());
-                keep.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-}
-
-/// Kills a child that is still running, with its process group, and reaps
-/// it (bounded; if that fails tokio reaps it later: kill_on_drop).
-async fn kill(child: &mut Child, pid: Option<u32>) {
-    if let Some(pgid) = pid
-        .and_then(|p| libc::pid_t::try_from(p).ok())
-        .filter(|&p| p > 1)
-    {
-        // SAFETY: kill(2) only sends a signal. The child is not reaped yet,
-        // so its pid, the id of the group it leads, still belongs to it.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-    let _ = child.start_kill();
-    let _ = timeout(REAP_GRACE, child.wait()).await;
-}
-
-fn spawn_error(program: &str, e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => format!("no such program: {program}"),
-        io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),
-        _ => format!("cannot run {program}: {e}"),
+    match exec::run(cmd, Some(&input), remaining).await {
+        Err(e) => (false, exec::spawn_error(program, &e)),
+        Ok(o) => match o.ended {
+            Ended::Exited(status) => exit_detail(status, &o.stdout, &o.stderr),
+            Ended::WaitFailed(e) => (false, format!("waiting for the child: {e}")),
+            Ended::TimedOut => (false, timeout_detail(limit)),
+        },
     }
 }
 

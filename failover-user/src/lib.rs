@@ -9,6 +9,7 @@ pub mod caps;
 pub mod config;
 pub mod dataplane;
 pub mod events;
+pub mod exec;
 pub mod health;
 pub mod hooks;
 pub mod http;

@@ -16,7 +16,7 @@ use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::process::ExitStatusExt,
-    process::{ExitStatus, Stdio},
+    process::ExitStatus,
     time::Duration,
 };
 
@@ -27,17 +27,12 @@ use tokio::{
     time::Instant,
 };
 
+use crate::exec::{self, Ended};
+
 /// Most bytes of an HTTP response read (header and body together).
 pub const HTTP_MAX_RESPONSE: usize = 64 * 1024;
 /// Most bytes of an exec check's stdout and of its stderr kept for the detail.
-pub const EXEC_MAX_CAPTURE: usize = 4 * 1024;
-/// After an exec check's process exits, how long its pipes are still read
-/// (capped by what is left of the timeout) for output it left behind; only
-/// matters when a grandchild keeps the pipes open.
-const EXEC_DRAIN_GRACE: Duration = Duration::from_millis(200);
-/// The drain grace is never shorter than this, so output written just before
-/// an exit at the deadline still makes it into the detail.
-const EXEC_DRAIN_MIN: Duration = Duration::from_millis(5);
+pub const EXEC_MAX_CAPTURE: usize = exec::OUTPUT_CAP;
 /// Receive buffer of a UDP check: the largest possible datagram.
 const UDP_MAX_DATAGRAM: usize = 64 * 1024;
 /// Longest chunk-size or trailer line accepted in a chunked HTTP body.
@@ -606,126 +601,46 @@ async fn exec_check(
     let Some((program, args)) = command.split_first() else {
         return Err("exec: empty command".to_string());
     };
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("FAILOVER_SERVICE", &target.service)
         .env("FAILOVER_BACKEND", &target.backend)
         .env("FAILOVER_ADDRESS", target.addr.ip().to_string())
         .env("FAILOVER_PORT", target.addr.port().to_string())
-        .env("FAILOVER_TARGET", host_port(target.addr))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .env("FAILOVER_TARGET", host_port(target.addr));
+    // The shared runner: its own process group, killed whole at the
+    // deadline (a timed-out `sh -c` leaves no children behind).
+    let o = exec::run(cmd, None, timeout.saturating_sub(start.elapsed()))
+        .await
         .map_err(|e| format!("exec {:?}: {e}", clip(program)))?;
-    let mut out = Capture::new(child.stdout.take());
-    let mut err = Capture::new(child.stderr.take());
-
-    // Read both pipes while waiting, so a chatty child never blocks on a
-    // full pipe.
-    let running = async {
-        loop {
-            tokio::select! {
-                status = child.wait() => break status,
-                () = out.read_some() => {}
-                () = err.read_some() => {}
-            }
-        }
-    };
-    let waited = tokio::time::timeout(timeout.saturating_sub(start.elapsed()), running).await;
-    let status = match waited {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            let _ = child.start_kill();
-            return Err(format!("exec: waiting for {:?} failed: {e}", clip(program)));
-        }
-        Err(_) => {
-            // The drop (kill_on_drop) would kill it too; tokio reaps it.
-            let _ = child.start_kill();
-            return Err(format!("timeout after {timeout:?} (killed)"));
-        }
-    };
-
-    // What the child wrote just before exiting may still be in the pipes.
-    let grace = timeout
-        .saturating_sub(start.elapsed())
-        .clamp(EXEC_DRAIN_MIN, EXEC_DRAIN_GRACE);
-    let draining = async {
-        while out.is_open() || err.is_open() {
-            tokio::select! {
-                () = out.read_some() => {}
-                () = err.read_some() => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(grace, draining).await;
-    exit_verdict(status, &out, &err)
+    match o.ended {
+        Ended::Exited(status) => exit_verdict(status, &o.stdout, &o.stderr),
+        Ended::WaitFailed(e) => Err(format!("exec: waiting for {:?} failed: {e}", clip(program))),
+        Ended::TimedOut => Err(format!("timeout after {timeout:?} (killed)")),
+    }
 }
 
 /// "exit 0", or why not, with the first line of output.
-fn exit_verdict(
-    status: ExitStatus,
-    out: &Capture<impl AsyncRead + Unpin>,
-    err: &Capture<impl AsyncRead + Unpin>,
-) -> Check {
+fn exit_verdict(status: ExitStatus, out: &[u8], err: &[u8]) -> Check {
     let what = match (status.code(), status.signal()) {
         (Some(0), _) => return Ok("exit 0".to_string()),
         (Some(code), _) => format!("exit {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         (None, None) => format!("exited abnormally ({status})"),
     };
-    match err.first_line().or_else(|| out.first_line()) {
+    match first_kept_line(err).or_else(|| first_kept_line(out)) {
         Some(line) => Err(format!("{what}: {line}")),
         None => Err(what),
     }
 }
 
-/// One of the child's output pipes and the first bytes read from it.
-struct Capture<R> {
-    /// The pipe, until EOF or a read error.
-    pipe: Option<R>,
-    /// The first [`EXEC_MAX_CAPTURE`] bytes read; the rest is discarded.
-    kept: Vec<u8>,
-    buf: [u8; 1024],
-}
-
-impl<R: AsyncRead + Unpin> Capture<R> {
-    fn new(pipe: Option<R>) -> Self {
-        Capture {
-            pipe,
-            kept: Vec::new(),
-            buf: [0; 1024],
-        }
-    }
-
-    fn is_open(&self) -> bool {
-        self.pipe.is_some()
-    }
-
-    /// Reads once and keeps what fits; pending forever once the pipe is
-    /// closed (so it can sit in a `select!`). Cancel-safe.
-    async fn read_some(&mut self) {
-        let Some(pipe) = &mut self.pipe else {
-            return std::future::pending().await;
-        };
-        match pipe.read(&mut self.buf).await {
-            Ok(0) | Err(_) => self.pipe = None,
-            Ok(n) => {
-                let room = EXEC_MAX_CAPTURE.saturating_sub(self.kept.len());
-                self.kept.extend_from_slice(&self.buf[..n.min(room)]);
-            }
-        }
-    }
-
-    /// The first non-blank line kept, trimmed and clipped.
-    fn first_line(&self) -> Option<String> {
-        String::from_utf8_lossy(&self.kept)
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(clip)
-    }
+/// The first non-blank line of `kept`, trimmed and clipped.
+fn first_kept_line(kept: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(kept)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(clip)
 }
 
 // ---------------------------------------------------------------- helpers
@@ -1502,6 +1417,53 @@ mod tests {
         .await;
         assert!(!r.ok, "{r:?}");
         assert_eq!(r.detail, "killed by signal 9");
+    }
+
+    /// Whether process `pid` still runs (absent or a zombie: it does not).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+            })
+            .is_some_and(|state| state != "Z" && state != "X")
+    }
+
+    /// A timed-out `sh -c` probe leaves nothing running: what it started
+    /// goes with it (its process group is killed).
+    #[tokio::test]
+    async fn exec_timeout_kills_the_whole_process_group() {
+        let dir = std::env::temp_dir().join(format!("failover-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let r = probe(
+            &sh(&script),
+            &target("127.0.0.1:1".parse().unwrap()),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(r.detail, "timeout after 300ms (killed)", "{r:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the script wrote its background child's pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while running(pid) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let alive = running(pid);
+        if alive {
+            // SAFETY: a signal to the process this test's script started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !alive,
+            "the probe's background child {pid} outlived its timeout"
+        );
     }
 
     #[tokio::test]
