@@ -368,7 +368,7 @@ pub fn metrics_response(st: &AdminState, req: &Request) -> Response {
         Err(_) => return Response::error(500, "metrics lock poisoned"),
     };
     let mut r = Response::text(200, metrics::render(&m, Some(&st.source)));
-    r.content_type = "text/plain; version=0.0.4; charset=utf-8".to_string();
+    r.content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8".to_string();
     r
 }
 

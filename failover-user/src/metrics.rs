@@ -1,12 +1,23 @@
 //! Prometheus metrics: what the health agent counts (probes, state changes,
 //! failovers, decision-to-map latency) plus what the dataplane counts in its
-//! per-CPU maps, rendered in the text exposition format.
+//! per-CPU maps, encoded by prometheus-client (OpenMetrics text) through a
+//! collector that reads them at each scrape.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     sync::{Arc, Mutex},
 };
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelValue, LabelValueEncoder, MetricEncoder, NoLabelSet,
+        text::encode,
+    },
+    metrics::MetricType,
+    registry::Registry,
+};
+use tracing::warn;
 
 use crate::inspect;
 
@@ -46,25 +57,6 @@ impl PromHistogram {
         }
         self.sum += v;
         self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
 }
 
@@ -130,73 +122,157 @@ impl Default for AgentMetrics {
 
 pub type Shared = Arc<Mutex<AgentMetrics>>;
 
-/// Escapes a label value.
+/// Escapes a label value (the exposition format's rules; prometheus-client
+/// writes label values as they are).
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// A label value, escaped when encoded.
+#[derive(Debug, Clone)]
+struct Value(String);
+
+impl EncodeLabelValue for Value {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &esc(&self.0))
+    }
+}
+
+type Labels = Vec<(&'static str, Value)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k, Value(v.to_string())))
+        .collect()
+}
+
+/// One sample of a family.
+#[derive(Debug, Clone)]
+enum Sample {
+    Counter(u64),
+    Gauge(i64),
+    /// Sum, count, and (upper bound, count in that bucket only), the last
+    /// bound `f64::MAX` (+Inf).
+    Histogram(f64, u64, Vec<(f64, u64)>),
+}
+
+/// A metric family: name (counters without their `_total`, which the
+/// encoder adds), help, type, samples.
+#[derive(Debug, Clone)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, Sample)>,
+}
+
+/// The families of one scrape, read from the agent's counters and the
+/// pinned maps, encoded by prometheus-client through [`Collector`] (the
+/// values are kept where they are counted; the collector only reads them).
+#[derive(Debug, Default)]
+struct Scrape(Vec<Family>);
+
+impl Scrape {
+    fn family(&mut self, name: &'static str, kind: MetricType, help: &'static str) {
+        self.0.push(Family {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        });
+    }
+
+    fn sample(&mut self, l: Labels, v: Sample) {
+        if let Some(f) = self.0.last_mut() {
+            f.samples.push((l, v));
+        }
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let mut m = encoder.encode_descriptor(f.name, f.help, None, f.kind)?;
+            for (l, v) in &f.samples {
+                // No labels: no family level (it would print `{}`).
+                if l.is_empty() {
+                    encode_sample(&mut m, v)?;
+                } else {
+                    encode_sample(&mut m.encode_family(l)?, v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode_sample(e: &mut MetricEncoder, v: &Sample) -> Result<(), std::fmt::Error> {
+    match v {
+        Sample::Counter(n) => e.encode_counter::<NoLabelSet, _, u64>(n, None),
+        Sample::Gauge(n) => e.encode_gauge(n),
+        Sample::Histogram(sum, count, buckets) => {
+            e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
+        }
+    }
+}
+
+impl PromHistogram {
+    /// As the encoder wants it: per-bucket counts, +Inf last.
+    fn sample(&self) -> Sample {
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
+        let mut below = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            buckets.push((*b, c - below));
+            below = *c;
+        }
+        buckets.push((f64::MAX, self.count - below));
+        Sample::Histogram(self.sum, self.count, buckets)
+    }
 }
 
 /// Renders the agent's metrics and, when the pinned maps can be read, the
-/// dataplane's.
+/// dataplane's (OpenMetrics text, by prometheus-client).
 pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
-    let mut o = String::new();
-    head(
-        &mut o,
-        "failover_probe_results_total",
-        "counter",
+    let mut o = Scrape::default();
+    o.family(
+        "failover_probe_results",
+        MetricType::Counter,
         "Health probe results by outcome.",
     );
     for ((s, b), m) in &agent.backends {
-        let l = format!("service=\"{}\",backend=\"{}\"", esc(s), esc(b));
-        let _ = writeln!(
-            o,
-            "failover_probe_results_total{{{l},result=\"ok\"}} {}",
-            m.probes_ok
-        );
-        let _ = writeln!(
-            o,
-            "failover_probe_results_total{{{l},result=\"failed\"}} {}",
-            m.probes_failed
-        );
+        for (result, n) in [("ok", m.probes_ok), ("failed", m.probes_failed)] {
+            let l = labels([("service", s), ("backend", b), ("result", result)]);
+            o.sample(l, Sample::Counter(n));
+        }
     }
-    head(
-        &mut o,
+    o.family(
         "failover_probe_duration_seconds",
-        "histogram",
+        MetricType::Histogram,
         "Health probe latency.",
     );
     for ((s, b), m) in &agent.backends {
-        let l = format!("service=\"{}\",backend=\"{}\"", esc(s), esc(b));
-        m.probe_latency
-            .render(&mut o, "failover_probe_duration_seconds", &l);
+        o.sample(
+            labels([("service", s), ("backend", b)]),
+            m.probe_latency.sample(),
+        );
     }
-    head(
-        &mut o,
+    o.family(
         "failover_backend_health",
-        "gauge",
+        MetricType::Gauge,
         "The health agent's state of each backend (1 for the current state).",
     );
     for ((s, b), m) in &agent.backends {
         for st in ["up", "suspect", "down", "draining", "disabled"] {
-            let v = u8::from(m.health == st);
-            let _ = writeln!(
-                o,
-                "failover_backend_health{{service=\"{}\",backend=\"{}\",state=\"{st}\"}} {v}",
-                esc(s),
-                esc(b)
-            );
+            let l = labels([("service", s), ("backend", b), ("state", st)]);
+            o.sample(l, Sample::Gauge(i64::from(m.health == st)));
         }
     }
-    head(
-        &mut o,
-        "failover_passive_total",
-        "counter",
+    o.family(
+        "failover_passive",
+        MetricType::Counter,
         "Backends marked down by the datapath's passive detection, and how the agent settled each mark.",
     );
     for ((s, b), m) in &agent.backends {
@@ -205,214 +281,165 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
             ("confirmed", m.passive_confirmed),
             ("restored", m.passive_restored),
         ] {
-            let _ = writeln!(
-                o,
-                "failover_passive_total{{service=\"{}\",backend=\"{}\",outcome=\"{outcome}\"}} {n}",
-                esc(s),
-                esc(b),
-            );
+            let l = labels([("service", s), ("backend", b), ("outcome", outcome)]);
+            o.sample(l, Sample::Counter(n));
         }
     }
-    head(
-        &mut o,
-        "failover_state_changes_total",
-        "counter",
+    o.family(
+        "failover_state_changes",
+        MetricType::Counter,
         "Backend state changes decided by the health agent.",
     );
     for ((s, b), m) in &agent.backends {
-        let _ = writeln!(
-            o,
-            "failover_state_changes_total{{service=\"{}\",backend=\"{}\"}} {}",
-            esc(s),
-            esc(b),
-            m.state_changes
-        );
+        let l = labels([("service", s), ("backend", b)]);
+        o.sample(l, Sample::Counter(m.state_changes));
     }
-    head(
-        &mut o,
-        "failover_failovers_total",
-        "counter",
+    o.family(
+        "failover_failovers",
+        MetricType::Counter,
         "Changes of a service's serving tier.",
     );
     for (s, n) in &agent.failovers {
-        let _ = writeln!(o, "failover_failovers_total{{service=\"{}\"}} {n}", esc(s));
+        o.sample(labels([("service", s)]), Sample::Counter(*n));
     }
-    head(
-        &mut o,
-        "failover_policy_overrides_total",
-        "counter",
+    o.family(
+        "failover_policy_overrides",
+        MetricType::Counter,
         "Held backends (hold-down, manual failback, damping) brought up because no backend of the service served.",
     );
     for (s, n) in &agent.policy_overrides {
-        let _ = writeln!(
-            o,
-            "failover_policy_overrides_total{{service=\"{}\"}} {n}",
-            esc(s)
-        );
+        o.sample(labels([("service", s)]), Sample::Counter(*n));
     }
-    head(
-        &mut o,
+    o.family(
         "failover_decision_to_map_seconds",
-        "histogram",
+        MetricType::Histogram,
         "From a health decision to the end of its map write.",
     );
-    agent
-        .decision_to_map
-        .render(&mut o, "failover_decision_to_map_seconds", "");
-    head(
-        &mut o,
+    o.sample(Labels::new(), agent.decision_to_map.sample());
+    o.family(
         "failover_map_version",
-        "gauge",
+        MetricType::Gauge,
         "Writes the agent made to the state map.",
     );
-    let _ = writeln!(o, "failover_map_version {}", agent.map_version);
-    head(
-        &mut o,
-        "failover_hook_runs_total",
-        "counter",
+    o.sample(
+        Labels::new(),
+        Sample::Gauge(i64::try_from(agent.map_version).unwrap_or(i64::MAX)),
+    );
+    o.family(
+        "failover_hook_runs",
+        MetricType::Counter,
         "Hook runs by outcome.",
     );
-    let _ = writeln!(
-        o,
-        "failover_hook_runs_total{{result=\"ok\"}} {}",
-        agent.hooks_ok
-    );
-    let _ = writeln!(
-        o,
-        "failover_hook_runs_total{{result=\"failed\"}} {}",
-        agent.hooks_failed
-    );
-    if let Some(src) = src {
-        render_dataplane(&mut o, src);
+    for (result, n) in [("ok", agent.hooks_ok), ("failed", agent.hooks_failed)] {
+        o.sample(labels([("result", result)]), Sample::Counter(n));
     }
-    o
+    if let Some(src) = src {
+        dataplane(&mut o, src);
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(o));
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry) {
+        warn!(error = %e, "encoding the metrics failed");
+    }
+    text
 }
 
-fn render_dataplane(o: &mut String, src: &inspect::Source) {
+/// The dataplane's counters, from the pinned maps.
+fn dataplane(o: &mut Scrape, src: &inspect::Source) {
     match inspect::services(src) {
         Ok(rows) => {
-            head(
-                o,
-                "failover_service_packets_total",
-                "counter",
+            o.family(
+                "failover_service_packets",
+                MetricType::Counter,
                 "Packets per service and direction (forwarded to a backend, replies translated back, dropped).",
             );
             for r in &rows {
-                let s = esc(&r.service);
-                let _ = writeln!(
-                    o,
-                    "failover_service_packets_total{{service=\"{s}\",direction=\"forward\"}} {}",
-                    r.fwd_packets
-                );
-                let _ = writeln!(
-                    o,
-                    "failover_service_packets_total{{service=\"{s}\",direction=\"reply\"}} {}",
-                    r.reply_packets
-                );
-                let _ = writeln!(
-                    o,
-                    "failover_service_packets_total{{service=\"{s}\",direction=\"dropped\"}} {}",
-                    r.dropped_packets
-                );
+                for (dir, n) in [
+                    ("forward", r.fwd_packets),
+                    ("reply", r.reply_packets),
+                    ("dropped", r.dropped_packets),
+                ] {
+                    let l = labels([("service", &r.service), ("direction", dir)]);
+                    o.sample(l, Sample::Counter(n));
+                }
             }
-            head(
-                o,
-                "failover_service_bytes_total",
-                "counter",
+            o.family(
+                "failover_service_bytes",
+                MetricType::Counter,
                 "Bytes forwarded to a backend per service.",
             );
             for r in &rows {
-                let _ = writeln!(
-                    o,
-                    "failover_service_bytes_total{{service=\"{}\",direction=\"forward\"}} {}",
-                    esc(&r.service),
-                    r.fwd_bytes
-                );
+                let l = labels([("service", &r.service), ("direction", "forward")]);
+                o.sample(l, Sample::Counter(r.fwd_bytes));
             }
         }
-        Err(e) => {
-            let _ = writeln!(
-                o,
-                "# dataplane services unavailable: {}",
-                esc(&format!("{e:#}"))
-            );
-        }
+        Err(e) => warn!(error = %format!("{e:#}"), "metrics: dataplane services unavailable"),
     }
     if let Ok(rows) = inspect::backends(src, None) {
-        head(
-            o,
-            "failover_backend_packets_total",
-            "counter",
+        o.family(
+            "failover_backend_packets",
+            MetricType::Counter,
             "Packets forwarded to each backend.",
         );
         for r in &rows {
-            let _ = writeln!(
-                o,
-                "failover_backend_packets_total{{service=\"{}\",backend=\"{}\"}} {}",
-                esc(&r.service),
-                esc(&r.backend),
-                r.packets
-            );
+            let l = labels([("service", &r.service), ("backend", &r.backend)]);
+            o.sample(l, Sample::Counter(r.packets));
         }
-        head(
-            o,
-            "failover_backend_bytes_total",
-            "counter",
+        o.family(
+            "failover_backend_bytes",
+            MetricType::Counter,
             "Bytes forwarded to each backend.",
         );
         for r in &rows {
-            let _ = writeln!(
-                o,
-                "failover_backend_bytes_total{{service=\"{}\",backend=\"{}\"}} {}",
-                esc(&r.service),
-                esc(&r.backend),
-                r.bytes
-            );
+            let l = labels([("service", &r.service), ("backend", &r.backend)]);
+            o.sample(l, Sample::Counter(r.bytes));
         }
-        head(
-            o,
+        o.family(
             "failover_backend_state",
-            "gauge",
+            MetricType::Gauge,
             "The state word in the dataplane's map (1 for the current one).",
         );
         for r in &rows {
             for st in ["up", "down", "draining", "disabled", "down-reset"] {
-                let v = u8::from(r.state == st);
-                let _ = writeln!(
-                    o,
-                    "failover_backend_state{{service=\"{}\",backend=\"{}\",state=\"{st}\"}} {v}",
-                    esc(&r.service),
-                    esc(&r.backend)
-                );
+                let l = labels([
+                    ("service", &r.service),
+                    ("backend", &r.backend),
+                    ("state", st),
+                ]);
+                o.sample(l, Sample::Gauge(i64::from(r.state == st)));
             }
         }
     }
     if let Ok(reasons) = inspect::reasons(src) {
-        head(
-            o,
-            "failover_packets_total",
-            "counter",
+        o.family(
+            "failover_packets",
+            MetricType::Counter,
             "Every packet the XDP program saw, by outcome (fwd_*, pass_*, drop_*, tx_*).",
         );
         for (k, v) in reasons {
-            let _ = writeln!(o, "failover_packets_total{{outcome=\"{k}\"}} {v}");
+            o.sample(labels([("outcome", k)]), Sample::Counter(v));
         }
     }
     if let Ok(st) = inspect::status(src) {
-        head(
-            o,
+        o.family(
             "failover_conntrack_entries",
-            "gauge",
+            MetricType::Gauge,
             "Flows in the conntrack map.",
         );
-        let _ = writeln!(o, "failover_conntrack_entries {}", st.flows);
-        head(
-            o,
+        o.sample(
+            Labels::new(),
+            Sample::Gauge(i64::try_from(st.flows).unwrap_or(i64::MAX)),
+        );
+        o.family(
             "failover_conntrack_capacity",
-            "gauge",
+            MetricType::Gauge,
             "Capacity of the conntrack map (LRU).",
         );
-        let _ = writeln!(o, "failover_conntrack_capacity {}", st.conntrack_capacity);
+        o.sample(
+            Labels::new(),
+            Sample::Gauge(i64::from(st.conntrack_capacity)),
+        );
     }
 }
 
@@ -422,16 +449,22 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let mut h = PromHistogram::new(&[0.001, 0.01]);
-        h.observe(0.0005);
-        h.observe(0.005);
-        h.observe(1.0);
-        let mut s = String::new();
-        h.render(&mut s, "x", "a=\"b\"");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"0.001\"} 1\n"), "{s}");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"0.01\"} 2\n"), "{s}");
-        assert!(s.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{s}");
-        assert!(s.contains("x_count{a=\"b\"} 3\n"), "{s}");
+        let mut m = AgentMetrics {
+            decision_to_map: PromHistogram::new(&[0.001, 0.01]),
+            ..AgentMetrics::default()
+        };
+        m.decision_to_map.observe(0.0005);
+        m.decision_to_map.observe(0.005);
+        m.decision_to_map.observe(1.0);
+        let s = render(&m, None);
+        let x = "failover_decision_to_map_seconds";
+        assert!(
+            s.contains(&format!("{x}_bucket{{le=\"0.001\"}} 1\n")),
+            "{s}"
+        );
+        assert!(s.contains(&format!("{x}_bucket{{le=\"0.01\"}} 2\n")), "{s}");
+        assert!(s.contains(&format!("{x}_bucket{{le=\"+Inf\"}} 3\n")), "{s}");
+        assert!(s.contains(&format!("{x}_count 3\n")), "{s}");
     }
 
     #[test]
