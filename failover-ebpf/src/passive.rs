@@ -181,7 +181,7 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
     // that stays counts itself, so the limit holds; two racing CPUs may
     // both back off (the next signal tries again). Two CPUs may both mark
     // the same backend: the agent settles the second event at once.
-    // SAFETY (atomics): aligned u64 values of live array maps.
+    // SAFETY: (atomics) aligned u64 values of live array maps.
     let taken = unsafe {
         atomic::add(marked, 1);
         atomic::load(marked)

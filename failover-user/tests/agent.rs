@@ -33,8 +33,8 @@ fn scratch() -> Scratch {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "namespace tests need root: run `cargo xtask test`"

@@ -45,8 +45,8 @@ fn exe() -> PathBuf {
 }
 
 fn start() -> Lab {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "namespace tests need root: run `cargo xtask test`"

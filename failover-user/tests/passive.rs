@@ -38,8 +38,8 @@ fn start_with(passive: &str, check_extra: &str) -> Lab {
 
 /// `tables`: tables added to every service (e.g. `[[service.hook]]`).
 fn start_full(passive: &str, check_extra: &str, tables: &str) -> Lab {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "namespace tests need root: run `cargo xtask test`"
