@@ -644,16 +644,8 @@ fn i_hold_down_never_keeps_the_service_dark() {
 #[test]
 fn j_set_state_down_honours_flows_on_down() {
     let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_failover"))
-        .args(["set-state", "web", "b1", "down", "--config"])
-        .arg(&lab.config)
-        .output()
-        .expect("running failover set-state");
-    assert!(
-        out.status.success(),
-        "set-state failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    failover_user::lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
     assert_eq!(
         dataplane::pinned_state(&lab.s.bpffs, b1).expect("state"),

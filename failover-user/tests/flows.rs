@@ -26,16 +26,7 @@ fn exe() -> PathBuf {
 }
 
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
-    let out = Command::new(exe())
-        .args(["set-state", service, backend, state, "--config"])
-        .arg(config)
-        .output()
-        .expect("running failover set-state");
-    assert!(
-        out.status.success(),
-        "set-state failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    failover_user::lab::set_state(&exe(), config, service, backend, state).expect("set-state");
 }
 
 /// One request on a new IPv4 connection from local port `port` (bound with

@@ -38,18 +38,8 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_failover"))
 }
 
-/// `failover set-state SERVICE BACKEND STATE --config CONFIG`
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
-    let out = Command::new(exe())
-        .args(["set-state", service, backend, state, "--config"])
-        .arg(config)
-        .output()
-        .expect("running failover set-state");
-    assert!(
-        out.status.success(),
-        "set-state failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    failover_user::lab::set_state(&exe(), config, service, backend, state).expect("set-state");
 }
 
 /// Asks until `want` answers (the first answer after a switch may still be

@@ -664,6 +664,26 @@ pub fn check_prerequisites() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `exe set-state SERVICE BACKEND STATE --config CONFIG` (the
+/// operator's one map write); fails with its stderr.
+pub fn set_state(
+    exe: &Path,
+    config: &Path,
+    service: &str,
+    backend: &str,
+    state: &str,
+) -> anyhow::Result<()> {
+    let out = Command::new(exe)
+        .args(["set-state", service, backend, state, "--config"])
+        .arg(config)
+        .output()
+        .context("running failover set-state")?;
+    if !out.status.success() {
+        bail!("set-state failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// A `failover daemon` child process, stopped (SIGTERM, then SIGKILL after
 /// 5 s) on drop.
 pub struct DaemonProcess(pub Child);
