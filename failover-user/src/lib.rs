@@ -1,23 +1,29 @@
 //! The failover daemon and CLI, as a library so tests can reach every part
-//! that runs without root: config validation, Maglev tables, id layout.
-//! `dataplane` wraps the loaded XDP program and its maps.
+//! that runs without root. One folder per concern, shared vocabulary at the
+//! bottom (`model`); `tests/module_graph.rs` keeps the module graph acyclic.
+//!
+//! - `model`: the words every concern shares (states, actions, errors).
+//! - `maglev`: the consistent-hash table builder (pure; a leaf).
+//! - `config`: the TOML file: raw form, validation, the typed model, diff.
+//! - `dataplane`: the loaded XDP programs and the one door to their maps
+//!   (id layout, Maglev tables, readers for the CLI).
+//! - `probe`: one check of one backend (tcp, http, udp, exec).
+//! - `agent`: the health machines and the decider that writes states.
+//! - `observe`: events, hooks, the audit chain, metrics.
+//! - `api`: the admin API and `/metrics` over HTTP, alertmanager.
+//! - `sys`: capabilities, the exec runner, files.
+//! - `daemon`: start, reload, teardown.
+//! - `cli`: the `failover` command line.
 
-pub mod admin;
 pub mod agent;
-pub mod audit;
-pub mod caps;
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
-pub mod events;
-pub mod exec;
-pub mod health;
-pub mod hooks;
-pub mod http;
-pub mod inspect;
 pub mod lab;
-pub mod layout;
 pub mod maglev;
-pub mod metrics;
 pub mod model;
-pub mod objects;
+pub mod observe;
 pub mod probe;
+pub mod sys;

@@ -15,12 +15,12 @@ use std::{
 
 use failover_user::{
     dataplane,
+    dataplane::layout::Layout,
     lab::client::Sample,
     lab::{
         BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras,
         Server, Topology, netns::Netns, vip,
     },
-    layout::Layout,
 };
 
 const HEALTH_PORT: u16 = 8090;

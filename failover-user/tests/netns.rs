@@ -358,14 +358,14 @@ fn generic_mode_fallback() {
 #[test]
 fn kill_9_and_restart_loses_nothing() {
     let mut lab = start_lab();
-    let src = failover_user::inspect::Source {
+    let src = failover_user::dataplane::inspect::Source {
         bpffs: lab.s.bpffs.clone(),
         state_dir: lab.s.dir.join("state"),
     };
     let c = lab.topo.client.name.clone();
     let mut conn = Conn::open(&lab.topo.client, vip(false, 80), T).expect("connection");
     assert_eq!(conn.ask("before").unwrap(), "b1");
-    let before = failover_user::inspect::status(&src).expect("status");
+    let before = failover_user::dataplane::inspect::status(&src).expect("status");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let stream = std::thread::spawn(move || {
@@ -410,7 +410,7 @@ fn kill_9_and_restart_loses_nothing() {
         "b1",
         "the established connection survived"
     );
-    let after = failover_user::inspect::status(&src).expect("status");
+    let after = failover_user::dataplane::inspect::status(&src).expect("status");
     assert_eq!(before.maps, after.maps, "same maps (ids) after the restart");
     assert!(after.flows >= before.flows, "conntrack kept");
     assert_eq!(after.attached, ["lb1", "lb2", "lc"]);

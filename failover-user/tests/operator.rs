@@ -11,7 +11,7 @@ use std::{
 };
 
 use failover_user::{
-    http::{self, Endpoint},
+    api::http::{self, Endpoint},
     lab::{
         BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
         tcp_request, vip,
@@ -490,19 +490,19 @@ fn tokens_alertmanager_and_metrics() {
 fn capabilities_are_dropped_after_attaching() {
     let lab = start();
     let pid = lab._daemon.0.id();
-    let want = 1u64 << failover_user::caps::CAP_BPF;
+    let want = 1u64 << failover_user::sys::caps::CAP_BPF;
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon threads");
     let mut n = 0;
     for t in tasks {
         let st = std::fs::read_to_string(t.expect("task").path().join("status")).expect("status");
         for field in ["CapEff", "CapPrm", "CapBnd"] {
             assert_eq!(
-                failover_user::caps::status_set(&st, field),
+                failover_user::sys::caps::status_set(&st, field),
                 Some(want),
                 "{field} of a daemon thread:\n{st}"
             );
         }
-        assert_eq!(failover_user::caps::status_set(&st, "CapInh"), Some(0));
+        assert_eq!(failover_user::sys::caps::status_set(&st, "CapInh"), Some(0));
         assert!(st.lines().any(|l| l == "NoNewPrivs:\t1"), "{st}");
         n += 1;
     }

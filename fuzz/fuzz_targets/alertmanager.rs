@@ -4,7 +4,7 @@
 #![no_main]
 
 use failover_user::{
-    admin::{AlertRequest, AlertmanagerCfg, MAX_ALERTS, parse_alertmanager},
+    api::{AlertRequest, AlertmanagerCfg, MAX_ALERTS, parse_alertmanager},
     agent::AdminAction,
 };
 use libfuzzer_sys::fuzz_target;

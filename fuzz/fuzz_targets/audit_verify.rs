@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match failover_user::audit::verify_reader(data) {
+    match failover_user::observe::audit::verify_reader(data) {
         Ok(lines) => assert!(lines as usize <= data.len()),
         Err(e) => assert!(e.line as usize <= data.len() + 1),
     }

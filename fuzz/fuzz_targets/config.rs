@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(cfg) = failover_user::config::parse(text, "fuzz") {
-        let _ = failover_user::layout::Layout::assign(&cfg, None);
+        let _ = failover_user::dataplane::layout::Layout::assign(&cfg, None);
     }
 });

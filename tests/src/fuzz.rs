@@ -60,7 +60,7 @@ use failover_common::{
 use failover_user::{
     config::{Config, Mode, NoBackend},
     dataplane::addr16,
-    layout::Layout,
+    dataplane::layout::Layout,
 };
 
 use crate::{

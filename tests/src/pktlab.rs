@@ -8,7 +8,10 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use failover_user::{config, dataplane::Dataplane, layout::Layout};
+use failover_user::{
+    config,
+    dataplane::{Dataplane, layout::Layout},
+};
 
 use crate::{
     netns::Netns,

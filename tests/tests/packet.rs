@@ -16,7 +16,10 @@ use failover_tests::{
     pkt::{L4, Pkt, arp_request, hex, verify_checksums},
     pktlab::*,
 };
-use failover_user::{config, dataplane::addr16, layout::Layout};
+use failover_user::{
+    config,
+    dataplane::{addr16, layout::Layout},
+};
 
 struct Case {
     name: &'static str,
@@ -1158,10 +1161,10 @@ fn per_packet_cost_beside_the_empty_program() {
         }
         best
     };
-    let mut empty =
-        aya::Ebpf::load(failover_user::objects::PASS).expect("loading the empty program");
+    let mut empty = aya::Ebpf::load(failover_user::dataplane::objects::PASS)
+        .expect("loading the empty program");
     let pass: &mut aya::programs::Xdp = empty
-        .program_mut(failover_user::objects::PASS_PROGRAM)
+        .program_mut(failover_user::dataplane::objects::PASS_PROGRAM)
         .unwrap()
         .try_into()
         .unwrap();

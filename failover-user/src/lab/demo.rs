@@ -17,7 +17,7 @@ use super::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, Server, Topology, check_prerequisites,
     tcp_request, vip,
 };
-use crate::layout::Layout;
+use crate::dataplane::layout::Layout;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 

@@ -36,7 +36,7 @@ use aya::{
 };
 
 use self::netns::{Netns, ip};
-use crate::objects;
+use crate::dataplane::objects;
 
 pub const VIP4: &str = "198.18.100.10";
 pub const VIP6: &str = "2001:db8:100::10";

@@ -4,7 +4,6 @@
 
 use std::{
     fs::File,
-    os::fd::AsRawFd as _,
     process::{Command, Output},
 };
 
@@ -100,21 +99,7 @@ impl Drop for Netns {
     }
 }
 
-/// Moves the calling thread into the named namespace (`/run/netns/NAME`).
-pub fn enter_named(name: &str) -> anyhow::Result<()> {
-    let target = File::open(format!("/run/netns/{name}"))
-        .with_context(|| format!("no network namespace {name:?}"))?;
-    setns(&target)
-}
-
-fn setns(f: &File) -> anyhow::Result<()> {
-    // SAFETY: a valid namespace fd; CLONE_NEWNET only affects this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        bail!("setns: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub use crate::sys::netns::{enter_named, setns};
 
 /// Returns the thread to the namespace it was in.
 pub struct NsGuard {

@@ -27,7 +27,11 @@ use failover_tests::{
     pkt::{L4, Pkt},
     pktlab::{CONFIG, LB_B_MAC, Lab, P_MAC, from_client},
 };
-use failover_user::{config, dataplane::addr16, layout::Layout, maglev, objects};
+use failover_user::{
+    config,
+    dataplane::{addr16, layout::Layout, objects},
+    maglev,
+};
 use serde_json::{Value, json};
 
 mod timeline;

@@ -19,9 +19,8 @@ use aya::{
 };
 use failover_tests::pkt::{L4, Pkt};
 use failover_user::{
-    dataplane::ifindex,
+    dataplane::{ifindex, objects},
     lab::{Topology, netns::Netns},
-    objects,
 };
 
 /// A counting sink attached to an interface (detached on drop).

@@ -15,10 +15,7 @@ use failover_common::{
 };
 use serde::Serialize;
 
-use crate::{
-    dataplane::{ip_from16, link_pin_path, map_pin_path},
-    layout::Layout,
-};
+use crate::dataplane::{ip_from16, layout::Layout, link_pin_path, map_pin_path};
 
 /// Where to look.
 #[derive(Debug, Clone)]

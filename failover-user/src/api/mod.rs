@@ -10,6 +10,9 @@
 //! - `POST /v1/alertmanager`: an Alertmanager webhook (token always required).
 //! - `GET  /metrics` (on the metrics listener).
 
+pub mod http;
+pub mod listen;
+
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -20,13 +23,12 @@ use serde_json::{Value, json};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use tracing::{info, warn};
 
+use self::http::{Request, Response};
 use crate::{
     agent::{AdminAction, Agent},
-    audit::AuditLog,
-    events,
-    http::{Request, Response},
-    inspect, metrics,
+    dataplane::inspect,
     model::AdminError,
+    observe::{audit::AuditLog, events, metrics},
 };
 
 /// A reload request from the API to the daemon's main loop.

@@ -19,7 +19,7 @@ use prometheus_client::{
 };
 use tracing::warn;
 
-use crate::inspect;
+use crate::dataplane::inspect;
 
 /// A Prometheus histogram with fixed bucket bounds (seconds).
 #[derive(Debug, Clone)]

@@ -110,14 +110,14 @@ impl Event {
 /// Where events go.
 pub struct Sink {
     file: Option<Mutex<File>>,
-    audit: Option<std::sync::Arc<Mutex<crate::audit::AuditLog>>>,
+    audit: Option<std::sync::Arc<Mutex<crate::observe::audit::AuditLog>>>,
 }
 
 impl Sink {
     /// Events go to the log, to `path` if given, and to the audit log.
     pub fn with_audit(
         path: Option<&Path>,
-        audit: Option<std::sync::Arc<Mutex<crate::audit::AuditLog>>>,
+        audit: Option<std::sync::Arc<Mutex<crate::observe::audit::AuditLog>>>,
     ) -> anyhow::Result<Self> {
         let mut s = Self::new(path)?;
         s.audit = audit;

@@ -2,6 +2,10 @@
 //! config and maps pinned under the bpffs directory), attach to interfaces,
 //! and write a config's services, tiers, tables and backends into the maps.
 
+pub mod inspect;
+pub mod layout;
+pub mod objects;
+
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -25,11 +29,9 @@ use failover_common::{
 };
 use tracing::{info, warn};
 
-use crate::{
-    config::{Config, Limits, Mode, NoBackend, XdpModeCfg},
-    layout::Layout,
-    maglev, objects,
-};
+use self::layout::Layout;
+use crate::config::{Config, Limits, Mode, NoBackend, XdpModeCfg};
+use crate::maglev;
 
 /// 16-byte address as stored in keys (IPv4 in the first four bytes).
 pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {

@@ -1,0 +1,117 @@
+//! Admin verbs: the CLI as a client of the daemon's API (unix socket, or TCP
+//! with a token).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::{
+    api::{self as admin, http},
+    config,
+};
+
+/// How the CLI reaches the daemon's admin API.
+#[derive(clap::Args, Clone)]
+pub struct ApiArgs {
+    /// The daemon's config (for its admin socket).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The admin socket (default /run/failover/admin.sock, or the config's).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Use the TCP listener at ip:port instead (needs --token-file).
+    #[arg(long)]
+    pub tcp: Option<std::net::SocketAddr>,
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ActionArgs {
+    pub service: String,
+    pub backend: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub fn api_call(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let target = match (&api.tcp, &api.socket, &api.config) {
+        (Some(addr), _, _) => http::Endpoint::Tcp(*addr),
+        (None, Some(s), _) => http::Endpoint::Unix(s.clone()),
+        (None, None, Some(c)) => http::Endpoint::Unix(config::load(c)?.admin.socket),
+        (None, None, None) => http::Endpoint::Unix(admin::default_socket(std::path::Path::new(
+            config::DEFAULT_STATE_DIR,
+        ))),
+    };
+    let token = match &api.token_file {
+        Some(p) => Some(admin::read_token(p)?),
+        None => None,
+    };
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?;
+    let (status, body) = rt
+        .block_on(http::request(
+            &target,
+            method,
+            path,
+            &headers,
+            body,
+            std::time::Duration::from_secs(30),
+        ))
+        .with_context(|| {
+            format!("talking to the daemon at {target:?} (is it running? are you root?)")
+        })?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+    if !(200..300).contains(&status) {
+        let why = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
+        anyhow::bail!("the daemon refused ({status}): {why}");
+    }
+    Ok(v)
+}
+
+pub fn cmd_action(action: &str, a: &ActionArgs) -> anyhow::Result<()> {
+    let v = api_call(
+        &a.api,
+        "POST",
+        &format!("/v1/services/{}/backends/{}/{action}", a.service, a.backend),
+        b"",
+    )?;
+    let (from, to) = (
+        v["from"].as_str().unwrap_or("?"),
+        v["to"].as_str().unwrap_or("?"),
+    );
+    if from == to {
+        println!(
+            "{}/{}: unchanged ({to}; map {})",
+            a.service,
+            a.backend,
+            v["map_word"].as_str().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "{}/{}: {from} -> {to} (map {}, version {})",
+            a.service,
+            a.backend,
+            v["map_word"].as_str().unwrap_or("?"),
+            v["map_version"]
+        );
+    }
+    Ok(())
+}

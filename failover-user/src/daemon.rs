@@ -1,0 +1,345 @@
+//! The daemon's life: start (audit log, dataplane, agent, listeners, the
+//! capability drop), the loop that serves reloads (SIGHUP or the admin API)
+//! and flushes the eBPF log, and the stop (listeners, agent, optional
+//! teardown). Reload is library code end to end: the API asks through a
+//! channel, this loop owns the dataplane and answers.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use tracing::{error, info, warn};
+
+use crate::{
+    agent::{self, Agent, BackendKey, health::State},
+    api,
+    config::{self, Config},
+    dataplane::{self, AgentMaps, Dataplane, inspect, layout::Layout},
+    observe::{events, metrics},
+    sys::caps,
+};
+
+/// Where the daemon keeps the slot layout (so a restart keeps backend ids).
+pub fn layout_path(cfg: &Config) -> PathBuf {
+    cfg.daemon.state_dir.join("layout.json")
+}
+
+fn apply(
+    dp: &mut Dataplane,
+    cfg: &Config,
+    states: &HashMap<BackendKey, State>,
+) -> anyhow::Result<Layout> {
+    let lp = layout_path(cfg);
+    let prev = match Layout::load(&lp) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "ignoring an unreadable previous layout");
+            None
+        }
+    };
+    let layout = Layout::assign(cfg, prev.as_ref()).context("assigning map slots")?;
+    // Backends whose health is known (a reload) keep it: their state words
+    // are written from it, not from the config.
+    let mut words = HashMap::new();
+    for (s, sl) in cfg.services.iter().zip(&layout.services) {
+        for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+            let key = (
+                s.name.clone(),
+                b.name.clone(),
+                std::net::SocketAddr::new(b.address, b.port),
+            );
+            if let Some(st) = states.get(&key) {
+                words.insert(bl.id, agent::word_for(*st, s.flows_on_down));
+            }
+        }
+    }
+    dp.apply(cfg, &layout, &words)
+        .context("writing the config into the maps")?;
+    layout.save(&lp)?;
+    Ok(layout)
+}
+
+/// `failover daemon`: loads the config, then runs [`run_daemon`] on a
+/// single-threaded runtime until SIGINT or SIGTERM.
+pub fn run(path: PathBuf, detach_on_exit: bool) -> anyhow::Result<()> {
+    // A reload asked for before the handler is installed (in run_daemon)
+    // is moot, the config is read fresh: ignore SIGHUP until then rather
+    // than die of its default action.
+    // SAFETY: setting a signal's disposition to "ignore" has no
+    // preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let cfg = config::load(&path)?;
+    if cfg.daemon.interfaces.is_empty() {
+        anyhow::bail!(
+            "{}: daemon.interfaces is empty: nothing to attach to",
+            path.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run_daemon(path, cfg, detach_on_exit))
+}
+
+async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    // Signals first: a SIGHUP (or SIGTERM) that comes while the program is
+    // still being verified (seconds on a busy host) must not kill the daemon
+    // half-started by its default action; it is handled once running.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    check_forwarding();
+    // The audit log first: a tampered log stops the daemon before anything
+    // changes.
+    let audit = Arc::new(std::sync::Mutex::new(
+        crate::observe::audit::AuditLog::open(&cfg.admin.audit_file)
+            .with_context(|| format!("opening the audit log {}", cfg.admin.audit_file.display()))?,
+    ));
+    let token = match &cfg.admin.token_file {
+        Some(p) => Some(api::read_token(p)?),
+        None => None,
+    };
+    let mut dp = Dataplane::load(&cfg.limits, Some(&cfg.daemon.bpffs))?;
+    // Keep the logger alive for the daemon's life: it owns the log ring
+    // buffer's fd.
+    let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
+    // States the previous run saved: a restart does not send traffic to a
+    // backend it knew was down, nor flap one it knew was up.
+    let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
+    let layout = apply(&mut dp, &cfg, &saved)?;
+    // Flows expire on this clock: set before the first packet arrives,
+    // advanced by a thread started once capabilities are dropped.
+    dp.set_clock(dataplane::clock_ms())?;
+    for iface in &cfg.daemon.interfaces {
+        dp.attach(iface, cfg.daemon.xdp_mode)?;
+    }
+    let sink = Arc::new(events::Sink::with_audit(
+        cfg.daemon.events_file.as_deref(),
+        Some(audit.clone()),
+    )?);
+    let agent_metrics: metrics::Shared = Default::default();
+    let start_agent = |cfg: &Config,
+                       layout: &Layout,
+                       states: &HashMap<BackendKey, State>|
+     -> anyhow::Result<Agent> {
+        let maps = AgentMaps::open(&cfg.daemon.bpffs)
+            .context("opening the pinned maps for the health agent")?;
+        Agent::start(
+            cfg,
+            layout,
+            maps,
+            sink.clone(),
+            states,
+            agent_metrics.clone(),
+        )
+    };
+    let agent = Arc::new(tokio::sync::RwLock::new(Some(start_agent(
+        &cfg, &layout, &saved,
+    )?)));
+
+    // The admin API and the metrics endpoint.
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<api::ReloadRequest>(4);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let st = Arc::new(api::AdminState {
+        agent: agent.clone(),
+        reload_tx,
+        audit: Some(audit.clone()),
+        token,
+        alertmanager: cfg.admin.alertmanager.clone(),
+        metrics: agent_metrics.clone(),
+        source: inspect::Source {
+            bpffs: cfg.daemon.bpffs.clone(),
+            state_dir: cfg.daemon.state_dir.clone(),
+        },
+    });
+    let servers = api::listen::start(st.clone(), &cfg.admin, stop_rx.clone()).await?;
+    // Attached and listening: from here on only map writes need a
+    // privilege.
+    if cfg.daemon.drop_capabilities {
+        drop_capabilities()?;
+    }
+    dataplane::spawn_clock(&cfg.daemon.bpffs)?;
+    info!(
+        services = layout.services.len(),
+        bpffs = %cfg.daemon.bpffs.display(),
+        admin = %cfg.admin.socket.display(),
+        "failover dataplane running"
+    );
+    // SAFETY: the AsyncFd owns the logger, so the ring buffer's fd stays
+    // open for as long as it is registered.
+    let mut log_fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the eBPF log buffer: {e}"))?;
+    let mut current = cfg;
+    let audit_note = |what: serde_json::Value| {
+        if let (Ok(mut log), serde_json::Value::Object(m)) = (audit.lock(), what)
+            && let Err(e) = log.append(&events::now_rfc3339(), m)
+        {
+            warn!(error = %e, "writing the audit log failed");
+        }
+    };
+    loop {
+        let (dry_run, reply) = tokio::select! {
+            _ = term.recv() => { info!("SIGTERM"); break; }
+            _ = int.recv() => { info!("SIGINT"); break; }
+            _ = hup.recv() => (false, None),
+            r = reload_rx.recv() => match r {
+                Some(r) => (r.dry_run, Some(r.reply)),
+                None => continue,
+            },
+            guard = log_fd.readable_mut() => {
+                match guard {
+                    Ok(mut g) => { g.get_inner_mut().flush(); g.clear_ready(); }
+                    Err(e) => { warn!(error = %e, "eBPF log buffer unreadable"); }
+                }
+                continue;
+            }
+        };
+        let outcome = reload(&path, &current, dry_run, &mut dp, &agent, &start_agent).await;
+        match &outcome {
+            Ok((diff, new)) => {
+                audit_note(
+                    serde_json::json!({"kind": "reload", "dry_run": dry_run, "result": "ok", "diff": diff}),
+                );
+                if let Some(new) = new {
+                    current = new.clone();
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "reload refused: the running config is unchanged");
+                audit_note(serde_json::json!({"kind": "reload", "dry_run": dry_run, "result": e}));
+            }
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome.map(|(d, _)| d));
+        }
+    }
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = s.await;
+    }
+    let _ = std::fs::remove_file(&current.admin.socket);
+    if let Some(a) = agent.write().await.take() {
+        let (_, stats) = a.stop().await;
+        if let (Some(p50), Some(p99)) = (
+            stats.decision_to_map_us.quantile(0.5),
+            stats.decision_to_map_us.quantile(0.99),
+        ) {
+            info!(
+                changes = stats.decision_to_map_us.len(),
+                p50_us = p50,
+                p99_us = p99,
+                "decision-to-map latency over this run"
+            );
+        }
+    }
+    if detach_on_exit {
+        teardown(&current)?;
+        info!("detached and unpinned");
+    } else {
+        info!("exiting; the dataplane stays attached with its last state (fail-static)");
+    }
+    Ok(())
+}
+
+/// Re-reads the config: validates, diffs, and (unless `dry_run`) applies it
+/// with the health of unchanged backends carried over. A config that does
+/// not validate changes nothing.
+async fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    dry_run: bool,
+    dp: &mut Dataplane,
+    agent: &tokio::sync::RwLock<Option<Agent>>,
+    start_agent: &impl Fn(&Config, &Layout, &HashMap<BackendKey, State>) -> anyhow::Result<Agent>,
+) -> Result<(serde_json::Value, Option<Config>), String> {
+    let new = config::load(path).map_err(|e| e.to_string())?;
+    if new.daemon != current.daemon || new.limits != current.limits || new.admin != current.admin {
+        return Err(
+            "[daemon], [limits], [admin] and [alertmanager] changes need a restart".to_string(),
+        );
+    }
+    let d = config::diff(current, &new);
+    if dry_run {
+        return Ok((d, None));
+    }
+    // Stop the agent (keeping what it knows), apply, restart it.
+    let mut slot = agent.write().await;
+    let states = match slot.take() {
+        Some(a) => a.stop().await.0,
+        None => HashMap::new(),
+    };
+    match apply(dp, &new, &states) {
+        Ok(l) => {
+            info!(services = l.services.len(), diff = %d, "config reloaded");
+            match start_agent(&new, &l, &states) {
+                Ok(a) => *slot = Some(a),
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "health agent failed to restart: states are frozen")
+                }
+            }
+            Ok((d, Some(new)))
+        }
+        Err(e) => Err(format!("reload failed part-way: {e:#}")),
+    }
+}
+
+/// Keeps only CAP_BPF (see `caps.rs`), and checks every thread.
+fn drop_capabilities() -> anyhow::Result<()> {
+    let keep = caps::keep_set(caps::last_cap()?);
+    let d = caps::drop_all_but(keep).context("dropping capabilities")?;
+    let over = caps::check_threads(keep)?;
+    if !over.is_empty() {
+        anyhow::bail!(
+            "threads still hold capabilities after the drop: {over:?}; refusing to run with them"
+        );
+    }
+    info!(
+        kept = %caps::names(d.kept),
+        bounding_set_dropped = d.bounding,
+        "capabilities dropped"
+    );
+    Ok(())
+}
+
+/// Unpins the links (detaching the program) and the maps.
+pub fn teardown(cfg: &Config) -> anyhow::Result<()> {
+    for iface in &cfg.daemon.interfaces {
+        let p = dataplane::link_pin_path(&cfg.daemon.bpffs, iface);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+        }
+    }
+    for name in failover_common::map_names::ALL {
+        let p = dataplane::map_pin_path(&cfg.daemon.bpffs, name);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("unpinning {}", p.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir(&cfg.daemon.bpffs);
+    let _ = std::fs::remove_file(layout_path(cfg));
+    Ok(())
+}
+
+/// NAT and DSR forward through the kernel's FIB, which refuses when IP
+/// forwarding is off.
+fn check_forwarding() {
+    for (file, what) in [
+        ("/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
+        (
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+            "net.ipv6.conf.all.forwarding",
+        ),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(file)
+            && v.trim() == "0"
+        {
+            warn!(
+                "{what} is 0: the FIB lookup will refuse to forward (packets counted as drop_fib_fail); set it to 1"
+            );
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The host underneath: Linux capabilities and the one child-process runner
+//! (process group, deadline, output excerpt) for probes and hooks.
+
+pub mod caps;
+pub mod exec;
+pub mod http_client;
+pub mod netns;
