@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use failover_common::{PassiveEvent, PassiveGuard, PassiveHealth, STATE_UP, TableValue};
+use failover_common::{PassiveEvent, STATE_UP};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
@@ -28,7 +28,7 @@ use self::health::{Machine, Notice, Policy, State, Transition};
 use crate::{
     config::{Check, Config, HookEvent, NoBackend, Service},
     dataplane::layout::Layout,
-    dataplane::{AgentMaps, write_table_to},
+    dataplane::maps::{AgentMaps, PassiveMaps, PassiveRing, StateMap, TableMaps},
     maglev,
     observe::{
         events::{Event, Sink},
@@ -342,10 +342,8 @@ impl Agent {
         let AgentMaps {
             state,
             tables,
-            tier_active,
+            passive,
             passive_events,
-            passive_guard,
-            passive_health,
         } = maps;
         if let Ok(mut m) = metrics.lock() {
             let keep: std::collections::HashSet<(String, String)> = backends
@@ -369,19 +367,13 @@ impl Agent {
             table_tx,
             metrics,
             persist_tx,
-            passive_guard,
-            passive_health,
+            passive,
         };
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
         d.sync_all()
             .context("writing the starting backend states")?;
-        tasks.push(tokio::spawn(table_task(
-            table_rx,
-            tables,
-            tier_active,
-            stop_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(table_task(table_rx, tables, stop_rx.clone())));
         // Tables over the members that serve now (some may start down).
         for s in 0..d.svcs.len() {
             for t in 0..d.svcs[s].cfg.tiers.len() {
@@ -577,7 +569,7 @@ async fn probe_loop(
 
 /// Reads the datapath's passive mark-down events as they come.
 async fn passive_task(
-    ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    ring: Option<PassiveRing>,
     tx: mpsc::Sender<PassiveEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -609,14 +601,14 @@ async fn passive_task(
             _ = stop.changed() => return,
         };
         let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match bytemuck::try_pod_read_unaligned::<PassiveEvent>(&item) {
+        while let Some(item) = ring.next_event() {
+            match item {
                 Ok(ev) => {
                     if tx.send(ev).await.is_err() {
                         return;
                     }
                 }
-                Err(e) => warn!(error = %e, len = item.len(), "malformed passive event"),
+                Err(len) => warn!(len, "malformed passive event"),
             }
         }
         guard.clear_ready();
@@ -687,14 +679,13 @@ async fn persist_task(
 struct Decider {
     svcs: Vec<SvcRt>,
     backends: Vec<BackendRt>,
-    state_map: aya::maps::Array<aya::maps::MapData, u32>,
+    state_map: StateMap,
     sink: Arc<Sink>,
     stats: Stats,
     table_tx: mpsc::UnboundedSender<TableJob>,
     metrics: metrics::Shared,
     persist_tx: watch::Sender<Vec<SavedState>>,
-    passive_guard: aya::maps::Array<aya::maps::MapData, PassiveGuard>,
-    passive_health: aya::maps::Array<aya::maps::MapData, PassiveHealth>,
+    passive: PassiveMaps,
 }
 
 impl Decider {
@@ -852,7 +843,7 @@ impl Decider {
     /// decision-to-map time.
     fn write(&mut self, i: usize, word: u32, decided: Instant) -> Option<Duration> {
         let id = self.backends[i].id;
-        match self.state_map.set(id, word, 0) {
+        match self.state_map.set(id, word) {
             Ok(()) => {
                 let dt = decided.elapsed();
                 self.backends[i].word = word;
@@ -968,7 +959,7 @@ impl Decider {
             let w = self.desired(i);
             let id = self.backends[i].id;
             self.state_map
-                .set(id, w, 0)
+                .set(id, w)
                 .with_context(|| format!("writing BACKEND_STATE[{id}]"))?;
             self.backends[i].word = w;
         }
@@ -1318,22 +1309,13 @@ impl Decider {
     /// + 1) and, with `clear`, lets the datapath mark the backend again.
     fn settle(&mut self, i: usize, clear: bool) {
         let (id, tier) = (self.backends[i].id, self.backends[i].tier_slot);
-        let result = (|| -> anyhow::Result<()> {
-            let mut g = self
-                .passive_guard
-                .get(&tier, 0)
-                .context("reading PASSIVE_GUARD")?;
-            g.released = g.released.wrapping_add(1);
-            self.passive_guard
-                .set(tier, g, 0)
-                .context("writing PASSIVE_GUARD")?;
+        let result = self.passive.release_guard(tier).and_then(|()| {
             if clear {
-                self.passive_health
-                    .set(id, PassiveHealth::default(), 0)
-                    .context("writing PASSIVE_HEALTH")?;
+                self.passive.clear_health(id)
+            } else {
+                Ok(())
             }
-            Ok(())
-        })();
+        });
         if let Err(e) = result {
             warn!(error = %format!("{e:#}"), backend = %self.backends[i].name, "settling a passive mark failed");
         }
@@ -1461,11 +1443,10 @@ struct TableJob {
 /// and swapped in with one write.
 async fn table_task(
     mut rx: mpsc::UnboundedReceiver<TableJob>,
-    tables: aya::maps::Array<aya::maps::MapData, TableValue>,
-    active: aya::maps::Array<aya::maps::MapData, u32>,
+    tables: TableMaps,
     mut stop: watch::Receiver<bool>,
 ) {
-    let maps = Arc::new(std::sync::Mutex::new((tables, active)));
+    let maps = Arc::new(std::sync::Mutex::new(tables));
     loop {
         let first = tokio::select! {
             j = rx.recv() => match j { Some(j) => j, None => return },
@@ -1487,8 +1468,7 @@ async fn table_task(
                 let mut guard = maps
                     .lock()
                     .map_err(|_| anyhow::anyhow!("table maps lock poisoned"))?;
-                let (tables, active) = &mut *guard;
-                write_table_to(tables, active, job.tier, job.size, &ids, &entries)
+                guard.write(job.tier, job.size, &ids, &entries)
             })
             .await;
             match res {

@@ -4,6 +4,7 @@
 
 pub mod inspect;
 pub mod layout;
+pub mod maps;
 pub mod objects;
 
 use std::{
@@ -23,13 +24,14 @@ use aya::{
 };
 use failover_common::{
     BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, FlowKey,
-    FlowTimeouts, FlowValue, MAX_TIER_MEMBERS, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard,
-    PassiveHealth, PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue,
-    VipAddrKey, map_names,
+    FlowTimeouts, FlowValue, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard, PassiveHealth,
+    PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue, VipAddrKey,
+    map_names,
 };
 use tracing::{info, warn};
 
-use self::layout::Layout;
+pub use self::maps::{AgentMaps, pinned_backend_packets, pinned_state, set_pinned_state};
+use self::{layout::Layout, maps::write_table_to};
 use crate::config::{Config, Limits, Mode, NoBackend, XdpModeCfg};
 use crate::maglev;
 
@@ -833,97 +835,6 @@ fn check_pinned_maps(dir: &Path, limits: &Limits) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes one tier's table into its inactive half of `tables`, then flips
-/// `active[tier]` to it (one aligned 4-byte write): a packet sees either the
-/// old table or the new one, never a mix.
-pub fn write_table_to<T1, T2>(
-    tables: &mut Array<T1, TableValue>,
-    active: &mut Array<T2, u32>,
-    tier: u32,
-    size: u32,
-    members: &[u32],
-    entries: &[u16],
-) -> anyhow::Result<()>
-where
-    T1: std::borrow::BorrowMut<MapData>,
-    T2: std::borrow::BorrowMut<MapData>,
-{
-    if members.len() > MAX_TIER_MEMBERS {
-        bail!("{} members, at most {MAX_TIER_MEMBERS}", members.len());
-    }
-    let mut table: Box<TableValue> = bytemuck::zeroed_box();
-    table.size = size;
-    table.member_count = members.len() as u32;
-    table.members[..members.len()].copy_from_slice(members);
-    table
-        .entries
-        .get_mut(..entries.len())
-        .context("Maglev table larger than the dataplane's capacity")?
-        .copy_from_slice(entries);
-    let current = active
-        .get(&tier, 0)
-        .with_context(|| format!("reading TIER_ACTIVE[{tier}]"))?
-        & 1;
-    let next = 1 - current;
-    // By reference: the table is 128 KiB, not something to move.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    tables
-        .set(tier * 2 + next, &*table, 0)
-        .with_context(|| format!("writing TABLES[{}]", tier * 2 + next))?;
-    active
-        .set(tier, next, 0)
-        .with_context(|| format!("flipping TIER_ACTIVE[{tier}]"))
-}
-
-/// The maps the health agent writes, opened from their pins (its own file
-/// descriptors: no sharing with the loader).
-pub struct AgentMaps {
-    pub state: Array<MapData, u32>,
-    pub tables: Array<MapData, TableValue>,
-    pub tier_active: Array<MapData, u32>,
-    /// `None` if the ring buffer cannot be opened (passive marks are then
-    /// not confirmed, and say so).
-    pub passive_events: Option<aya::maps::RingBuf<MapData>>,
-    pub passive_guard: Array<MapData, PassiveGuard>,
-    pub passive_health: Array<MapData, PassiveHealth>,
-}
-
-impl AgentMaps {
-    pub fn open(pin_dir: &Path) -> anyhow::Result<Self> {
-        let open = |name: &str| -> anyhow::Result<aya::maps::Map> {
-            let path = map_pin_path(pin_dir, name);
-            let data =
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-            Ok(aya::maps::Map::Array(data))
-        };
-        Ok(Self {
-            state: Array::try_from(open(map_names::BACKEND_STATE)?)
-                .context("BACKEND_STATE has an unexpected type")?,
-            tables: Array::try_from(open(map_names::TABLES)?)
-                .context("TABLES has an unexpected type")?,
-            tier_active: Array::try_from(open(map_names::TIER_ACTIVE)?)
-                .context("TIER_ACTIVE has an unexpected type")?,
-            passive_events: {
-                let path = map_pin_path(pin_dir, map_names::PASSIVE_EVENTS);
-                match MapData::from_pin(&path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|d| Ok(aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(d))?))
-                {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), path = %path.display(), "cannot open the passive event ring buffer");
-                        None
-                    }
-                }
-            },
-            passive_guard: Array::try_from(open(map_names::PASSIVE_GUARD)?)
-                .context("PASSIVE_GUARD has an unexpected type")?,
-            passive_health: Array::try_from(open(map_names::PASSIVE_HEALTH)?)
-                .context("PASSIVE_HEALTH has an unexpected type")?,
-        })
-    }
-}
-
 fn remove_stale<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     map: &mut BpfHashMap<&mut MapData, K, V>,
     keep: &HashSet<K>,
@@ -939,23 +850,6 @@ fn remove_stale<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
         map.remove(&k).context("removing a stale entry")?;
     }
     Ok(())
-}
-
-/// Sets one backend's state in the pinned map under `pin_dir` (works while
-/// the daemon runs, or without it).
-pub fn set_pinned_state(pin_dir: &Path, backend_id: u32, state: u32) -> anyhow::Result<()> {
-    let path = map_pin_path(pin_dir, map_names::BACKEND_STATE);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening {} (is the daemon running with this bpffs directory, and are you root?)",
-            path.display()
-        )
-    })?;
-    let mut map = aya::maps::Map::Array(data);
-    let mut a: Array<&mut MapData, u32> =
-        Array::try_from(&mut map).context("BACKEND_STATE has an unexpected type")?;
-    a.set(backend_id, state, 0)
-        .with_context(|| format!("writing BACKEND_STATE[{backend_id}]"))
 }
 
 /// The ifindex of `iface` in the current network namespace.
@@ -989,27 +883,4 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
-}
-
-/// A backend's forwarded-packet count (summed over CPUs) from the pinned
-/// `BACKEND_STATS` under `pin_dir`.
-pub fn pinned_backend_packets(pin_dir: &Path, backend_id: u32) -> anyhow::Result<u64> {
-    let path = map_pin_path(pin_dir, map_names::BACKEND_STATS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let a: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
-        .context("BACKEND_STATS has an unexpected type")?;
-    Ok(a.get(&backend_id, 0)
-        .context("reading BACKEND_STATS")?
-        .iter()
-        .map(|c| c.packets)
-        .sum())
-}
-
-/// A backend's state word from the pinned `BACKEND_STATE` under `pin_dir`.
-pub fn pinned_state(pin_dir: &Path, backend_id: u32) -> anyhow::Result<u32> {
-    let path = map_pin_path(pin_dir, map_names::BACKEND_STATE);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let a: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(data))
-        .context("BACKEND_STATE has an unexpected type")?;
-    a.get(&backend_id, 0).context("reading BACKEND_STATE")
 }
