@@ -14,8 +14,9 @@ use crate::{
     api,
     config::{self, Config},
     dataplane::{self, AgentMaps, Dataplane, inspect, layout::Layout},
+    observe::audit::AuditLog,
     observe::{events, metrics},
-    sys::caps,
+    sys::{caps, files},
 };
 
 /// Where the daemon keeps the slot layout (so a restart keeps backend ids).
@@ -91,55 +92,25 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     check_forwarding();
-    // The audit log first: a tampered log stops the daemon before anything
-    // changes.
-    let audit = Arc::new(std::sync::Mutex::new(
-        crate::observe::audit::AuditLog::open(&cfg.admin.audit_file)
-            .with_context(|| format!("opening the audit log {}", cfg.admin.audit_file.display()))?,
-    ));
+    // Pre-flight: everything that can be checked is checked before the
+    // kernel is touched, so a mistake leaves the running dataplane (or
+    // none) as it was, never half-started.
+    let pre = preflight(&cfg)?;
+    let Preflight {
+        audit,
+        sink,
+        locks: _locks,
+        created_pin_dir,
+    } = pre;
     let token = match &cfg.admin.token_file {
         Some(p) => Some(api::read_token(p)?),
         None => None,
     };
-    let mut dp = Dataplane::load(&cfg.limits, Some(&cfg.daemon.bpffs))?;
-    // Keep the logger alive for the daemon's life: it owns the log ring
-    // buffer's fd.
-    let logger = aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
-    // States the previous run saved: a restart does not send traffic to a
-    // backend it knew was down, nor flap one it knew was up.
-    let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
-    let layout = apply(&mut dp, &cfg, &saved)?;
-    // Flows expire on this clock: set before the first packet arrives,
-    // advanced by a thread started once capabilities are dropped.
-    dp.set_clock(dataplane::clock_ms())?;
-    for iface in &cfg.daemon.interfaces {
-        dp.attach(iface, cfg.daemon.xdp_mode)?;
-    }
-    let sink = Arc::new(events::Sink::with_audit(
-        cfg.daemon.events_file.as_deref(),
-        Some(audit.clone()),
-    )?);
+    // The admin API and the metrics endpoint, bound before the kernel is
+    // touched (a taken port is a pre-flight failure); requests that come
+    // before the agent runs are answered 503.
+    let agent: Arc<tokio::sync::RwLock<Option<Agent>>> = Default::default();
     let agent_metrics: metrics::Shared = Default::default();
-    let start_agent = |cfg: &Config,
-                       layout: &Layout,
-                       states: &HashMap<BackendKey, State>|
-     -> anyhow::Result<Agent> {
-        let maps = AgentMaps::open(&cfg.daemon.bpffs)
-            .context("opening the pinned maps for the health agent")?;
-        Agent::start(
-            cfg,
-            layout,
-            maps,
-            sink.clone(),
-            states,
-            agent_metrics.clone(),
-        )
-    };
-    let agent = Arc::new(tokio::sync::RwLock::new(Some(start_agent(
-        &cfg, &layout, &saved,
-    )?)));
-
-    // The admin API and the metrics endpoint.
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel::<api::ReloadRequest>(4);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let st = Arc::new(api::AdminState {
@@ -155,6 +126,55 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         },
     });
     let servers = api::listen::start(st.clone(), &cfg.admin, stop_rx.clone()).await?;
+    let start_agent = |cfg: &Config,
+                       layout: &Layout,
+                       states: &HashMap<BackendKey, State>|
+     -> anyhow::Result<Agent> {
+        let maps = AgentMaps::open(&cfg.daemon.bpffs)
+            .context("opening the pinned maps for the health agent")?;
+        Agent::start(
+            cfg,
+            layout,
+            maps,
+            sink.clone(),
+            states,
+            agent_metrics.clone(),
+        )
+    };
+    // The kernel from here on: a failure rolls back what this start
+    // attached (links it created are unpinned, so detached; a pin directory
+    // it created is removed with its maps).
+    let mut attached: Vec<String> = Vec::new();
+    let started = async {
+        let mut dp = Dataplane::load(&cfg.limits, Some(&cfg.daemon.bpffs))?;
+        // Keep the logger alive for the daemon's life: it owns the log ring
+        // buffer's fd.
+        let logger =
+            aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
+        // States the previous run saved: a restart does not send traffic to
+        // a backend it knew was down, nor flap one it knew was up.
+        let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));
+        let layout = apply(&mut dp, &cfg, &saved)?;
+        // Flows expire on this clock: set before the first packet arrives,
+        // advanced by a thread started once capabilities are dropped.
+        dp.set_clock(dataplane::clock_ms())?;
+        for iface in &cfg.daemon.interfaces {
+            if dp.attach(iface, cfg.daemon.xdp_mode)? != dataplane::Attached::Adopted {
+                attached.push(iface.clone());
+            }
+        }
+        *agent.write().await = Some(start_agent(&cfg, &layout, &saved)?);
+        anyhow::Ok((dp, logger, layout))
+    }
+    .await;
+    let (mut dp, logger, layout) = match started {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            rollback(&cfg, &attached, created_pin_dir);
+            return Err(e);
+        }
+    };
     // Attached and listening: from here on only map writes need a
     // privilege.
     if cfg.daemon.drop_capabilities {
@@ -243,6 +263,105 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         info!("exiting; the dataplane stays attached with its last state (fail-static)");
     }
     Ok(())
+}
+
+/// What the pre-flight opened and holds for the daemon's life.
+struct Preflight {
+    audit: Arc<std::sync::Mutex<AuditLog>>,
+    sink: Arc<events::Sink>,
+    /// One daemon per state directory and per pin directory.
+    locks: [files::DirLock; 2],
+    /// Whether this start created the pin directory (a failed start removes
+    /// it again).
+    created_pin_dir: bool,
+}
+
+/// Checks everything a start needs before the kernel is touched: the state
+/// and pin directories (ours, closed to others, not held by another
+/// daemon), the pin directory on a bpf filesystem, every interface, the
+/// audit log (a tampered one stops the start) and the events file.
+fn preflight(cfg: &Config) -> anyhow::Result<Preflight> {
+    let d = &cfg.daemon;
+    for iface in &d.interfaces {
+        dataplane::ifindex(iface).with_context(|| format!("daemon.interfaces: {iface:?}"))?;
+    }
+    let parent = d.bpffs.parent().unwrap_or(std::path::Path::new("/"));
+    if !is_bpffs(parent) {
+        anyhow::bail!(
+            "daemon.bpffs: {} is not on a bpf filesystem (mount one: `mount -t bpf -o mode=0700 bpf {}`)",
+            d.bpffs.display(),
+            parent.display()
+        );
+    }
+    files::ensure_private_dir(&d.state_dir).context("daemon.state_dir")?;
+    let state_lock = files::lock_dir(&d.state_dir).context("daemon.state_dir")?;
+    let created_pin_dir = files::ensure_private_dir(&d.bpffs).context("daemon.bpffs")?;
+    let rest = (|| -> anyhow::Result<_> {
+        let pin_lock = files::lock_dir(&d.bpffs).context("daemon.bpffs")?;
+        let audit = Arc::new(std::sync::Mutex::new(
+            AuditLog::open(&cfg.admin.audit_file).with_context(|| {
+                format!("opening the audit log {}", cfg.admin.audit_file.display())
+            })?,
+        ));
+        let sink = Arc::new(events::Sink::with_audit(
+            d.events_file.as_deref(),
+            Some(audit.clone()),
+        )?);
+        Ok((pin_lock, audit, sink))
+    })();
+    match rest {
+        Ok((pin_lock, audit, sink)) => Ok(Preflight {
+            audit,
+            sink,
+            locks: [state_lock, pin_lock],
+            created_pin_dir,
+        }),
+        Err(e) => {
+            if created_pin_dir {
+                let _ = std::fs::remove_dir(&d.bpffs);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether `path` is on a bpf filesystem.
+fn is_bpffs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct we own; `c` is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Undoes a failed start: the links this start created are unpinned (the
+/// program leaves those interfaces); a pin directory it created goes with
+/// its maps. Adopted links keep running (they ran before this start).
+fn rollback(cfg: &Config, attached: &[String], created_pin_dir: bool) {
+    for iface in attached {
+        let p = dataplane::link_pin_path(&cfg.daemon.bpffs, iface);
+        if let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %p.display(), error = %e, "rollback: unpinning a link failed");
+        }
+    }
+    if created_pin_dir {
+        for name in failover_common::map_names::ALL {
+            let _ = std::fs::remove_file(dataplane::map_pin_path(&cfg.daemon.bpffs, name));
+        }
+        let _ = std::fs::remove_dir(&cfg.daemon.bpffs);
+    }
+    warn!(
+        detached = ?attached,
+        removed_pins = created_pin_dir,
+        "start failed: rolled back what this start attached"
+    );
 }
 
 /// Re-reads the config: validates, diffs, and (unless `dry_run`) applies it

@@ -187,17 +187,7 @@ pub(super) async fn persist_task(
         let snapshot = rx.borrow_and_update().clone();
         let path = path.clone();
         let res = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-            let tmp = path.with_extension("json.tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&snapshot)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
+            crate::sys::files::write_atomic(&path, &serde_json::to_vec_pretty(&snapshot)?)?;
             Ok(())
         })
         .await;

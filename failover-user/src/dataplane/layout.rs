@@ -200,24 +200,9 @@ impl Layout {
 
     /// Writes the layout atomically (temp file + rename), mode 0600.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-        let dir = path
-            .parent()
-            .context("layout path has no parent directory")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self).context("serialising the layout")?)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        let bytes = serde_json::to_vec_pretty(self).context("serialising the layout")?;
+        crate::sys::files::write_atomic(path, &bytes)
+            .with_context(|| format!("saving the layout {}", path.display()))
     }
 }
 

@@ -106,7 +106,7 @@ impl Dataplane {
             .map_max_entries(map_names::PASSIVE_MARKED, limits.max_tiers)
             .map_max_entries(map_names::PASSIVE_STATS, limits.max_backends);
         if let Some(dir) = pin_dir {
-            create_private_dir(dir)?;
+            crate::sys::files::ensure_private_dir(dir).context("the pin directory")?;
             check_pinned_maps(dir, limits)?;
             for name in map_names::ALL {
                 loader.map_pin_path(name, map_pin_path(dir, name));
@@ -862,25 +862,4 @@ pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
         bail!("no interface named {iface:?} in this network namespace");
     }
     Ok(idx)
-}
-
-/// Creates `dir` (and parents) with mode 0700. An existing directory is
-/// left as it is (never chmod someone else's directory), with a warning if
-/// others may read it.
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
-    if let Ok(meta) = std::fs::metadata(dir) {
-        if !meta.is_dir() {
-            bail!("{} exists and is not a directory", dir.display());
-        }
-        if meta.mode() & 0o077 != 0 {
-            warn!(dir = %dir.display(), mode = format!("{:o}", meta.mode() & 0o777), "directory is accessible to others; 0700 is recommended");
-        }
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
 }

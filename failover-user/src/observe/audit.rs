@@ -175,7 +175,11 @@ impl AuditLog {
                 .map_err(io_err("creating directory"))?;
         }
         let mut opts = OpenOptions::new();
-        opts.read(true).append(true).mode(0o600);
+        // Never through a symlink: a planted one would receive the audit.
+        opts.read(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
         let (file, created) = match opts.clone().create_new(true).open(path) {
             Ok(f) => (f, true),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {

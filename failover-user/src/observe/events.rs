@@ -128,12 +128,7 @@ impl Sink {
         let file = match path {
             None => None,
             Some(p) => {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o600)
-                    .open(p)
+                let f = crate::sys::files::open_append(p)
                     .with_context(|| format!("opening the events file {}", p.display()))?;
                 Some(Mutex::new(f))
             }

@@ -3,5 +3,6 @@
 
 pub mod caps;
 pub mod exec;
+pub mod files;
 pub mod http_client;
 pub mod netns;

@@ -1,0 +1,287 @@
+//! The daemon's start cannot be half-done or hijacked: every check comes
+//! before the kernel is touched, one daemon holds a pin directory, and the
+//! directories and files it keeps cannot be steered by someone else.
+//! Namespace tests with the real daemon; need root, fail (never skip)
+//! without it; everything is removed at the end, also on failure.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use failover_user::lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, netns::Netns,
+    tcp_request, vip,
+};
+
+type Scratch = failover_user::lab::Workdir;
+
+const T: Duration = Duration::from_millis(1000);
+
+fn require_root() {
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "namespace tests need root: run `cargo xtask test`"
+    );
+}
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+}
+
+/// Runs `failover --netns NS daemon --config CONFIG` to its end (a start
+/// that must fail), bounded at 30 s.
+fn daemon_once(netns: &str, config: &Path) -> Output {
+    let mut child = Command::new(exe())
+        .args(["--netns", netns, "daemon", "--detach-on-exit", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the daemon");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().expect("waiting").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "the daemon kept running although its start must fail: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The XDP program id on `iface` in `ns` (`None`: no XDP).
+fn xdp_prog(ns: &Netns, iface: &str) -> Option<u32> {
+    let out = ns
+        .ip(&["-d", "link", "show", "dev", iface])
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let i = text.find("prog/xdp id ")?;
+    text[i + "prog/xdp id ".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn vip_answer(topo: &Topology) -> String {
+    tcp_request(&topo.client, vip(false, 80), "life", T).unwrap_or_else(|e| format!("{e:#}"))
+}
+
+struct Lab {
+    topo: Topology,
+    _servers: Vec<Server>,
+    daemon: DaemonProcess,
+    s: Scratch,
+}
+
+fn start_lab(tag: &str) -> Lab {
+    require_root();
+    let s = Scratch::new(tag).expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("creating the lab topology");
+    let config = s.dir.join("lab.toml");
+    std::fs::write(&config, topo.config(&s.bpffs, &s.dir.join("state"))).expect("config");
+    let ports = [BACKEND_TCP_PORT];
+    let servers = vec![
+        Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1"),
+        Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2"),
+    ];
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("daemon attached");
+    assert_eq!(vip_answer(&topo), "b1");
+    Lab {
+        topo,
+        _servers: servers,
+        daemon,
+        s,
+    }
+}
+
+/// A second daemon pointed at a running one's pin directory (with its own
+/// state directory) is refused, naming the running one, and changes
+/// nothing: the first keeps its program and its decisions.
+#[test]
+fn a_second_daemon_on_one_pin_directory_is_refused() {
+    let mut lab = start_lab("fol");
+    let prog = xdp_prog(&lab.topo.lb, "lb1").expect("XDP on lb1");
+    let other = lab.s.dir.join("other.toml");
+    std::fs::write(
+        &other,
+        lab.topo
+            .config(&lab.s.bpffs, &lab.s.dir.join("state-other")),
+    )
+    .unwrap();
+    let out = daemon_once(&lab.topo.lb.name, &other);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("is held by another failover daemon (pid ") && err.contains("daemon"),
+        "{err}"
+    );
+    assert_eq!(xdp_prog(&lab.topo.lb, "lb1"), Some(prog), "program kept");
+    assert_eq!(vip_answer(&lab.topo), "b1");
+    // The same state directory is refused as well.
+    let same = lab.s.dir.join("lab.toml");
+    let out = daemon_once(&lab.topo.lb.name, &same);
+    assert!(
+        stderr(&out).contains("daemon.state_dir"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(lab.daemon.terminate().expect("terminate").success());
+}
+
+/// A mistyped second interface: refused before anything is attached (the
+/// first interface gets no XDP, nothing is pinned).
+#[test]
+fn a_mistyped_interface_attaches_nothing() {
+    require_root();
+    let s = Scratch::new("fom").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let config = s.dir.join("lab.toml");
+    let text = topo.config(&s.bpffs, &s.dir.join("state")).replace(
+        r#"interfaces = ["lc", "lb1", "lb2"]"#,
+        r#"interfaces = ["lc", "lb9"]"#,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = daemon_once(&topo.lb.name, &config);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("daemon.interfaces: \"lb9\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(xdp_prog(&topo.lb, "lc"), None, "no XDP left on lc");
+    assert!(!s.bpffs.exists(), "nothing pinned");
+}
+
+/// An events file that cannot be opened (a directory) stops a restart
+/// before the program is swapped into the links the previous run left
+/// pinned: the old program keeps running.
+#[test]
+fn a_bad_events_file_stops_a_restart_before_the_kernel() {
+    let mut lab = start_lab("foe");
+    let before: Vec<Option<u32>> = LB_IFACES
+        .iter()
+        .map(|i| xdp_prog(&lab.topo.lb, i))
+        .collect();
+    assert!(before.iter().all(Option::is_some));
+    // SAFETY: SIGKILL to our own child.
+    unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = lab.daemon.0.wait();
+    let dir_as_file = lab.s.dir.join("events-dir");
+    std::fs::create_dir(&dir_as_file).unwrap();
+    let config = lab.s.dir.join("restart.toml");
+    let text = lab
+        .topo
+        .config(&lab.s.bpffs, &lab.s.dir.join("state"))
+        .replacen(
+            "[daemon]\n",
+            &format!("[daemon]\nevents_file = \"{}\"\n", dir_as_file.display()),
+            1,
+        );
+    std::fs::write(&config, text).unwrap();
+    let out = daemon_once(&lab.topo.lb.name, &config);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("events file"), "{}", stderr(&out));
+    let after: Vec<Option<u32>> = LB_IFACES
+        .iter()
+        .map(|i| xdp_prog(&lab.topo.lb, i))
+        .collect();
+    assert_eq!(before, after, "the previous program still runs, untouched");
+    assert_eq!(vip_answer(&lab.topo), "b1");
+    // Clean up the fail-static leftovers: links and maps.
+    let _ = std::fs::remove_dir_all(&lab.s.bpffs);
+}
+
+/// Directories someone else owns or may write, and symlinks planted where
+/// the daemon writes, are refused with the path named; the file a symlink
+/// points to is never written.
+#[test]
+fn foreign_directories_and_planted_symlinks_are_refused() {
+    require_root();
+    let s = Scratch::new("fos").expect("scratch dir");
+    let ns = Netns::new(&format!("{}n", s.prefix)).expect("netns");
+    let victim = s.dir.join("victim");
+    std::fs::write(&victim, b"root's file\n").unwrap();
+    let config = |bpffs: &Path, state: &Path, extra: &str| -> PathBuf {
+        let p = s.dir.join("c.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[daemon]\ninterfaces = [\"lo\"]\nbpffs = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
+                 [[service]]\nname = \"web\"\nvip = \"198.18.100.10\"\nport = 80\n\
+                 [[service.backend]]\nname = \"b\"\naddress = \"198.18.1.2\"\n",
+                bpffs.display(),
+                state.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let nobody = 65534;
+    // A state directory another user owns.
+    let state = s.dir.join("state-foreign");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(nobody), Some(nobody)).unwrap();
+    let out = daemon_once(&ns.name, &config(&s.bpffs, &state, ""));
+    assert!(
+        stderr(&out).contains("belongs to uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    // A pin directory made beforehand by someone else, on a bpffs open to all.
+    let state = s.dir.join("state");
+    std::fs::create_dir(&s.bpffs).unwrap();
+    std::os::unix::fs::chown(&s.bpffs, Some(nobody), Some(nobody)).unwrap();
+    let out = daemon_once(&ns.name, &config(&s.bpffs, &state, ""));
+    assert!(
+        stderr(&out).contains("belongs to uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir(&s.bpffs).unwrap();
+    // A state directory others may write.
+    let open = s.dir.join("state-open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = daemon_once(&ns.name, &config(&s.bpffs, &open, ""));
+    assert!(
+        stderr(&out).contains("is writable by others"),
+        "{}",
+        stderr(&out)
+    );
+    // A symlink planted as the events file.
+    let planted = s.dir.join("events.jsonl");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let out = daemon_once(
+        &ns.name,
+        &config(
+            &s.bpffs,
+            &state,
+            &format!("events_file = \"{}\"", planted.display()),
+        ),
+    );
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's file\n");
+    assert!(!s.bpffs.exists(), "nothing pinned");
+}
