@@ -6,7 +6,7 @@
 //! checksums) -> `forward` (FIB, MACs, TX/redirect), with `stats` counting
 //! every outcome and `maps` declaring the state shared with the daemon.
 //!
-//! Rules (see README "Packet rules"): anything that is not for a VIP passes
+//! Rules (see docs/architecture.md, "Packet rules"): anything that is not for a VIP passes
 //! untouched; a VIP packet is forwarded, or dropped/passed by a documented
 //! rule and counted; the program never returns XDP_ABORTED.
 #![no_std]

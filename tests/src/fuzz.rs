@@ -2,7 +2,7 @@
 //! seeded PRNG, seed packets, mutations, and an independent model of the
 //! packet rules that judges every output of the XDP program.
 //!
-//! The model is written from the documented rules (README "Packet rules",
+//! The model is written from the documented rules (docs/architecture.md, "Packet rules",
 //! `failover_common::Reason`), not from the eBPF code: its parser is strict
 //! (a header is only "there" if it lies inside the IP packet's declared
 //! length), it knows the lab's neighbour table and connected subnets, and

@@ -547,15 +547,33 @@ fn bpffs_mounted() -> Result<bool> {
     }))
 }
 
+/// bpffs closed to others: a world-writable one (what a plain `mount -t
+/// bpf` gives, mode 1777) lets any user create or remove pins.
 fn ensure_bpffs(root: bool) -> Result<(String, ())> {
+    use std::os::unix::fs::PermissionsExt as _;
     if bpffs_mounted()? {
-        return Ok((format!("ok (mounted at {BPFFS})"), ()));
+        let mode = fs::metadata(BPFFS)
+            .with_context(|| format!("stat {BPFFS}"))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o022 == 0 {
+            return Ok((format!("ok (mounted at {BPFFS}, mode {mode:o})"), ()));
+        }
+        if !root {
+            bail!(
+                "{BPFFS} is writable by others (mode {mode:o}); as root, run: chmod 0700 {BPFFS}"
+            );
+        }
+        fs::set_permissions(BPFFS, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {BPFFS}"))?;
+        return Ok((format!("ok (mounted at {BPFFS}; mode {mode:o} -> 700)"), ()));
     }
-    let fix = format!("mount -t bpf bpf {BPFFS}");
+    let fix = format!("mount -t bpf -o mode=0700 bpf {BPFFS}");
     if !root {
         bail!("bpffs is not mounted at {BPFFS}; as root, run: {fix}");
     }
-    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+    cmd::run(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", BPFFS]))
         .with_context(|| format!("mounting bpffs failed; run: {fix}"))?;
     if !bpffs_mounted()? {
         bail!("`{fix}` succeeded but /proc/mounts shows no bpf filesystem at {BPFFS}");

@@ -1,5 +1,5 @@
 //! The eBPF objects built by `build.rs` (empty when built without the eBPF
-//! toolchain: see the README, "Building without the eBPF toolchain").
+//! toolchain: see docs/hacking.md, "Building without the eBPF toolchain").
 
 use aya::include_bytes_aligned;
 
