@@ -99,7 +99,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     let Preflight {
         audit,
         sink,
-        locks: _locks,
+        mut locks,
         created_pin_dir,
     } = pre;
     let token = match &cfg.admin.token_file {
@@ -201,8 +201,25 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             warn!(error = %e, "writing the audit log failed");
         }
     };
+    // The attachments are checked twice a second: a removed pin, a program
+    // off its interface or a recreated interface is repaired and reported.
+    let mut link_watch = tokio::time::interval(std::time::Duration::from_millis(500));
+    link_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (dry_run, reply) = tokio::select! {
+            _ = link_watch.tick() => {
+                for (iface, ev) in dp.watch_links(current.daemon.xdp_mode) {
+                    report_link(&sink, &iface, &ev);
+                    if ev == dataplane::LinkEvent::PinDirRecreated {
+                        // The lock went with the old directory: hold the new one.
+                        match files::lock_dir(&current.daemon.bpffs) {
+                            Ok(l) => locks[1] = l,
+                            Err(e) => error!(error = %e, "locking the recreated pin directory"),
+                        }
+                    }
+                }
+                continue;
+            }
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
             _ = hup.recv() => (false, None),
@@ -364,6 +381,32 @@ fn rollback(cfg: &Config, attached: &[String], created_pin_dir: bool) {
     );
 }
 
+/// Logs a link watcher finding and records it as a `dataplane` event (in
+/// the events file and the audit log).
+fn report_link(sink: &events::Sink, iface: &str, ev: &dataplane::LinkEvent) {
+    use dataplane::LinkEvent;
+    let reason = match ev {
+        LinkEvent::Repinned => format!("{iface}: the link pin was removed; pinned again"),
+        LinkEvent::Reattached => {
+            format!(
+                "{iface}: the program was off the interface (recreated or detached); attached again"
+            )
+        }
+        LinkEvent::InterfaceGone => {
+            format!("{iface}: the interface is gone; the program is attached again when it returns")
+        }
+        LinkEvent::RepairFailed(why) => format!("{iface}: repair failed: {why}"),
+        LinkEvent::PinDirRecreated => "the pin directory was removed; made again".to_string(),
+        LinkEvent::MapsRepinned(n) => format!("{n} map pins were removed; pinned again"),
+    };
+    match ev {
+        LinkEvent::RepairFailed(_) | LinkEvent::InterfaceGone => error!(iface, "{reason}"),
+        _ => warn!(iface, "{reason}"),
+    }
+    let e = events::Event::new("dataplane", "", reason, 0);
+    sink.emit(&e);
+}
+
 /// Re-reads the config: validates, diffs, and (unless `dry_run`) applies it
 /// with the health of unchanged backends carried over. A config that does
 /// not validate changes nothing.
@@ -406,10 +449,12 @@ async fn reload(
     }
 }
 
-/// Keeps only CAP_BPF (see `caps.rs`), and checks every thread.
+/// Keeps CAP_BPF and CAP_NET_ADMIN, the bounding set CAP_BPF alone (see
+/// `sys/caps.rs`), and checks every thread.
 fn drop_capabilities() -> anyhow::Result<()> {
-    let keep = caps::keep_set(caps::last_cap()?);
-    let d = caps::drop_all_but(keep).context("dropping capabilities")?;
+    let last = caps::last_cap()?;
+    let keep = caps::keep_set(last);
+    let d = caps::drop_all_but(keep, caps::bound_set(last)).context("dropping capabilities")?;
     let over = caps::check_threads(keep)?;
     if !over.is_empty() {
         anyhow::bail!(

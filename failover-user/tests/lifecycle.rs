@@ -61,9 +61,8 @@ fn daemon_once(netns: &str, config: &Path) -> Output {
 
 /// The XDP program id on `iface` in `ns` (`None`: no XDP).
 fn xdp_prog(ns: &Netns, iface: &str) -> Option<u32> {
-    let out = ns
-        .ip(&["-d", "link", "show", "dev", iface])
-        .expect("ip link show");
+    // No such interface: no XDP either.
+    let out = ns.ip(&["-d", "link", "show", "dev", iface]).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let i = text.find("prog/xdp id ")?;
     text[i + "prog/xdp id ".len()..]
@@ -284,4 +283,117 @@ fn foreign_directories_and_planted_symlinks_are_refused() {
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's file\n");
     assert!(!s.bpffs.exists(), "nothing pinned");
+}
+
+/// Waits (at most 3 s) until `f` holds.
+fn within_3s(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what}: not within 3 s");
+}
+
+/// `rm -rf` of the pin directory does not detach the daemon (it holds its
+/// links) and is repaired within a second: the directory, the link pins
+/// and the map pins come back, and the daemon says so. A backend interface
+/// deleted and recreated gets the program again, and new connections to
+/// the VIP through it work; `status` and the events file say what happened.
+#[test]
+fn removed_pins_and_a_recreated_interface_are_repaired() {
+    require_root();
+    let s = Scratch::new("fow").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let events = s.dir.join("events.jsonl");
+    let config = s.dir.join("lab.toml");
+    let x = failover_user::lab::LabExtras {
+        events_file: Some(events.clone()),
+        ..Default::default()
+    };
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let ports = [BACKEND_TCP_PORT];
+    let mut servers = vec![
+        Server::start(&topo.backends[0], "b1", &ports, BACKEND_UDP_PORT).expect("b1"),
+        Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT).expect("b2"),
+    ];
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    assert_eq!(vip_answer(&topo), "b1");
+    let progs: Vec<Option<u32>> = LB_IFACES.iter().map(|i| xdp_prog(&topo.lb, i)).collect();
+
+    // Every pin gone at once.
+    std::fs::remove_dir_all(&s.bpffs).expect("rm -rf the pin directory");
+    assert_eq!(
+        vip_answer(&topo),
+        "b1",
+        "still forwarding: the links are held"
+    );
+    let after: Vec<Option<u32>> = LB_IFACES.iter().map(|i| xdp_prog(&topo.lb, i)).collect();
+    assert_eq!(progs, after, "the program never left");
+    within_3s("pins back", || {
+        LB_IFACES
+            .iter()
+            .all(|i| failover_user::dataplane::link_pin_path(&s.bpffs, i).exists())
+            && failover_common::map_names::ALL
+                .iter()
+                .all(|m| failover_user::dataplane::map_pin_path(&s.bpffs, m).exists())
+    });
+    let status = Command::new(exe())
+        .args(["--netns", &topo.lb.name, "status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("status");
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(
+        st["attached"],
+        serde_json::json!(["lb1", "lb2", "lc"]),
+        "{st}"
+    );
+
+    // lb1 deleted (with its peer) and made again, as a hot-replugged NIC.
+    topo.lb.ip(&["link", "del", "lb1"]).expect("deleting lb1");
+    within_3s("status shows lb1 detached or gone", || {
+        xdp_prog(&topo.lb, "lb1").is_none()
+    });
+    let b1 = &topo.backends[0];
+    failover_user::lab::netns::veth(&topo.lb, "lb1", b1, "b1").expect("veth again");
+    for (ns, a, dev) in [
+        (&topo.lb, "198.18.1.1/24", "lb1"),
+        (b1, "198.18.1.2/24", "b1"),
+    ] {
+        ns.ip(&["addr", "add", a, "dev", dev]).expect("address");
+    }
+    b1.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.1.1"])
+        .expect("route");
+    b1.run(|| failover_user::lab::netns::disable_tx_checksum("b1"))
+        .expect("tx checksum off");
+    let _pass = failover_user::lab::attach_pass(b1, "b1").expect("pass program on b1");
+    within_3s("XDP back on the new lb1", || {
+        xdp_prog(&topo.lb, "lb1").is_some()
+    });
+    assert_eq!(vip_answer(&topo), "b1", "new connections reach b1 again");
+    let text = std::fs::read_to_string(&events).expect("events file");
+    for want in [
+        "the pin directory was removed; made again",
+        "lc: the link pin was removed; pinned again",
+        "map pins were removed; pinned again",
+        "lb1: the program was off the interface",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("\"kind\":\"dataplane\"") && l.contains(want)),
+            "no event {want:?} in:\n{text}"
+        );
+    }
+    assert!(daemon.terminate().expect("terminate").success());
+    servers.clear();
 }

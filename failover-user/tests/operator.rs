@@ -483,19 +483,23 @@ fn tokens_alertmanager_and_metrics() {
     drop(lab);
 }
 
-/// Once attached and listening, the daemon keeps only CAP_BPF, in every
+/// Once attached and listening, the daemon keeps only CAP_BPF and
+/// CAP_NET_ADMIN (bounding set: CAP_BPF alone), in every
 /// thread, with the bounding set reduced (the tests run as root, which has
 /// CAP_SETPCAP) and no_new_privs set; actions that write maps still work.
 #[test]
 fn capabilities_are_dropped_after_attaching() {
     let lab = start();
     let pid = lab._daemon.0.id();
-    let want = 1u64 << failover_user::sys::caps::CAP_BPF;
+    let bpf = 1u64 << failover_user::sys::caps::CAP_BPF;
+    // CAP_NET_ADMIN stays to re-attach to a recreated interface; what the
+    // daemon runs can never get it (the bounding set is CAP_BPF alone).
+    let want = bpf | (1u64 << failover_user::sys::caps::CAP_NET_ADMIN);
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon threads");
     let mut n = 0;
     for t in tasks {
         let st = std::fs::read_to_string(t.expect("task").path().join("status")).expect("status");
-        for field in ["CapEff", "CapPrm", "CapBnd"] {
+        for (field, want) in [("CapEff", want), ("CapPrm", want), ("CapBnd", bpf)] {
             assert_eq!(
                 failover_user::sys::caps::status_set(&st, field),
                 Some(want),

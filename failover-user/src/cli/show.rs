@@ -68,6 +68,12 @@ pub fn cmd_status(a: &SourceArgs) -> anyhow::Result<()> {
             st.attached.join(", ")
         }
     );
+    if !st.detached.is_empty() {
+        println!(
+            "DETACHED:  {} (pinned, but the program is not on the interface)",
+            st.detached.join(", ")
+        );
+    }
     println!("services:  {}", st.services);
     let b: Vec<String> = st
         .backends_by_state

@@ -110,7 +110,11 @@ pub struct FlowRow {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub bpffs: PathBuf,
+    /// Interfaces whose pinned link runs the program on them.
     pub attached: Vec<String>,
+    /// Interfaces with a link pin whose link is no longer on them (the
+    /// interface was recreated or removed, or the link detached).
+    pub detached: Vec<String>,
     pub maps: BTreeMap<String, u32>,
     pub services: usize,
     pub backends_by_state: BTreeMap<String, usize>,
@@ -329,15 +333,20 @@ pub fn status(src: &Source) -> anyhow::Result<Status> {
             .with_context(|| format!("reading map info of {name}"))?;
         maps.insert(name.to_string(), info.id());
     }
-    let mut attached = Vec::new();
+    let (mut attached, mut detached) = (Vec::new(), Vec::new());
     if let Ok(rd) = std::fs::read_dir(&src.bpffs) {
         for e in rd.flatten() {
             if let Some(iface) = e.file_name().to_str().and_then(|n| n.strip_prefix("link_")) {
-                attached.push(iface.to_string());
+                if super::links::pinned_attached(&e.path(), iface) {
+                    attached.push(iface.to_string());
+                } else {
+                    detached.push(iface.to_string());
+                }
             }
         }
     }
     attached.sort();
+    detached.sort();
     let rows = backends(src, None)?;
     let mut by_state = BTreeMap::new();
     for r in &rows {
@@ -352,6 +361,7 @@ pub fn status(src: &Source) -> anyhow::Result<Status> {
     Ok(Status {
         bpffs: src.bpffs.clone(),
         attached,
+        detached,
         maps,
         services: layout(src)?.services.len(),
         backends_by_state: by_state,
@@ -390,9 +400,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The link pin of `iface` exists.
+/// The link pinned for `iface` runs the program on the interface of that
+/// name.
 pub fn attached(src: &Source, iface: &str) -> bool {
-    link_pin_path(&src.bpffs, iface).exists()
+    super::links::pinned_attached(&link_pin_path(&src.bpffs, iface), iface)
 }
 
 #[cfg(test)]

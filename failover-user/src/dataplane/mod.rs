@@ -4,6 +4,7 @@
 
 pub mod inspect;
 pub mod layout;
+pub mod links;
 pub mod maps;
 pub mod objects;
 
@@ -78,6 +79,26 @@ pub enum Attached {
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
+    /// The attachments, held by our own descriptors (see `links`).
+    links: HashMap<String, links::HeldLink>,
+}
+
+/// What the link watcher did about one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The pin was removed; the link (still running) was pinned again.
+    Repinned,
+    /// The program was off the interface (recreated, or detached); it was
+    /// attached again.
+    Reattached,
+    /// No interface of that name: nothing to attach to until it returns.
+    InterfaceGone,
+    /// A repair failed (the reason).
+    RepairFailed(String),
+    /// The pin directory was removed; it was made again.
+    PinDirRecreated,
+    /// Map pins were removed; the maps (still in use) were pinned again.
+    MapsRepinned(usize),
 }
 
 impl Dataplane {
@@ -145,6 +166,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
+            links: HashMap::new(),
         })
     }
 
@@ -293,8 +315,13 @@ impl Dataplane {
                 .try_into()
                 .context("the kernel attached XDP without a bpf_link (kernel too old to pin it)")?;
             let path = link_pin_path(&dir, iface);
-            fd.pin(&path)
-                .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+            // The pin keeps the link; our own descriptor of it (below) keeps
+            // it even if the pin goes.
+            drop(
+                fd.pin(&path)
+                    .with_context(|| format!("pinning the XDP link at {}", path.display()))?,
+            );
+            self.hold(iface, ifindex, &path)?;
         }
         self.allow_egress(iface)?;
         info!(iface, ifindex, mode = ?how, "XDP program attached");
@@ -313,9 +340,96 @@ impl Dataplane {
         let id = prog
             .attach_to_link(link)
             .context("BPF_LINK_UPDATE to the new program")?;
-        // The link is pinned: closing our handle does not detach it.
+        // The link is pinned: closing aya's handle does not detach it; we
+        // hold our own descriptor of it.
         drop(prog.take_link(id).context("taking the adopted link")?);
+        let iface = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("link_"))
+            .context("link pin name")?
+            .to_string();
+        self.hold(&iface, ifindex(&iface)?, path)
+    }
+
+    fn hold(&mut self, iface: &str, ifindex: u32, pin: &Path) -> anyhow::Result<()> {
+        let held = links::hold(pin, ifindex)
+            .with_context(|| format!("holding the link pinned at {}", pin.display()))?;
+        self.links.insert(iface.to_string(), held);
         Ok(())
+    }
+
+    /// Checks every held attachment and repairs what it safely can: a
+    /// removed pin is pinned again, a program off its interface (the
+    /// interface recreated, or the link detached) is attached again.
+    /// Returns what it found and did, per interface (nothing: all well).
+    pub fn watch_links(&mut self, mode: XdpModeCfg) -> Vec<(String, LinkEvent)> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if !dir.exists() {
+            match crate::sys::files::ensure_private_dir(&dir) {
+                Ok(_) => out.push((String::new(), LinkEvent::PinDirRecreated)),
+                Err(e) => {
+                    out.push((String::new(), LinkEvent::RepairFailed(e.to_string())));
+                    return out;
+                }
+            }
+        }
+        let mut repinned = 0;
+        for name in map_names::ALL {
+            let path = map_pin_path(&dir, name);
+            if path.exists() {
+                continue;
+            }
+            match self.ebpf.map(name).map(|m| m.pin(&path)) {
+                Some(Ok(())) => repinned += 1,
+                Some(Err(e)) => out.push((
+                    String::new(),
+                    LinkEvent::RepairFailed(format!("re-pinning map {name}: {e}")),
+                )),
+                None => {}
+            }
+        }
+        if repinned > 0 {
+            out.push((String::new(), LinkEvent::MapsRepinned(repinned)));
+        }
+        let ifaces: Vec<String> = self.links.keys().cloned().collect();
+        for iface in ifaces {
+            let pin = link_pin_path(&dir, &iface);
+            let Some(held) = self.links.get_mut(&iface) else {
+                continue;
+            };
+            match links::check(&iface, held, &pin) {
+                links::LinkHealth::Ok => {}
+                links::LinkHealth::PinMissing => match links::repin(held, &pin) {
+                    Ok(()) => out.push((iface, LinkEvent::Repinned)),
+                    Err(e) => {
+                        out.push((iface, LinkEvent::RepairFailed(format!("re-pinning: {e}"))))
+                    }
+                },
+                links::LinkHealth::InterfaceGone => {
+                    if held.ifindex != 0 {
+                        held.ifindex = 0;
+                        out.push((iface, LinkEvent::InterfaceGone));
+                    }
+                }
+                links::LinkHealth::Detached => {
+                    // The old link is dead: forget it and its pin, attach anew.
+                    self.links.remove(&iface);
+                    let _ = std::fs::remove_file(&pin);
+                    match self.attach(&iface, mode) {
+                        Ok(_) => out.push((iface, LinkEvent::Reattached)),
+                        Err(e) => {
+                            warn!(iface, error = %format!("{e:#}"), "re-attaching failed");
+                            out.push((iface, LinkEvent::RepairFailed(format!("{e:#}"))));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Adds `iface` to the devmap: the program may redirect frames to it.

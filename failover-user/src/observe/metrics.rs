@@ -423,6 +423,19 @@ fn dataplane(o: &mut Scrape, src: &inspect::Source) {
     }
     if let Ok(st) = inspect::status(src) {
         o.family(
+            "failover_dataplane_attached",
+            MetricType::Gauge,
+            "1 while the program runs on the interface, 0 when its link is off it.",
+        );
+        for (iface, up) in st
+            .attached
+            .iter()
+            .map(|i| (i, 1))
+            .chain(st.detached.iter().map(|i| (i, 0)))
+        {
+            o.sample(labels([("interface", iface.as_str())]), Sample::Gauge(up));
+        }
+        o.family(
             "failover_conntrack_entries",
             MetricType::Gauge,
             "Flows in the conntrack map.",

@@ -4,11 +4,13 @@
 //! After that point the daemon only writes maps through file descriptors it
 //! holds or opens from its pins, and every `bpf()` command needs CAP_BPF
 //! (CAP_SYS_ADMIN before Linux 5.8) while unprivileged BPF is disabled. So
-//! it keeps exactly that and drops everything else: CAP_NET_ADMIN,
-//! CAP_SYS_ADMIN, and whatever else it was started with, from its
-//! effective, permitted and inheritable sets, the ambient set, and (when it
-//! may: CAP_SETPCAP) the bounding set, so that hooks and exec probes it
-//! runs cannot regain them, not even as root. `no_new_privs` is set too.
+//! it keeps that, plus CAP_NET_ADMIN to attach its program again to an
+//! interface that was recreated (see `dataplane::links`), and drops
+//! everything else (CAP_SYS_ADMIN, and whatever else it was started with)
+//! from its effective, permitted and inheritable sets and the ambient set.
+//! The bounding set (when it may: CAP_SETPCAP) is cut to CAP_BPF alone, so
+//! that hooks and exec probes it runs never get CAP_NET_ADMIN, not even as
+//! root. `no_new_privs` is set too.
 //!
 //! The daemon's async work runs on one thread (a current-thread runtime);
 //! threads started later inherit the reduced sets. [`check_threads`] reads
@@ -39,9 +41,15 @@ struct CapData {
     inheritable: u32,
 }
 
-/// The set the daemon keeps: CAP_BPF, or CAP_SYS_ADMIN on kernels that
-/// predate CAP_BPF (`last_cap` < 39).
+/// The set the daemon keeps: CAP_BPF (CAP_SYS_ADMIN on kernels that
+/// predate CAP_BPF, `last_cap` < 39) and CAP_NET_ADMIN.
 pub fn keep_set(last_cap: u32) -> u64 {
+    bound_set(last_cap) | (1 << CAP_NET_ADMIN)
+}
+
+/// The bounding set the daemon leaves for what it runs: CAP_BPF (or
+/// CAP_SYS_ADMIN before CAP_BPF existed) alone.
+pub fn bound_set(last_cap: u32) -> u64 {
     if last_cap >= CAP_BPF {
         1 << CAP_BPF
     } else {
@@ -84,9 +92,9 @@ pub struct Dropped {
     pub bounding: bool,
 }
 
-/// Drops every capability of the calling thread but `keep` (see the module
-/// documentation).
-pub fn drop_all_but(keep: u64) -> anyhow::Result<Dropped> {
+/// Drops every capability of the calling thread but `keep`, and cuts the
+/// bounding set to `bound` (see the module documentation).
+pub fn drop_all_but(keep: u64, bound: u64) -> anyhow::Result<Dropped> {
     let last = last_cap()?;
     let cur = capget()?;
     let permitted = u64::from(cur[0].permitted) | (u64::from(cur[1].permitted) << 32);
@@ -95,7 +103,7 @@ pub fn drop_all_but(keep: u64) -> anyhow::Result<Dropped> {
     let mut bounding = permitted & (1 << CAP_SETPCAP) != 0;
     if bounding {
         for cap in 0..=last.min(63) {
-            if keep & (1 << cap) != 0 {
+            if bound & (1 << cap) != 0 {
                 continue;
             }
             // SAFETY: prctl with plain integer arguments.
