@@ -204,8 +204,10 @@ mod tests {
 
     #[test]
     fn keeps_cap_bpf_or_sys_admin_on_old_kernels() {
-        assert_eq!(keep_set(40), 1 << 39);
-        assert_eq!(keep_set(38), 1 << 21);
+        assert_eq!(keep_set(40), (1 << 39) | (1 << 12));
+        assert_eq!(keep_set(38), (1 << 21) | (1 << 12));
+        assert_eq!(bound_set(40), 1 << 39);
+        assert_eq!(bound_set(38), 1 << 21);
     }
 
     #[test]
