@@ -91,6 +91,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     check_forwarding();
     // Pre-flight: everything that can be checked is checked before the
     // kernel is touched, so a mistake leaves the running dataplane (or
@@ -222,7 +223,20 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             }
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
-            _ = hup.recv() => (false, None),
+            _ = usr1.recv() => {
+                // logrotate: the events file was moved away; open it anew.
+                match sink.reopen() {
+                    Ok(()) => info!("SIGUSR1: events file reopened"),
+                    Err(e) => error!(error = %format!("{e:#}"), "SIGUSR1: reopening the events file failed; still writing the old one"),
+                }
+                continue;
+            }
+            _ = hup.recv() => {
+                if let Err(e) = sink.reopen() {
+                    error!(error = %format!("{e:#}"), "SIGHUP: reopening the events file failed; still writing the old one");
+                }
+                (false, None)
+            }
             r = reload_rx.recv() => match r {
                 Some(r) => (r.dry_run, Some(r.reply)),
                 None => continue,

@@ -397,3 +397,48 @@ fn removed_pins_and_a_recreated_interface_are_repaired() {
     assert!(daemon.terminate().expect("terminate").success());
     servers.clear();
 }
+
+/// logrotate moves the events file away and sends SIGUSR1 (or SIGHUP):
+/// the daemon writes on into a new file at the configured path.
+#[test]
+fn the_events_file_is_reopened_on_sigusr1_and_sighup() {
+    require_root();
+    let s = Scratch::new("for").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let events = s.dir.join("events.jsonl");
+    let config = s.dir.join("lab.toml");
+    let x = failover_user::lab::LabExtras {
+        events_file: Some(events.clone()),
+        ..Default::default()
+    };
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let pid = daemon.0.id() as libc::pid_t;
+    for (signal, rotated, iface) in [
+        (libc::SIGUSR1, "events.jsonl.1", "lc"),
+        (libc::SIGHUP, "events.jsonl.2", "lb2"),
+    ] {
+        let old = s.dir.join(rotated);
+        std::fs::rename(&events, &old).expect("rotating");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, signal) };
+        within_3s("the new events file", || events.exists());
+        // Something to report: a link pin removed (and put back).
+        std::fs::remove_file(failover_user::dataplane::link_pin_path(&s.bpffs, iface))
+            .expect("removing a link pin");
+        let want = format!("{iface}: the link pin was removed; pinned again");
+        within_3s("the event in the new file", || {
+            std::fs::read_to_string(&events).is_ok_and(|t| t.contains(&want))
+        });
+        let old_text = std::fs::read_to_string(&old).expect("rotated file");
+        assert!(!old_text.contains(&want), "{old_text}");
+    }
+    assert!(daemon.terminate().expect("terminate").success());
+}

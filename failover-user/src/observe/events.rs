@@ -109,7 +109,8 @@ impl Event {
 
 /// Where events go.
 pub struct Sink {
-    file: Option<Mutex<File>>,
+    /// The events file's path and its open handle.
+    file: Option<(std::path::PathBuf, Mutex<File>)>,
     audit: Option<std::sync::Arc<Mutex<crate::observe::audit::AuditLog>>>,
 }
 
@@ -130,10 +131,26 @@ impl Sink {
             Some(p) => {
                 let f = crate::sys::files::open_append(p)
                     .with_context(|| format!("opening the events file {}", p.display()))?;
-                Some(Mutex::new(f))
+                Some((p.to_path_buf(), Mutex::new(f)))
             }
         };
         Ok(Self { file, audit: None })
+    }
+
+    /// Opens the events file again by its path (after logrotate moved it
+    /// away): later events go to the new file. On failure the old handle
+    /// stays, so nothing is lost.
+    pub fn reopen(&self) -> anyhow::Result<()> {
+        let Some((path, file)) = &self.file else {
+            return Ok(());
+        };
+        let f = crate::sys::files::open_append(path)
+            .with_context(|| format!("reopening the events file {}", path.display()))?;
+        match file.lock() {
+            Ok(mut cur) => *cur = f,
+            Err(_) => anyhow::bail!("events file lock poisoned"),
+        }
+        Ok(())
     }
 
     /// Writes the event; returns its JSON.
@@ -162,7 +179,7 @@ impl Sink {
                 Err(_) => warn!("audit log lock poisoned"),
             }
         }
-        if let Some(f) = &self.file {
+        if let Some((_, f)) = &self.file {
             match f.lock() {
                 Ok(mut f) => {
                     if let Err(err) = f.write_all(format!("{json}\n").as_bytes()) {
