@@ -706,4 +706,28 @@ fn k_manual_failback_never_keeps_the_service_dark() {
         .filter(|e| is(e, "state", "web", None, Some("up")))
         .count();
     assert_eq!(ups, 1, "{:#?}", lab.events());
+    // The other one is healthy and waits: `held` to the CLI (which reads
+    // the pins and the state file, not the daemon), not `down`.
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let states = loop {
+        let out = std::process::Command::new(&exe)
+            .args(["backends", "web", "--json", "--config"])
+            .arg(&lab.config)
+            .output()
+            .expect("failover backends");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("backends JSON");
+        let mut states: Vec<String> = v
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["state"].as_str().unwrap_or("?").to_string())
+            .collect();
+        states.sort();
+        if states == ["held", "up"] || Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(states, ["held", "up"], "one serves, the other is held");
 }

@@ -164,6 +164,7 @@ impl Decider {
                 backend: b.key.1.clone(),
                 address: b.key.2,
                 state: b.machine.state(),
+                held: b.machine.held(&b.policy),
             })
             .collect();
         let _ = self.persist_tx.send(v);
@@ -226,7 +227,11 @@ impl Decider {
                                 backend: b.name.clone(),
                                 address: b.key.2,
                                 tier: b.tier,
-                                state: b.machine.state().name(),
+                                state: if b.machine.held(&b.policy) {
+                                    "held"
+                                } else {
+                                    b.machine.state().name()
+                                },
                                 health: b.machine.health().name(),
                                 map_word: word_name(b.word),
                                 kept_last: b.kept_last,
@@ -453,7 +458,11 @@ impl Decider {
             .machine
             .observe(m.at, m.result.ok, &detail, &policy);
         let (ok, lat) = (m.result.ok, m.result.latency.as_secs_f64());
-        let health = self.backends[i].machine.state().name();
+        let health = if self.backends[i].machine.held(&policy) {
+            "held"
+        } else {
+            self.backends[i].machine.state().name()
+        };
         let changed = tr.is_some();
         self.backend_metrics(i, |b| {
             if ok {
@@ -477,6 +486,8 @@ impl Decider {
             );
             e.backend = Some(self.backends[i].name.clone());
             self.emit(svc, e, HookEvent::State);
+            // Readers without the daemon (the CLI) see it held, not down.
+            self.save();
         }
         let Some(tr) = tr else {
             debug!(backend = %self.backends[i].name, ok = m.result.ok, detail = %m.result.detail, "probe");

@@ -154,6 +154,10 @@ pub struct SavedState {
     pub backend: String,
     pub address: SocketAddr,
     pub state: State,
+    /// Healthy but kept down by a policy (manual failback, hold-down, flap
+    /// damping): `held` to readers (the CLI reads this file).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// The states saved by a previous run (empty if none or unreadable).

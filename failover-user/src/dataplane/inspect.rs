@@ -3,7 +3,7 @@
 //! directory: what `failover status|services|backends|flows|stats` print.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
@@ -144,6 +144,7 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
         bail!("no service named {s:?}");
     }
     let states = backend_states(src)?;
+    let held = held_backends(src);
     let stats: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(Map::PerCpuArray(open(src, map_names::BACKEND_STATS)?))
             .context("BACKEND_STATS has an unexpected type")?;
@@ -164,7 +165,10 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
                     port: b.port,
                     tier: ti,
                     slot: b.id,
-                    state: word_name(w),
+                    state: match word_name(w) {
+                        "down" if held.contains(&(s.name.clone(), b.name.clone())) => "held",
+                        name => name,
+                    },
                     packets: c.packets,
                     bytes: c.bytes,
                 });
@@ -172,6 +176,26 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
         }
     }
     Ok(rows)
+}
+
+/// Backends the agent reports healthy but held down by a policy, from its
+/// `states.json` (read as plain JSON: the file is the interface).
+fn held_backends(src: &Source) -> HashSet<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(src.state_dir.join("states.json")) else {
+        return HashSet::new();
+    };
+    let Ok(serde_json::Value::Array(rows)) = serde_json::from_str(&text) else {
+        return HashSet::new();
+    };
+    rows.iter()
+        .filter(|r| r["held"] == serde_json::Value::Bool(true))
+        .filter_map(|r| {
+            Some((
+                r["service"].as_str()?.to_string(),
+                r["backend"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 pub fn services(src: &Source) -> anyhow::Result<Vec<ServiceRow>> {

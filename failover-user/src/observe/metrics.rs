@@ -265,7 +265,7 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
         "The health agent's state of each backend (1 for the current state).",
     );
     for ((s, b), m) in &agent.backends {
-        for st in ["up", "suspect", "down", "draining", "disabled"] {
+        for st in ["up", "suspect", "down", "held", "draining", "disabled"] {
             let l = labels([("service", s), ("backend", b), ("state", st)]);
             o.sample(l, Sample::Gauge(i64::from(m.health == st)));
         }
