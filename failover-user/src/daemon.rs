@@ -356,6 +356,53 @@ fn preflight(cfg: &Config) -> anyhow::Result<Preflight> {
     }
 }
 
+/// What the pre-flight would refuse on this host, without changing
+/// anything (for `check-config`): every problem, each naming its field.
+pub fn host_problems(cfg: &Config) -> Vec<String> {
+    let d = &cfg.daemon;
+    let mut out = Vec::new();
+    for iface in &d.interfaces {
+        if let Err(e) = dataplane::ifindex(iface) {
+            out.push(format!("daemon.interfaces: {iface:?}: {e:#}"));
+        }
+    }
+    let parent = d.bpffs.parent().unwrap_or(std::path::Path::new("/"));
+    if !is_bpffs(parent) {
+        out.push(format!(
+            "daemon.bpffs: {} is not on a bpf filesystem",
+            d.bpffs.display()
+        ));
+    }
+    for (field, dir) in [
+        ("daemon.state_dir", &d.state_dir),
+        ("daemon.bpffs", &d.bpffs),
+    ] {
+        if std::fs::symlink_metadata(dir).is_ok()
+            && let Err(e) = files::check_private_dir(dir)
+        {
+            out.push(format!("{field}: {e}"));
+        }
+    }
+    let written = [
+        ("daemon.events_file", d.events_file.as_deref()),
+        ("admin.audit_file", Some(cfg.admin.audit_file.as_path())),
+    ];
+    for (field, file) in written {
+        let Some(p) = file else { continue };
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => out.push(format!(
+                "{field}: {} is a symbolic link: the daemon refuses to follow it",
+                p.display()
+            )),
+            Ok(m) if !m.is_file() => {
+                out.push(format!("{field}: {} is not a regular file", p.display()));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Whether `path` is on a bpf filesystem.
 fn is_bpffs(path: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;

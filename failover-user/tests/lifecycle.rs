@@ -158,6 +158,24 @@ fn a_mistyped_interface_attaches_nothing() {
         r#"interfaces = ["lc", "lb9"]"#,
     );
     std::fs::write(&config, text).unwrap();
+    // check-config says so first (and passes offline: the file is fine).
+    let check = |offline: bool| {
+        let mut c = Command::new(exe());
+        c.args(["--netns", &topo.lb.name, "check-config"])
+            .arg(&config);
+        if offline {
+            c.arg("--offline");
+        }
+        c.output().expect("check-config")
+    };
+    let out = check(false);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("daemon.interfaces: \"lb9\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(check(true).status.success());
     let out = daemon_once(&topo.lb.name, &config);
     assert!(!out.status.success());
     assert!(
@@ -279,6 +297,21 @@ fn foreign_directories_and_planted_symlinks_are_refused() {
     assert!(
         stderr(&out).contains("is a symbolic link"),
         "{}",
+        stderr(&out)
+    );
+    let c = config(
+        &s.bpffs,
+        &state,
+        &format!("events_file = \"{}\"", planted.display()),
+    );
+    let out = Command::new(exe())
+        .args(["--netns", &ns.name, "check-config"])
+        .arg(&c)
+        .output()
+        .expect("check-config");
+    assert!(
+        !out.status.success() && stderr(&out).contains("daemon.events_file"),
+        "check-config must refuse it too: {}",
         stderr(&out)
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"root's file\n");

@@ -57,7 +57,15 @@ pub enum Cmd {
         detach_on_exit: bool,
     },
     /// Validate a config without touching the kernel; prints every error.
-    CheckConfig { config: PathBuf },
+    /// Also checks this host as the daemon would before starting (the
+    /// interfaces, the bpf filesystem, who owns the state and pin
+    /// directories, symlinks where it writes) unless `--offline`.
+    CheckConfig {
+        config: PathBuf,
+        /// Only the file itself (e.g. on a build host).
+        #[arg(long)]
+        offline: bool,
+    },
     /// The lab: namespaces, a load balancer, two backends and a client.
     Lab {
         #[command(subcommand)]
@@ -217,7 +225,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             detach_on_exit,
         } => crate::daemon::run(config, detach_on_exit),
-        Cmd::CheckConfig { config } => check_config(config),
+        Cmd::CheckConfig { config, offline } => check_config(config, offline),
         Cmd::Status { src } => cmd_status(&src),
         Cmd::Drain(a) => cmd_action("drain", &a),
         Cmd::Undrain(a) => cmd_action("undrain", &a),
@@ -289,8 +297,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn check_config(path: PathBuf) -> anyhow::Result<()> {
+fn check_config(path: PathBuf, offline: bool) -> anyhow::Result<()> {
     let cfg = config::load(&path)?;
+    if !offline {
+        let problems = crate::daemon::host_problems(&cfg);
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{}: the daemon would refuse to start on this host:\n  {}",
+                path.display(),
+                problems.join("\n  ")
+            );
+        }
+    }
     let backends: usize = cfg
         .services
         .iter()
