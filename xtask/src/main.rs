@@ -316,6 +316,18 @@ fn test(release: bool, extra: &[OsString]) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     warn_leftover_netns();
     let root = workspace_root()?;
+    // The namespace tests (in the `tests` crate) run the `failover` binary,
+    // which `cargo test` only builds for its own package's integration
+    // tests: build it first, in the same profile.
+    let mut bins = cargo(&ready, &root)?;
+    bins.env(BUILD_EBPF.0, BUILD_EBPF.1)
+        .args(["build", "-p", "failover-user", "--bins"]);
+    if release {
+        bins.arg("--release");
+    }
+    cmd::run(&mut bins)?;
+    // `--workspace`: every member, also those outside `default-members`
+    // (the root-only `tests` crate).
     let mut command = cargo(&ready, &root)?;
     command
         .env(BUILD_EBPF.0, BUILD_EBPF.1)

@@ -73,7 +73,7 @@ fn start_full(passive: &str, check_extra: &str, tables: &str) -> Lab {
             )
         })
         .collect();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
     daemon
         .wait_attached(&w.bpffs, &LB_IFACES)
@@ -193,7 +193,7 @@ fn silent_backend_is_detected_from_syn_retransmissions() {
         .map(|_| {
             let name = lab.topo.client.name.clone();
             std::thread::spawn(move || -> Option<Duration> {
-                failover_user::lab::netns::enter_named(&name).ok()?;
+                failover_user::sys::netns::enter_named(&name).ok()?;
                 let s = TcpStream::connect_timeout(&to, Duration::from_secs(8)).ok()?;
                 drop(s);
                 Some(t0.elapsed())

@@ -13,15 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::{
-    dataplane,
-    dataplane::layout::Layout,
-    lab::client::Sample,
-    lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras,
-        Server, Topology, netns::Netns, vip,
-    },
+use failover_user::lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras, Server,
+    Topology, client::Sample, netns::Netns, vip,
 };
+use failover_user::{dataplane, dataplane::layout::Layout};
 
 const HEALTH_PORT: u16 = 8090;
 
@@ -86,7 +82,7 @@ fn start(check: &str, keys: &str, tables: &str) -> Lab {
         health.push(HttpHealth::start(ns, HEALTH_PORT, st.clone()).expect("http health"));
         status.push(st);
     }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
     daemon
         .wait_attached(&s.bpffs, &LB_IFACES)
@@ -535,7 +531,7 @@ fn h_restart_keeps_known_states() {
     unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
     let _ = lab.daemon.0.wait();
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     lab.daemon = DaemonProcess::spawn(&exe, &lab.topo.lb.name, &lab.config).expect("restart");
     // Through the whole restart (load, adopt, agent start, first probes),
     // b1 must read down.
@@ -644,7 +640,7 @@ fn i_hold_down_never_keeps_the_service_dark() {
 #[test]
 fn j_set_state_down_honours_flows_on_down() {
     let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     failover_user::lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
     assert_eq!(

@@ -22,7 +22,7 @@ use failover_user::lab::{
 const T: Duration = Duration::from_millis(1000);
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {

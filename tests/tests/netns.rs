@@ -12,7 +12,7 @@ use std::{
 };
 
 use failover_user::lab::{
-    self, BACKEND_TCP_PORT, BACKEND_UDP_PORT, Conn, DaemonProcess, LB_IFACES, Server, Topology,
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, Conn, DaemonProcess, LB_IFACES, Server, Topology,
     tcp_request, udp_request, vip,
 };
 
@@ -35,7 +35,7 @@ fn require_root() {
 }
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
@@ -249,7 +249,7 @@ fn daemon_refuses_a_bad_config() {
         "{err}"
     );
     assert!(!s.bpffs.exists(), "nothing was pinned");
-    let _ = lab::netns::ip(&["-V"]);
+    let _ = failover_user::lab::netns::ip(&["-V"]);
 }
 
 /// The README's run command (`failover lab demo`, what `cargo xtask
@@ -283,7 +283,7 @@ fn lab_demo_shows_failover_and_cleans_up() {
     );
     assert!(stdout.contains("client-side recovery time"), "{stdout}");
     let prefix = format!("fod{}", out_pid_hint(&stdout));
-    let list = lab::netns::ip(&["netns", "list"]).expect("ip netns list");
+    let list = failover_user::lab::netns::ip(&["netns", "list"]).expect("ip netns list");
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&prefix),
         "namespaces left behind"
@@ -308,7 +308,7 @@ fn out_pid_hint(stdout: &str) -> String {
 fn generic_mode_fallback() {
     require_root();
     let s = scratch();
-    let ns = lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
+    let ns = failover_user::lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
     let write = |mode: &str| {
         let cfg = s.dir.join(format!("{mode}.toml"));
         std::fs::write(
@@ -369,11 +369,13 @@ fn kill_9_and_restart_loses_nothing() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let stream = std::thread::spawn(move || {
-        lab::netns::enter_named(&c).expect("client netns");
+        failover_user::sys::netns::enter_named(&c).expect("client netns");
         let mut results = Vec::new();
         while !stop2.load(Ordering::Relaxed) {
-            results
-                .push(lab::tcp_request_here(vip(false, 80), "s", T).map_err(|e| format!("{e:#}")));
+            results.push(
+                failover_user::lab::tcp_request_here(vip(false, 80), "s", T)
+                    .map_err(|e| format!("{e:#}")),
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         results

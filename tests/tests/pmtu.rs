@@ -32,7 +32,7 @@ const MB: usize = 1 << 20;
 const PORT: u16 = 8080;
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 struct Net {

@@ -10,12 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::{
-    api::http::{self, Endpoint},
-    lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
-        tcp_request, vip,
-    },
+use failover_user::api::http::{self, Endpoint};
+use failover_user::lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
+    tcp_request, vip,
 };
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -41,7 +39,7 @@ impl Drop for Lab {
 }
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn start() -> Lab {
