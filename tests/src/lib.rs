@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-pub use failover_user::lab::netns;
+pub use failover_lab::netns;
 pub mod fuzz;
 pub mod pkt;
 pub mod pktlab;
@@ -40,9 +40,10 @@ pub fn unique(prefix: &str) -> String {
 
 /// A binary of this workspace that cargo built next to the running test
 /// binary (tests run from `target/<profile>/deps/`, binaries are in
-/// `target/<profile>/`): `failover` (the daemon under test). `cargo xtask test` builds it before
-/// running the tests; run alone, `cargo test -p failover-tests` does not
-/// (build it with `cargo build -p failover-user --bins`). Panics,
+/// `target/<profile>/`): `failover` (the daemon under test) or
+/// `failover-lab` (the demo). `cargo xtask test` builds both before running
+/// the tests; run alone, `cargo test -p failover-tests` does not (build them
+/// with `cargo build -p failover-user -p failover-lab --bins`). Panics,
 /// saying so, when it is missing.
 pub fn built_binary(name: &str) -> PathBuf {
     let me = std::env::current_exe().expect("locating the test binary");
@@ -56,7 +57,7 @@ pub fn built_binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} not found: build it first (`cargo build -p failover-user --bins`; \
+        "{} not found: build it first (`cargo build -p failover-user -p failover-lab --bins`; \
          `cargo xtask test` does)",
         path.display()
     );

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::lab::{
+use failover_lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras, Server,
     Topology, client::Sample, netns::Netns, vip,
 };
@@ -22,7 +22,7 @@ use failover_user::{dataplane, dataplane::layout::Layout};
 const HEALTH_PORT: u16 = 8090;
 
 /// Per-test names and directories, removed on drop.
-type Scratch = failover_user::lab::Workdir;
+type Scratch = failover_lab::Workdir;
 
 fn scratch() -> Scratch {
     Scratch::new("foa").expect("scratch dir")
@@ -143,11 +143,11 @@ fn is(
 }
 
 fn client_stream(ns: &Netns, t0: Instant, dur: Duration) -> std::thread::JoinHandle<Vec<Sample>> {
-    failover_user::lab::client::stream(&ns.name, vip(false, 80), t0, dur)
+    failover_lab::client::stream(&ns.name, vip(false, 80), t0, dur)
 }
 
 fn recovery(samples: &[Sample], fail_at: Duration) -> (Duration, usize) {
-    failover_user::lab::client::recovery(samples, fail_at, "b2")
+    failover_lab::client::recovery(samples, fail_at, "b2")
         .expect("the standby answered after the failure")
 }
 
@@ -261,7 +261,7 @@ fn c_failback_after_hold_down() {
     });
     let c = &lab.topo.client;
     let ask1 =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+        || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
     assert_eq!(ask1().as_deref(), Some("b2"));
     // b1 comes back.
     let back = Instant::now();
@@ -319,7 +319,7 @@ fn d_http_503_taken_out() {
     let lab = start(&check, "", "");
     let c = &lab.topo.client;
     let ask1 =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+        || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ask1().as_deref(), Some("b1"));
     lab.status[0].store(503, Ordering::Relaxed);
@@ -551,8 +551,7 @@ fn h_restart_keeps_known_states() {
     let c = &lab.topo.client;
     for _ in 0..20 {
         assert_eq!(
-            failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500))
-                .unwrap(),
+            failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).unwrap(),
             "b2"
         );
     }
@@ -579,8 +578,7 @@ fn i_hold_down_never_keeps_the_service_dark() {
         is(e, "no-healthy-backend", "web", None, None)
     });
     let c = &lab.topo.client;
-    let ask =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    let ask = || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
     assert_eq!(ask(), None, "nothing answers while both are dead");
     let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
     let back = Instant::now();
@@ -641,7 +639,7 @@ fn i_hold_down_never_keeps_the_service_dark() {
 fn j_set_state_down_honours_flows_on_down() {
     let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
     let exe = failover_tests::failover_exe();
-    failover_user::lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
+    failover_lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
     assert_eq!(
         dataplane::pinned_state(&lab.s.bpffs, b1).expect("state"),
@@ -672,8 +670,7 @@ fn k_manual_failback_never_keeps_the_service_dark() {
         );
     }
     let c = &lab.topo.client;
-    let ask =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    let ask = || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
     while ask().is_none() {
         assert!(
             back.elapsed() < Duration::from_secs(3),

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use failover_user::lab::{
+use failover_lab::{
     DaemonProcess, Workdir, attach_pass,
     netns::{self, Netns},
 };
@@ -42,7 +42,7 @@ struct Net {
     rb: Netns,
     backend: Netns,
     // Dropped before the namespaces.
-    _pass: Vec<failover_user::lab::PassXdp>,
+    _pass: Vec<failover_lab::PassXdp>,
 }
 
 fn build(prefix: &str) -> anyhow::Result<Net> {
