@@ -21,7 +21,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
-pub mod lab;
 pub mod maglev;
 pub mod model;
 pub mod observe;

@@ -1,8 +1,16 @@
-//! Test support: network namespaces that clean up after themselves, a packet
-//! builder whose checksums are computed here, independently of the code
-//! under test, and helpers to run the loaded XDP program on a packet.
+//! The integration crate: every test that needs root (packet tests through
+//! BPF_PROG_TEST_RUN, namespace tests driving the real daemon on the lab),
+//! the bench, the packet fuzzer and the chaos run. Not a default workspace
+//! member: a plain `cargo test` stays unprivileged; `cargo xtask test` runs
+//! these as root.
+//!
+//! Support: network namespaces that clean up after themselves (the lab's), a
+//! packet builder whose checksums are computed here, independently of the
+//! code under test, and helpers to run the loaded XDP program on a packet.
 
-pub use failover_user::lab::netns;
+use std::path::PathBuf;
+
+pub use failover_lab::netns;
 pub mod fuzz;
 pub mod pkt;
 pub mod pktlab;
@@ -28,4 +36,35 @@ pub fn unique(prefix: &str) -> String {
     let name = format!("{prefix}{}{n}", std::process::id() % 100_000);
     assert!(name.len() <= 15, "name {name} too long for an interface");
     name
+}
+
+/// A binary of this workspace that cargo built next to the running test
+/// binary (tests run from `target/<profile>/deps/`, binaries are in
+/// `target/<profile>/`): `failover` (the daemon under test) or
+/// `failover-lab` (the demo). `cargo xtask test` builds both before running
+/// the tests; run alone, `cargo test -p failover-tests` does not (build them
+/// with `cargo build -p failover-user -p failover-lab --bins`). Panics,
+/// saying so, when it is missing.
+pub fn built_binary(name: &str) -> PathBuf {
+    let me = std::env::current_exe().expect("locating the test binary");
+    let mut dir = me
+        .parent()
+        .expect("the test binary's directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo build -p failover-user -p failover-lab --bins`; \
+         `cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// The `failover` binary under test (see [`built_binary`]).
+pub fn failover_exe() -> PathBuf {
+    built_binary("failover")
 }

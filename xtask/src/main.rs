@@ -98,7 +98,8 @@ enum Task {
         #[arg(long = "target")]
         targets: Vec<String>,
     },
-    /// Build (release by default), then run `failover ARGS` (default: `lab demo`).
+    /// Build (release by default), then run `failover ARGS`; with no
+    /// arguments, the lab demo (`failover-lab demo`).
     BuildAndRun {
         /// Build and run the release binary (the default).
         #[arg(long, conflicts_with = "debug")]
@@ -106,7 +107,7 @@ enum Task {
         /// Build and run the debug binary instead.
         #[arg(long)]
         debug: bool,
-        /// Arguments for `failover` (after `--`).
+        /// Arguments for `failover` (after `--`); none: `failover-lab demo`.
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -316,6 +317,24 @@ fn test(release: bool, extra: &[OsString]) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     warn_leftover_netns();
     let root = workspace_root()?;
+    // The namespace tests (in the `tests` crate) run the `failover` and
+    // `failover-lab` binaries, which `cargo test` only builds for their own
+    // packages' integration tests: build them first, in the same profile.
+    let mut bins = cargo(&ready, &root)?;
+    bins.env(BUILD_EBPF.0, BUILD_EBPF.1).args([
+        "build",
+        "-p",
+        "failover-user",
+        "-p",
+        "failover-lab",
+        "--bins",
+    ]);
+    if release {
+        bins.arg("--release");
+    }
+    cmd::run(&mut bins)?;
+    // `--workspace`: every member, also those outside `default-members`
+    // (the root-only `tests` crate).
     let mut command = cargo(&ready, &root)?;
     command
         .env(BUILD_EBPF.0, BUILD_EBPF.1)
@@ -397,20 +416,22 @@ fn build_and_run(release: bool, args: Vec<OsString>) -> Result<ExitCode> {
     let ready = setup::run(Scope::Full, setup::Options::default())?;
     build(&ready, release)?;
     let root = workspace_root()?;
+    // No arguments: the lab demo, `failover-lab demo`, which runs the
+    // `failover` built next to it.
+    let (name, args) = if args.is_empty() {
+        ("failover-lab", vec![OsString::from("demo")])
+    } else {
+        ("failover", args)
+    };
     let binary = target_dir(&root)
         .join(if release { "release" } else { "debug" })
-        .join("failover");
+        .join(name);
     if !binary.is_file() {
         bail!(
             "{} does not exist after a successful build",
             binary.display()
         );
     }
-    let args = if args.is_empty() {
-        vec![OsString::from("lab"), OsString::from("demo")]
-    } else {
-        args
-    };
     // Ctrl-C reaches the child directly (same process group); we keep
     // waiting for it and then forward its exit status.
     sys::survive_sigint().context("cannot install a SIGINT handler")?;

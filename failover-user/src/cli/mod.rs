@@ -66,11 +66,6 @@ pub enum Cmd {
         #[arg(long)]
         offline: bool,
     },
-    /// The lab: namespaces, a load balancer, two backends and a client.
-    Lab {
-        #[command(subcommand)]
-        cmd: LabCmd,
-    },
     /// What is pinned and attached, and backends by state.
     Status {
         #[command(flatten)]
@@ -156,24 +151,6 @@ pub enum AuditCmd {
     Verify { file: PathBuf },
 }
 
-#[derive(Subcommand)]
-pub enum LabCmd {
-    /// Build the lab, run the daemon on it, stream client requests, kill
-    /// the primary and show the failover; tears everything down at the end
-    /// or on Ctrl-C.
-    Demo {
-        /// How long the client runs, in seconds.
-        #[arg(long, default_value_t = 12)]
-        duration: u64,
-        /// When the primary is killed, in seconds.
-        #[arg(long, default_value_t = 4)]
-        kill_after: u64,
-        /// Milliseconds between client requests.
-        #[arg(long, default_value_t = 20)]
-        interval_ms: u64,
-    },
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 pub enum StateArg {
     Up,
@@ -209,18 +186,6 @@ pub fn init_logging(format: LogFormat) {
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Lab {
-            cmd:
-                LabCmd::Demo {
-                    duration,
-                    kill_after,
-                    interval_ms,
-                },
-        } => crate::lab::demo::run(&crate::lab::demo::DemoOptions {
-            duration: std::time::Duration::from_secs(duration),
-            kill_after: std::time::Duration::from_secs(kill_after),
-            interval: std::time::Duration::from_millis(interval_ms.max(1)),
-        }),
         Cmd::Daemon {
             config,
             detach_on_exit,

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use failover_user::lab::{DaemonProcess, LB_IFACES, LabExtras, Topology, client, vip};
+use failover_lab::{DaemonProcess, LB_IFACES, LabExtras, Topology, client, vip};
 use serde_json::{Value, json};
 
 /// The daemon's RSS must stay below this (MiB).
@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             o.failover.display()
         );
     }
-    let w = failover_user::lab::Workdir::new("foc")?;
+    let w = failover_lab::Workdir::new("foc")?;
     let topo = Topology::create(&w.prefix)?;
     let events = w.dir.join("events.jsonl");
     let audit = w.dir.join("audit.jsonl");

@@ -574,7 +574,7 @@ fn tables(o: &Opts, report: &mut Value) -> anyhow::Result<(usize, Duration, Dura
 /// failover's decision-to-map latency of every change. The first round of
 /// each is kept for the timeline plot.
 fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>> {
-    use failover_user::lab::{
+    use failover_lab::{
         BACKEND_TCP_PORT, DaemonProcess, LB_IFACES, LabExtras, Topology, client, vip,
     };
     let exe = daemon_exe(o)?;
@@ -601,7 +601,7 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
                 timeline: Vec::new(),
             };
             for round in 0..rounds {
-                let w = failover_user::lab::Workdir::new("fob")?;
+                let w = failover_lab::Workdir::new("fob")?;
                 let (dir, bpffs) = (w.dir.clone(), w.bpffs.clone());
                 let topo = Topology::create(&w.prefix)?;
                 let mut b1 = Some(topo.start_server(0)?);
@@ -724,11 +724,11 @@ fn failover_timing(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Scenario>
 /// NAT mode, attached.
 pub fn start_daemon(
     exe: &std::path::Path,
-    w: &failover_user::lab::Workdir,
-    topo: &failover_user::lab::Topology,
+    w: &failover_lab::Workdir,
+    topo: &failover_lab::Topology,
     dsr: bool,
-) -> anyhow::Result<failover_user::lab::DaemonProcess> {
-    use failover_user::lab::{DaemonProcess, LB_IFACES, LabExtras};
+) -> anyhow::Result<failover_lab::DaemonProcess> {
+    use failover_lab::{DaemonProcess, LB_IFACES, LabExtras};
     let x = LabExtras {
         service_keys: if dsr {
             "mode = \"dsr\"".into()
@@ -747,8 +747,8 @@ pub fn start_daemon(
 
 /// Loads an nftables ruleset into the lab's load balancer.
 pub fn load_nft(
-    w: &failover_user::lab::Workdir,
-    topo: &failover_user::lab::Topology,
+    w: &failover_lab::Workdir,
+    topo: &failover_lab::Topology,
     rules: &str,
 ) -> anyhow::Result<()> {
     let f = w.dir.join("rules.nft");
@@ -763,11 +763,11 @@ pub fn load_nft(
 /// HAProxy in TCP mode in the lab's load balancer, listening on the VIP
 /// (added to its loopback), with `backend` as its backend section.
 fn start_haproxy(
-    topo: &failover_user::lab::Topology,
+    topo: &failover_lab::Topology,
     dir: &std::path::Path,
     backend: &str,
 ) -> anyhow::Result<KillOnDrop> {
-    let vip = failover_user::lab::VIP4;
+    let vip = failover_lab::VIP4;
     topo.lb
         .ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"])?;
     let cfg = dir.join("haproxy.cfg");
@@ -850,7 +850,7 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// shares this machine's cores, so the figures are whole-path throughput and
 /// the ratios are what to read.
 fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, f64)>> {
-    use failover_user::lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, client, vip};
+    use failover_lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, client, vip};
     ensure_packages(&[("haproxy", "haproxy"), ("nft", "nftables")])?;
     let exe = daemon_exe(o)?;
     let dur = if o.quick {
@@ -870,7 +870,7 @@ fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, 
         if only.as_deref().is_some_and(|o| o != contender) {
             continue;
         }
-        let w = failover_user::lab::Workdir::new("fot")?;
+        let w = failover_lab::Workdir::new("fot")?;
         let topo = Topology::create(&w.prefix)?;
         let dsr = contender == "failover dsr";
         let mut ports = vec![BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
@@ -1045,21 +1045,21 @@ const SECTIONS: [&str; 7] = [
     "flood",
 ];
 
-/// The SYN flood of `lab::flood` against failover NAT and nftables DNAT
+/// The SYN flood of `failover_lab::flood` against failover NAT and nftables DNAT
 /// on the same topology: the held connections' answers and the leaks.
 fn syn_flood(
     o: &Opts,
     report: &mut Value,
-) -> anyhow::Result<Vec<(&'static str, failover_user::lab::flood::Outcome)>> {
-    use failover_user::lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, flood};
+) -> anyhow::Result<Vec<(&'static str, failover_lab::flood::Outcome)>> {
+    use failover_lab::{BACKEND_TCP_PORT, BACKEND_UDP_PORT, Server, Topology, flood};
     ensure_packages(&[("nft", "nftables")])?;
     let exe = daemon_exe(o)?;
     let syns = if o.quick { 200_000 } else { 1_000_000 };
     let mut rows = Vec::new();
     for contender in ["failover nat", "nftables dnat"] {
-        let w = failover_user::lab::Workdir::new("ffb")?;
+        let w = failover_lab::Workdir::new("ffb")?;
         let topo = Topology::create(&w.prefix)?;
-        // b1's service port is the held server's (see `lab::flood`).
+        // b1's service port is the held server's (see `failover_lab::flood`).
         let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
         let _b2 = Server::start(&topo.backends[1], "b2", &ports, BACKEND_UDP_PORT)?;
         let _daemon = if contender == "failover nat" {
@@ -1083,7 +1083,7 @@ fn syn_flood(
     Ok(rows)
 }
 
-fn print_flood(rows: &[(&'static str, failover_user::lab::flood::Outcome)]) {
+fn print_flood(rows: &[(&'static str, failover_lab::flood::Outcome)]) {
     println!(
         "\n| spoofed SYN flood at the VIP (each SYN twice) | SYNs sent | held connections answered after 4 s of silence | packets from a backend's own address at the client |"
     );
@@ -1093,7 +1093,7 @@ fn print_flood(rows: &[(&'static str, failover_user::lab::flood::Outcome)]) {
             "| {c} | {} | {}/{} | {} |",
             r.sent,
             r.answered,
-            failover_user::lab::flood::HELD,
+            failover_lab::flood::HELD,
             r.leaked
         );
     }

@@ -17,11 +17,9 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
+use failover_lab::{Topology, netns::Netns};
 use failover_tests::pkt::{L4, Pkt};
-use failover_user::{
-    dataplane::{ifindex, objects},
-    lab::{Topology, netns::Netns},
-};
+use failover_user::dataplane::{ifindex, objects};
 
 /// A counting sink attached to an interface (detached on drop).
 pub struct Sink {
@@ -91,8 +89,8 @@ fn threaded_napi(topo: &Topology) -> anyhow::Result<()> {
 /// Sends `repeat` frames out of the client's veth; returns the wall time.
 fn generate(topo: &Topology, repeat: u32) -> anyhow::Result<Duration> {
     let mut p = Pkt::new(
-        failover_user::lab::VIP4.parse()?,
-        failover_user::lab::VIP4.parse()?,
+        failover_lab::VIP4.parse()?,
+        failover_lab::VIP4.parse()?,
         L4::udp(10_000, 53, &[0u8; 22]),
     );
     p.src = "198.18.0.2".parse()?;
@@ -150,7 +148,7 @@ pub fn rates(
     repeat: u32,
 ) -> anyhow::Result<(Rate, Vec<Rate>)> {
     let alone = {
-        let w = failover_user::lab::Workdir::new("fog")?;
+        let w = failover_lab::Workdir::new("fog")?;
         let topo = Topology::create(&w.prefix)?;
         let sink = Sink::attach(&topo.lb, "lc")?;
         threaded_napi(&topo)?;
@@ -166,7 +164,7 @@ pub fn rates(
     };
     let mut out = Vec::new();
     for &contender in contenders {
-        let w = failover_user::lab::Workdir::new("fou")?;
+        let w = failover_lab::Workdir::new("fou")?;
         let mut topo = Topology::create(&w.prefix)?;
         topo.detach_backend_pass();
         let sinks = [
@@ -187,13 +185,13 @@ pub fn rates(
             "nftables dnat" => {
                 let rules = format!(
                     "table ip bench {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  ip daddr {} udp dport 53 dnat to 198.18.1.2:{}\n }}\n}}\n",
-                    failover_user::lab::VIP4,
-                    failover_user::lab::BACKEND_UDP_PORT
+                    failover_lab::VIP4,
+                    failover_lab::BACKEND_UDP_PORT
                 );
                 crate::load_nft(&w, &topo, &rules)?;
                 // The client's frames arrive as XDP frames: the receiving
                 // veth must run XDP to accept them.
-                _pass = Some(failover_user::lab::attach_pass(&topo.lb, "lc")?);
+                _pass = Some(failover_lab::attach_pass(&topo.lb, "lc")?);
             }
             other => bail!("no UDP setup for {other}"),
         }

@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use failover_user::lab::{
+use failover_lab::{
     DaemonProcess, Workdir, attach_pass,
     netns::{self, Netns},
 };
@@ -32,7 +32,7 @@ const MB: usize = 1 << 20;
 const PORT: u16 = 8080;
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 struct Net {
@@ -42,7 +42,7 @@ struct Net {
     rb: Netns,
     backend: Netns,
     // Dropped before the namespaces.
-    _pass: Vec<failover_user::lab::PassXdp>,
+    _pass: Vec<failover_lab::PassXdp>,
 }
 
 fn build(prefix: &str) -> anyhow::Result<Net> {

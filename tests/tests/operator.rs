@@ -10,13 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::{
-    api::http::{self, Endpoint},
-    lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
-        tcp_request, vip,
-    },
+use failover_lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
+    tcp_request, vip,
 };
+use failover_user::api::http::{self, Endpoint};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const ADMIN_TCP: &str = "127.0.0.1:9190";
@@ -41,7 +39,7 @@ impl Drop for Lab {
 }
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn start() -> Lab {

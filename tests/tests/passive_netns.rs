@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::lab::raw;
-use failover_user::lab::{
+use failover_lab::raw;
+use failover_lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
     client, tcp_request, vip,
 };
@@ -24,7 +24,7 @@ struct Lab {
     _daemon: DaemonProcess,
     servers: Vec<Option<Server>>,
     events: PathBuf,
-    _w: failover_user::lab::Workdir,
+    _w: failover_lab::Workdir,
 }
 
 fn start(passive: &str) -> Lab {
@@ -44,7 +44,7 @@ fn start_full(passive: &str, check_extra: &str, tables: &str) -> Lab {
         0,
         "namespace tests need root: run `cargo xtask test`"
     );
-    let w = failover_user::lab::Workdir::new("fop").expect("scratch dir");
+    let w = failover_lab::Workdir::new("fop").expect("scratch dir");
     let topo = Topology::create(&w.prefix).expect("lab topology");
     let events = w.dir.join("events.jsonl");
     let extras = LabExtras {
@@ -73,7 +73,7 @@ fn start_full(passive: &str, check_extra: &str, tables: &str) -> Lab {
             )
         })
         .collect();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
     daemon
         .wait_attached(&w.bpffs, &LB_IFACES)
@@ -193,7 +193,7 @@ fn silent_backend_is_detected_from_syn_retransmissions() {
         .map(|_| {
             let name = lab.topo.client.name.clone();
             std::thread::spawn(move || -> Option<Duration> {
-                failover_user::lab::netns::enter_named(&name).ok()?;
+                failover_user::sys::netns::enter_named(&name).ok()?;
                 let s = TcpStream::connect_timeout(&to, Duration::from_secs(8)).ok()?;
                 drop(s);
                 Some(t0.elapsed())
@@ -313,7 +313,7 @@ fn a_mark_the_probes_do_not_confirm_is_restored() {
 /// runs, every legitimate request answered by the primary.
 #[test]
 fn forged_signals_cause_no_mark_no_failover_and_no_hook() {
-    let w = failover_user::lab::Workdir::new("fof").expect("scratch dir");
+    let w = failover_lab::Workdir::new("fof").expect("scratch dir");
     let hook_out = w.dir.join("hook-runs");
     let mut lab = start_full(
         "signals = [\"rst\", \"icmp\", \"syn-retransmit\", \"no-reply\"]\nfailures = 3\nwindow = \"10s\"\nno_reply = \"500ms\"",

@@ -1,4 +1,4 @@
-//! `failover lab demo`: builds the lab, starts the daemon on it, sends a
+//! `failover-lab demo`: builds the lab, starts the daemon on it, sends a
 //! steady stream of client requests to the VIP and shows which backend
 //! answers; after a few seconds the primary's server is killed and marked
 //! down, and the demo shows the failover and the recovery time seen by the
@@ -13,11 +13,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{
+use failover_user::dataplane::layout::Layout;
+
+use crate::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, Server, Topology, check_prerequisites,
     tcp_request, vip,
 };
-use crate::dataplane::layout::Layout;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -30,6 +31,8 @@ extern "C" fn on_sigint(_: libc::c_int) {
 const DEMO_CHECK: &str = "type = \"tcp\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"20ms\"\nfall = 3\nrise = 2";
 
 pub struct DemoOptions {
+    /// The `failover` binary the demo runs as the load balancer's daemon.
+    pub failover: PathBuf,
     pub duration: Duration,
     pub kill_after: Duration,
     pub interval: Duration,
@@ -37,6 +40,12 @@ pub struct DemoOptions {
 
 pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     check_prerequisites()?;
+    if !opts.failover.is_file() {
+        anyhow::bail!(
+            "{} not found: build it (`cargo xtask build` does) or pass --failover",
+            opts.failover.display()
+        );
+    }
     // SAFETY: installs an async-signal-safe handler that only stores to an
     // atomic.
     unsafe {
@@ -54,7 +63,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         );
         let topo = Topology::create(&prefix)?;
         let cfg_path = work.join("lab.toml");
-        let extras = super::LabExtras {
+        let extras = crate::LabExtras {
             check: Some(DEMO_CHECK.to_string()),
             events_file: Some(work.join("events.jsonl")),
             ..Default::default()
@@ -76,14 +85,14 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             &[BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1],
             BACKEND_UDP_PORT,
         )?;
-        let exe = std::env::current_exe().context("locating the failover binary")?;
+        let exe = &opts.failover;
         println!(
             "lab: starting `failover --netns {} daemon --config {}`",
             topo.lb.name,
             cfg_path.display()
         );
-        let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &cfg_path)?;
-        daemon.wait_attached(&bpffs, &super::LB_IFACES)?;
+        let mut daemon = DaemonProcess::spawn(exe, &topo.lb.name, &cfg_path)?;
+        daemon.wait_attached(&bpffs, &crate::LB_IFACES)?;
         let layout =
             Layout::load(&work.join("state/layout.json"))?.context("the daemon wrote no layout")?;
         let b1_id = layout

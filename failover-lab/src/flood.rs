@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{BACKEND_TCP_PORT, BACKENDS, Topology, raw, vip};
+use crate::{BACKEND_TCP_PORT, BACKENDS, Topology, raw, vip};
 
 /// Established connections held across the flood.
 pub const HELD: usize = 20;

@@ -1,8 +1,9 @@
 //! The lab: a client, a load balancer and two backends, each in its own
 //! network namespace, joined by veth pairs, with addresses from
 //! 198.18.0.0/15 and 2001:db8::/32 and no default routes. Used by
-//! `failover lab demo` (the README's run command) and by the namespace
-//! tests. Everything is removed when the [`Topology`] drops.
+//! `failover-lab demo` (the README's run command), by the namespace tests,
+//! the bench and the chaos run; not part of the product (`failover`).
+//! Everything is removed when the [`Topology`] drops.
 //!
 //! ```text
 //!  client (c) --cl/lc-- lb (l) --lb1/b1-- backend 1 (198.18.1.2, 2001:db8:1::2)
@@ -36,7 +37,7 @@ use aya::{
 };
 
 use self::netns::{Netns, ip};
-use crate::dataplane::objects;
+use failover_user::dataplane::{self, objects};
 
 pub const VIP4: &str = "198.18.100.10";
 pub const VIP6: &str = "2001:db8:100::10";
@@ -263,7 +264,7 @@ impl Topology {
             None => String::new(),
         };
         format!(
-            r#"# The lab's config, written by `failover lab`.
+            r#"# The lab's config, written by `failover-lab`.
 [daemon]
 interfaces = ["lc", "lb1", "lb2"]
 bpffs = "{bpffs}"
@@ -710,7 +711,7 @@ impl DaemonProcess {
             }
             if ifaces
                 .iter()
-                .all(|i| crate::dataplane::link_pin_path(bpffs, i).exists())
+                .all(|i| dataplane::link_pin_path(bpffs, i).exists())
             {
                 return Ok(());
             }

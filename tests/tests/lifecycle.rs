@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
-use failover_user::lab::{
+use failover_lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, netns::Netns,
     tcp_request, vip,
 };
 
-type Scratch = failover_user::lab::Workdir;
+type Scratch = failover_lab::Workdir;
 
 const T: Duration = Duration::from_millis(1000);
 
@@ -30,7 +30,7 @@ fn require_root() {
 }
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 /// Runs `failover --netns NS daemon --config CONFIG` to its end (a start
@@ -342,7 +342,7 @@ fn removed_pins_and_a_recreated_interface_are_repaired() {
     let topo = Topology::create(&s.prefix).expect("topology");
     let events = s.dir.join("events.jsonl");
     let config = s.dir.join("lab.toml");
-    let x = failover_user::lab::LabExtras {
+    let x = failover_lab::LabExtras {
         events_file: Some(events.clone()),
         ..Default::default()
     };
@@ -398,7 +398,7 @@ fn removed_pins_and_a_recreated_interface_are_repaired() {
         xdp_prog(&topo.lb, "lb1").is_none()
     });
     let b1 = &topo.backends[0];
-    failover_user::lab::netns::veth(&topo.lb, "lb1", b1, "b1").expect("veth again");
+    failover_lab::netns::veth(&topo.lb, "lb1", b1, "b1").expect("veth again");
     for (ns, a, dev) in [
         (&topo.lb, "198.18.1.1/24", "lb1"),
         (b1, "198.18.1.2/24", "b1"),
@@ -407,9 +407,9 @@ fn removed_pins_and_a_recreated_interface_are_repaired() {
     }
     b1.ip(&["route", "add", "198.18.0.0/24", "via", "198.18.1.1"])
         .expect("route");
-    b1.run(|| failover_user::lab::netns::disable_tx_checksum("b1"))
+    b1.run(|| failover_lab::netns::disable_tx_checksum("b1"))
         .expect("tx checksum off");
-    let _pass = failover_user::lab::attach_pass(b1, "b1").expect("pass program on b1");
+    let _pass = failover_lab::attach_pass(b1, "b1").expect("pass program on b1");
     within_3s("XDP back on the new lb1", || {
         xdp_prog(&topo.lb, "lb1").is_some()
     });
@@ -440,7 +440,7 @@ fn the_events_file_is_reopened_on_sigusr1_and_sighup() {
     let topo = Topology::create(&s.prefix).expect("topology");
     let events = s.dir.join("events.jsonl");
     let config = s.dir.join("lab.toml");
-    let x = failover_user::lab::LabExtras {
+    let x = failover_lab::LabExtras {
         events_file: Some(events.clone()),
         ..Default::default()
     };

@@ -14,19 +14,19 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use failover_user::lab::raw;
-use failover_user::lab::{
+use failover_lab::raw;
+use failover_lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, Server, Topology, Workdir, vip,
 };
 
 const T: Duration = Duration::from_millis(1000);
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
-    failover_user::lab::set_state(&exe(), config, service, backend, state).expect("set-state");
+    failover_lab::set_state(&exe(), config, service, backend, state).expect("set-state");
 }
 
 /// One request on a new IPv4 connection from local port `port` (bound with
@@ -119,7 +119,7 @@ fn start_lab_with(top: &str) -> Lab {
     let s = Workdir::new("ffl").expect("scratch dir");
     let topo = Topology::create(&s.prefix).expect("creating the lab topology");
     let config = s.dir.join("lab.toml");
-    let extras = failover_user::lab::LabExtras {
+    let extras = failover_lab::LabExtras {
         top: top.to_string(),
         ..Default::default()
     };
@@ -244,7 +244,7 @@ fn vlan_tagged_packets_leave_untagged() {
     // tagged frame the kernel had to resolve for would find no VLAN device
     // on this host).
     assert_eq!(
-        failover_user::lab::tcp_request(c, vip(false, 80), "warm", T).expect("untagged request"),
+        failover_lab::tcp_request(c, vip(false, 80), "warm", T).expect("untagged request"),
         "b1"
     );
     let lb_mac = raw::mac_of(&lab.topo.lb, "lc").expect("LB MAC");
@@ -304,7 +304,7 @@ fn syn_flood(top: &str) {
     let mut lab = start_lab_with(top);
     // b1's service port is the held server's.
     lab.servers.remove(0).stop();
-    let o = failover_user::lab::flood::run(&lab.topo, 1_000_000).expect("the flood");
+    let o = failover_lab::flood::run(&lab.topo, 1_000_000).expect("the flood");
     println!("flood: {o:?}");
     let stats = Command::new(exe())
         .args(["stats", "--config"])
@@ -315,7 +315,7 @@ fn syn_flood(top: &str) {
     assert!(o.sent >= 900_000, "the flood was sent ({})", o.sent);
     assert_eq!(
         (o.answered, o.leaked),
-        (failover_user::lab::flood::HELD, 0),
+        (failover_lab::flood::HELD, 0),
         "established connections answered after the flood, replies leaked"
     );
 }

@@ -229,7 +229,7 @@ pub fn recv_frame(fd: &std::os::fd::OwnedFd) -> Option<Frame> {
     })
 }
 
-pub fn mac_of(ns: &super::netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
+pub fn mac_of(ns: &crate::netns::Netns, dev: &str) -> anyhow::Result<[u8; 6]> {
     let out = ns.ip(&["-br", "link", "show", dev])?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let mac = text

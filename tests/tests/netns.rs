@@ -11,15 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::lab::{
-    self, BACKEND_TCP_PORT, BACKEND_UDP_PORT, Conn, DaemonProcess, LB_IFACES, Server, Topology,
+use failover_lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, Conn, DaemonProcess, LB_IFACES, Server, Topology,
     tcp_request, udp_request, vip,
 };
 
 const T: Duration = Duration::from_millis(1000);
 
 /// Per-test names and directories, removed on drop.
-type Scratch = failover_user::lab::Workdir;
+type Scratch = failover_lab::Workdir;
 
 fn scratch() -> Scratch {
     Scratch::new("fot").expect("scratch dir")
@@ -35,11 +35,11 @@ fn require_root() {
 }
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_failover"))
+    failover_tests::failover_exe()
 }
 
 fn set_state(config: &std::path::Path, service: &str, backend: &str, state: &str) {
-    failover_user::lab::set_state(&exe(), config, service, backend, state).expect("set-state");
+    failover_lab::set_state(&exe(), config, service, backend, state).expect("set-state");
 }
 
 /// Asks until `want` answers (the first answer after a switch may still be
@@ -249,18 +249,19 @@ fn daemon_refuses_a_bad_config() {
         "{err}"
     );
     assert!(!s.bpffs.exists(), "nothing was pinned");
-    let _ = lab::netns::ip(&["-V"]);
+    let _ = failover_lab::netns::ip(&["-V"]);
 }
 
-/// The README's run command (`failover lab demo`, what `cargo xtask
+/// The README's run command (`failover-lab demo`, what `cargo xtask
 /// build-and-run` runs with no arguments), shortened: it must show the
 /// failover and leave nothing behind.
 #[test]
 fn lab_demo_shows_failover_and_cleans_up() {
     require_root();
-    let out = Command::new(exe())
+    // Without --failover: the demo runs the `failover` next to it, as
+    // `cargo xtask build-and-run` relies on.
+    let out = Command::new(failover_tests::built_binary("failover-lab"))
         .args([
-            "lab",
             "demo",
             "--duration",
             "3",
@@ -283,7 +284,7 @@ fn lab_demo_shows_failover_and_cleans_up() {
     );
     assert!(stdout.contains("client-side recovery time"), "{stdout}");
     let prefix = format!("fod{}", out_pid_hint(&stdout));
-    let list = lab::netns::ip(&["netns", "list"]).expect("ip netns list");
+    let list = failover_lab::netns::ip(&["netns", "list"]).expect("ip netns list");
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&prefix),
         "namespaces left behind"
@@ -308,7 +309,7 @@ fn out_pid_hint(stdout: &str) -> String {
 fn generic_mode_fallback() {
     require_root();
     let s = scratch();
-    let ns = lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
+    let ns = failover_lab::netns::Netns::new(&format!("{}g", s.prefix)).expect("netns");
     let write = |mode: &str| {
         let cfg = s.dir.join(format!("{mode}.toml"));
         std::fs::write(
@@ -369,11 +370,13 @@ fn kill_9_and_restart_loses_nothing() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let stream = std::thread::spawn(move || {
-        lab::netns::enter_named(&c).expect("client netns");
+        failover_user::sys::netns::enter_named(&c).expect("client netns");
         let mut results = Vec::new();
         while !stop2.load(Ordering::Relaxed) {
-            results
-                .push(lab::tcp_request_here(vip(false, 80), "s", T).map_err(|e| format!("{e:#}")));
+            results.push(
+                failover_lab::tcp_request_here(vip(false, 80), "s", T)
+                    .map_err(|e| format!("{e:#}")),
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         results
@@ -474,7 +477,7 @@ fn dsr_end_to_end() {
         b.ip(&["addr", "add", "198.18.100.10/32", "dev", "lo"])
             .expect("VIP on lo");
     }
-    let x = failover_user::lab::LabExtras {
+    let x = failover_lab::LabExtras {
         service_keys: "mode = \"dsr\"".into(),
         ..Default::default()
     };

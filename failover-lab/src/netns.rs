@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use failover_user::sys::netns::{enter_named, setns};
 
 /// Runs a command, failing with its output if it exits non-zero.
 pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
@@ -98,8 +99,6 @@ impl Drop for Netns {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
-
-pub use crate::sys::netns::{enter_named, setns};
 
 /// Returns the thread to the namespace it was in.
 pub struct NsGuard {

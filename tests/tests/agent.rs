@@ -13,20 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_user::{
-    dataplane,
-    dataplane::layout::Layout,
-    lab::client::Sample,
-    lab::{
-        BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras,
-        Server, Topology, netns::Netns, vip,
-    },
+use failover_lab::{
+    BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, HttpHealth, LB_IFACES, LabExtras, Server,
+    Topology, client::Sample, netns::Netns, vip,
 };
+use failover_user::{dataplane, dataplane::layout::Layout};
 
 const HEALTH_PORT: u16 = 8090;
 
 /// Per-test names and directories, removed on drop.
-type Scratch = failover_user::lab::Workdir;
+type Scratch = failover_lab::Workdir;
 
 fn scratch() -> Scratch {
     Scratch::new("foa").expect("scratch dir")
@@ -86,7 +82,7 @@ fn start(check: &str, keys: &str, tables: &str) -> Lab {
         health.push(HttpHealth::start(ns, HEALTH_PORT, st.clone()).expect("http health"));
         status.push(st);
     }
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     let mut daemon = DaemonProcess::spawn(&exe, &topo.lb.name, &config).expect("daemon");
     daemon
         .wait_attached(&s.bpffs, &LB_IFACES)
@@ -147,11 +143,11 @@ fn is(
 }
 
 fn client_stream(ns: &Netns, t0: Instant, dur: Duration) -> std::thread::JoinHandle<Vec<Sample>> {
-    failover_user::lab::client::stream(&ns.name, vip(false, 80), t0, dur)
+    failover_lab::client::stream(&ns.name, vip(false, 80), t0, dur)
 }
 
 fn recovery(samples: &[Sample], fail_at: Duration) -> (Duration, usize) {
-    failover_user::lab::client::recovery(samples, fail_at, "b2")
+    failover_lab::client::recovery(samples, fail_at, "b2")
         .expect("the standby answered after the failure")
 }
 
@@ -265,7 +261,7 @@ fn c_failback_after_hold_down() {
     });
     let c = &lab.topo.client;
     let ask1 =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+        || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
     assert_eq!(ask1().as_deref(), Some("b2"));
     // b1 comes back.
     let back = Instant::now();
@@ -323,7 +319,7 @@ fn d_http_503_taken_out() {
     let lab = start(&check, "", "");
     let c = &lab.topo.client;
     let ask1 =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
+        || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).ok();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ask1().as_deref(), Some("b1"));
     lab.status[0].store(503, Ordering::Relaxed);
@@ -535,7 +531,7 @@ fn h_restart_keeps_known_states() {
     unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
     let _ = lab.daemon.0.wait();
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     lab.daemon = DaemonProcess::spawn(&exe, &lab.topo.lb.name, &lab.config).expect("restart");
     // Through the whole restart (load, adopt, agent start, first probes),
     // b1 must read down.
@@ -555,8 +551,7 @@ fn h_restart_keeps_known_states() {
     let c = &lab.topo.client;
     for _ in 0..20 {
         assert_eq!(
-            failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500))
-                .unwrap(),
+            failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(500)).unwrap(),
             "b2"
         );
     }
@@ -583,8 +578,7 @@ fn i_hold_down_never_keeps_the_service_dark() {
         is(e, "no-healthy-backend", "web", None, None)
     });
     let c = &lab.topo.client;
-    let ask =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    let ask = || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
     assert_eq!(ask(), None, "nothing answers while both are dead");
     let ports = [BACKEND_TCP_PORT, BACKEND_TCP_PORT + 1];
     let back = Instant::now();
@@ -644,8 +638,8 @@ fn i_hold_down_never_keeps_the_service_dark() {
 #[test]
 fn j_set_state_down_honours_flows_on_down() {
     let lab = start(TCP_10MS, "flows_on_down = \"reset\"", "");
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_failover"));
-    failover_user::lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
+    let exe = failover_tests::failover_exe();
+    failover_lab::set_state(&exe, &lab.config, "web", "b1", "down").expect("set-state");
     let b1 = lab.layout.backend_id("web", "b1").expect("web/b1");
     assert_eq!(
         dataplane::pinned_state(&lab.s.bpffs, b1).expect("state"),
@@ -676,8 +670,7 @@ fn k_manual_failback_never_keeps_the_service_dark() {
         );
     }
     let c = &lab.topo.client;
-    let ask =
-        || failover_user::lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
+    let ask = || failover_lab::tcp_request(c, vip(false, 80), "x", Duration::from_millis(200)).ok();
     while ask().is_none() {
         assert!(
             back.elapsed() < Duration::from_secs(3),
@@ -708,7 +701,7 @@ fn k_manual_failback_never_keeps_the_service_dark() {
     assert_eq!(ups, 1, "{:#?}", lab.events());
     // The other one is healthy and waits: `held` to the CLI (which reads
     // the pins and the state file, not the daemon), not `down`.
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_failover"));
+    let exe = failover_tests::failover_exe();
     let deadline = Instant::now() + Duration::from_secs(3);
     let states = loop {
         let out = std::process::Command::new(&exe)

@@ -28,7 +28,7 @@ pub fn stream(
 ) -> std::thread::JoinHandle<Vec<Sample>> {
     let name = netns.to_string();
     std::thread::spawn(move || {
-        if let Err(e) = super::netns::enter_named(&name) {
+        if let Err(e) = failover_user::sys::netns::enter_named(&name) {
             tracing::warn!(error = %format!("{e:#}"), "client stream cannot enter its namespace");
             return Vec::new();
         }
@@ -111,7 +111,7 @@ pub fn load(
     use anyhow::Context as _;
     let name = netns.to_string();
     std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-        super::netns::enter_named(&name)?;
+        failover_user::sys::netns::enter_named(&name)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
