@@ -150,8 +150,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         let mut dp = Dataplane::load(&cfg.limits, Some(&cfg.daemon.bpffs))?;
         // Keep the logger alive for the daemon's life: it owns the log ring
         // buffer's fd.
-        let logger =
-            aya_log::EbpfLogger::init(dp.ebpf_mut()).context("starting the eBPF logger")?;
+        let logger = dp.logger()?;
         // States the previous run saved: a restart does not send traffic to
         // a backend it knew was down, nor flap one it knew was up.
         let saved = agent::load_states(&cfg.daemon.state_dir.join("states.json"));

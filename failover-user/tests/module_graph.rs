@@ -188,3 +188,32 @@ fn no_module_cycle() {
         );
     }
 }
+
+/// One door to the maps: only `dataplane` (the loader, `maps.rs`,
+/// `links.rs`, the readers) names aya; every other concern goes through
+/// its typed methods.
+#[test]
+fn only_the_dataplane_touches_bpf_maps() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    for (name, files) in modules(&src) {
+        if name == "dataplane" {
+            continue;
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("reading a source file");
+            let code = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if code.contains("aya::") || code.contains("aya_log::") {
+                offenders.push(f.display().to_string());
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "aya used outside dataplane/: {offenders:?}"
+    );
+}

@@ -83,6 +83,22 @@ pub struct Dataplane {
     links: HashMap<String, links::HeldLink>,
 }
 
+/// The eBPF program's log records, forwarded to `tracing`.
+pub struct Logger(aya_log::EbpfLogger<&'static dyn log::Log>);
+
+impl Logger {
+    /// Forwards every record waiting in the ring buffer.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+}
+
+impl std::os::fd::AsRawFd for Logger {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// What the link watcher did about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -227,6 +243,14 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// The program's log (aya-log's ring buffer): poll its descriptor,
+    /// then `flush` it into `tracing`.
+    pub fn logger(&mut self) -> anyhow::Result<Logger> {
+        Ok(Logger(
+            aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the eBPF logger")?,
+        ))
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
