@@ -201,12 +201,34 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             warn!(error = %e, "writing the audit log failed");
         }
     };
+    // systemd (Type=notify): ready once attached, listening and the first
+    // probe round is in (bounded: a check that never answers still times
+    // out); the watchdog is fed from this loop, so a stuck loop is seen.
+    if let Some(first) = agent.read().await.as_ref().map(Agent::first_round) {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), first).await;
+            if let Err(e) = sd_notify::notify(&[
+                sd_notify::NotifyState::Ready,
+                sd_notify::NotifyState::Status("attached; first probe round done"),
+            ]) {
+                warn!(error = %e, "telling systemd we are ready failed");
+            }
+        });
+    }
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(std::time::Duration::from_secs(3600), |d| d / 2),
+    );
+    let watchdog_on = sd_notify::watchdog_enabled().is_some();
     // The attachments are checked twice a second: a removed pin, a program
     // off its interface or a recreated interface is repaired and reported.
     let mut link_watch = tokio::time::interval(std::time::Duration::from_millis(500));
     link_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (dry_run, reply) = tokio::select! {
+            _ = watchdog.tick(), if watchdog_on => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                continue;
+            }
             _ = link_watch.tick() => {
                 for (iface, ev) in dp.watch_links(current.daemon.xdp_mode) {
                     report_link(&sink, &iface, &ev);

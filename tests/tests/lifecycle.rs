@@ -475,3 +475,87 @@ fn the_events_file_is_reopened_on_sigusr1_and_sighup() {
     }
     assert!(daemon.terminate().expect("terminate").success());
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 comes once the
+/// program is attached (every link pinned), and the watchdog is fed from
+/// the daemon's loop at half its period.
+#[test]
+fn systemd_hears_ready_after_attach_and_a_fed_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    require_root();
+    let s = Scratch::new("fon").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let config = s.dir.join("lab.toml");
+    let x = failover_lab::LabExtras {
+        check: Some("type = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"".to_string()),
+        ..Default::default()
+    };
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let _servers = [
+        Server::start(
+            &topo.backends[0],
+            "b1",
+            &[BACKEND_TCP_PORT],
+            BACKEND_UDP_PORT,
+        )
+        .expect("b1"),
+        Server::start(
+            &topo.backends[1],
+            "b2",
+            &[BACKEND_TCP_PORT],
+            BACKEND_UDP_PORT,
+        )
+        .expect("b2"),
+    ];
+    let sock_path = s.dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let child = Command::new(exe())
+        .args([
+            "--netns",
+            &topo.lb.name,
+            "daemon",
+            "--detach-on-exit",
+            "--config",
+        ])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let mut daemon = DaemonProcess(child);
+    let mut buf = [0u8; 512];
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !got.iter().any(|m: &String| m.contains("READY=1")) {
+        assert!(std::time::Instant::now() < deadline, "no READY=1: {got:?}");
+        let n = sock.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    for i in LB_IFACES {
+        assert!(
+            failover_user::dataplane::link_pin_path(&s.bpffs, i).exists(),
+            "READY before {i} was attached"
+        );
+    }
+    // Watchdog pings: at least 4 in the next second (every 100 ms).
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        if let Ok(n) = sock.recv(&mut buf)
+            && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 4, "{pings} watchdog pings in 1 s");
+    assert!(daemon.terminate().expect("terminate").success());
+}

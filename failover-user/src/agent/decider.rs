@@ -152,6 +152,10 @@ pub(super) struct Decider {
     pub(super) metrics: metrics::Shared,
     pub(super) persist_tx: watch::Sender<Vec<SavedState>>,
     pub(super) passive: PassiveMaps,
+    /// Probed backends without a result yet; `round_tx` turns true when
+    /// none is left.
+    pub(super) unprobed: std::collections::HashSet<usize>,
+    pub(super) round_tx: watch::Sender<bool>,
 }
 
 impl Decider {
@@ -443,6 +447,9 @@ impl Decider {
 
     fn on_probe(&mut self, m: ProbeMsg) {
         let i = m.idx;
+        if self.unprobed.remove(&i) && self.unprobed.is_empty() {
+            let _ = self.round_tx.send(true);
+        }
         if self.backends[i].unconfirmed.is_some() {
             self.confirm(i, &m);
             return;

@@ -120,6 +120,7 @@ pub struct BackendView {
 
 /// A running agent; stop it with [`Agent::stop`].
 pub struct Agent {
+    first_round: watch::Receiver<bool>,
     stop_tx: watch::Sender<bool>,
     cmd_tx: mpsc::Sender<Cmd>,
     tasks: Vec<JoinHandle<()>>,
@@ -145,6 +146,7 @@ impl Agent {
         let (persist_tx, persist_rx) = watch::channel(Vec::new());
         let mut svcs = Vec::new();
         let mut backends = Vec::new();
+        let mut unprobed = std::collections::HashSet::new();
         let mut tasks = Vec::new();
         for (si, (s, sl)) in cfg.services.iter().zip(&layout.services).enumerate() {
             let mut idxs = Vec::new();
@@ -177,6 +179,7 @@ impl Agent {
                     let idx = backends.len();
                     let probe_now = Arc::new(tokio::sync::Notify::new());
                     if let Some(check) = &s.check {
+                        unprobed.insert(idx);
                         let target = Target {
                             service: s.name.clone(),
                             backend: b.name.clone(),
@@ -237,9 +240,12 @@ impl Agent {
                     .health = b.machine.state().name();
             }
         }
+        let (round_tx, round_rx) = watch::channel(unprobed.is_empty());
         let mut d = Decider {
             svcs,
             backends,
+            unprobed,
+            round_tx,
             state_map: state,
             sink,
             stats: Stats::default(),
@@ -292,7 +298,18 @@ impl Agent {
             cmd_tx,
             tasks,
             decider,
+            first_round: round_rx,
         })
+    }
+
+    /// Waits until every probed backend has had its first probe result (the
+    /// first round: the states are known, not just carried over).
+    /// (The future holds no borrow of the agent.)
+    pub fn first_round(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.first_round.clone();
+        async move {
+            let _ = rx.wait_for(|done| *done).await;
+        }
     }
 
     /// Current states and measurements.

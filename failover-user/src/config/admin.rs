@@ -65,9 +65,15 @@ pub(super) fn validate_admin(
         listen,
         token_file: a.token_file,
         metrics_listen,
-        audit_file: a
-            .audit_file
-            .unwrap_or_else(|| state_dir.join("audit.jsonl")),
+        // The audit log must outlive a reboot: with the default state
+        // directory (/run, a tmpfs) it goes under /var/lib.
+        audit_file: a.audit_file.unwrap_or_else(|| {
+            if state_dir == Path::new(DEFAULT_STATE_DIR) {
+                PathBuf::from(DEFAULT_AUDIT_FILE)
+            } else {
+                state_dir.join("audit.jsonl")
+            }
+        }),
         alertmanager: AlertmanagerCfg {
             service_label: am.service_label.unwrap_or_else(|| "service".to_string()),
             backend_label: am.backend_label.unwrap_or_else(|| "backend".to_string()),

@@ -50,6 +50,8 @@ use crate::{maglev, model::AdminAction, probe::ProbeSpec, sys::http_client::TlsO
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/failover";
 /// Default directory for the daemon's state files (layout, ...).
 pub const DEFAULT_STATE_DIR: &str = "/run/failover";
+/// The audit log with the default state directory (kept across reboots).
+pub const DEFAULT_AUDIT_FILE: &str = "/var/lib/failover/audit.jsonl";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

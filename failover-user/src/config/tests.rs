@@ -355,6 +355,7 @@ fn shipped_example_is_valid() {
     );
     assert_eq!(c.daemon.bpffs, PathBuf::from(DEFAULT_BPFFS));
     assert_eq!(c.daemon.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(c.admin.audit_file, PathBuf::from(DEFAULT_AUDIT_FILE));
 }
 
 #[test]

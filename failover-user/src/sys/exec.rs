@@ -56,6 +56,11 @@ pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io:
     .stderr(Stdio::piped())
     // Its own process group, so that a timeout kills what it started too.
     .process_group(0)
+    // Never the daemon's line to systemd: a child must not report ready or
+    // feed the watchdog.
+    .env_remove("NOTIFY_SOCKET")
+    .env_remove("WATCHDOG_USEC")
+    .env_remove("WATCHDOG_PID")
     .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pid = child.id();
