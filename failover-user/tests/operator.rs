@@ -11,11 +11,11 @@ use std::{
 };
 
 use failover_user::{
-    api::http::{self, Endpoint},
     lab::{
         BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
         tcp_request, vip,
     },
+    sys::http_client::{self as http, Endpoint},
 };
 
 const TOKEN: &str = "test-token-0123456789abcdef";
