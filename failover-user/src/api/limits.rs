@@ -183,6 +183,12 @@ impl Shared {
         started
     }
 
+    /// The service has read the request body: input until now was that body,
+    /// not a pipelined request.
+    pub(super) fn body_read(&self) {
+        self.lock().early_input = false;
+    }
+
     /// The service has its response: writing it may take `limit`.
     pub(super) fn responding(&self, limit: Duration) {
         self.lock().write_deadline = Some(Instant::now() + limit);

@@ -80,7 +80,8 @@ impl AdminState {
 /// Serves one admin request. `trusted`: it came over the unix socket (only
 /// root can connect to it), so no token is needed except for Alertmanager.
 pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Response {
-    if routes::needs_token(trusted, &req.path) && !st.has_token(&req) {
+    let route = routes::route(&req.method, &req.path, req.query.as_deref());
+    if routes::needs_token(trusted, &route) && !st.has_token(&req) {
         let why = if st.token.is_none() {
             "no token is configured: this route is off"
         } else {
@@ -90,7 +91,7 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
         st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
         return Response::error(401, why);
     }
-    let resp = route(&st, &req).await;
+    let resp = serve_route(&st, &req, route).await;
     info!(peer = %req.peer, method = %req.method, path = %req.path, status = resp.status, "admin request");
     if req.method != "GET" {
         let body = String::from_utf8_lossy(&resp.body).trim().to_string();
@@ -99,8 +100,8 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
     resp
 }
 
-async fn route(st: &AdminState, req: &Request) -> Response {
-    match routes::route(&req.method, &req.path, req.query.as_deref()) {
+async fn serve_route(st: &AdminState, req: &Request, route: Route<'_>) -> Response {
+    match route {
         Route::Status => status(st).await,
         Route::Action {
             service,

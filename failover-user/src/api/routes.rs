@@ -66,10 +66,11 @@ pub fn dry_run(query: Option<&str>) -> bool {
     })
 }
 
-/// Whether a request on `path` needs the bearer token: everything not over
-/// the (trusted) unix socket, and Alertmanager always.
-pub fn needs_token(trusted: bool, path: &str) -> bool {
-    !trusted || path == "/v1/alertmanager"
+/// Whether a request for `route` needs the bearer token: everything not
+/// over the (trusted) unix socket, and Alertmanager always (however its
+/// path is spelt: `/v1/alertmanager/` is the same route).
+pub fn needs_token(trusted: bool, route: &Route<'_>) -> bool {
+    !trusted || matches!(route, Route::Alertmanager)
 }
 
 #[cfg(test)]
@@ -126,8 +127,10 @@ mod tests {
         assert_eq!(route("GET", "/metrics", None), Route::NotFound);
         assert_eq!(route("GET", "", None), Route::NotFound);
         assert_eq!(route("DELETE", "/v2/status", None), Route::NotFound);
-        assert!(needs_token(false, "/v1/status"));
-        assert!(needs_token(true, "/v1/alertmanager"));
-        assert!(!needs_token(true, "/v1/status"));
+        assert!(needs_token(false, &route("GET", "/v1/status", None)));
+        assert!(!needs_token(true, &route("GET", "/v1/status", None)));
+        for p in ["/v1/alertmanager", "/v1/alertmanager/", "//v1/alertmanager"] {
+            assert!(needs_token(true, &route("POST", p, None)), "{p}");
+        }
     }
 }

@@ -522,6 +522,7 @@ async fn read_request(
         }
         Err(_) => return Err(reject(408, "timed out reading the request body", true)),
     };
+    ctx.shared.body_read();
     Ok(Request {
         method: method.to_owned(),
         path,
