@@ -1171,3 +1171,31 @@ async fn head_parsing_edge_cases() {
     assert_eq!(status_of(&resp), 413);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn response_write_is_bounded() {
+    let limits = Limits {
+        read_timeout: ms(300),
+        ..Limits::default()
+    };
+    const BIG: usize = 32 << 20;
+    let server = start_tcp(
+        handler_fn(|_req: Request| async { Response::text(200, "x".repeat(BIG)) }),
+        limits,
+    )
+    .await;
+    let mut stream = connect(server.addr).await;
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    // A client that does not read: the server gives up after the write bound and closes.
+    tokio::time::sleep(ms(1500)).await;
+    let got = read_to_end(&mut stream).await;
+    assert!(got.len() < BIG, "the whole response was written");
+    // The server is fine, and its shutdown is not held up.
+    let (status, _) = request(&server.endpoint(), "HEAD", "/", &[], b"", CLIENT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let t0 = std::time::Instant::now();
+    server.shutdown().await;
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
