@@ -14,7 +14,7 @@ use failover_lab::{
     BACKEND_TCP_PORT, BACKEND_UDP_PORT, DaemonProcess, LB_IFACES, LabExtras, Server, Topology,
     tcp_request, vip,
 };
-use failover_user::api::http::{self, Endpoint};
+use failover_user::sys::http_client::{self as http, Endpoint};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 const ADMIN_TCP: &str = "127.0.0.1:9190";

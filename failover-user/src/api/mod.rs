@@ -10,20 +10,26 @@
 //! - `POST /v1/alertmanager`: an Alertmanager webhook (token always required).
 //! - `GET  /metrics` (on the metrics listener).
 
-pub mod http;
+pub mod auth;
+pub mod limits;
 pub mod listen;
+pub mod routes;
+pub mod server;
 
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
-use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use tracing::{info, warn};
 
-use self::http::{Request, Response};
+pub use self::auth::read_token;
+use self::{
+    routes::Route,
+    server::{Request, Response},
+};
 use crate::{
     agent::{AdminAction, Agent},
     dataplane::inspect,
@@ -51,38 +57,6 @@ pub struct AdminState {
     pub source: inspect::Source,
 }
 
-/// Reads a token file, refusing one that others may read.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).with_context(|| format!("token file {}", path.display()))?;
-    if meta.mode() & 0o077 != 0 {
-        bail!(
-            "token file {} is readable by group or others (mode {:o}): chmod 600 it",
-            path.display(),
-            meta.mode() & 0o777
-        );
-    }
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
-    let t = t.trim().to_string();
-    if t.len() < 16 {
-        bail!(
-            "token in {} is too short (at least 16 characters)",
-            path.display()
-        );
-    }
-    Ok(t)
-}
-
-/// Constant-time comparison (the token must not leak through timing).
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl AdminState {
     fn audit(&self, record: Value) {
         let Some(a) = &self.audit else { return };
@@ -99,20 +73,15 @@ impl AdminState {
 
     /// Whether the request carries the token.
     fn has_token(&self, req: &Request) -> bool {
-        let Some(token) = &self.token else {
-            return false;
-        };
-        req.header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .is_some_and(|t| same(t.trim(), token))
+        auth::authorized(self.token.as_deref(), req.header("authorization"))
     }
 }
 
 /// Serves one admin request. `trusted`: it came over the unix socket (only
 /// root can connect to it), so no token is needed except for Alertmanager.
 pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Response {
-    let needs_token = !trusted || req.path == "/v1/alertmanager";
-    if needs_token && !st.has_token(&req) {
+    let route = routes::route(&req.method, &req.path, req.query.as_deref());
+    if routes::needs_token(trusted, &route) && !st.has_token(&req) {
         let why = if st.token.is_none() {
             "no token is configured: this route is off"
         } else {
@@ -122,7 +91,7 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
         st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
         return Response::error(401, why);
     }
-    let resp = route(&st, &req).await;
+    let resp = serve_route(&st, &req, route).await;
     info!(peer = %req.peer, method = %req.method, path = %req.path, status = resp.status, "admin request");
     if req.method != "GET" {
         let body = String::from_utf8_lossy(&resp.body).trim().to_string();
@@ -131,36 +100,26 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
     resp
 }
 
-async fn route(st: &AdminState, req: &Request) -> Response {
-    let parts: Vec<&str> = req.path.trim_matches('/').split('/').collect();
-    match (req.method.as_str(), parts.as_slice()) {
-        ("GET", ["v1", "status"]) => status(st).await,
-        ("POST", ["v1", "services", svc, "backends", b, action]) => {
-            match AdminAction::parse(action) {
-                Some(a) => action_on(st, svc, b, a).await,
-                None => Response::error(
-                    404,
-                    &format!("unknown action {action:?}: drain, undrain, disable, enable, release"),
-                ),
-            }
-        }
-        ("POST", ["v1", "services", svc, "switch"]) => switch(st, svc, &req.body).await,
-        ("POST", ["v1", "reload"]) => {
-            let dry_run = req.query.as_deref().is_some_and(|q| {
-                q.split('&')
-                    .any(|kv| kv == "dry_run=1" || kv == "dry_run=true")
-            });
-            reload(st, dry_run).await
-        }
-        ("POST", ["v1", "alertmanager"]) => alertmanager(st, &req.body).await,
-        (
-            _,
-            ["v1", "status"] | ["v1", "reload"] | ["v1", "alertmanager"] | ["v1", "services", ..],
-        ) => Response::error(
+async fn serve_route(st: &AdminState, req: &Request, route: Route<'_>) -> Response {
+    match route {
+        Route::Status => status(st).await,
+        Route::Action {
+            service,
+            backend,
+            action,
+        } => action_on(st, service, backend, action).await,
+        Route::UnknownAction(action) => Response::error(
+            404,
+            &format!("unknown action {action:?}: drain, undrain, disable, enable, release"),
+        ),
+        Route::Switch { service } => switch(st, service, &req.body).await,
+        Route::Reload { dry_run } => reload(st, dry_run).await,
+        Route::Alertmanager => alertmanager(st, &req.body).await,
+        Route::MethodNotAllowed => Response::error(
             405,
             &format!("{} is not allowed on {}", req.method, req.path),
         ),
-        _ => Response::error(404, &format!("no route {} {}", req.method, req.path)),
+        Route::NotFound => Response::error(404, &format!("no route {} {}", req.method, req.path)),
     }
 }
 
@@ -459,32 +418,5 @@ mod tests {
             parse_alertmanager(many.as_bytes(), &cfg).unwrap().len(),
             MAX_ALERTS
         );
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(same("abcdef0123456789", "abcdef0123456789"));
-        assert!(!same("abcdef0123456789", "abcdef0123456788"));
-        assert!(!same("abc", "abcd"));
-    }
-
-    #[test]
-    fn token_file_permissions() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let p = std::env::temp_dir().join(format!("failover-token-{}", std::process::id()));
-        std::fs::write(&p, "0123456789abcdef0123\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = read_token(&p).unwrap_err().to_string();
-        assert!(e.contains("readable by group or others"), "{e}");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token(&p).unwrap(), "0123456789abcdef0123");
-        std::fs::write(&p, "short").unwrap();
-        assert!(
-            read_token(&p)
-                .unwrap_err()
-                .to_string()
-                .contains("too short")
-        );
-        let _ = std::fs::remove_file(&p);
     }
 }

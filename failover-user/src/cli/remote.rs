@@ -5,10 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::{
-    api::{self as admin, http},
-    config,
-};
+use crate::{api as admin, config, sys::http_client as http};
 
 /// How the CLI reaches the daemon's admin API.
 #[derive(clap::Args, Clone)]

@@ -13,14 +13,14 @@
 //!   and a newline, then is closed; the environment gets the caller's pairs
 //!   (FAILOVER_SERVICE, ...) plus FAILOVER_EVENT = the event JSON. Exit 0 is
 //!   success.
-//! * Webhooks POST the event JSON over HTTP/1.1 to an `http://IP[:PORT]/PATH`
+//! * Webhooks POST the event JSON over HTTP/1.1 (the shared hyper client,
+//!   `sys::http_client`) to an `http://IP[:PORT]/PATH`
 //!   or `https://IP[:PORT]/PATH` url (IP literals only: no DNS). HTTPS
 //!   verifies the server's certificate (rustls): against Mozilla's roots, or
 //!   the CAs of `ca_file`; for the url's IP address, or `server_name`. A 2xx
 //!   status is success.
 
 use std::{
-    io,
     net::SocketAddr,
     os::unix::process::ExitStatusExt as _,
     process::ExitStatus,
@@ -29,12 +29,7 @@ use std::{
 };
 
 use rustls_pki_types::ServerName;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    net::TcpStream,
-    process::Command,
-    time::timeout,
-};
+use tokio::{net::TcpStream, process::Command, time::timeout};
 use tracing::{info, warn};
 
 pub use crate::sys::exec::OUTPUT_CAP;
@@ -42,11 +37,14 @@ use crate::{
     config::{Hook, HookSpec},
     sys::{
         exec::{self, Ended},
-        http_client::{TlsOptions, client_config, is_https, parse_webhook_url, server_name},
+        http_client::{
+            self, Caps, Failure, TlsOptions, client_config, is_https, parse_webhook_url,
+            server_name,
+        },
     },
 };
 
-/// The most of a webhook response head read while looking for the status.
+/// The most of a webhook response head read (the body is not read).
 const RESPONSE_CAP: usize = 16 * 1024;
 /// The most characters of child output or server text put in a detail.
 const DETAIL_TEXT_MAX: usize = 200;
@@ -206,7 +204,7 @@ async fn run_webhook(url: &str, tls: &TlsOptions, limit: Duration, body: &str) -
 }
 
 /// One POST (over TLS when `tls` is given); returns the final status code
-/// or a short error detail.
+/// or a short error detail. Only the status is read, not the body.
 async fn post(
     addr: SocketAddr,
     host: &str,
@@ -214,140 +212,42 @@ async fn post(
     body: &str,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 ) -> Result<u16, String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| match io_detail(&e) {
-            Some(d) => d.to_string(),
-            None => format!("connect to {addr}: {e}"),
-        })?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\n\
-         Host: {host}\r\n\
-         Content-Type: application/json\r\n\
-         Content-Length: {}\r\n\
-         Connection: close\r\n\
-         User-Agent: failover-hook\r\n\
-         \r\n\
-         {body}",
-        body.len()
-    );
-    match tls {
-        None => exchange(stream, request.as_bytes()).await,
+    let request = http_client::build_request(
+        "POST",
+        path,
+        &[
+            ("Host", host),
+            ("Content-Type", "application/json"),
+            ("User-Agent", "failover-hook"),
+        ],
+        body.as_bytes(),
+    )
+    .map_err(|e| format!("bad request: {e}"))?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        http_client::known_io_detail(&e)
+            .map_or_else(|| format!("connect to {addr}: {e}"), str::to_owned)
+    })?;
+    let caps = Caps {
+        head: RESPONSE_CAP,
+        body: None,
+    };
+    let sent = match tls {
+        None => http_client::exchange(stream, request, caps).await,
         Some((cfg, name)) => {
             let s = tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, stream)
                 .await
                 .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
-            exchange(s, request.as_bytes()).await
+            http_client::exchange(s, request, caps).await
         }
-    }
-}
-
-/// Sends the request and reads the status.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    request: &[u8],
-) -> Result<u16, String> {
-    if let Err(e) = stream.write_all(request).await {
-        // The server may have answered (e.g. 413) and closed before reading
-        // everything: prefer its answer when there is one.
-        return match read_status(&mut stream).await {
-            Ok(code) => Ok(code),
-            Err(_) => Err(match io_detail(&e) {
-                Some(d) => d.to_string(),
-                None => format!("sending the request: {e}"),
-            }),
-        };
-    }
-    read_status(&mut stream).await
-}
-
-/// Reads the response up to its final (non-1xx) status line.
-async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, String> {
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        // Every pass either returns, waits for more bytes, or drops a whole
-        // interim response from `buf`.
-        while let Some(eol) = buf.iter().position(|&b| b == b'\n') {
-            let line = &buf[..eol];
-            let Some(code) = parse_status_line(line) else {
-                let line = String::from_utf8_lossy(line);
-                return Err(format!("bad response: {:?}", printable(line.trim_end())));
-            };
-            if !(100..200).contains(&code) || code == 101 {
-                return Ok(code);
-            }
-            // An interim response (100 Continue, 103 Early Hints): skip it.
-            match head_end(&buf) {
-                Some(end) => drop(buf.drain(..end)),
-                None => break,
-            }
+    };
+    match sent {
+        Ok((code, _)) => Ok(code),
+        Err(Failure::Http(e)) if e.is_parse() => {
+            Err(format!("bad response: {}", http_client::hyper_detail(&e)))
         }
-        if buf.len() > RESPONSE_CAP {
-            return Err("bad response: head too long".into());
-        }
-        let n = match stream.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(e) => {
-                return Err(match io_detail(&e) {
-                    Some(d) => d.to_string(),
-                    None => format!("reading the response: {e}"),
-                });
-            }
-        };
-        if n == 0 {
-            return Err(if buf.is_empty() {
-                "connection closed without a response".into()
-            } else {
-                "connection closed in the middle of the response".into()
-            });
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        Err(f) => Err(f.detail()),
     }
-}
-
-/// "HTTP/1.x NNN reason" → NNN.
-fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    let code = parts.next()?;
-    if !version.starts_with("HTTP/1.")
-        || code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    code.parse().ok()
-}
-
-/// The offset just past the blank line that ends the head starting at 0.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while let Some(i) = buf[start..].iter().position(|&b| b == b'\n') {
-        let line = &buf[start..start + i];
-        if start > 0 && (line.is_empty() || line == b"\r") {
-            return Some(start + i + 1);
-        }
-        start += i + 1;
-    }
-    None
-}
-
-fn io_detail(e: &io::Error) -> Option<&'static str> {
-    use io::ErrorKind as K;
-    Some(match e.kind() {
-        K::ConnectionRefused => "connection refused",
-        K::ConnectionReset => "connection reset",
-        K::ConnectionAborted => "connection aborted",
-        K::BrokenPipe => "connection closed by the server",
-        K::HostUnreachable => "host unreachable",
-        K::NetworkUnreachable => "network unreachable",
-        K::AddrNotAvailable => "address not available",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

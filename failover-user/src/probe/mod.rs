@@ -21,7 +21,6 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     process::Command,
     time::Instant,
@@ -35,14 +34,12 @@ mod udp;
 use self::{exec::*, http::*, tcp::*, udp::*};
 use crate::sys::exec::{self as runner, Ended};
 
-/// Most bytes of an HTTP response read (header and body together).
+/// Most bytes of an HTTP response head, and of its body, read.
 pub const HTTP_MAX_RESPONSE: usize = 64 * 1024;
 /// Most bytes of an exec check's stdout and of its stderr kept for the detail.
 pub const EXEC_MAX_CAPTURE: usize = runner::OUTPUT_CAP;
 /// Receive buffer of a UDP check: the largest possible datagram.
 const UDP_MAX_DATAGRAM: usize = 64 * 1024;
-/// Longest chunk-size or trailer line accepted in a chunked HTTP body.
-const CHUNK_LINE_MAX: usize = 1024;
 /// Longest piece of foreign text (output line, expected string) in a detail.
 const DETAIL_PIECE_MAX: usize = 160;
 /// Status ranges used if an HTTP check is given none (the config's default).
@@ -60,10 +57,11 @@ pub enum ProbeSpec {
     /// one range, an empty list means 200–399) and, if `expect_body` is set,
     /// the body contains it.
     ///
-    /// At most [`HTTP_MAX_RESPONSE`] bytes are read. The body ends where its
-    /// `Content-Length` or chunked encoding says, else at close or the size
-    /// limit; without `expect_body` reading stops after the header. A chunked
-    /// body is decoded before it is searched.
+    /// The head and the body may each be at most [`HTTP_MAX_RESPONSE`]
+    /// bytes: a larger body is an unhealthy result ("http 200 but the body
+    /// exceeds 64 KiB"). The body ends where its `Content-Length` or chunked
+    /// encoding says, else at close; without `expect_body` reading stops
+    /// after the header. A chunked body is decoded before it is searched.
     Http {
         path: String,
         host: Option<String>,
@@ -193,12 +191,6 @@ fn io_detail(e: &io::Error) -> String {
 /// Whether `needle` occurs in `haystack` (an empty needle always does).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The first line of `raw`, lossily decoded and clipped, for details.
-fn first_line(raw: &[u8]) -> String {
-    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
-    clip(String::from_utf8_lossy(line).trim_end())
 }
 
 /// `s` cut to [`DETAIL_PIECE_MAX`] characters, with "…" if cut.

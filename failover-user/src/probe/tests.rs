@@ -1,7 +1,7 @@
 use std::net::SocketAddrV6;
 
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
@@ -462,11 +462,12 @@ async fn http_without_body_expectation_stops_after_header() {
 }
 
 #[tokio::test]
-async fn http_reads_at_most_64k() {
+async fn http_body_over_64k_is_unhealthy() {
     let mut resp = b"HTTP/1.1 200 OK\r\n\r\nhead-marker".to_vec();
     resp.extend(std::iter::repeat_n(b'a', 70 * 1024));
     resp.extend_from_slice(b"tail-marker");
-    for (needle, ok) in [("head-marker", true), ("tail-marker", false)] {
+    // Whatever is looked for: a body over the limit is never read whole.
+    for needle in ["head-marker", "tail-marker"] {
         let (addr, _server) = http_server("127.0.0.1:0", &resp, After::Hold).await;
         let r = probe(
             &http("/", &[(200, 299)], Some(needle)),
@@ -474,9 +475,33 @@ async fn http_reads_at_most_64k() {
             Duration::from_secs(2),
         )
         .await;
-        assert_eq!(r.ok, ok, "{needle}: {r:?}");
+        assert!(!r.ok, "{needle}: {r:?}");
+        assert_eq!(r.detail, "http 200 but the body exceeds 64 KiB");
         assert!(r.latency < Duration::from_secs(1), "{r:?}");
     }
+    // Just under the limit (Content-Length framed) is read and searched.
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 64 * 1024).into_bytes();
+    resp.extend(std::iter::repeat_n(b'a', 64 * 1024 - 11));
+    resp.extend_from_slice(b"tail-marker");
+    let (addr, _server) = http_server("127.0.0.1:0", &resp, After::Hold).await;
+    let r = probe(
+        &http("/", &[(200, 299)], Some("tail-marker")),
+        &target(addr),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    // Out of range and too large: the status decides.
+    let mut resp = b"HTTP/1.1 503 Busy\r\n\r\n".to_vec();
+    resp.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    let (addr, _server) = http_server("127.0.0.1:0", &resp, After::Close).await;
+    let r = probe(
+        &http("/", &[(200, 299)], Some("x")),
+        &target(addr),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!((r.ok, r.detail.as_str()), (false, "http 503"), "{r:?}");
 }
 
 #[tokio::test]
@@ -504,33 +529,91 @@ async fn http_bad_path_is_refused_before_sending() {
     assert!(!r.ok && r.detail.contains("invalid path"), "{r:?}");
 }
 
-#[test]
-fn dechunker_any_split() {
+/// A chunked body arriving split at any byte is decoded; a malformed one
+/// is an unhealthy result.
+#[tokio::test]
+async fn chunked_body_any_split() {
     let raw = b"4\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\n\r\n";
-    for split in 0..=raw.len() {
-        let mut d = Dechunker::default();
-        d.feed(&raw[..split]).unwrap();
-        assert_eq!(d.is_done(), split == raw.len(), "split {split}");
-        d.feed(raw).unwrap();
-        assert!(d.is_done());
-        assert_eq!(d.body, b"Wikipedia in\r\n\r\nchunks.");
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for split in [0, 1, 3, 4, 9, 10, 17, 30, raw.len() - 3, raw.len() - 1] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_request_head(&mut s).await;
+            s.write_all(head).await.unwrap();
+            s.write_all(&raw[..split]).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s.write_all(&raw[split..]).await.unwrap();
+            let mut sink = [0u8; 64];
+            let _ = tokio::time::timeout(TEST_BOUND, s.read(&mut sink)).await;
+        });
+        let r = probe(
+            &http("/", &[(200, 299)], Some("Wikipedia in\r\n\r\nchunks.")),
+            &target(addr),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(r.ok, "split {split}: {r:?}");
+        server.abort();
     }
-    let mut d = Dechunker::default();
-    assert!(d.feed(b"zz\r\n").is_err());
-    let mut d = Dechunker::default();
-    assert!(d.feed(b"2\r\nabc\r\n").is_err());
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
+    ] {
+        let (addr, _server) = http_server("127.0.0.1:0", bad, After::Hold).await;
+        let r = probe(
+            &http("/", &[(200, 299)], Some("abc")),
+            &target(addr),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(!r.ok && r.detail.starts_with("http: "), "{r:?}");
+    }
 }
 
-#[test]
-fn status_lines_and_head_end() {
-    assert_eq!(parse_status_line("HTTP/1.1 200 OK"), Some(200));
-    assert_eq!(parse_status_line("HTTP/1.0 404"), Some(404));
-    assert_eq!(parse_status_line("HTTP/1.1 20 OK"), None);
-    assert_eq!(parse_status_line("HTTP/1.1 099 X"), None);
-    assert_eq!(parse_status_line("ICY 200 OK"), None);
-    assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\n\r\nbody", 0), Some(19));
-    assert_eq!(find_head_end(b"HTTP/1.1 200 OK\n\nbody", 0), Some(17));
-    assert_eq!(find_head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n", 0), None);
+/// Status lines and header ends as the probe reads them from a server.
+#[tokio::test]
+async fn status_lines_and_head_end() {
+    for (resp, want) in [
+        (&b"HTTP/1.1 200 OK\r\n\r\nbody"[..], Ok("http 200")),
+        (b"HTTP/1.0 404\r\n\r\n", Err("http 404")),
+        (b"HTTP/1.1 200 OK\n\nbody", Ok("http 200")),
+        (b"HTTP/1.1 20 OK\r\n\r\n", Err("http: malformed")),
+        (b"HTTP/1.1 099 X\r\n\r\n", Err("http: malformed")),
+        (b"ICY 200 OK\r\n\r\n", Err("http: malformed")),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+            Err("http: malformed"),
+        ),
+    ] {
+        let (addr, _server) = http_server("127.0.0.1:0", resp, After::Close).await;
+        let r = probe(
+            &http("/", &[(200, 299)], None),
+            &target(addr),
+            Duration::from_secs(2),
+        )
+        .await;
+        let shown = String::from_utf8_lossy(resp);
+        match want {
+            Ok(d) => assert!(r.ok && r.detail == d, "{shown:?}: {r:?}"),
+            Err(d) => assert!(!r.ok && r.detail.starts_with(d), "{shown:?}: {r:?}"),
+        }
+    }
+    // A head that never ends within the limit.
+    let mut resp = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..4000 {
+        resp.extend_from_slice(format!("X-{i}: yyyyyyyyyyyy\r\n").as_bytes());
+    }
+    let (addr, _server) = http_server("127.0.0.1:0", &resp, After::Hold).await;
+    let r = probe(
+        &http("/", &[(200, 299)], None),
+        &target(addr),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(!r.ok && r.detail.contains("too large"), "{r:?}");
 }
 
 #[test]

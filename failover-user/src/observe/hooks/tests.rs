@@ -4,7 +4,10 @@ use std::{
 };
 
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
 
 use super::*;
 
@@ -772,15 +775,40 @@ fn parse_urls() {
     err("http://10.0.0.5/é", "percent-encode");
 }
 
-#[test]
-fn status_lines() {
-    assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r"), Some(200));
-    assert_eq!(parse_status_line(b"HTTP/1.0 404"), Some(404));
-    assert_eq!(parse_status_line(b"HTTP/1.1 20 OK"), None);
-    assert_eq!(parse_status_line(b"HTTP/2 200"), None);
-    assert_eq!(parse_status_line(b"hello"), None);
-    assert_eq!(head_end(b"HTTP/1.1 100 Continue\r\n\r\nrest"), Some(25));
-    assert_eq!(head_end(b"HTTP/1.1 100 Continue\r\nA: b\r\n"), None);
+/// Status lines and interim responses as the client reads them from a
+/// server: only a well-formed final status counts.
+#[tokio::test]
+async fn status_lines() {
+    let cases: [(&'static str, Result<&str, &str>); 6] = [
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            Ok("http 200"),
+        ),
+        ("HTTP/1.0 404\r\n\r\n", Err("http 404")),
+        ("HTTP/1.1 20 OK\r\n\r\n", Err("bad response")),
+        ("HTTP/2 200\r\n\r\n", Err("bad response")),
+        ("hello\r\n\r\n", Err("bad response")),
+        (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\nA: b\r\n\r\nHTTP/1.1 202 Accepted\r\n\r\n",
+            Ok("http 202"),
+        ),
+    ];
+    for (response, want) in cases {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let server = serve_once(l, response);
+        let o = run(
+            &webhook(&format!("http://{addr}/"), Duration::from_secs(5)),
+            EVENT,
+            &env(),
+        )
+        .await;
+        match want {
+            Ok(detail) => assert!(o.ok && o.detail == detail, "{response:?}: {o:?}"),
+            Err(start) => assert!(!o.ok && o.detail.starts_with(start), "{response:?}: {o:?}"),
+        }
+        server.await.expect("server");
+    }
 }
 
 #[tokio::test]
