@@ -12,6 +12,9 @@
 #![no_std]
 #![no_main]
 
+// The sink uses `as_mut` only.
+#[allow(dead_code)]
+mod mapval;
 mod packet;
 
 use aya_ebpf::{
@@ -95,9 +98,9 @@ pub fn failover_sink(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array, valid for the run;
-        // nothing else on this CPU runs concurrently.
-        unsafe { *c += 1 };
+        // This CPU's slot of a per-CPU array: nothing else on this CPU runs
+        // concurrently.
+        *mapval::as_mut(c) += 1;
     }
     xdp_action::XDP_DROP
 }

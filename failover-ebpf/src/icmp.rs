@@ -27,6 +27,7 @@ use crate::{
     conntrack,
     forward::{self, Fib},
     maps::{self, BACKENDS},
+    mapval,
     packet::Packet,
     parse::{Flow, OFF_MASK},
     scratch::{Dir, Quote, Scratch},
@@ -141,8 +142,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> u64 {
     if k.dst == quote.src
         && let Some(svc) = maps::SERVICES.get_ptr(&*ep)
     {
-        // SAFETY: a value of our hash map, alive for the program's run.
-        let svc = unsafe { &*svc };
+        let svc = mapval::as_ref(svc);
         ct.src = quote.dst;
         ct.dst = quote.src;
         ct.sport = quote.dport;
@@ -178,8 +178,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> u64 {
     let Some(rev) = maps::REVERSE.get_ptr(&*ep) else {
         return u64::from(NOT_HANDLED);
     };
-    // SAFETY: as above.
-    let rev = unsafe { &*rev };
+    let rev = mapval::as_ref(rev);
     ct.src = quote.src;
     ct.dst = rev.vip;
     ct.sport = quote.sport;
@@ -223,15 +222,13 @@ fn verdict(action: u32, r: Reason) -> u64 {
 #[inline(always)]
 fn live_backend(key: &FlowKey, service_id: u32) -> Option<u32> {
     let now = conntrack::now_ms();
-    // SAFETY: values of our LRU maps, read within the program's run.
-    if let Some(v) = unsafe { maps::CONNTRACK.get(key) }
+    if let Some(v) = maps::CONNTRACK.get_ptr(key).map(mapval::as_ref)
         && conntrack::live(v, now)
         && v.service_id == service_id
     {
         return Some(v.backend_id);
     }
-    // SAFETY: as above.
-    if let Some(v) = unsafe { maps::EMBRYONIC.get(key) }
+    if let Some(v) = maps::EMBRYONIC.get_ptr(key).map(mapval::as_ref)
         && conntrack::live(v, now)
         && v.service_id == service_id
     {

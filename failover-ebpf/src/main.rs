@@ -24,6 +24,7 @@ mod conntrack;
 mod forward;
 mod icmp;
 mod maps;
+mod mapval;
 mod nat;
 mod packet;
 mod parse;
@@ -66,9 +67,9 @@ pub fn failover(ctx: XdpContext) -> u32 {
         // did, leave the host's traffic alone.
         return PASS;
     };
-    // SAFETY: this CPU's slot of a per-CPU array; XDP runs to completion on
-    // one CPU and never nests, so nothing else uses it meanwhile.
-    let scratch = unsafe { &mut *scratch };
+    // This CPU's slot of a per-CPU array; XDP runs to completion on one
+    // CPU and never nests, so nothing else uses it meanwhile.
+    let scratch = mapval::as_mut(scratch);
     scratch.op.kind = OP_NONE;
     let (action, reason) = process(&ctx, &pkt, scratch);
     if scratch.op.kind != OP_NONE {
@@ -88,8 +89,8 @@ pub fn failover_icmp(ctx: XdpContext) -> u32 {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return PASS;
     };
-    // SAFETY: this CPU's slot, as in `failover`; the caller's run ended.
-    let scratch = unsafe { &mut *scratch };
+    // This CPU's slot, as in `failover`; the caller's run ended.
+    let scratch = mapval::as_mut(scratch);
     scratch.op.kind = OP_NONE;
     // An unreachable error about a backend's flow is a failure signal.
     passive::icmp(&ctx, &pkt, scratch);
@@ -174,9 +175,8 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         family: k.family,
     };
     if let Some(svc) = SERVICES.get_ptr(&scratch.ep) {
-        // SAFETY: a value of our hash map, kept alive by RCU for the
-        // program's run; the daemon replaces values whole, never in place.
-        return to_backend(ctx, pkt, scratch, unsafe { &*svc });
+        // The daemon replaces service values whole, never in place.
+        return to_backend(ctx, pkt, scratch, mapval::as_ref(svc));
     }
     if k.proto == PROTO_TCP && rst::pure_syn(flow.tcp_flags) {
         // Perhaps a direct connection to a NAT backend endpoint.
@@ -191,8 +191,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         family: k.family,
     };
     if let Some(rev) = REVERSE.get_ptr(&scratch.ep) {
-        // SAFETY: as above.
-        return reply(ctx, pkt, scratch, unsafe { &*rev });
+        return reply(ctx, pkt, scratch, mapval::as_ref(rev));
     }
     if dst_is_vip(flow, &mut scratch.vip) {
         return (PASS, Reason::PassVipOtherPort);
@@ -208,10 +207,10 @@ fn direct_syn(scratch: &mut Scratch) {
     let Scratch { flow, ep, ct, .. } = scratch;
     let k = &flow.key;
     // `ep` holds (dst, dport, proto, family) from the service lookup.
-    // SAFETY: a value of our hash map, read within the program's run.
-    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+    let Some(rev) = REVERSE.get_ptr(&*ep) else {
         return;
     };
+    let rev = mapval::as_ref(rev);
     let _ = maps::DIRECT.insert(k, &conntrack::now_ms(), 0);
     *ct = FlowKey {
         src: k.src,
@@ -426,8 +425,7 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
     let flags = if tcp { flow.tcp_flags } else { 0 };
     let now = conntrack::now_ms();
     if let Some(ct) = maps::CONNTRACK.get_ptr_mut(fkey) {
-        // SAFETY: a value of our LRU map, alive for the program's run.
-        let ct = unsafe { &mut *ct };
+        let ct = mapval::as_mut(ct);
         if conntrack::live(ct, now) {
             if ct.backend_id != rev.backend_id || ct.service_id != rev.service_id {
                 return REPLY_OTHERS;
@@ -440,8 +438,7 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
     let Some(e) = maps::EMBRYONIC.get_ptr_mut(fkey) else {
         return REPLY_UNTRACKED;
     };
-    // SAFETY: as above.
-    let e = unsafe { &mut *e };
+    let e = mapval::as_mut(e);
     if !conntrack::live(e, now) {
         return REPLY_UNTRACKED;
     }

@@ -20,6 +20,7 @@ use crate::{
         BACKEND_STATE, BACKENDS, EMBRYONIC, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
         PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE,
     },
+    mapval,
     packet::Packet,
     scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Op, Scratch},
 };
@@ -49,10 +50,9 @@ const IPPROTO_ICMPV6: u8 = 58;
 
 #[inline(always)]
 fn stats(backend_id: u32, f: impl FnOnce(&mut PassiveStats)) {
+    // This CPU's slot of a per-CPU array.
     if let Some(p) = PASSIVE_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: this CPU's slot of a per-CPU array, valid for the run;
-        // nothing else on this CPU runs concurrently.
-        f(unsafe { &mut *p });
+        f(mapval::as_mut(p));
     }
 }
 
@@ -68,10 +68,10 @@ fn count_signal(backend_id: u32, sig: u32) {
 #[inline(always)]
 fn health(backend_id: u32) -> Option<&'static mut PassiveHealth> {
     let p = PASSIVE_HEALTH.get_ptr_mut(backend_id)?;
-    // SAFETY: an array map value, alive as long as the map. Shared by all
-    // CPUs: counters are updated with atomics, timestamps with plain
-    // aligned 8-byte stores (a lost update only delays a decision).
-    Some(unsafe { &mut *p })
+    // Shared by all CPUs: counters are updated with atomics, timestamps
+    // with plain aligned 8-byte stores (a lost update only delays a
+    // decision).
+    Some(mapval::as_mut(p))
 }
 
 /// A failure signal `sig` about backend `bid` of service `sid`.
@@ -91,11 +91,8 @@ fn failure(sid: u32, bid: u32, sig: u32, now: u64) {
         h.window_start_ns = now;
         h.fails = 0;
     }
-    // SAFETY: `h.fails` is an aligned u64 inside a live map value.
-    let fails = unsafe {
-        atomic::add(&mut h.fails, 1);
-        atomic::load(&h.fails)
-    };
+    atomic::add(&mut h.fails, 1);
+    let fails = atomic::read_once(&h.fails);
     if fails >= u64::from(cfg.failures) {
         mark_down(sid, bid, sig, fails as u32, cfg.down_word, now);
     }
@@ -133,11 +130,8 @@ fn new_flow(sid: u32, bid: u32, now: u64) {
     if h.pending_since_ns == 0 {
         h.pending_since_ns = now;
     }
-    // SAFETY: `h.pending` is an aligned u64 inside a live map value.
-    let pending = unsafe {
-        atomic::add(&mut h.pending, 1);
-        atomic::load(&h.pending)
-    };
+    atomic::add(&mut h.pending, 1);
+    let pending = atomic::read_once(&h.pending);
     if pending >= u64::from(cfg.failures) && now.wrapping_sub(h.pending_since_ns) >= cfg.no_reply_ns
     {
         count_signal(bid, SIG_NO_REPLY);
@@ -162,14 +156,15 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
     let Some(marked) = PASSIVE_MARKED.get_ptr_mut(tier) else {
         return;
     };
+    let marked = mapval::as_mut(marked);
     let Some(state) = BACKEND_STATE.get_ptr_mut(bid) else {
         return;
     };
+    let state = mapval::as_mut(state);
     let Some(h) = health(bid) else {
         return;
     };
-    // SAFETY: an aligned 4-byte load from a live array map is atomic.
-    if unsafe { core::ptr::read_volatile(state) } != STATE_UP {
+    if atomic::read_once(state) != STATE_UP {
         // Already down, or in an operator's hands.
         return;
     }
@@ -181,21 +176,16 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
     // that stays counts itself, so the limit holds; two racing CPUs may
     // both back off (the next signal tries again). Two CPUs may both mark
     // the same backend: the agent settles the second event at once.
-    // SAFETY: (atomics) aligned u64 values of live array maps.
-    let taken = unsafe {
-        atomic::add(marked, 1);
-        atomic::load(marked)
-    };
+    atomic::add(marked, 1);
+    let taken = atomic::read_once(marked);
     if taken.wrapping_sub(1).wrapping_sub(guard.released) >= guard.limit {
-        // SAFETY: as above.
-        unsafe { atomic::add(marked, u64::MAX) };
+        atomic::add(marked, u64::MAX);
         stats(bid, |s| s.suppressed += 1);
         return;
     }
     h.marked_ns = now.max(1);
-    // SAFETY: an aligned 4-byte store to a live array map (the agent
-    // writes the same word whole).
-    unsafe { core::ptr::write_volatile(state, word) };
+    // The agent writes the same word whole.
+    atomic::write_once(state, word);
     stats(bid, |s| s.marked += 1);
     h.fails = 0;
     h.pending = 0;
@@ -320,17 +310,17 @@ pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
         // Not addressed to the quoted packet's source (the client).
         return;
     }
-    // SAFETY: map values are only read here, within the program's run.
-    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+    let Some(rev) = REVERSE.get_ptr(&*ep) else {
         return;
     };
+    let rev = mapval::as_ref(rev);
     ct.dst = rev.vip;
     ct.dport = rev.vport;
     ct._pad = [0; 2];
-    // SAFETY: as above.
-    let Some(f) = (unsafe { EMBRYONIC.get(&*ct) }) else {
+    let Some(f) = EMBRYONIC.get_ptr(&*ct) else {
         return;
     };
+    let f = mapval::as_ref(f);
     let evidence = f.flags & (FLOW_SYN_VALID | FLOW_REPLIED) == FLOW_SYN_VALID;
     if f.backend_id != rev.backend_id
         || f.state != FS_SYN
