@@ -150,7 +150,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         }
         return (PASS, Reason::PassNotVip);
     }
-    if !flow.l4 && passive::is_icmp(flow.key.family, flow.key.proto) {
+    if !flow.l4 && parse::is_icmp(flow.key.family, flow.key.proto) {
         // ICMP: the program of its own (`failover_icmp`), with the parsed
         // flow in this CPU's scratch. It does not return here; if the call
         // fails (no program installed), ICMP goes to the host as below.
@@ -178,7 +178,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         // The daemon replaces service values whole, never in place.
         return to_backend(ctx, pkt, scratch, mapval::as_ref(svc));
     }
-    if k.proto == PROTO_TCP && rst::pure_syn(flow.tcp_flags) {
+    if k.proto == PROTO_TCP && parse::pure_syn(flow.tcp_flags) {
         // Perhaps a direct connection to a NAT backend endpoint.
         direct_syn(scratch);
     }
@@ -254,7 +254,7 @@ fn to_backend(
             bits = select::PKT_TCP;
             // Only a SYN whose checksum holds may count as evidence about
             // a backend (checked only where passive detection is on).
-            if rst::pure_syn(flow.tcp_flags)
+            if parse::pure_syn(flow.tcp_flags)
                 && maps::PASSIVE_CFG
                     .get(svc.id)
                     .is_some_and(|c| c.signals != 0)
@@ -457,14 +457,14 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
         return REPLY_TRACKED;
     }
     if e.state == FS_SYN && flow.ack == e.client_isn.wrapping_add(1) {
-        if flags & (rst::SYN | rst::ACK | rst::RST) == rst::SYN | rst::ACK {
+        if parse::syn_ack(flags) {
             // The SYN-ACK: the client's ACK of it completes the handshake.
             e.server_isn = flow.seq;
             if first {
                 e.flags |= FLOW_REPLIED;
                 op.set(OP_SUCCESS, 0, rev.service_id, rev.backend_id);
             }
-        } else if flags & rst::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
+        } else if flags & parse::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
             // The backend refused the SYN we forwarded: its process is gone.
             op.set(OP_FAILURE, SIG_RST, rev.service_id, rev.backend_id);
         }
@@ -524,8 +524,7 @@ fn reply_inner(
             return Some((PASS, Reason::PassDirect));
         }
         // Data or an ACK from the backend: it holds this connection.
-        let f = flow.tcp_flags & (rst::SYN | rst::ACK | rst::RST);
-        vouched = f == rst::ACK;
+        vouched = parse::plain_ack(flow.tcp_flags);
     }
     let bytes = pkt.len() as u64;
     forward::prepare(

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use failover_common::{
-    FAMILY_V4, FAMILY_V6, FLOW_REPLIED, FLOW_SYN_VALID, FS_SYN, PassiveEvent, PassiveHealth,
-    PassiveStats, SIG_ICMP, SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
+    FAMILY_V4, FLOW_REPLIED, FLOW_SYN_VALID, FS_SYN, PassiveEvent, PassiveHealth, PassiveStats,
+    SIG_ICMP, SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     },
     mapval,
     packet::Packet,
+    parse::{self, ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, IPPROTO_ICMP, IPPROTO_ICMPV6, TCP_SEQ},
     scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Op, Scratch},
 };
 
@@ -44,9 +45,6 @@ pub fn apply(op: &Op) {
         _ => {}
     }
 }
-
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
 
 #[inline(always)]
 fn stats(backend_id: u32, f: impl FnOnce(&mut PassiveStats)) {
@@ -219,93 +217,47 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
 pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
     let Scratch {
         flow,
+        quote,
         ep,
         ct,
         op,
         fib,
         ..
     } = scratch;
-    let l4 = flow.l4();
-    // One load at a time (a tuple of `Option`s leaves payloads the
-    // verifier sees as unwritten).
-    let Some(ty) = pkt.load::<u8>(l4) else {
+    let Some([ty, code]) = parse::icmp_type_code(pkt, flow) else {
         return;
     };
-    let Some(code) = pkt.load::<u8>(l4 + 1) else {
-        return;
-    };
-    let inner = l4 + 8;
-    let quoted_seq;
     if flow.key.family == FAMILY_V4 {
-        // Type 3; codes net/host/protocol/port unreachable and
-        // administratively prohibited.
-        if flow.key.proto != IPPROTO_ICMP || ty != 3 || !matches!(code, 0..=3 | 9 | 10 | 13) {
+        // Destination unreachable; codes net/host/protocol/port unreachable
+        // and administratively prohibited.
+        if flow.key.proto != IPPROTO_ICMP
+            || ty != ICMP_DEST_UNREACH
+            || !matches!(code, 0..=3 | 9 | 10 | 13)
+        {
             return;
         }
-        let Some(vihl) = pkt.load::<u8>(inner) else {
-            return;
-        };
-        let ihl = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || ihl < 20 {
-            return;
-        }
-        let Some(proto) = pkt.load::<u8>(inner + 9) else {
-            return;
-        };
-        let Some(src) = pkt.load::<[u8; 4]>(inner + 12) else {
-            return;
-        };
-        let Some(dst) = pkt.load::<[u8; 4]>(inner + 16) else {
-            return;
-        };
-        let Some(ports) = pkt.load::<[u8; 8]>(inner + (ihl & 0x3c)) else {
-            return;
-        };
-        ep.addr = [0; 16];
-        ep.addr[0] = dst[0];
-        ep.addr[1] = dst[1];
-        ep.addr[2] = dst[2];
-        ep.addr[3] = dst[3];
-        ep.port = [ports[2], ports[3]];
-        ep.proto = proto;
-        ep.family = FAMILY_V4;
-        ct.src = [0; 16];
-        ct.src[0] = src[0];
-        ct.src[1] = src[1];
-        ct.src[2] = src[2];
-        ct.src[3] = src[3];
-        ct.sport = [ports[0], ports[1]];
-        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
-        ct.proto = proto;
-        ct.family = FAMILY_V4;
-    } else {
-        // ICMPv6 type 1, any code (no route, prohibited, beyond scope,
-        // address/port unreachable, policy, reject route).
-        if flow.key.proto != IPPROTO_ICMPV6 || ty != 1 || code > 6 {
-            return;
-        }
-        let Some(proto) = pkt.load::<u8>(inner + 6) else {
-            return;
-        };
-        let Some(src) = pkt.load::<[u8; 16]>(inner + 8) else {
-            return;
-        };
-        let Some(dst) = pkt.load::<[u8; 16]>(inner + 24) else {
-            return;
-        };
-        let Some(ports) = pkt.load::<[u8; 8]>(inner + 40) else {
-            return;
-        };
-        ep.addr = dst;
-        ep.port = [ports[2], ports[3]];
-        ep.proto = proto;
-        ep.family = FAMILY_V6;
-        ct.src = src;
-        ct.sport = [ports[0], ports[1]];
-        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
-        ct.proto = proto;
-        ct.family = FAMILY_V6;
+    } else if flow.key.proto != IPPROTO_ICMPV6 || ty != ICMPV6_DEST_UNREACH || code > 6 {
+        // ICMPv6 destination unreachable, any code (no route, prohibited,
+        // beyond scope, address/port unreachable, policy, reject route).
+        return;
     }
+    let q = &mut quote.pkt;
+    if !parse::quote(pkt, flow, q) {
+        return;
+    }
+    // The quoted sequence number: a handshake's is the client's ISN.
+    let Some(seq) = pkt.load::<[u8; 4]>(q.l4() + TCP_SEQ) else {
+        return;
+    };
+    let quoted_seq = u32::from_be_bytes(seq);
+    ep.addr = q.dst;
+    ep.port = q.dport;
+    ep.proto = q.proto;
+    ep.family = flow.key.family;
+    ct.src = q.src;
+    ct.sport = q.sport;
+    ct.proto = q.proto;
+    ct.family = flow.key.family;
     if ct.src != flow.key.dst {
         // Not addressed to the quoted packet's source (the client).
         return;
@@ -349,12 +301,4 @@ pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
         return;
     }
     op.set(OP_FAILURE, SIG_ICMP, rev.service_id, rev.backend_id);
-}
-
-/// Whether `proto` of this family is ICMP (the only non-TCP/UDP traffic
-/// passive detection looks at).
-#[inline(always)]
-pub fn is_icmp(family: u8, proto: u8) -> bool {
-    (family == FAMILY_V4 && proto == IPPROTO_ICMP)
-        || (family == FAMILY_V6 && proto == IPPROTO_ICMPV6)
 }

@@ -11,7 +11,7 @@ use failover_common::{
 use crate::{
     conntrack,
     maps::{BACKEND_STATE, BACKENDS, CONNTRACK, EMBRYONIC, TABLES, TIER_ACTIVE},
-    mapval, rst,
+    mapval, parse,
     scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Scratch},
 };
 
@@ -149,8 +149,8 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
     let tcp = bits & PKT_TCP != 0;
     let nat = bits & PKT_NAT != 0;
     let flags = if tcp { flow.tcp_flags } else { 0 };
-    let may_reset = tcp && rst::resettable(flags);
-    let syn = tcp && rst::pure_syn(flags);
+    let may_reset = tcp && parse::resettable(flags);
+    let syn = tcp && parse::pure_syn(flags);
     let now = conntrack::now_ms();
     // A tracked flow whose backend went down (with `move`) is re-pinned in
     // place to the one pick below: one copy of the tier walk in the
@@ -293,7 +293,7 @@ fn owned(svc: &ServiceValue, id: u32) -> bool {
 /// it follows the client's SYN.
 #[inline(always)]
 fn completes_handshake(e: &FlowValue, seq: u32, ack: u32, flags: u8, nat: bool) -> bool {
-    if flags & (rst::ACK | rst::SYN | rst::RST) != rst::ACK {
+    if !parse::plain_ack(flags) {
         return false;
     }
     if nat {
