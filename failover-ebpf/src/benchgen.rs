@@ -12,6 +12,9 @@
 #![no_std]
 #![no_main]
 
+// The sink uses `as_mut` only.
+#[allow(dead_code)]
+mod mapval;
 mod packet;
 
 use aya_ebpf::{
@@ -22,6 +25,10 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+
+use core::mem::{offset_of, size_of};
+
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 
 use crate::packet::Packet;
 
@@ -35,8 +42,15 @@ pub static GEN_FRAME: Array<[u8; FRAME], 1, 0> = Array::new();
 
 /// Length of the generated frame.
 const FRAME: usize = 64;
-/// Ethernet (14) + IPv4 without options (20): where UDP starts.
-const UDP_AT: usize = 34;
+/// Ethernet + IPv4 without options: where UDP starts.
+const UDP_AT: usize = size_of::<EthHdr>() + size_of::<Ipv4Hdr>();
+/// The UDP checksum of the generated frame.
+const UDP_CHECK_AT: usize = UDP_AT + offset_of!(UdpHdr, check);
+/// What the sink counts: EtherType IPv4 (two bytes), protocol UDP.
+const ETH_TYPE_AT: usize = offset_of!(EthHdr, ether_type);
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const IP_PROTO_AT: usize = size_of::<EthHdr>() + offset_of!(Ipv4Hdr, proto);
+const IPPROTO_UDP: u8 = 17;
 /// Distinct source ports the generator uses.
 const FLOWS: u16 = 256;
 
@@ -55,7 +69,7 @@ pub fn failover_gen(ctx: XdpContext) -> u32 {
     let Some(old) = p.load::<[u8; 2]>(UDP_AT) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Some(csum) = p.load::<[u8; 2]>(UDP_AT + 6) else {
+    let Some(csum) = p.load::<[u8; 2]>(UDP_CHECK_AT) else {
         return xdp_action::XDP_ABORTED;
     };
     let old = u16::from_be_bytes(old);
@@ -73,7 +87,7 @@ pub fn failover_gen(ctx: XdpContext) -> u32 {
         if c == 0 {
             c = 0xffff;
         }
-        if p.store(UDP_AT + 6, c.to_be_bytes()).is_none() {
+        if p.store(UDP_CHECK_AT, c.to_be_bytes()).is_none() {
             return xdp_action::XDP_ABORTED;
         }
     }
@@ -88,16 +102,16 @@ pub fn failover_sink(ctx: XdpContext) -> u32 {
     let p = Packet::new(&ctx);
     // Only IPv4/UDP is counted and dropped; ARP and the rest go on, so the
     // backend still answers neighbour requests.
-    if p.load::<u8>(12) != Some(0x08)
-        || p.load::<u8>(13) != Some(0x00)
-        || p.load::<u8>(23) != Some(17)
+    if p.load::<u8>(ETH_TYPE_AT) != Some(ETH_P_IP[0])
+        || p.load::<u8>(ETH_TYPE_AT + 1) != Some(ETH_P_IP[1])
+        || p.load::<u8>(IP_PROTO_AT) != Some(IPPROTO_UDP)
     {
         return xdp_action::XDP_PASS;
     }
     if let Some(c) = SINK_COUNT.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array, valid for the run;
-        // nothing else on this CPU runs concurrently.
-        unsafe { *c += 1 };
+        // This CPU's slot of a per-CPU array: nothing else on this CPU runs
+        // concurrently.
+        *mapval::as_mut(c) += 1;
     }
     xdp_action::XDP_DROP
 }

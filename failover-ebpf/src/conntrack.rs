@@ -18,7 +18,7 @@ use failover_common::{FS_CLOSING, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowVal
 
 use crate::{
     maps::{CLOCK, CONNTRACK, EMBRYONIC, FLOW_TIMEOUTS},
-    rst::{FIN, RST},
+    parse,
 };
 
 /// The coarse clock (ms, low 32 bits; wrapping comparisons).
@@ -54,7 +54,7 @@ pub fn timeouts(service_id: u32) -> FlowTimeouts {
 /// A FIN or RST from either side: the flow is closing.
 #[inline(always)]
 pub fn on_flags(v: &mut FlowValue, tcp_flags: u8) {
-    if tcp_flags & (FIN | RST) != 0 && v.state != FS_CLOSING {
+    if parse::closing(tcp_flags) && v.state != FS_CLOSING {
         v.state = FS_CLOSING;
         v.timeout_ms = timeouts(v.service_id).closing_ms;
     }

@@ -10,7 +10,11 @@ use aya_ebpf::{
 };
 use failover_common::FAMILY_V4;
 
-use crate::{maps::DEVMAP, packet::Packet};
+use crate::{
+    maps::DEVMAP,
+    packet::Packet,
+    parse::{ETH_DST, ETH_SRC, VLAN_HDR_LEN},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -125,16 +129,16 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, e: Egress, p: &FibParams, tagged: bo
         // New MACs written just before the inner EtherType, then the head
         // moved past the old MACs and the tag: what remains is
         // [dmac][smac][EtherType][IP ...].
-        pkt.store(VLAN_HDR_LEN, p.dmac)?;
-        pkt.store(VLAN_HDR_LEN + 6, p.smac)?;
+        pkt.store(VLAN_HDR_LEN + ETH_DST, p.dmac)?;
+        pkt.store(VLAN_HDR_LEN + ETH_SRC, p.smac)?;
         // SAFETY: shrinks the frame's head by 4 bytes of a frame at least
         // 18 bytes long (the parser read the tag and the EtherType).
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HDR_LEN as i32) } != 0 {
             return None;
         }
     } else {
-        pkt.store(0, p.dmac)?;
-        pkt.store(6, p.smac)?;
+        pkt.store(ETH_DST, p.dmac)?;
+        pkt.store(ETH_SRC, p.smac)?;
     }
     Some(match e {
         Egress::Tx => xdp_action::XDP_TX,
@@ -144,6 +148,3 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, e: Egress, p: &FibParams, tagged: bo
         },
     })
 }
-
-/// Length of an 802.1Q/802.1ad tag.
-const VLAN_HDR_LEN: usize = 4;

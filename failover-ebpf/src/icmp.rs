@@ -27,15 +27,18 @@ use crate::{
     conntrack,
     forward::{self, Fib},
     maps::{self, BACKENDS},
+    mapval,
     packet::Packet,
-    parse::{Flow, OFF_MASK},
+    parse::{
+        self, Flow, ICMP_CHECK, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+        ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_ICMPV6, L4_DPORT,
+        L4_PORTS_LEN, L4_SPORT, TCP_CHECK, UDP_CHECK,
+    },
     scratch::{Dir, Quote, Scratch},
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// Not an error about a VIP flow: the caller goes on as before.
 pub const NOT_HANDLED: u32 = u32::MAX;
@@ -44,75 +47,26 @@ pub const NOT_HANDLED: u32 = u32::MAX;
 /// not an error this module translates.
 #[inline(always)]
 fn read_quote(pkt: &Packet, flow: &Flow, q: &mut Quote) -> bool {
-    let l4 = flow.l4();
-    // Two-byte loads: a one-byte bounds check compiles to `at >= end`,
-    // which gives the verifier no range.
-    let Some([ty, _code]) = pkt.load::<[u8; 2]>(l4) else {
+    let Some([ty, _code]) = parse::icmp_type_code(pkt, flow) else {
         return false;
     };
-    let v4 = flow.key.family == FAMILY_V4;
-    if v4 {
-        // Destination unreachable (every code), time exceeded.
-        if flow.key.proto != IPPROTO_ICMP || !(ty == 3 || ty == 11) {
+    if flow.key.family == FAMILY_V4 {
+        if flow.key.proto != IPPROTO_ICMP || !(ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED)
+        {
+            // Destination unreachable (every code), time exceeded.
             return false;
         }
-    } else if flow.key.proto != IPPROTO_ICMPV6 || !(1..=3).contains(&ty) {
+    } else if flow.key.proto != IPPROTO_ICMPV6
+        || !matches!(
+            ty,
+            ICMPV6_DEST_UNREACH | ICMPV6_PACKET_TOO_BIG | ICMPV6_TIME_EXCEEDED
+        )
+    {
         // Destination unreachable, packet too big, time exceeded.
         return false;
     }
-    let ip = (l4 + 8) & OFF_MASK;
-    q.ip = ip;
-    if v4 {
-        let Some([vihl, _tos]) = pkt.load::<[u8; 2]>(ip) else {
-            return false;
-        };
-        let ihl = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || ihl < 20 {
-            return false;
-        }
-        let Some([_ttl, proto]) = pkt.load::<[u8; 2]>(ip + 8) else {
-            return false;
-        };
-        let Some(src) = pkt.load::<[u8; 4]>(ip + 12) else {
-            return false;
-        };
-        let Some(dst) = pkt.load::<[u8; 4]>(ip + 16) else {
-            return false;
-        };
-        q.proto = proto;
-        q.src = [0; 16];
-        q.dst = [0; 16];
-        q.src[..4].copy_from_slice(&src);
-        q.dst[..4].copy_from_slice(&dst);
-        q.l4 = (ip + (ihl & 0x3c)) & OFF_MASK;
-    } else {
-        let Some([proto, _hop_limit]) = pkt.load::<[u8; 2]>(ip + 6) else {
-            return false;
-        };
-        let Some(src) = pkt.load::<[u8; 16]>(ip + 8) else {
-            return false;
-        };
-        let Some(dst) = pkt.load::<[u8; 16]>(ip + 24) else {
-            return false;
-        };
-        q.proto = proto;
-        q.src = src;
-        q.dst = dst;
-        q.l4 = (ip + 40) & OFF_MASK;
-    }
-    if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
-        return false;
-    }
-    let Some(ports) = pkt.load::<[u8; 4]>(q.l4) else {
-        return false;
-    };
     // The ports must lie inside the error packet.
-    if q.l4 + 4 > flow.ip_end() {
-        return false;
-    }
-    q.sport = [ports[0], ports[1]];
-    q.dport = [ports[2], ports[3]];
-    true
+    parse::quote(pkt, flow, &mut q.pkt) && q.pkt.l4 + L4_PORTS_LEN <= flow.ip_end()
 }
 
 /// An ICMP error: translated and forwarded if it is about a VIP flow
@@ -134,20 +88,19 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> u64 {
     }
     let k = &flow.key;
     // To a VIP: the quoted packet came from the VIP (our reply).
-    ep.addr = quote.src;
-    ep.port = quote.sport;
-    ep.proto = quote.proto;
+    ep.addr = quote.pkt.src;
+    ep.port = quote.pkt.sport;
+    ep.proto = quote.pkt.proto;
     ep.family = k.family;
-    if k.dst == quote.src
+    if k.dst == quote.pkt.src
         && let Some(svc) = maps::SERVICES.get_ptr(&*ep)
     {
-        // SAFETY: a value of our hash map, alive for the program's run.
-        let svc = unsafe { &*svc };
-        ct.src = quote.dst;
-        ct.dst = quote.src;
-        ct.sport = quote.dport;
-        ct.dport = quote.sport;
-        ct.proto = quote.proto;
+        let svc = mapval::as_ref(svc);
+        ct.src = quote.pkt.dst;
+        ct.dst = quote.pkt.src;
+        ct.sport = quote.pkt.dport;
+        ct.dport = quote.pkt.sport;
+        ct.proto = quote.pkt.proto;
         ct.family = k.family;
         ct._pad = [0; 2];
         let Some(bid) = live_backend(ct, svc.id) else {
@@ -168,23 +121,22 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> u64 {
     }
     // To a client, from the backends' side: the quoted packet went to a
     // NAT backend endpoint.
-    if k.dst != quote.src {
+    if k.dst != quote.pkt.src {
         return u64::from(NOT_HANDLED);
     }
-    ep.addr = quote.dst;
-    ep.port = quote.dport;
-    ep.proto = quote.proto;
+    ep.addr = quote.pkt.dst;
+    ep.port = quote.pkt.dport;
+    ep.proto = quote.pkt.proto;
     ep.family = k.family;
     let Some(rev) = maps::REVERSE.get_ptr(&*ep) else {
         return u64::from(NOT_HANDLED);
     };
-    // SAFETY: as above.
-    let rev = unsafe { &*rev };
-    ct.src = quote.src;
+    let rev = mapval::as_ref(rev);
+    ct.src = quote.pkt.src;
     ct.dst = rev.vip;
-    ct.sport = quote.sport;
+    ct.sport = quote.pkt.sport;
     ct.dport = rev.vport;
-    ct.proto = quote.proto;
+    ct.proto = quote.pkt.proto;
     ct.family = k.family;
     ct._pad = [0; 2];
     match live_backend(ct, rev.service_id) {
@@ -192,11 +144,11 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> u64 {
         Some(_) => {}
         None => {
             // No entry: a VIP flow's, unless a direct connection's.
-            dk.src = quote.src;
-            dk.dst = quote.dst;
-            dk.sport = quote.sport;
-            dk.dport = quote.dport;
-            dk.proto = quote.proto;
+            dk.src = quote.pkt.src;
+            dk.dst = quote.pkt.dst;
+            dk.sport = quote.pkt.sport;
+            dk.dport = quote.pkt.dport;
+            dk.proto = quote.pkt.proto;
             dk.family = k.family;
             dk._pad = [0; 2];
             if maps::DIRECT.get_ptr(&*dk).is_some() {
@@ -223,15 +175,13 @@ fn verdict(action: u32, r: Reason) -> u64 {
 #[inline(always)]
 fn live_backend(key: &FlowKey, service_id: u32) -> Option<u32> {
     let now = conntrack::now_ms();
-    // SAFETY: values of our LRU maps, read within the program's run.
-    if let Some(v) = unsafe { maps::CONNTRACK.get(key) }
+    if let Some(v) = maps::CONNTRACK.get_ptr(key).map(mapval::as_ref)
         && conntrack::live(v, now)
         && v.service_id == service_id
     {
         return Some(v.backend_id);
     }
-    // SAFETY: as above.
-    if let Some(v) = unsafe { maps::EMBRYONIC.get(key) }
+    if let Some(v) = maps::EMBRYONIC.get_ptr(key).map(mapval::as_ref)
         && conntrack::live(v, now)
         && v.service_id == service_id
     {
@@ -249,12 +199,13 @@ fn rewrite(pkt: &Packet, flow: &Flow, q: &Quote) -> bool {
 #[inline(always)]
 fn rewrite_inner(pkt: &Packet, flow: &Flow, q: &Quote) -> Option<()> {
     let (dir, addr, port) = (q.dir, &q.addr, q.port);
+    let q = &q.pkt;
     let l3 = flow.l3();
-    let icmp_check_off = flow.l4() + 2;
+    let icmp_check_off = flow.l4() + ICMP_CHECK;
     let mut icmp = u16::from_be_bytes(pkt.load::<[u8; 2]>(icmp_check_off)?);
     let (q_addr_old, q_port_old, q_port_off) = match dir {
-        Dir::ToBackend => (&q.src, q.sport, q.l4()),
-        Dir::ToClient => (&q.dst, q.dport, q.l4() + 2),
+        Dir::ToBackend => (&q.src, q.sport, q.l4() + L4_SPORT),
+        Dir::ToClient => (&q.dst, q.dport, q.l4() + L4_DPORT),
     };
     // The outer address rewritten: the destination towards the backend;
     // towards the client the source, when it is the backend itself.
@@ -262,10 +213,11 @@ fn rewrite_inner(pkt: &Packet, flow: &Flow, q: &Quote) -> Option<()> {
     let outer = dir == Dir::ToBackend || outer_src;
     // The quoted L4 checksum, when the quote holds it.
     let q_check_off = if q.proto == PROTO_TCP {
-        q.l4() + 16
+        q.l4() + TCP_CHECK
     } else {
-        q.l4() + 6
+        q.l4() + UDP_CHECK
     };
+    // The two checksum bytes.
     let q_check = if q_check_off + 2 <= flow.ip_end() {
         pkt.load::<[u8; 2]>(q_check_off)
     } else {
@@ -319,7 +271,12 @@ fn rewrite_inner(pkt: &Packet, flow: &Flow, q: &Quote) -> Option<()> {
             icmp = csum::replace(icmp, &o, addr);
             pkt.store(off, *addr)?;
         }
-        let qa_off = q.ip() + if dir == Dir::ToBackend { 8 } else { 24 };
+        let qa_off = q.ip()
+            + if dir == Dir::ToBackend {
+                offset_of!(Ipv6Hdr, src_addr)
+            } else {
+                offset_of!(Ipv6Hdr, dst_addr)
+            };
         pkt.store(qa_off, *addr)?;
         icmp = csum::replace(icmp, q_addr_old, addr);
         if let Some(c) = q_check {
@@ -413,7 +370,8 @@ fn dec_ttl(pkt: &Packet, flow: &Flow) -> bool {
         let c = csum::replace(u16::from_be_bytes(c), &word, &dec);
         pkt.store(c_off, c.to_be_bytes()).is_some() && pkt.store(off, dec).is_some()
     } else {
-        // Next header and hop limit: a two-byte access (see `read_quote`).
+        // Next header and hop limit: a two-byte access (see
+        // `parse::icmp_type_code`).
         let off = l3 + offset_of!(Ipv6Hdr, next_hdr);
         match pkt.load::<[u8; 2]>(off) {
             Some([next, h]) if h > 1 => pkt.store(off, [next, h - 1]).is_some(),

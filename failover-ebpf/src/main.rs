@@ -24,6 +24,7 @@ mod conntrack;
 mod forward;
 mod icmp;
 mod maps;
+mod mapval;
 mod nat;
 mod packet;
 mod parse;
@@ -66,9 +67,9 @@ pub fn failover(ctx: XdpContext) -> u32 {
         // did, leave the host's traffic alone.
         return PASS;
     };
-    // SAFETY: this CPU's slot of a per-CPU array; XDP runs to completion on
-    // one CPU and never nests, so nothing else uses it meanwhile.
-    let scratch = unsafe { &mut *scratch };
+    // This CPU's slot of a per-CPU array; XDP runs to completion on one
+    // CPU and never nests, so nothing else uses it meanwhile.
+    let scratch = mapval::as_mut(scratch);
     scratch.op.kind = OP_NONE;
     let (action, reason) = process(&ctx, &pkt, scratch);
     if scratch.op.kind != OP_NONE {
@@ -88,8 +89,8 @@ pub fn failover_icmp(ctx: XdpContext) -> u32 {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return PASS;
     };
-    // SAFETY: this CPU's slot, as in `failover`; the caller's run ended.
-    let scratch = unsafe { &mut *scratch };
+    // This CPU's slot, as in `failover`; the caller's run ended.
+    let scratch = mapval::as_mut(scratch);
     scratch.op.kind = OP_NONE;
     // An unreachable error about a backend's flow is a failure signal.
     passive::icmp(&ctx, &pkt, scratch);
@@ -149,7 +150,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         }
         return (PASS, Reason::PassNotVip);
     }
-    if !flow.l4 && passive::is_icmp(flow.key.family, flow.key.proto) {
+    if !flow.l4 && parse::is_icmp(flow.key.family, flow.key.proto) {
         // ICMP: the program of its own (`failover_icmp`), with the parsed
         // flow in this CPU's scratch. It does not return here; if the call
         // fails (no program installed), ICMP goes to the host as below.
@@ -174,11 +175,10 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         family: k.family,
     };
     if let Some(svc) = SERVICES.get_ptr(&scratch.ep) {
-        // SAFETY: a value of our hash map, kept alive by RCU for the
-        // program's run; the daemon replaces values whole, never in place.
-        return to_backend(ctx, pkt, scratch, unsafe { &*svc });
+        // The daemon replaces service values whole, never in place.
+        return to_backend(ctx, pkt, scratch, mapval::as_ref(svc));
     }
-    if k.proto == PROTO_TCP && rst::pure_syn(flow.tcp_flags) {
+    if k.proto == PROTO_TCP && parse::pure_syn(flow.tcp_flags) {
         // Perhaps a direct connection to a NAT backend endpoint.
         direct_syn(scratch);
     }
@@ -191,8 +191,7 @@ fn process(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) -> (u32, Reaso
         family: k.family,
     };
     if let Some(rev) = REVERSE.get_ptr(&scratch.ep) {
-        // SAFETY: as above.
-        return reply(ctx, pkt, scratch, unsafe { &*rev });
+        return reply(ctx, pkt, scratch, mapval::as_ref(rev));
     }
     if dst_is_vip(flow, &mut scratch.vip) {
         return (PASS, Reason::PassVipOtherPort);
@@ -208,10 +207,10 @@ fn direct_syn(scratch: &mut Scratch) {
     let Scratch { flow, ep, ct, .. } = scratch;
     let k = &flow.key;
     // `ep` holds (dst, dport, proto, family) from the service lookup.
-    // SAFETY: a value of our hash map, read within the program's run.
-    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+    let Some(rev) = REVERSE.get_ptr(&*ep) else {
         return;
     };
+    let rev = mapval::as_ref(rev);
     let _ = maps::DIRECT.insert(k, &conntrack::now_ms(), 0);
     *ct = FlowKey {
         src: k.src,
@@ -255,7 +254,7 @@ fn to_backend(
             bits = select::PKT_TCP;
             // Only a SYN whose checksum holds may count as evidence about
             // a backend (checked only where passive detection is on).
-            if rst::pure_syn(flow.tcp_flags)
+            if parse::pure_syn(flow.tcp_flags)
                 && maps::PASSIVE_CFG
                     .get(svc.id)
                     .is_some_and(|c| c.signals != 0)
@@ -426,8 +425,7 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
     let flags = if tcp { flow.tcp_flags } else { 0 };
     let now = conntrack::now_ms();
     if let Some(ct) = maps::CONNTRACK.get_ptr_mut(fkey) {
-        // SAFETY: a value of our LRU map, alive for the program's run.
-        let ct = unsafe { &mut *ct };
+        let ct = mapval::as_mut(ct);
         if conntrack::live(ct, now) {
             if ct.backend_id != rev.backend_id || ct.service_id != rev.service_id {
                 return REPLY_OTHERS;
@@ -440,8 +438,7 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
     let Some(e) = maps::EMBRYONIC.get_ptr_mut(fkey) else {
         return REPLY_UNTRACKED;
     };
-    // SAFETY: as above.
-    let e = unsafe { &mut *e };
+    let e = mapval::as_mut(e);
     if !conntrack::live(e, now) {
         return REPLY_UNTRACKED;
     }
@@ -460,14 +457,14 @@ fn reply_track(fkey: &FlowKey, flow: &Flow, rev: &ReverseValue, op: &mut Op) -> 
         return REPLY_TRACKED;
     }
     if e.state == FS_SYN && flow.ack == e.client_isn.wrapping_add(1) {
-        if flags & (rst::SYN | rst::ACK | rst::RST) == rst::SYN | rst::ACK {
+        if parse::syn_ack(flags) {
             // The SYN-ACK: the client's ACK of it completes the handshake.
             e.server_isn = flow.seq;
             if first {
                 e.flags |= FLOW_REPLIED;
                 op.set(OP_SUCCESS, 0, rev.service_id, rev.backend_id);
             }
-        } else if flags & rst::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
+        } else if flags & parse::RST != 0 && first && e.flags & FLOW_SYN_VALID != 0 {
             // The backend refused the SYN we forwarded: its process is gone.
             op.set(OP_FAILURE, SIG_RST, rev.service_id, rev.backend_id);
         }
@@ -527,8 +524,7 @@ fn reply_inner(
             return Some((PASS, Reason::PassDirect));
         }
         // Data or an ACK from the backend: it holds this connection.
-        let f = flow.tcp_flags & (rst::SYN | rst::ACK | rst::RST);
-        vouched = f == rst::ACK;
+        vouched = parse::plain_ack(flow.tcp_flags);
     }
     let bytes = pkt.len() as u64;
     forward::prepare(

@@ -5,13 +5,12 @@
 use core::mem::offset_of;
 
 use failover_common::{FAMILY_V4, PROTO_TCP, PROTO_UDP, csum};
-use network_types::{
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{packet::Packet, parse::Flow};
+use crate::{
+    packet::Packet,
+    parse::{Flow, L4_DPORT, L4_SPORT, TCP_CHECK, UDP_CHECK},
+};
 
 /// Which side of the flow is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,12 +56,12 @@ fn rewrite_inner(
     dec_ttl: bool,
 ) -> Option<()> {
     let (old_port, port_off) = match side {
-        Side::Src => (flow.key.sport, flow.l4()),
-        Side::Dst => (flow.key.dport, flow.l4() + 2),
+        Side::Src => (flow.key.sport, flow.l4() + L4_SPORT),
+        Side::Dst => (flow.key.dport, flow.l4() + L4_DPORT),
     };
     let l4_check_off = match flow.key.proto {
-        PROTO_TCP => flow.l4() + offset_of!(TcpHdr, check),
-        PROTO_UDP => flow.l4() + offset_of!(UdpHdr, check),
+        PROTO_TCP => flow.l4() + TCP_CHECK,
+        PROTO_UDP => flow.l4() + UDP_CHECK,
         _ => return None,
     };
     let l4_check = u16::from_be_bytes(pkt.load::<[u8; 2]>(l4_check_off)?);

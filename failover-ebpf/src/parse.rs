@@ -1,6 +1,9 @@
 //! Parsing: Ethernet (one 802.1Q/802.1ad tag), IPv4 (with options), IPv6
 //! (with a bounded walk over extension headers), TCP and UDP. Produces the
 //! offsets and the 5-tuple the rest of the packet path works on.
+//!
+//! Also the header layout every stage uses: field offsets, TCP flags and
+//! their tests, ICMP types, and the packet an ICMP error quotes ([`quote`]).
 
 use core::mem::{offset_of, size_of};
 
@@ -14,18 +17,138 @@ use network_types::{
 
 use crate::packet::Packet;
 
+// Ethernet and 802.1Q/802.1ad.
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const VLAN_HDR_LEN: usize = 4;
+/// Destination and source MAC addresses.
+pub const ETH_DST: usize = offset_of!(EthHdr, dst_addr);
+pub const ETH_SRC: usize = offset_of!(EthHdr, src_addr);
+const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+/// Length of an 802.1Q/802.1ad tag: the TCI, then the inner EtherType.
+pub const VLAN_HDR_LEN: usize = 4;
+/// Offset of the inner EtherType in a tag.
+const VLAN_INNER_TYPE: usize = 2;
 
+// IPv4 (RFC 791) and IPv6 (RFC 8200).
+pub const IPV4_HDR_LEN: usize = size_of::<Ipv4Hdr>();
+pub const IPV6_HDR_LEN: usize = size_of::<Ipv6Hdr>();
+/// IHL (header length in 32-bit words): the low nibble of the first byte.
+const IPV4_IHL_MASK: u8 = 0x0f;
+/// Every IPv4 header length in bytes (4 x IHL, at most 60) fits under this
+/// mask: masking loses nothing and bounds an offset for the verifier.
+const IPV4_HDR_LEN_MASK: usize = 0x3c;
+/// The MF flag and the fragment offset in `frags`.
+const IPV4_MF_OFFSET: u16 = 0x3fff;
+/// The longest IPv4 or TCP header, in 32-bit words (60 bytes).
+const MAX_HDR_WORDS: usize = 15;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
+/// An extension header starts with its next header and its length (in
+/// 8-byte units, not counting the first 8 bytes).
+const IPV6_EXT_START: usize = 2;
+const IPV6_EXT_UNIT: usize = 8;
 /// Extension headers walked before giving up on finding the L4 header.
 const MAX_EXT_HEADERS: usize = 4;
+
+/// The IP version (IPv4 and IPv6 alike: the high nibble of the first byte).
+#[inline(always)]
+fn ip_version(first: u8) -> u8 {
+    first >> 4
+}
+
+/// The IPv4 header length in bytes, from its first byte.
+#[inline(always)]
+fn ipv4_hdr_len(vihl: u8) -> usize {
+    (vihl & IPV4_IHL_MASK) as usize * 4
+}
+
+// TCP (RFC 9293) and UDP (RFC 768): the ports are where both put them.
+pub const L4_SPORT: usize = offset_of!(TcpHdr, source);
+pub const L4_DPORT: usize = offset_of!(TcpHdr, dest);
+/// Both ports.
+pub const L4_PORTS_LEN: usize = 4;
+const _: () = assert!(L4_SPORT == offset_of!(UdpHdr, src) && L4_DPORT == offset_of!(UdpHdr, dst));
+pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
+pub const TCP_ACK_SEQ: usize = offset_of!(TcpHdr, ack_seq);
+/// Data offset (header length in 32-bit words): the high nibble.
+pub const TCP_DOFF: usize = offset_of!(TcpHdr, _bitfield_1);
+pub const TCP_FLAGS: usize = TCP_DOFF + 1;
+pub const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+pub const UDP_CHECK: usize = offset_of!(UdpHdr, check);
+/// The fixed TCP header (no options), and its data offset byte.
+pub const TCP_HDR_LEN: usize = size_of::<TcpHdr>();
+pub const TCP_DOFF_NO_OPTIONS: u8 = ((TCP_HDR_LEN / 4) << 4) as u8;
+/// The longest TCP header (data offset 15).
+const TCP_MAX_HDR_LEN: usize = 60;
+
+/// The TCP header length in bytes, from its data offset byte.
+#[inline(always)]
+pub fn tcp_hdr_len(doff: u8) -> usize {
+    (doff >> 4) as usize * 4
+}
+
+/// TCP flags (the byte at `TCP_FLAGS`).
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const RST: u8 = 0x04;
+pub const ACK: u8 = 0x10;
+
+/// A SYN opening a connection (no ACK, no RST).
+#[inline(always)]
+pub fn pure_syn(flags: u8) -> bool {
+    flags & (SYN | ACK | RST) == SYN
+}
+
+/// A SYN-ACK (no RST).
+#[inline(always)]
+pub fn syn_ack(flags: u8) -> bool {
+    flags & (SYN | ACK | RST) == SYN | ACK
+}
+
+/// An ACK that is neither a SYN nor a RST (data, FIN or a bare ACK).
+#[inline(always)]
+pub fn plain_ack(flags: u8) -> bool {
+    flags & (SYN | ACK | RST) == ACK
+}
+
+/// Whether a TCP packet with these flags may be answered with a RST (not a
+/// SYN opening a new connection, not a RST itself).
+#[inline(always)]
+pub fn resettable(flags: u8) -> bool {
+    flags & (SYN | RST) == 0
+}
+
+/// A FIN or a RST: the connection is closing.
+#[inline(always)]
+pub fn closing(flags: u8) -> bool {
+    flags & (FIN | RST) != 0
+}
+
+// ICMP (RFC 792) and ICMPv6 (RFC 4443).
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// Type and code (the first two bytes), then the checksum.
+const ICMP_TYPE: usize = 0;
+pub const ICMP_CHECK: usize = 2;
+/// An error's header (type, code, checksum, 4 bytes unused or the MTU):
+/// the quoted packet follows it.
+const ICMP_ERROR_HDR_LEN: usize = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+
+/// Whether `proto` of this family is ICMP or ICMPv6.
+#[inline(always)]
+pub fn is_icmp(family: u8, proto: u8) -> bool {
+    (family == FAMILY_V4 && proto == IPPROTO_ICMP)
+        || (family == FAMILY_V6 && proto == IPPROTO_ICMPV6)
+}
 
 /// What parsing found out about a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,14 +260,14 @@ fn copy4(dst: &mut [u8; 16], a: [u8; 4]) {
 /// Fills `flow` (from [`Flow::new`]) from the packet.
 #[inline(always)]
 pub fn parse(pkt: &Packet, flow: &mut Flow) {
-    let Some(mut ether_type) = pkt.load::<[u8; 2]>(offset_of!(EthHdr, ether_type)) else {
+    let Some(mut ether_type) = pkt.load::<[u8; 2]>(ETH_TYPE) else {
         return;
     };
     let mut l3_off = size_of::<EthHdr>();
     let outer = u16::from_be_bytes(ether_type);
     if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
         // One tag: the inner EtherType follows the 2-byte TCI.
-        let Some(inner) = pkt.load::<[u8; 2]>(l3_off + 2) else {
+        let Some(inner) = pkt.load::<[u8; 2]>(l3_off + VLAN_INNER_TYPE) else {
             return;
         };
         ether_type = inner;
@@ -170,10 +293,10 @@ fn parse_v4(pkt: &Packet, flow: &mut Flow) {
     let Some(ip) = pkt.load::<Ipv4Hdr>(l3_off) else {
         return;
     };
-    let ihl = (ip.vihl & 0x0f) as usize * 4;
+    let ihl = ipv4_hdr_len(ip.vihl);
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if ip.vihl >> 4 != 4
-        || ihl < size_of::<Ipv4Hdr>()
+    if ip_version(ip.vihl) != 4
+        || ihl < IPV4_HDR_LEN
         || tot_len < ihl
         || l3_off + tot_len > pkt.len()
     {
@@ -184,7 +307,7 @@ fn parse_v4(pkt: &Packet, flow: &mut Flow) {
     flow.key.proto = ip.proto;
     flow.l4_off = l3_off + ihl;
     // MF flag or a non-zero fragment offset.
-    flow.fragment = u16::from_be_bytes(ip.frags) & 0x3fff != 0;
+    flow.fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_OFFSET != 0;
     if !flow.fragment {
         parse_l4(pkt, flow, l3_off + tot_len);
     }
@@ -211,28 +334,28 @@ fn parse_v6(pkt: &Packet, flow: &mut Flow) {
         return;
     };
     let payload_len = u16::from_be_bytes(plen) as usize;
-    if first >> 4 != 6 || l3_off + size_of::<Ipv6Hdr>() + payload_len > pkt.len() {
+    if ip_version(first) != 6 || l3_off + IPV6_HDR_LEN + payload_len > pkt.len() {
         return;
     }
     flow.kind = Kind::Ip;
     flow.key.src = src;
     flow.key.proto = next;
-    flow.l4_off = l3_off + size_of::<Ipv6Hdr>();
+    flow.l4_off = l3_off + IPV6_HDR_LEN;
     let ip_end = flow.l4_off + payload_len;
     // Bounded walk over the extension headers that may precede L4; each
     // must start inside the payload (not in trailing padding).
     for _ in 0..MAX_EXT_HEADERS {
         match flow.key.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let ext = match pkt.load::<[u8; 2]>(flow.l4_off) {
-                    Some(ext) if flow.l4_off + 2 <= ip_end => ext,
+                let ext = match pkt.load::<[u8; IPV6_EXT_START]>(flow.l4_off) {
+                    Some(ext) if flow.l4_off + IPV6_EXT_START <= ip_end => ext,
                     _ => {
                         flow.l4_truncated = true;
                         return;
                     }
                 };
                 flow.key.proto = ext[0];
-                flow.l4_off += (ext[1] as usize + 1) * 8;
+                flow.l4_off += (ext[1] as usize + 1) * IPV6_EXT_UNIT;
             }
             IPPROTO_FRAGMENT => {
                 flow.fragment = true;
@@ -260,21 +383,21 @@ fn parse_l4(pkt: &Packet, flow: &mut Flow, ip_end: usize) {
     match flow.key.proto {
         PROTO_TCP => {
             // The whole fixed TCP header must be there: we patch its
-            // checksum. Bytes 12 and 13: data offset, flags.
-            let Some(t) = pkt.load::<[u8; 20]>(l4_off) else {
+            // checksum.
+            let Some(t) = pkt.load::<[u8; TCP_HDR_LEN]>(l4_off) else {
                 flow.l4_truncated = true;
                 return;
             };
-            let doff = (t[12] >> 4) as usize * 4;
-            if doff < size_of::<TcpHdr>() || doff > l4_len {
+            let doff = tcp_hdr_len(t[TCP_DOFF]);
+            if doff < TCP_HDR_LEN || doff > l4_len {
                 flow.l4_truncated = true;
                 return;
             }
-            flow.key.sport = [t[0], t[1]];
-            flow.key.dport = [t[2], t[3]];
-            flow.seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-            flow.ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
-            flow.tcp_flags = t[13];
+            flow.key.sport = [t[L4_SPORT], t[L4_SPORT + 1]];
+            flow.key.dport = [t[L4_DPORT], t[L4_DPORT + 1]];
+            flow.seq = be32(&t, TCP_SEQ);
+            flow.ack = be32(&t, TCP_ACK_SEQ);
+            flow.tcp_flags = t[TCP_FLAGS];
             flow.l4 = true;
         }
         PROTO_UDP => {
@@ -296,6 +419,12 @@ fn parse_l4(pkt: &Packet, flow: &mut Flow, ip_end: usize) {
     }
 }
 
+/// The big-endian `u32` at `at` of a fixed TCP header.
+#[inline(always)]
+fn be32(t: &[u8; TCP_HDR_LEN], at: usize) -> u32 {
+    u32::from_be_bytes([t[at], t[at + 1], t[at + 2], t[at + 3]])
+}
+
 /// Whether the IPv4 header checksum is right (RFC 1812 5.2.2: a router
 /// discards a packet whose header checksum is wrong). Checked for VIP
 /// packets only: the rest is the kernel's business.
@@ -305,16 +434,16 @@ pub fn ipv4_header_ok(pkt: &Packet, flow: &Flow) -> bool {
     let Some(vihl) = pkt.load::<u8>(l3) else {
         return false;
     };
-    let words = (vihl & 0x0f) as usize;
+    let words = (vihl & IPV4_IHL_MASK) as usize;
     add_words(pkt, l3, words, 0).is_some_and(|sum| csum::fold(sum) == 0xffff)
 }
 
-/// Adds `words` (at most 15) 32-bit words of the packet from `off` to the
+/// Adds `words` (at most `MAX_HDR_WORDS`) 32-bit words of the packet from `off` to the
 /// one's complement sum `sum`, as 16-bit halves; `None` if they are not all
 /// in the packet.
 #[inline(always)]
 fn add_words(pkt: &Packet, off: usize, words: usize, mut sum: u32) -> Option<u32> {
-    for i in 0..15 {
+    for i in 0..MAX_HDR_WORDS {
         if i >= words {
             break;
         }
@@ -326,13 +455,13 @@ fn add_words(pkt: &Packet, off: usize, words: usize, mut sum: u32) -> Option<u32
 }
 
 /// Whether a TCP segment without payload beyond its options (a SYN: at most
-/// 60 bytes) carries a valid checksum. Longer segments answer `false`: they
+/// `TCP_MAX_HDR_LEN` bytes) carries a valid checksum. Longer segments answer `false`: they
 /// are never taken as evidence about a backend.
 #[inline(always)]
 pub fn tcp_syn_checksum_ok(pkt: &Packet, flow: &Flow) -> bool {
     let l4 = flow.l4();
     let len = flow.ip_end().wrapping_sub(l4);
-    if len > 60 || !len.is_multiple_of(4) {
+    if len > TCP_MAX_HDR_LEN || !len.is_multiple_of(4) {
         return false;
     }
     let k = &flow.key;
@@ -346,4 +475,102 @@ pub fn tcp_syn_checksum_ok(pkt: &Packet, flow: &Flow) -> bool {
         sum += u32::from(u16::from_be_bytes([k.dst[i * 2], k.dst[i * 2 + 1]]));
     }
     add_words(pkt, l4, len / 4, sum).is_some_and(|sum| csum::fold(sum) == 0xffff)
+}
+
+/// The start of the packet an ICMP error quotes, as [`quote`] reads it.
+pub struct Quoted {
+    /// Offset of the quoted IP header.
+    pub ip: usize,
+    /// Offset of the quoted TCP/UDP header.
+    pub l4: usize,
+    pub proto: u8,
+    /// Addresses (IPv4 in the first four bytes, the rest zero) and ports.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+impl Quoted {
+    /// Offset of the quoted IP header (masked: offsets read back from map
+    /// memory are unbounded for the verifier).
+    #[inline(always)]
+    pub fn ip(&self) -> usize {
+        self.ip & OFF_MASK
+    }
+
+    /// Offset of the quoted TCP/UDP header.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        self.l4 & OFF_MASK
+    }
+}
+
+/// Type and code of the ICMP/ICMPv6 message `flow` carries. One two-byte
+/// load: a one-byte bounds check compiles to `at >= end`, which gives the
+/// verifier no range.
+#[inline(always)]
+pub fn icmp_type_code(pkt: &Packet, flow: &Flow) -> Option<[u8; 2]> {
+    pkt.load::<[u8; 2]>(flow.l4() + ICMP_TYPE)
+}
+
+/// Reads the packet the ICMP/ICMPv6 error `flow` quotes into `q`: its IP
+/// header (IPv4 with a valid version and length, or IPv6, whose extension
+/// headers are not walked) and the ports of its TCP/UDP header. `false` if
+/// it is cut short by the end of the frame or is neither TCP nor UDP;
+/// whether the ports lie inside the error's IP packet is the caller's
+/// question.
+#[inline(always)]
+pub fn quote(pkt: &Packet, flow: &Flow, q: &mut Quoted) -> bool {
+    let ip = (flow.l4() + ICMP_ERROR_HDR_LEN) & OFF_MASK;
+    q.ip = ip;
+    if flow.key.family == FAMILY_V4 {
+        // Two-byte loads (see `icmp_type_code`).
+        let Some([vihl, _tos]) = pkt.load::<[u8; 2]>(ip) else {
+            return false;
+        };
+        let ihl = ipv4_hdr_len(vihl);
+        if ip_version(vihl) != 4 || ihl < IPV4_HDR_LEN {
+            return false;
+        }
+        let Some([_ttl, proto]) = pkt.load::<[u8; 2]>(ip + offset_of!(Ipv4Hdr, ttl)) else {
+            return false;
+        };
+        let Some(src) = pkt.load::<[u8; 4]>(ip + offset_of!(Ipv4Hdr, src_addr)) else {
+            return false;
+        };
+        let Some(dst) = pkt.load::<[u8; 4]>(ip + offset_of!(Ipv4Hdr, dst_addr)) else {
+            return false;
+        };
+        q.proto = proto;
+        q.src = [0; 16];
+        q.dst = [0; 16];
+        q.src[..4].copy_from_slice(&src);
+        q.dst[..4].copy_from_slice(&dst);
+        q.l4 = (ip + (ihl & IPV4_HDR_LEN_MASK)) & OFF_MASK;
+    } else {
+        let Some([proto, _hop_limit]) = pkt.load::<[u8; 2]>(ip + offset_of!(Ipv6Hdr, next_hdr))
+        else {
+            return false;
+        };
+        let Some(src) = pkt.load::<[u8; 16]>(ip + offset_of!(Ipv6Hdr, src_addr)) else {
+            return false;
+        };
+        let Some(dst) = pkt.load::<[u8; 16]>(ip + offset_of!(Ipv6Hdr, dst_addr)) else {
+            return false;
+        };
+        q.proto = proto;
+        q.src = src;
+        q.dst = dst;
+        q.l4 = (ip + IPV6_HDR_LEN) & OFF_MASK;
+    }
+    if q.proto != PROTO_TCP && q.proto != PROTO_UDP {
+        return false;
+    }
+    let Some(ports) = pkt.load::<[u8; L4_PORTS_LEN]>(q.l4) else {
+        return false;
+    };
+    q.sport = [ports[0], ports[1]];
+    q.dport = [ports[2], ports[3]];
+    true
 }

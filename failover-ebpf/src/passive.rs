@@ -9,8 +9,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use failover_common::{
-    FAMILY_V4, FAMILY_V6, FLOW_REPLIED, FLOW_SYN_VALID, FS_SYN, PassiveEvent, PassiveHealth,
-    PassiveStats, SIG_ICMP, SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
+    FAMILY_V4, FLOW_REPLIED, FLOW_SYN_VALID, FS_SYN, PassiveEvent, PassiveHealth, PassiveStats,
+    SIG_ICMP, SIG_NO_REPLY, SIGNAL_COUNT, STATE_UP,
 };
 
 use crate::{
@@ -20,7 +20,9 @@ use crate::{
         BACKEND_STATE, BACKENDS, EMBRYONIC, PASSIVE_CFG, PASSIVE_EVENTS, PASSIVE_GUARD,
         PASSIVE_HEALTH, PASSIVE_MARKED, PASSIVE_STATS, REVERSE,
     },
+    mapval,
     packet::Packet,
+    parse::{self, ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, IPPROTO_ICMP, IPPROTO_ICMPV6, TCP_SEQ},
     scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Op, Scratch},
 };
 
@@ -44,15 +46,11 @@ pub fn apply(op: &Op) {
     }
 }
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-
 #[inline(always)]
 fn stats(backend_id: u32, f: impl FnOnce(&mut PassiveStats)) {
+    // This CPU's slot of a per-CPU array.
     if let Some(p) = PASSIVE_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: this CPU's slot of a per-CPU array, valid for the run;
-        // nothing else on this CPU runs concurrently.
-        f(unsafe { &mut *p });
+        f(mapval::as_mut(p));
     }
 }
 
@@ -68,10 +66,10 @@ fn count_signal(backend_id: u32, sig: u32) {
 #[inline(always)]
 fn health(backend_id: u32) -> Option<&'static mut PassiveHealth> {
     let p = PASSIVE_HEALTH.get_ptr_mut(backend_id)?;
-    // SAFETY: an array map value, alive as long as the map. Shared by all
-    // CPUs: counters are updated with atomics, timestamps with plain
-    // aligned 8-byte stores (a lost update only delays a decision).
-    Some(unsafe { &mut *p })
+    // Shared by all CPUs: counters are updated with atomics, timestamps
+    // with plain aligned 8-byte stores (a lost update only delays a
+    // decision).
+    Some(mapval::as_mut(p))
 }
 
 /// A failure signal `sig` about backend `bid` of service `sid`.
@@ -91,11 +89,8 @@ fn failure(sid: u32, bid: u32, sig: u32, now: u64) {
         h.window_start_ns = now;
         h.fails = 0;
     }
-    // SAFETY: `h.fails` is an aligned u64 inside a live map value.
-    let fails = unsafe {
-        atomic::add(&mut h.fails, 1);
-        atomic::load(&h.fails)
-    };
+    atomic::add(&mut h.fails, 1);
+    let fails = atomic::read_once(&h.fails);
     if fails >= u64::from(cfg.failures) {
         mark_down(sid, bid, sig, fails as u32, cfg.down_word, now);
     }
@@ -133,11 +128,8 @@ fn new_flow(sid: u32, bid: u32, now: u64) {
     if h.pending_since_ns == 0 {
         h.pending_since_ns = now;
     }
-    // SAFETY: `h.pending` is an aligned u64 inside a live map value.
-    let pending = unsafe {
-        atomic::add(&mut h.pending, 1);
-        atomic::load(&h.pending)
-    };
+    atomic::add(&mut h.pending, 1);
+    let pending = atomic::read_once(&h.pending);
     if pending >= u64::from(cfg.failures) && now.wrapping_sub(h.pending_since_ns) >= cfg.no_reply_ns
     {
         count_signal(bid, SIG_NO_REPLY);
@@ -162,14 +154,15 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
     let Some(marked) = PASSIVE_MARKED.get_ptr_mut(tier) else {
         return;
     };
+    let marked = mapval::as_mut(marked);
     let Some(state) = BACKEND_STATE.get_ptr_mut(bid) else {
         return;
     };
+    let state = mapval::as_mut(state);
     let Some(h) = health(bid) else {
         return;
     };
-    // SAFETY: an aligned 4-byte load from a live array map is atomic.
-    if unsafe { core::ptr::read_volatile(state) } != STATE_UP {
+    if atomic::read_once(state) != STATE_UP {
         // Already down, or in an operator's hands.
         return;
     }
@@ -181,21 +174,16 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
     // that stays counts itself, so the limit holds; two racing CPUs may
     // both back off (the next signal tries again). Two CPUs may both mark
     // the same backend: the agent settles the second event at once.
-    // SAFETY: (atomics) aligned u64 values of live array maps.
-    let taken = unsafe {
-        atomic::add(marked, 1);
-        atomic::load(marked)
-    };
+    atomic::add(marked, 1);
+    let taken = atomic::read_once(marked);
     if taken.wrapping_sub(1).wrapping_sub(guard.released) >= guard.limit {
-        // SAFETY: as above.
-        unsafe { atomic::add(marked, u64::MAX) };
+        atomic::add(marked, u64::MAX);
         stats(bid, |s| s.suppressed += 1);
         return;
     }
     h.marked_ns = now.max(1);
-    // SAFETY: an aligned 4-byte store to a live array map (the agent
-    // writes the same word whole).
-    unsafe { core::ptr::write_volatile(state, word) };
+    // The agent writes the same word whole.
+    atomic::write_once(state, word);
     stats(bid, |s| s.marked += 1);
     h.fails = 0;
     h.pending = 0;
@@ -229,108 +217,62 @@ fn mark_down(sid: u32, bid: u32, sig: u32, count: u32, word: u32, now: u64) {
 pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
     let Scratch {
         flow,
+        quote,
         ep,
         ct,
         op,
         fib,
         ..
     } = scratch;
-    let l4 = flow.l4();
-    // One load at a time (a tuple of `Option`s leaves payloads the
-    // verifier sees as unwritten).
-    let Some(ty) = pkt.load::<u8>(l4) else {
+    let Some([ty, code]) = parse::icmp_type_code(pkt, flow) else {
         return;
     };
-    let Some(code) = pkt.load::<u8>(l4 + 1) else {
-        return;
-    };
-    let inner = l4 + 8;
-    let quoted_seq;
     if flow.key.family == FAMILY_V4 {
-        // Type 3; codes net/host/protocol/port unreachable and
-        // administratively prohibited.
-        if flow.key.proto != IPPROTO_ICMP || ty != 3 || !matches!(code, 0..=3 | 9 | 10 | 13) {
+        // Destination unreachable; codes net/host/protocol/port unreachable
+        // and administratively prohibited.
+        if flow.key.proto != IPPROTO_ICMP
+            || ty != ICMP_DEST_UNREACH
+            || !matches!(code, 0..=3 | 9 | 10 | 13)
+        {
             return;
         }
-        let Some(vihl) = pkt.load::<u8>(inner) else {
-            return;
-        };
-        let ihl = (vihl & 0x0f) as usize * 4;
-        if vihl >> 4 != 4 || ihl < 20 {
-            return;
-        }
-        let Some(proto) = pkt.load::<u8>(inner + 9) else {
-            return;
-        };
-        let Some(src) = pkt.load::<[u8; 4]>(inner + 12) else {
-            return;
-        };
-        let Some(dst) = pkt.load::<[u8; 4]>(inner + 16) else {
-            return;
-        };
-        let Some(ports) = pkt.load::<[u8; 8]>(inner + (ihl & 0x3c)) else {
-            return;
-        };
-        ep.addr = [0; 16];
-        ep.addr[0] = dst[0];
-        ep.addr[1] = dst[1];
-        ep.addr[2] = dst[2];
-        ep.addr[3] = dst[3];
-        ep.port = [ports[2], ports[3]];
-        ep.proto = proto;
-        ep.family = FAMILY_V4;
-        ct.src = [0; 16];
-        ct.src[0] = src[0];
-        ct.src[1] = src[1];
-        ct.src[2] = src[2];
-        ct.src[3] = src[3];
-        ct.sport = [ports[0], ports[1]];
-        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
-        ct.proto = proto;
-        ct.family = FAMILY_V4;
-    } else {
-        // ICMPv6 type 1, any code (no route, prohibited, beyond scope,
-        // address/port unreachable, policy, reject route).
-        if flow.key.proto != IPPROTO_ICMPV6 || ty != 1 || code > 6 {
-            return;
-        }
-        let Some(proto) = pkt.load::<u8>(inner + 6) else {
-            return;
-        };
-        let Some(src) = pkt.load::<[u8; 16]>(inner + 8) else {
-            return;
-        };
-        let Some(dst) = pkt.load::<[u8; 16]>(inner + 24) else {
-            return;
-        };
-        let Some(ports) = pkt.load::<[u8; 8]>(inner + 40) else {
-            return;
-        };
-        ep.addr = dst;
-        ep.port = [ports[2], ports[3]];
-        ep.proto = proto;
-        ep.family = FAMILY_V6;
-        ct.src = src;
-        ct.sport = [ports[0], ports[1]];
-        quoted_seq = u32::from_be_bytes([ports[4], ports[5], ports[6], ports[7]]);
-        ct.proto = proto;
-        ct.family = FAMILY_V6;
+    } else if flow.key.proto != IPPROTO_ICMPV6 || ty != ICMPV6_DEST_UNREACH || code > 6 {
+        // ICMPv6 destination unreachable, any code (no route, prohibited,
+        // beyond scope, address/port unreachable, policy, reject route).
+        return;
     }
+    let q = &mut quote.pkt;
+    if !parse::quote(pkt, flow, q) {
+        return;
+    }
+    // The quoted sequence number: a handshake's is the client's ISN.
+    let Some(seq) = pkt.load::<[u8; 4]>(q.l4() + TCP_SEQ) else {
+        return;
+    };
+    let quoted_seq = u32::from_be_bytes(seq);
+    ep.addr = q.dst;
+    ep.port = q.dport;
+    ep.proto = q.proto;
+    ep.family = flow.key.family;
+    ct.src = q.src;
+    ct.sport = q.sport;
+    ct.proto = q.proto;
+    ct.family = flow.key.family;
     if ct.src != flow.key.dst {
         // Not addressed to the quoted packet's source (the client).
         return;
     }
-    // SAFETY: map values are only read here, within the program's run.
-    let Some(rev) = (unsafe { REVERSE.get(&*ep) }) else {
+    let Some(rev) = REVERSE.get_ptr(&*ep) else {
         return;
     };
+    let rev = mapval::as_ref(rev);
     ct.dst = rev.vip;
     ct.dport = rev.vport;
     ct._pad = [0; 2];
-    // SAFETY: as above.
-    let Some(f) = (unsafe { EMBRYONIC.get(&*ct) }) else {
+    let Some(f) = EMBRYONIC.get_ptr(&*ct) else {
         return;
     };
+    let f = mapval::as_ref(f);
     let evidence = f.flags & (FLOW_SYN_VALID | FLOW_REPLIED) == FLOW_SYN_VALID;
     if f.backend_id != rev.backend_id
         || f.state != FS_SYN
@@ -359,12 +301,4 @@ pub fn icmp(ctx: &XdpContext, pkt: &Packet, scratch: &mut Scratch) {
         return;
     }
     op.set(OP_FAILURE, SIG_ICMP, rev.service_id, rev.backend_id);
-}
-
-/// Whether `proto` of this family is ICMP (the only non-TCP/UDP traffic
-/// passive detection looks at).
-#[inline(always)]
-pub fn is_icmp(family: u8, proto: u8) -> bool {
-    (family == FAMILY_V4 && proto == IPPROTO_ICMP)
-        || (family == FAMILY_V6 && proto == IPPROTO_ICMPV6)
 }

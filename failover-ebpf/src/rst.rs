@@ -7,30 +7,18 @@
 use core::mem::offset_of;
 
 use aya_ebpf::{EbpfContext, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use failover_common::{FAMILY_V4, csum};
+use failover_common::{FAMILY_V4, PROTO_TCP, csum};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-use crate::{packet::Packet, parse::Flow};
+use crate::{
+    packet::Packet,
+    parse::{
+        ACK, ETH_DST, ETH_SRC, FIN, Flow, IPV6_HDR_LEN, L4_DPORT, L4_SPORT, RST, SYN, TCP_ACK_SEQ,
+        TCP_CHECK, TCP_DOFF, TCP_DOFF_NO_OPTIONS, TCP_FLAGS, TCP_HDR_LEN, TCP_SEQ, tcp_hdr_len,
+    },
+};
 
-const TCP_HDR_LEN: usize = 20;
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const ACK: u8 = 0x10;
 const TTL: u8 = 64;
-
-/// A SYN opening a connection (no ACK, no RST).
-#[inline(always)]
-pub fn pure_syn(flags: u8) -> bool {
-    flags & (SYN | ACK | RST) == SYN
-}
-
-/// Whether a TCP packet with these flags may be answered with a RST (not a
-/// SYN opening a new connection, not a RST itself).
-#[inline(always)]
-pub fn resettable(flags: u8) -> bool {
-    flags & (SYN | RST) == 0
-}
 
 /// Rewrites the packet into the RST and shortens the frame. `false` if the
 /// packet is not what the parser promised (then it is dropped).
@@ -45,15 +33,15 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
     let l4 = flow.l4();
     let v4 = flow.key.family == FAMILY_V4;
     // What the client sent.
-    let seq = u32::from_be_bytes(pkt.load::<[u8; 4]>(l4 + 4)?);
-    let ack_seq = u32::from_be_bytes(pkt.load::<[u8; 4]>(l4 + 8)?);
-    let doff = (pkt.load::<u8>(l4 + 12)? >> 4) as usize * 4;
-    let flags = pkt.load::<u8>(l4 + 13)?;
+    let seq = u32::from_be_bytes(pkt.load::<[u8; 4]>(l4 + TCP_SEQ)?);
+    let ack_seq = u32::from_be_bytes(pkt.load::<[u8; 4]>(l4 + TCP_ACK_SEQ)?);
+    let doff = tcp_hdr_len(pkt.load::<u8>(l4 + TCP_DOFF)?);
+    let flags = pkt.load::<u8>(l4 + TCP_FLAGS)?;
     let l4_len = if v4 {
         l3 + u16::from_be_bytes(pkt.load::<[u8; 2]>(l3 + offset_of!(Ipv4Hdr, tot_len))?) as usize
             - l4
     } else {
-        l3 + 40
+        l3 + IPV6_HDR_LEN
             + u16::from_be_bytes(pkt.load::<[u8; 2]>(l3 + offset_of!(Ipv6Hdr, payload_len))?)
                 as usize
             - l4
@@ -63,6 +51,7 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
     }
     let mut seg_len = (l4_len - doff) as u32;
     if flags & (SYN | FIN) != 0 {
+        // Each takes a sequence number.
         seg_len += 1;
     }
     // RFC 793: answer an ACK with a RST carrying that sequence number;
@@ -74,10 +63,10 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
     };
 
     // Ethernet: back where it came from.
-    let dmac: [u8; 6] = pkt.load(0)?;
-    let smac: [u8; 6] = pkt.load(6)?;
-    pkt.store(0, smac)?;
-    pkt.store(6, dmac)?;
+    let dmac: [u8; 6] = pkt.load(ETH_DST)?;
+    let smac: [u8; 6] = pkt.load(ETH_SRC)?;
+    pkt.store(ETH_DST, smac)?;
+    pkt.store(ETH_SRC, dmac)?;
 
     // IP: swap the addresses (the sums do not change), new length and TTL.
     let new_l3_len;
@@ -101,8 +90,8 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
         pkt.store(ttl_off, new_ttl)?;
         pkt.store(check_off, check.to_be_bytes())?;
     } else {
-        let ext = l4 - l3 - 40;
-        new_l3_len = (40 + ext + TCP_HDR_LEN) as u16;
+        let ext = l4 - l3 - IPV6_HDR_LEN;
+        new_l3_len = (IPV6_HDR_LEN + ext + TCP_HDR_LEN) as u16;
         let src: [u8; 16] = pkt.load(l3 + offset_of!(Ipv6Hdr, src_addr))?;
         let dst: [u8; 16] = pkt.load(l3 + offset_of!(Ipv6Hdr, dst_addr))?;
         pkt.store(l3 + offset_of!(Ipv6Hdr, src_addr), dst)?;
@@ -115,8 +104,8 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
     }
 
     // TCP: a bare 20-byte RST, ports swapped, checksum computed afresh.
-    let sport: [u8; 2] = pkt.load(l4)?;
-    let dport: [u8; 2] = pkt.load(l4 + 2)?;
+    let sport: [u8; 2] = pkt.load(l4 + L4_SPORT)?;
+    let dport: [u8; 2] = pkt.load(l4 + L4_DPORT)?;
     let s = rseq.to_be_bytes();
     let a = rack.to_be_bytes();
     let mut hdr = [
@@ -132,7 +121,7 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
         a[1],
         a[2],
         a[3],
-        5 << 4,
+        TCP_DOFF_NO_OPTIONS,
         rflags,
         0,
         0,
@@ -151,11 +140,11 @@ fn build_inner(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
         let dst: [u8; 16] = pkt.load(l3 + offset_of!(Ipv6Hdr, dst_addr))?;
         csum::add_words(csum::add_words(0, &src), &dst)
     };
-    sum += 6 + TCP_HDR_LEN as u32;
+    sum += u32::from(PROTO_TCP) + TCP_HDR_LEN as u32;
     sum = csum::add_words(sum, &hdr);
     let c = !csum::fold(sum);
-    hdr[16] = (c >> 8) as u8;
-    hdr[17] = c as u8;
+    hdr[TCP_CHECK] = (c >> 8) as u8;
+    hdr[TCP_CHECK + 1] = c as u8;
     pkt.store(l4, hdr)?;
 
     // Cut the frame after the new TCP header.

@@ -7,7 +7,7 @@ use failover_common::{EndpointKey, FlowKey, FlowValue, VipAddrKey};
 
 use crate::{
     nat::Rewrite,
-    parse::{Flow, OFF_MASK},
+    parse::{Flow, Quoted},
 };
 
 /// Per-CPU scratch space for what would not fit the 512-byte BPF stack:
@@ -61,36 +61,14 @@ impl Op {
     }
 }
 
-/// Where the quoted packet and its parts are, and what to write.
+/// The packet an ICMP error quotes, and what to write into it.
 pub struct Quote {
-    /// Offset of the quoted IP header.
-    pub ip: usize,
-    /// Offset of the quoted TCP/UDP header.
-    pub l4: usize,
-    pub proto: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
+    /// Where the quoted packet and its parts are (`parse::quote`).
+    pub pkt: Quoted,
     /// The rewrite: which way, the new address and port.
     pub dir: Dir,
     pub addr: [u8; 16],
     pub port: [u8; 2],
-}
-
-impl Quote {
-    /// Offset of the quoted IP header (masked: offsets read back from map
-    /// memory are unbounded for the verifier).
-    #[inline(always)]
-    pub fn ip(&self) -> usize {
-        self.ip & OFF_MASK
-    }
-
-    /// Offset of the quoted TCP/UDP header.
-    #[inline(always)]
-    pub fn l4(&self) -> usize {
-        self.l4 & OFF_MASK
-    }
 }
 
 /// Which way the error goes.

@@ -11,7 +11,7 @@ use failover_common::{
 use crate::{
     conntrack,
     maps::{BACKEND_STATE, BACKENDS, CONNTRACK, EMBRYONIC, TABLES, TIER_ACTIVE},
-    rst,
+    mapval, parse,
     scratch::{OP_FAILURE, OP_NEW_FLOW, OP_SUCCESS, Scratch},
 };
 
@@ -149,17 +149,16 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
     let tcp = bits & PKT_TCP != 0;
     let nat = bits & PKT_NAT != 0;
     let flags = if tcp { flow.tcp_flags } else { 0 };
-    let may_reset = tcp && rst::resettable(flags);
-    let syn = tcp && rst::pure_syn(flags);
+    let may_reset = tcp && parse::resettable(flags);
+    let syn = tcp && parse::pure_syn(flags);
     let now = conntrack::now_ms();
     // A tracked flow whose backend went down (with `move`) is re-pinned in
     // place to the one pick below: one copy of the tier walk in the
     // program, not three (the verifier's budget).
     let mut repin: *mut FlowValue = core::ptr::null_mut();
     if let Some(ct) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: a value of our LRU map; the kernel keeps it alive for the
-        // program's run. Concurrent writers only store whole aligned words.
-        let ct = unsafe { &mut *ct };
+        // Concurrent writers (other CPUs) only store whole aligned words.
+        let ct = mapval::as_mut(ct);
         if conntrack::live(ct, now) {
             if syn && ct.client_isn != flow.seq {
                 // A new connection reusing a verified flow's tuple: the old
@@ -185,8 +184,7 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
         None
     };
     if let Some(e) = embryonic {
-        // SAFETY: as above.
-        let e = unsafe { &mut *e };
+        let e = mapval::as_mut(e);
         if conntrack::live(e, now) && !(syn && e.client_isn != flow.seq) {
             if syn {
                 // A retransmitted SYN: the handshake is not done, so it may
@@ -235,9 +233,10 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
         return picked(PICK_NONE, 0);
     };
     if !repin.is_null() {
-        // SAFETY: `repin` points to a live value of one of our LRU maps
-        // (found above in this run).
-        let v = unsafe { &mut *repin };
+        // `repin` points to a live value of one of our LRU maps (found above
+        // in this run). Kept as a raw pointer until here: as an
+        // `Option<&mut FlowValue>` it compiles to ~120 more instructions.
+        let v = mapval::as_mut(repin);
         v.backend_id = id;
         v.created_ms = now;
         conntrack::seen(v, now);
@@ -294,7 +293,7 @@ fn owned(svc: &ServiceValue, id: u32) -> bool {
 /// it follows the client's SYN.
 #[inline(always)]
 fn completes_handshake(e: &FlowValue, seq: u32, ack: u32, flags: u8, nat: bool) -> bool {
-    if flags & (rst::ACK | rst::SYN | rst::RST) != rst::ACK {
+    if !parse::plain_ack(flags) {
         return false;
     }
     if nat {

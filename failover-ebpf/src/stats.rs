@@ -1,8 +1,13 @@
 //! Per-CPU counters: every outcome by reason, per service and per backend.
+//! Each is this CPU's slot of a per-CPU array, and nothing else on this CPU
+//! runs concurrently: plain adds.
 
 use failover_common::{Counter, Reason, ServiceStats};
 
-use crate::maps::{BACKEND_STATS, REASON_STATS, SERVICE_STATS};
+use crate::{
+    maps::{BACKEND_STATS, REASON_STATS, SERVICE_STATS},
+    mapval,
+};
 
 #[inline(always)]
 fn bump(c: &mut Counter, bytes: u64) {
@@ -13,9 +18,7 @@ fn bump(c: &mut Counter, bytes: u64) {
 #[inline(always)]
 pub fn reason(r: Reason) {
     if let Some(p) = REASON_STATS.get_ptr_mut(r as u32) {
-        // SAFETY: a per-CPU array slot of this CPU, valid for the program's
-        // run; nothing else on this CPU runs concurrently with us.
-        unsafe { *p += 1 };
+        *mapval::as_mut(p) += 1;
     }
 }
 
@@ -29,8 +32,7 @@ pub enum Dir {
 #[inline(always)]
 pub fn service(id: u32, dir: Dir, bytes: u64) {
     if let Some(p) = SERVICE_STATS.get_ptr_mut(id) {
-        // SAFETY: as in `reason`.
-        let s: &mut ServiceStats = unsafe { &mut *p };
+        let s: &mut ServiceStats = mapval::as_mut(p);
         match dir {
             Dir::Fwd => bump(&mut s.fwd, bytes),
             Dir::Reply => bump(&mut s.reply, bytes),
@@ -42,7 +44,6 @@ pub fn service(id: u32, dir: Dir, bytes: u64) {
 #[inline(always)]
 pub fn backend(id: u32, bytes: u64) {
     if let Some(p) = BACKEND_STATS.get_ptr_mut(id) {
-        // SAFETY: as in `reason`.
-        bump(unsafe { &mut *p }, bytes);
+        bump(mapval::as_mut(p), bytes);
     }
 }
