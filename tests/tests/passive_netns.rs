@@ -327,6 +327,11 @@ fn forged_signals_cause_no_mark_no_failover_and_no_hook() {
     let c = &lab.topo.client;
     let lb_mac = raw::mac_of(&lab.topo.lb, "lc").expect("LB MAC");
     let client_mac = raw::mac_of(c, "cl").expect("client MAC");
+    // The forged packets use client ports 20000-29999: keep the real
+    // client's connections off them, or a forged RST could land on a real
+    // flow by chance (seen under load: a request lost).
+    c.sysctl("net/ipv4/ip_local_reserved_ports", "20000-29999")
+        .expect("reserving the forged ports");
     let t0 = Instant::now();
     let legit = client::stream(&c.name, vip(false, 80), t0, Duration::from_secs(10));
     let (vip4, me, b1) = ([198, 18, 100, 10], [198, 18, 0, 2], [198, 18, 1, 2]);
