@@ -10,10 +10,6 @@ pub static FAILOVER: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/f
 /// what the lab attaches to veth peers so they accept redirected frames.
 pub static PASS: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failover-pass"));
 
-/// The bench's packet generator and counting sink
-/// (`failover-ebpf/src/benchgen.rs`); never attached by the daemon.
-pub static BENCHGEN: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failover-benchgen"));
-
 /// Name of the XDP function in [`FAILOVER`].
 pub const FAILOVER_PROGRAM: &str = "failover";
 /// Name of the ICMP program in [`FAILOVER`], tail-called by the first
@@ -22,10 +18,6 @@ pub const ICMP_PROGRAM: &str = "failover_icmp";
 pub const PROG_ICMP: u32 = 0;
 /// Name of the XDP function in [`PASS`].
 pub const PASS_PROGRAM: &str = "failover_pass";
-/// Names of the programs in [`BENCHGEN`], and of the sink's counter map.
-pub const GEN_PROGRAM: &str = "failover_gen";
-pub const SINK_PROGRAM: &str = "failover_sink";
-pub const SINK_COUNT_MAP: &str = "SINK_COUNT";
 
 /// Fails with a clear message when this binary was built without its eBPF
 /// programs.

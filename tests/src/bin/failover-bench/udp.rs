@@ -19,7 +19,32 @@ use aya::{
 };
 use failover_lab::{Topology, netns::Netns};
 use failover_tests::pkt::{L4, Pkt};
-use failover_user::dataplane::{ifindex, objects};
+use failover_user::dataplane::ifindex;
+
+/// Names of the programs in the generator's object, and of the sink's
+/// counter map (`failover-ebpf/src/benchgen.rs`).
+const GEN_PROGRAM: &str = "failover_gen";
+const SINK_PROGRAM: &str = "failover_sink";
+const SINK_COUNT_MAP: &str = "SINK_COUNT";
+
+/// The bench's XDP generator and sink, built with the other eBPF programs
+/// but kept out of the product binary: loaded from the eBPF target dir
+/// (or `FAILOVER_BENCHGEN`).
+fn benchgen_object() -> anyhow::Result<std::path::PathBuf> {
+    let path = match std::env::var_os("FAILOVER_BENCHGEN") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => option_env!("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("ebpf/bpfel-unknown-none/release/failover-benchgen"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "no bench generator object at {} (build with `cargo xtask build`, or set FAILOVER_BENCHGEN)",
+        path.display()
+    );
+    Ok(path)
+}
 
 /// A counting sink attached to an interface (detached on drop).
 pub struct Sink {
@@ -28,11 +53,11 @@ pub struct Sink {
 
 impl Sink {
     pub fn attach(ns: &Netns, iface: &str) -> anyhow::Result<Self> {
-        objects::check(objects::BENCHGEN, "failover-benchgen")?;
+        let object = benchgen_object()?;
         ns.run(|| {
-            let mut ebpf = Ebpf::load(objects::BENCHGEN).context("loading the bench programs")?;
+            let mut ebpf = Ebpf::load_file(&object).context("loading the bench programs")?;
             let prog: &mut Xdp = ebpf
-                .program_mut(objects::SINK_PROGRAM)
+                .program_mut(SINK_PROGRAM)
                 .context("sink program missing")?
                 .try_into()?;
             prog.load().context("loading the sink")?;
@@ -43,10 +68,7 @@ impl Sink {
     }
 
     pub fn count(&self) -> anyhow::Result<u64> {
-        let map = self
-            .ebpf
-            .map(objects::SINK_COUNT_MAP)
-            .context("sink counter map")?;
+        let map = self.ebpf.map(SINK_COUNT_MAP).context("sink counter map")?;
         let a: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(a.get(&0, 0)?.iter().sum())
     }
@@ -97,10 +119,11 @@ fn generate(topo: &Topology, repeat: u32) -> anyhow::Result<Duration> {
     p.smac = mac_of(&topo.client, "cl")?;
     p.dmac = mac_of(&topo.lb, "lc")?;
     let frame = p.bytes();
+    let object = benchgen_object()?;
     topo.client.run(|| {
-        let mut ebpf = Ebpf::load(objects::BENCHGEN).context("loading the bench programs")?;
+        let mut ebpf = Ebpf::load_file(&object).context("loading the bench programs")?;
         let prog: &mut Xdp = ebpf
-            .program_mut(objects::GEN_PROGRAM)
+            .program_mut(GEN_PROGRAM)
             .context("generator program missing")?
             .try_into()?;
         prog.load().context("loading the generator")?;
@@ -112,7 +135,7 @@ fn generate(topo: &Topology, repeat: u32) -> anyhow::Result<Duration> {
             .context("the generated frame must be 64 bytes")?;
         tmpl.set(0, fixed, 0)?;
         let prog: &Xdp = ebpf
-            .program(objects::GEN_PROGRAM)
+            .program(GEN_PROGRAM)
             .context("generator program missing")?
             .try_into()?;
         let idx = ifindex("cl")?;
