@@ -158,12 +158,14 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         // Flows expire on this clock: set before the first packet arrives,
         // advanced by a thread started once capabilities are dropped.
         dp.set_clock(dataplane::clock_ms())?;
+        // The agent before the links: once a link is pinned, the API
+        // answers with a running agent.
+        *agent.write().await = Some(start_agent(&cfg, &layout, &saved)?);
         for iface in &cfg.daemon.interfaces {
             if dp.attach(iface, cfg.daemon.xdp_mode)? != dataplane::Attached::Adopted {
                 attached.push(iface.clone());
             }
         }
-        *agent.write().await = Some(start_agent(&cfg, &layout, &saved)?);
         anyhow::Ok((dp, logger, layout))
     }
     .await;
@@ -171,6 +173,9 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         Ok(v) => v,
         Err(e) => {
             let _ = stop_tx.send(true);
+            if let Some(a) = agent.write().await.take() {
+                let _ = a.stop().await;
+            }
             rollback(&cfg, &attached, created_pin_dir);
             return Err(e);
         }
@@ -334,6 +339,10 @@ struct Preflight {
 /// audit log (a tampered one stops the start) and the events file.
 fn preflight(cfg: &Config) -> anyhow::Result<Preflight> {
     let d = &cfg.daemon;
+    // Hooks and exec probes never run with the daemon's privileges.
+    let (uid, gid) = crate::sys::exec::lookup_user(&d.run_as)
+        .map_err(|e| anyhow::anyhow!("daemon.run_as: {e}"))?;
+    crate::sys::exec::run_children_as(uid, gid);
     for iface in &d.interfaces {
         dataplane::ifindex(iface).with_context(|| format!("daemon.interfaces: {iface:?}"))?;
     }
@@ -382,6 +391,9 @@ fn preflight(cfg: &Config) -> anyhow::Result<Preflight> {
 pub fn host_problems(cfg: &Config) -> Vec<String> {
     let d = &cfg.daemon;
     let mut out = Vec::new();
+    if let Err(e) = crate::sys::exec::lookup_user(&d.run_as) {
+        out.push(format!("daemon.run_as: {e}"));
+    }
     for iface in &d.interfaces {
         if let Err(e) = dataplane::ifindex(iface) {
             out.push(format!("daemon.interfaces: {iface:?}: {e:#}"));

@@ -559,3 +559,102 @@ fn systemd_hears_ready_after_attach_and_a_fed_watchdog() {
     assert!(pings >= 4, "{pings} watchdog pings in 1 s");
     assert!(daemon.terminate().expect("terminate").success());
 }
+
+/// Hooks run as `daemon.run_as` (default `nobody`) with no capability,
+/// one at a time per hook, coalescing a storm: 40 state changes in quick
+/// succession run the hook a few times, and the runs' `hook` events
+/// account for every one of the 40 (the sum of `coalesced`).
+#[test]
+fn hooks_run_unprivileged_and_a_storm_is_coalesced() {
+    require_root();
+    let s = Scratch::new("foh").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let out = s.dir.join("hook-out");
+    std::fs::write(&out, "").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let events = s.dir.join("events.jsonl");
+    let x = failover_lab::LabExtras {
+        events_file: Some(events.clone()),
+        service_tables: format!(
+            "[[service.hook]]\nname = \"who\"\ntype = \"exec\"\nevents = [\"state\"]\n\
+             command = [\"/bin/sh\", \"-c\", \"echo $(id -u) $(grep CapEff /proc/self/status) >> \\\"$0\\\"; sleep 0.2\", \"{}\"]\n\
+             timeout = \"2s\"\n",
+            out.display()
+        ),
+        ..Default::default()
+    };
+    let config = s.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let actions = 40;
+    let t0 = std::time::Instant::now();
+    for k in 0..actions {
+        let verb = if k % 2 == 0 { "drain" } else { "undrain" };
+        let o = Command::new(exe())
+            .args([verb, "web", "b1", "--config"])
+            .arg(&config)
+            .output()
+            .expect("action");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let storm = t0.elapsed();
+    // Every state change accounted for by a run (sum of coalesced).
+    let hook_events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["kind"] == "hook" && e["service"] == "web")
+            .collect()
+    };
+    let state_events = || {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"state\"") && l.contains("\"service\":\"web\""))
+            .count() as u64
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let covered: u64 = hook_events()
+            .iter()
+            .map(|e| e["coalesced"].as_u64().unwrap_or(0))
+            .sum();
+        if covered == state_events() && covered >= actions {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hook runs cover {covered} of {} state events",
+            state_events()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runs = hook_events();
+    assert!(
+        runs.len() < 20,
+        "{} runs for {actions} events in {:?}: not coalesced: {:?}",
+        runs.len(),
+        storm,
+        runs.iter()
+            .map(|e| (e["elapsed_ms"].as_f64(), e["coalesced"].as_u64()))
+            .collect::<Vec<_>>()
+    );
+    assert!(runs.iter().all(|e| e["result"] == "ok"), "{runs:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), runs.len());
+    for line in text.lines() {
+        assert_eq!(
+            line, "65534 CapEff: 0000000000000000",
+            "a hook ran with privileges"
+        );
+    }
+    assert!(daemon.terminate().expect("terminate").success());
+}

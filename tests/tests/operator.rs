@@ -490,9 +490,11 @@ fn capabilities_are_dropped_after_attaching() {
     let lab = start();
     let pid = lab._daemon.0.id();
     let bpf = 1u64 << failover_user::sys::caps::CAP_BPF;
-    // CAP_NET_ADMIN stays to re-attach to a recreated interface; what the
-    // daemon runs can never get it (the bounding set is CAP_BPF alone).
-    let want = bpf | (1u64 << failover_user::sys::caps::CAP_NET_ADMIN);
+    // CAP_NET_ADMIN stays to re-attach to a recreated interface, CAP_SETUID
+    // and CAP_SETGID to start children as `daemon.run_as`; what the daemon
+    // runs can never get them (the bounding set is CAP_BPF alone).
+    use failover_user::sys::caps::{CAP_NET_ADMIN, CAP_SETGID, CAP_SETUID};
+    let want = bpf | (1u64 << CAP_NET_ADMIN) | (1u64 << CAP_SETUID) | (1u64 << CAP_SETGID);
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon threads");
     let mut n = 0;
     for t in tasks {

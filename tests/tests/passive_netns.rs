@@ -315,6 +315,13 @@ fn a_mark_the_probes_do_not_confirm_is_restored() {
 fn forged_signals_cause_no_mark_no_failover_and_no_hook() {
     let w = failover_lab::Workdir::new("fof").expect("scratch dir");
     let hook_out = w.dir.join("hook-runs");
+    // Hooks run as `nobody`: give it a file it may append to.
+    std::fs::write(&hook_out, "").expect("hook output file");
+    std::fs::set_permissions(
+        &hook_out,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
     let mut lab = start_full(
         "signals = [\"rst\", \"icmp\", \"syn-retransmit\", \"no-reply\"]\nfailures = 3\nwindow = \"10s\"\nno_reply = \"500ms\"",
         "",

@@ -49,6 +49,8 @@ pub(super) struct SvcRt {
     pub(super) cfg: Service,
     pub(super) first_tier: u32,
     pub(super) backends: Vec<usize>,
+    /// One queue per configured hook (same order as `cfg.hooks`).
+    pub(super) hooks: Vec<hooks::HookQueue>,
 }
 
 /// A held backend the never-dark rule brings up (see [`never_dark`]).
@@ -197,15 +199,19 @@ impl Decider {
     ) -> Stats {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // No probe task at all (no service has a check) closes the probe
+        // channel at once: that must not end the decider, which still
+        // serves operator actions and passive marks.
+        let mut probes_open = true;
         loop {
             tokio::select! {
-                m = rx.recv() => match m {
+                m = rx.recv(), if probes_open => match m {
                     Some(m) => {
                         let svc = self.backends[m.idx].svc;
                         self.on_probe(m);
                         self.enforce_never_dark(svc);
                     }
-                    None => break,
+                    None => probes_open = false,
                 },
                 Some(ev) = passive_rx.recv() => {
                     self.on_passive(ev);
@@ -881,23 +887,11 @@ impl Decider {
             self.save();
         }
         let json = self.sink.emit(&e);
-        for h in &self.svcs[svc].cfg.hooks {
+        let s = &self.svcs[svc];
+        for (h, q) in s.cfg.hooks.iter().zip(&s.hooks) {
             if h.events.contains(&class) {
-                // The hook runs (and logs its outcome) on its own; a watcher
-                // only counts the outcome.
-                let run = hooks::spawn(&h.hook, json.clone(), e.env());
-                let m = self.metrics.clone();
-                drop(tokio::spawn(async move {
-                    if let Ok(o) = run.await
-                        && let Ok(mut m) = m.lock()
-                    {
-                        if o.ok {
-                            m.hooks_ok += 1;
-                        } else {
-                            m.hooks_failed += 1;
-                        }
-                    }
-                }));
+                // Its queue runs it (one at a time, coalescing) and reports.
+                q.submit(json.clone(), e.env());
             }
         }
     }

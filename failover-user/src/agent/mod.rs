@@ -118,6 +118,27 @@ pub struct BackendView {
     pub kept_last: bool,
 }
 
+/// A hook's outcome: a `hook` event (events file and audit log) and
+/// `failover_hook_runs_total{hook,result}`. Never runs a hook itself.
+fn report_hook(
+    sink: &Sink,
+    metrics: &metrics::Shared,
+    service: &str,
+    o: &hooks::HookOutcome,
+    events: u64,
+) {
+    let result = if o.ok { "ok" } else { "failed" };
+    if let Ok(mut m) = metrics.lock() {
+        *m.hook_runs.entry((o.hook.clone(), result)).or_default() += 1;
+    }
+    let mut e = Event::new("hook", service, o.detail.clone(), 0);
+    e.hook = Some(o.hook.clone());
+    e.result = Some(result);
+    e.elapsed_ms = Some(o.elapsed.as_secs_f64() * 1e3);
+    e.coalesced = Some(events);
+    sink.emit(&e);
+}
+
 /// A running agent; stop it with [`Agent::stop`].
 pub struct Agent {
     first_round: watch::Receiver<bool>,
@@ -215,10 +236,23 @@ impl Agent {
                     idxs.push(idx);
                 }
             }
+            let queues = s
+                .hooks
+                .iter()
+                .map(|h| {
+                    let (sink, metrics, service) = (sink.clone(), metrics.clone(), s.name.clone());
+                    hooks::HookQueue::start(
+                        h.hook.clone(),
+                        move |o, events| report_hook(&sink, &metrics, &service, &o, events),
+                        stop_rx.clone(),
+                    )
+                })
+                .collect();
             svcs.push(SvcRt {
                 cfg: s.clone(),
                 first_tier: sl.first_tier,
                 backends: idxs,
+                hooks: queues,
             });
         }
         let AgentMaps {

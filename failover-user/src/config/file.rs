@@ -527,6 +527,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             xdp_mode: raw.daemon.xdp_mode,
             events_file: raw.daemon.events_file,
             drop_capabilities: raw.daemon.drop_capabilities.unwrap_or(true),
+            run_as: match raw.daemon.run_as {
+                Some(u) if u.trim().is_empty() || u.contains(['\0', '\n']) => {
+                    errs.push(
+                        "daemon.run_as",
+                        format!("{u:?}: expected a user name or UID:GID"),
+                    );
+                    String::new()
+                }
+                Some(u) => u,
+                None => DEFAULT_RUN_AS.to_string(),
+            },
         },
         limits,
         services,

@@ -50,6 +50,8 @@ use crate::{maglev, model::AdminAction, probe::ProbeSpec, sys::http_client::TlsO
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/failover";
 /// Default directory for the daemon's state files (layout, ...).
 pub const DEFAULT_STATE_DIR: &str = "/run/failover";
+/// Who hooks and exec probes run as by default.
+pub const DEFAULT_RUN_AS: &str = "nobody";
 /// The audit log with the default state directory (kept across reboots).
 pub const DEFAULT_AUDIT_FILE: &str = "/var/lib/failover/audit.jsonl";
 
@@ -309,6 +311,9 @@ pub struct Daemon {
     pub events_file: Option<PathBuf>,
     /// After attaching, keep only CAP_BPF (see `caps.rs`). Default true.
     pub drop_capabilities: bool,
+    /// The user hooks and exec probes run as (a name, or `UID:GID`);
+    /// default `nobody`. Never root's privileges: they get no capability.
+    pub run_as: String,
 }
 
 /// Map capacities, applied when the program is loaded.

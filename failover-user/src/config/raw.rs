@@ -48,6 +48,7 @@ pub(super) struct RawDaemon {
     pub(super) xdp_mode: XdpModeCfg,
     pub(super) events_file: Option<PathBuf>,
     pub(super) drop_capabilities: Option<bool>,
+    pub(super) run_as: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -77,14 +77,21 @@ pub fn repin(held: &HeldLink, pin: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// Whether the link pinned at `pin` is attached to the interface that now
-/// has the name `iface` (for readers: `status`, metrics).
+/// Whether the link pinned at `pin` runs on an interface, and on the one
+/// that now has the name `iface` where that name is visible (for readers:
+/// `status`, metrics).
 pub fn pinned_attached(pin: &Path, iface: &str) -> bool {
     let Ok(fd) = obj_get(pin) else {
         return false;
     };
+    let Ok(on) = xdp_link_ifindex(&fd) else {
+        return false;
+    };
+    // 0: the kernel detached it (its interface went away, or a detach). A
+    // reader in another network namespace cannot see the interface by
+    // name; then the kernel's word is all there is.
     let now = super::ifindex(iface).unwrap_or(0);
-    now != 0 && xdp_link_ifindex(&fd).is_ok_and(|on| on == now)
+    on != 0 && (now == 0 || now == on)
 }
 
 // The three bpf(2) commands used here, by hand: aya 0.14 neither exposes a

@@ -21,7 +21,8 @@ pub struct Event {
     pub ts: String,
     /// `state`, `failover`, `held-down`, `keep-last`, `no-healthy-backend`,
     /// `policy-override`, `passive-down`, `passive-confirmed`,
-    /// `passive-restored`.
+    /// `passive-restored`, `dataplane` (the link watcher), `hook` (a hook's
+    /// outcome).
     pub kind: &'static str,
     pub service: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +55,16 @@ pub struct Event {
     /// no-reply) behind a `passive-*` event.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<&'static str>,
+    /// `hook` events: the hook, its result (`ok`/`failed`), how long it
+    /// ran, and how many events it stood for (coalesced into one run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesced: Option<u64>,
 }
 
 impl Event {

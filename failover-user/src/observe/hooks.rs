@@ -59,6 +59,59 @@ pub struct HookOutcome {
     pub detail: String,
 }
 
+/// One hook's queue: at most one run at a time; events that come while it
+/// runs are coalesced, and the next run gets the latest of them (the state
+/// now, not a backlog): an event storm runs a hook a bounded number of
+/// times. Every outcome goes to `report` with the number of events the run
+/// stood for.
+pub struct HookQueue {
+    tx: tokio::sync::watch::Sender<Option<Job>>,
+}
+
+#[derive(Clone)]
+struct Job {
+    json: String,
+    env: Vec<(String, String)>,
+    /// Events submitted so far (a run stands for those since the last).
+    seq: u64,
+}
+
+impl HookQueue {
+    /// Starts the hook's runner on the current tokio runtime; it ends when
+    /// `stop` turns true (a run in progress is bounded by its timeout).
+    pub fn start(
+        hook: Hook,
+        report: impl Fn(HookOutcome, u64) + Send + Sync + 'static,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        let (tx, mut rx) = tokio::sync::watch::channel::<Option<Job>>(None);
+        tokio::spawn(async move {
+            let mut done = 0u64;
+            loop {
+                tokio::select! {
+                    c = rx.changed() => if c.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                let Some(job) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let outcome = run(&hook, &job.json, &job.env).await;
+                report(outcome, job.seq - done);
+                done = job.seq;
+            }
+        });
+        Self { tx }
+    }
+
+    /// Queues one event (never blocks, never waits for the run).
+    pub fn submit(&self, json: String, env: Vec<(String, String)>) {
+        self.tx.send_modify(|j| {
+            let seq = j.as_ref().map_or(0, |j| j.seq) + 1;
+            *j = Some(Job { json, env, seq });
+        });
+    }
+}
+
 /// Runs `hook` for one event in the background on the current tokio runtime
 /// and returns immediately (never blocks the caller). The whole run is
 /// bounded by `hook.timeout`; on timeout an exec child (and its process

@@ -102,8 +102,8 @@ pub struct AgentMetrics {
     pub policy_overrides: BTreeMap<String, u64>,
     pub decision_to_map: PromHistogram,
     pub map_version: u64,
-    pub hooks_ok: u64,
-    pub hooks_failed: u64,
+    /// (hook, result) -> runs.
+    pub hook_runs: BTreeMap<(String, &'static str), u64>,
 }
 
 impl Default for AgentMetrics {
@@ -114,8 +114,7 @@ impl Default for AgentMetrics {
             policy_overrides: BTreeMap::new(),
             decision_to_map: PromHistogram::new(SWITCH_BUCKETS),
             map_version: 0,
-            hooks_ok: 0,
-            hooks_failed: 0,
+            hook_runs: BTreeMap::new(),
         }
     }
 }
@@ -328,10 +327,13 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
     o.family(
         "failover_hook_runs",
         MetricType::Counter,
-        "Hook runs by outcome.",
+        "Hook runs by hook and outcome (a run may stand for several coalesced events).",
     );
-    for (result, n) in [("ok", agent.hooks_ok), ("failed", agent.hooks_failed)] {
-        o.sample(labels([("result", result)]), Sample::Counter(n));
+    for ((hook, result), n) in &agent.hook_runs {
+        o.sample(
+            labels([("hook", hook.as_str()), ("result", result)]),
+            Sample::Counter(*n),
+        );
     }
     if let Some(src) = src {
         dataplane(&mut o, src);

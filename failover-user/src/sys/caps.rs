@@ -5,7 +5,8 @@
 //! holds or opens from its pins, and every `bpf()` command needs CAP_BPF
 //! (CAP_SYS_ADMIN before Linux 5.8) while unprivileged BPF is disabled. So
 //! it keeps that, plus CAP_NET_ADMIN to attach its program again to an
-//! interface that was recreated (see `dataplane::links`), and drops
+//! interface that was recreated (see `dataplane::links`) and CAP_SETUID
+//! and CAP_SETGID to start its children as `daemon.run_as`, and drops
 //! everything else (CAP_SYS_ADMIN, and whatever else it was started with)
 //! from its effective, permitted and inheritable sets and the ambient set.
 //! The bounding set (when it may: CAP_SETPCAP) is cut to CAP_BPF alone, so
@@ -18,6 +19,8 @@
 
 use anyhow::{Context as _, bail};
 
+pub const CAP_SETGID: u32 = 6;
+pub const CAP_SETUID: u32 = 7;
 pub const CAP_SETPCAP: u32 = 8;
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
@@ -42,9 +45,11 @@ struct CapData {
 }
 
 /// The set the daemon keeps: CAP_BPF (CAP_SYS_ADMIN on kernels that
-/// predate CAP_BPF, `last_cap` < 39) and CAP_NET_ADMIN.
+/// predate CAP_BPF, `last_cap` < 39), CAP_NET_ADMIN, and CAP_SETUID with
+/// CAP_SETGID to start hooks and exec probes as `daemon.run_as` (the
+/// switch to that user clears every capability of the child).
 pub fn keep_set(last_cap: u32) -> u64 {
-    bound_set(last_cap) | (1 << CAP_NET_ADMIN)
+    bound_set(last_cap) | (1 << CAP_NET_ADMIN) | (1 << CAP_SETUID) | (1 << CAP_SETGID)
 }
 
 /// The bounding set the daemon leaves for what it runs: CAP_BPF (or
@@ -177,6 +182,8 @@ pub fn check_threads(allowed: u64) -> anyhow::Result<Vec<(String, u64, u64)>> {
 /// Names of the capabilities in `set` this module knows, for messages.
 pub fn names(set: u64) -> String {
     let known = [
+        (CAP_SETGID, "CAP_SETGID"),
+        (CAP_SETUID, "CAP_SETUID"),
         (CAP_SETPCAP, "CAP_SETPCAP"),
         (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
         (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
@@ -204,8 +211,9 @@ mod tests {
 
     #[test]
     fn keeps_cap_bpf_or_sys_admin_on_old_kernels() {
-        assert_eq!(keep_set(40), (1 << 39) | (1 << 12));
-        assert_eq!(keep_set(38), (1 << 21) | (1 << 12));
+        let rest = (1 << 12) | (1 << 7) | (1 << 6);
+        assert_eq!(keep_set(40), (1 << 39) | rest);
+        assert_eq!(keep_set(38), (1 << 21) | rest);
         assert_eq!(bound_set(40), 1 << 39);
         assert_eq!(bound_set(38), 1 << 21);
     }

@@ -24,6 +24,47 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 /// After killing a timed-out child, how long to wait to reap it.
 const REAP_GRACE: Duration = Duration::from_secs(1);
 
+/// Who every child runs as, set once by the daemon (`daemon.run_as`):
+/// unset (library use, unit tests), children run as the caller.
+static CHILD_USER: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+
+/// Makes every child from now on run as `uid`/`gid` with no supplementary
+/// groups (and, as a non-root user under `no_new_privs`, no capability).
+/// The first call wins.
+pub fn run_children_as(uid: u32, gid: u32) {
+    let _ = CHILD_USER.set((uid, gid));
+}
+
+/// Resolves `daemon.run_as`: a user name (its uid and primary group) or
+/// `UID:GID`.
+pub fn lookup_user(spec: &str) -> Result<(u32, u32), String> {
+    if let Some((u, g)) = spec.split_once(':') {
+        return match (u.parse(), g.parse()) {
+            (Ok(u), Ok(g)) => Ok((u, g)),
+            _ => Err(format!("{spec:?}: expected UID:GID in numbers")),
+        };
+    }
+    let name = std::ffi::CString::new(spec).map_err(|_| format!("{spec:?}: NUL in the name"))?;
+    // SAFETY: getpwnam_r fills `pw` and `buf`, which we own and which
+    // outlive the call; `found` points to `pw` or is null.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        if rc != 0 || found.is_null() {
+            return Err(format!("{spec:?}: no such user on this host"));
+        }
+        Ok((pw.pw_uid, pw.pw_gid))
+    }
+}
+
 /// How a run ended.
 #[derive(Debug)]
 pub enum Ended {
@@ -47,6 +88,10 @@ pub struct Outcome {
 /// at most `limit`, with `input` on its stdin (then closed; `None`: stdin
 /// is /dev/null). `Err`: it could not be started.
 pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io::Result<Outcome> {
+    if let Some(&(uid, gid)) = CHILD_USER.get() {
+        // std drops the supplementary groups too when it changes the uid.
+        cmd.uid(uid).gid(gid);
+    }
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
