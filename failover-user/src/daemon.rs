@@ -436,10 +436,14 @@ pub fn host_problems(cfg: &Config) -> Vec<String> {
     out
 }
 
-/// Whether `path` is on a bpf filesystem.
+/// Whether `path` (its nearest existing ancestor: the pin directory may
+/// be made with its parents) is on a bpf filesystem.
 fn is_bpffs(path: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt as _;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Some(path) = path.ancestors().find(|p| p.exists()) else {
+        return false;
+    };
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
