@@ -226,12 +226,28 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     let watchdog_on = sd_notify::watchdog_enabled().is_some();
     // The attachments are checked twice a second: a removed pin, a program
     // off its interface or a recreated interface is repaired and reported.
+    let mut heartbeat = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut link_watch = tokio::time::interval(std::time::Duration::from_millis(500));
     link_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (dry_run, reply) = tokio::select! {
             _ = watchdog.tick(), if watchdog_on => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                continue;
+            }
+            _ = heartbeat.tick() => {
+                let (last_decision_ms, map_version) = agent_metrics
+                    .lock()
+                    .map_or((0, 0), |m| (m.last_decision_ms, m.map_version));
+                let hb = crate::observe::heartbeat::Heartbeat {
+                    pid: std::process::id(),
+                    at_ms: crate::observe::heartbeat::now_ms(),
+                    last_decision_ms,
+                    map_version,
+                };
+                if let Err(e) = crate::observe::heartbeat::write(&current.daemon.state_dir, &hb) {
+                    warn!(error = %format!("{e:#}"), "writing the heartbeat failed");
+                }
                 continue;
             }
             _ = link_watch.tick() => {
@@ -299,6 +315,8 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         let _ = s.await;
     }
     let _ = std::fs::remove_file(&current.admin.socket);
+    // Not alive from now on (readers need not wait for the heartbeat to age).
+    let _ = std::fs::remove_file(crate::observe::heartbeat::path(&current.daemon.state_dir));
     if let Some(a) = agent.write().await.take() {
         let (_, stats) = a.stop().await;
         if let (Some(p50), Some(p99)) = (

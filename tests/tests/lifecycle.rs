@@ -658,3 +658,48 @@ fn hooks_run_unprivileged_and_a_storm_is_coalesced() {
     }
     assert!(daemon.terminate().expect("terminate").success());
 }
+
+/// `failover status` (no daemon needed) says whether the daemon is alive
+/// from its heartbeat: alive while it runs, not alive while its loop is
+/// stopped (SIGSTOP: a hung daemon), alive again after SIGCONT, not alive
+/// after it exits; and how old its last decision is.
+#[test]
+fn status_tells_a_live_daemon_from_a_hung_or_dead_one() {
+    let mut lab = start_lab("fob");
+    let config = lab.s.dir.join("lab.toml");
+    let status = || -> serde_json::Value {
+        let o = Command::new(exe())
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .expect("status");
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let alive = || status()["daemon"]["alive"] == serde_json::Value::Bool(true);
+    within_3s("alive", alive);
+    // A decision: its age shows.
+    let o = Command::new(exe())
+        .args(["drain", "web", "b1", "--config"])
+        .arg(&config)
+        .output()
+        .expect("drain");
+    assert!(o.status.success());
+    within_3s("the last decision's age", || {
+        status()["daemon"]["last_decision_age_ms"]
+            .as_u64()
+            .is_some()
+    });
+    let pid = lab.daemon.0.id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(3500));
+    let hung = status();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(hung["daemon"]["alive"], false, "{hung}");
+    within_3s("alive again", alive);
+    assert!(lab.daemon.terminate().expect("terminate").success());
+    // Detached on exit: no maps to read either; never "alive".
+    assert_ne!(status()["daemon"]["alive"], true);
+    assert!(!lab.s.dir.join("state/heartbeat.json").exists());
+}

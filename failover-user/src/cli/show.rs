@@ -59,6 +59,23 @@ pub fn cmd_status(a: &SourceArgs) -> anyhow::Result<()> {
     if a.json {
         return print_json(&st);
     }
+    let d = &st.daemon;
+    let ago = |ms: Option<u64>| {
+        ms.map_or("-".to_string(), |ms| {
+            format!("{:.1} s ago", ms as f64 / 1e3)
+        })
+    };
+    println!(
+        "daemon:    {} (pid {}, heartbeat {}, last decision {})",
+        if d.alive {
+            "alive"
+        } else {
+            "NOT RUNNING (or hung)"
+        },
+        d.pid.map_or("-".to_string(), |p| p.to_string()),
+        ago(d.heartbeat_age_ms),
+        ago(d.last_decision_age_ms)
+    );
     println!("bpffs:     {}", st.bpffs.display());
     println!(
         "attached:  {}",

@@ -120,6 +120,8 @@ pub struct Status {
     pub backends_by_state: BTreeMap<String, usize>,
     pub flows: usize,
     pub conntrack_capacity: u32,
+    /// The daemon's heartbeat, judged now.
+    pub daemon: crate::observe::heartbeat::Liveness,
 }
 
 fn backend_states(src: &Source) -> anyhow::Result<Array<MapData, u32>> {
@@ -391,6 +393,10 @@ pub fn status(src: &Source) -> anyhow::Result<Status> {
         backends_by_state: by_state,
         flows,
         conntrack_capacity: capacity,
+        daemon: crate::observe::heartbeat::liveness(
+            &src.state_dir,
+            crate::observe::heartbeat::now_ms(),
+        ),
     })
 }
 

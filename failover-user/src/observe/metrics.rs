@@ -102,6 +102,9 @@ pub struct AgentMetrics {
     pub policy_overrides: BTreeMap<String, u64>,
     pub decision_to_map: PromHistogram,
     pub map_version: u64,
+    /// When the agent last wrote a decision into the map (ms since the
+    /// epoch; 0: not yet).
+    pub last_decision_ms: u64,
     /// (hook, result) -> runs.
     pub hook_runs: BTreeMap<(String, &'static str), u64>,
 }
@@ -114,6 +117,7 @@ impl Default for AgentMetrics {
             policy_overrides: BTreeMap::new(),
             decision_to_map: PromHistogram::new(SWITCH_BUCKETS),
             map_version: 0,
+            last_decision_ms: 0,
             hook_runs: BTreeMap::new(),
         }
     }

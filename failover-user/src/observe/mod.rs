@@ -3,5 +3,6 @@
 
 pub mod audit;
 pub mod events;
+pub mod heartbeat;
 pub mod hooks;
 pub mod metrics;
