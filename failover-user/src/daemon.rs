@@ -239,11 +239,23 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
                 let (last_decision_ms, map_version) = agent_metrics
                     .lock()
                     .map_or((0, 0), |m| (m.last_decision_ms, m.map_version));
+                let (audit_writable, audit_head) = match audit.lock() {
+                    Ok(mut log) => (
+                        log.writable(&events::now_rfc3339()),
+                        format!("{}:{}", log.next_seq().saturating_sub(1), log.last_hash()),
+                    ),
+                    Err(_) => (false, String::new()),
+                };
+                if let Ok(mut m) = agent_metrics.lock() {
+                    m.audit_writable = audit_writable;
+                }
                 let hb = crate::observe::heartbeat::Heartbeat {
                     pid: std::process::id(),
                     at_ms: crate::observe::heartbeat::now_ms(),
                     last_decision_ms,
                     map_version,
+                    audit_writable,
+                    audit_head,
                 };
                 if let Err(e) = crate::observe::heartbeat::write(&current.daemon.state_dir, &hb) {
                     warn!(error = %format!("{e:#}"), "writing the heartbeat failed");

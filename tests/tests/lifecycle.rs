@@ -703,3 +703,223 @@ fn status_tells_a_live_daemon_from_a_hung_or_dead_one() {
     assert_ne!(status()["daemon"]["alive"], true);
     assert!(!lab.s.dir.join("state/heartbeat.json").exists());
 }
+
+/// A tmpfs of a few pages, unmounted on drop (a disk that fills up).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(&at)
+            .output()
+            .expect("mount");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Self(at)
+    }
+    fn fill(&self) -> PathBuf {
+        use std::io::Write as _;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = [0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        p
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+/// The audit log fails closed for people and static for the dataplane: on
+/// a full disk admin actions are refused (503) and `status` says so, while
+/// the health agent's own failover goes on; once space is back the log
+/// resumes with an `audit-gap` record sealed into the chain. The head
+/// published in `status` detects a truncated copy. A line torn by the full
+/// disk is moved aside by `failover audit repair` (kept as evidence), and
+/// the daemon starts on the repaired log.
+#[test]
+fn the_audit_log_fails_closed_for_people_and_heals() {
+    require_root();
+    let s = Scratch::new("foa").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let disk = SmallDisk::mount(s.dir.join("audit"));
+    let log = disk.0.join("audit.jsonl");
+    let x = failover_lab::LabExtras {
+        check: Some(
+            "type = \"tcp\"\ninterval = \"20ms\"\ntimeout = \"20ms\"\nfall = 2\nrise = 2".into(),
+        ),
+        top: format!("[admin]\naudit_file = \"{}\"\n", log.display()),
+        ..Default::default()
+    };
+    let config = s.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let mut servers = [
+        Some(
+            Server::start(
+                &topo.backends[0],
+                "b1",
+                &[BACKEND_TCP_PORT],
+                BACKEND_UDP_PORT,
+            )
+            .unwrap(),
+        ),
+        Some(
+            Server::start(
+                &topo.backends[1],
+                "b2",
+                &[BACKEND_TCP_PORT],
+                BACKEND_UDP_PORT,
+            )
+            .unwrap(),
+        ),
+    ];
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let cli = |args: &[&str]| {
+        let o = Command::new(exe())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("cli");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr(&o),
+        )
+    };
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&cli(&["status", "--json"]).1).unwrap_or(serde_json::Value::Null)
+    };
+    let audit = |args: &[&str]| {
+        let o = Command::new(exe())
+            .arg("audit")
+            .args(args)
+            .output()
+            .expect("audit");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr(&o),
+        )
+    };
+    within_3s("web answered by b1", || vip_answer(&topo) == "b1");
+    // The disk fills up.
+    let filler = disk.fill();
+    // The log's last page may still hold a line or two: act until refused.
+    let mut refused = None;
+    for k in 0..20 {
+        // (on another service: web's backends stay as they are)
+        let (ok, _, err) = cli(&[if k % 2 == 0 { "drain" } else { "undrain" }, "api", "b2"]);
+        if !ok {
+            refused = Some(err);
+            break;
+        }
+    }
+    let err = refused.expect("no action was refused on a full disk");
+    assert!(
+        err.contains("(503)") && err.contains("audit log cannot be written"),
+        "{err}"
+    );
+    // The agent decides on: b1 dies, b2 takes over.
+    if let Some(b) = servers[0].take() {
+        b.stop();
+    }
+    within_3s("failover to b2 with the audit log down", || {
+        vip_answer(&topo) == "b2"
+    });
+    // Space again: the next action is served and the gap sealed.
+    std::fs::remove_file(&filler).unwrap();
+    let (ok, _, err) = cli(&["drain", "web", "b2"]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let gap = text
+        .lines()
+        .find(|l| l.contains("\"kind\":\"audit-gap\""))
+        .unwrap_or_else(|| panic!("no audit-gap record:\n{text}"));
+    let lost = serde_json::from_str::<serde_json::Value>(gap).unwrap()["records_lost"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(lost >= 1, "{gap}");
+    let (ok, _, err) = audit(&["verify", &log.display().to_string()]);
+    assert!(ok, "{err}");
+    within_3s("status: audit writable again", || {
+        status()["daemon"]["audit_writable"] == serde_json::Value::Bool(true)
+    });
+    // The head the daemon publishes (its heartbeat: once a second) catches
+    // up with the log.
+    let written = std::fs::read_to_string(&log).unwrap().lines().count();
+    let head_seq = |h: &str| h.split(':').next().and_then(|n| n.parse::<usize>().ok());
+    within_3s("the published head", || {
+        status()["daemon"]["audit_head"]
+            .as_str()
+            .and_then(head_seq)
+            .is_some_and(|n| n >= written)
+    });
+    let head = status()["daemon"]["audit_head"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (ok, _, err) = audit(&["verify", &log.display().to_string(), "--head", &head]);
+    assert!(ok, "{err}");
+    // A copy cut short is caught by the head.
+    let cut = s.dir.join("cut.jsonl");
+    let seq = head_seq(&head).expect("head seq");
+    let now = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = now.lines().take(seq - 1).collect();
+    std::fs::write(&cut, lines.join("\n") + "\n").unwrap();
+    let (ok, _, err) = audit(&["verify", &cut.display().to_string(), "--head", &head]);
+    assert!(
+        !ok && err.contains("truncated"),
+        "head {head}: {err} hb={:?} log={}",
+        std::fs::read_to_string(s.dir.join("state/heartbeat.json")),
+        now.lines().count()
+    );
+    // A torn line (the disk filled mid-line before a crash): the start
+    // refuses, repair moves it aside, the start works.
+    assert!(daemon.terminate().expect("terminate").success());
+    let before = std::fs::read(&log).unwrap();
+    let mut torn = before.clone();
+    torn.extend_from_slice(b"{\"seq\":99,\"ts\":\"2026-");
+    std::fs::write(&log, &torn).unwrap();
+    let out = daemon_once(&topo.lb.name, &config);
+    assert!(
+        !out.status.success() && stderr(&out).contains("audit"),
+        "{}",
+        stderr(&out)
+    );
+    let (ok, out, err) = audit(&["repair", &log.display().to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("moved to"), "{out}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        before,
+        "the log ends at its last whole line"
+    );
+    let evidence: Vec<_> = std::fs::read_dir(&disk.0)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".torn-"))
+        .collect();
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(
+        std::fs::read(evidence[0].path()).unwrap(),
+        b"{\"seq\":99,\"ts\":\"2026-"
+    );
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("starts on the repaired log");
+    assert!(daemon.terminate().expect("terminate").success());
+}

@@ -71,6 +71,25 @@ impl AdminState {
         }
     }
 
+    /// Writes a record that must be on disk before the action it announces
+    /// runs: `false` if it is not (the action is then refused).
+    fn audit_first(&self, record: Value) -> bool {
+        let Some(a) = &self.audit else { return true };
+        let Value::Object(map) = record else {
+            return false;
+        };
+        match a.lock() {
+            Ok(mut log) => match log.append(&events::now_rfc3339(), map) {
+                Ok(_) => true,
+                Err(e) => {
+                    warn!(error = %e, "the audit log cannot be written");
+                    false
+                }
+            },
+            Err(_) => false,
+        }
+    }
+
     /// Whether the request carries the token.
     fn has_token(&self, req: &Request) -> bool {
         auth::authorized(self.token.as_deref(), req.header("authorization"))
@@ -90,6 +109,20 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
         warn!(peer = %req.peer, method = %req.method, path = %req.path, "admin request refused: {why}");
         st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
         return Response::error(401, why);
+    }
+    // Fail closed for people: an action nobody could audit is refused; the
+    // health agent's own decisions go on (fail static for the dataplane).
+    if req.method != "GET"
+        && !st.audit_first(
+            json!({"kind": "admin-request", "peer": req.peer, "method": req.method, "path": req.path}),
+        )
+    {
+        warn!(peer = %req.peer, method = %req.method, path = %req.path, "admin request refused: the audit log cannot be written");
+        return Response::error(
+            503,
+            "the audit log cannot be written: admin actions are refused until it can \
+             (the dataplane and the health agent carry on)",
+        );
     }
     let resp = serve_route(&st, &req, route).await;
     info!(peer = %req.peer, method = %req.method, path = %req.path, status = resp.status, "admin request");

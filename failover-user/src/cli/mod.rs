@@ -148,7 +148,17 @@ pub enum Cmd {
 #[derive(Subcommand)]
 pub enum AuditCmd {
     /// Check the hash chain; names the first broken line.
-    Verify { file: PathBuf },
+    Verify {
+        file: PathBuf,
+        /// The head the daemon published (`status`: `SEQ:HASH`): also
+        /// detects a log cut short or rewritten from that line on.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// A last line torn by a crash or a full disk: move it aside (kept as
+    /// evidence in FILE.torn-<ms>) so the daemon can append again. Refuses
+    /// any other damage. Run with the daemon stopped.
+    Repair { file: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -237,10 +247,37 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Audit {
-            cmd: AuditCmd::Verify { file },
-        } => match crate::observe::audit::verify(&file) {
-            Ok(n) => {
-                println!("{}: ok, {n} lines, the chain is intact", file.display());
+            cmd: AuditCmd::Verify { file, head },
+        } => {
+            let r = match &head {
+                Some(h) => crate::observe::audit::verify_head(&file, h),
+                None => crate::observe::audit::verify(&file).map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(n) => {
+                    println!("{}: ok, {n} lines, the chain is intact", file.display());
+                    Ok(())
+                }
+                Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+            }
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Repair { file },
+        } => match crate::observe::audit::repair(&file) {
+            Ok(r) => {
+                match &r.evidence {
+                    Some((p, n)) => println!(
+                        "{}: {} lines kept, the chain is intact; the torn last line ({n} bytes) moved to {}",
+                        file.display(),
+                        r.lines,
+                        p.display()
+                    ),
+                    None => println!(
+                        "{}: nothing to repair ({} lines, intact)",
+                        file.display(),
+                        r.lines
+                    ),
+                }
                 Ok(())
             }
             Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),

@@ -76,6 +76,17 @@ pub fn cmd_status(a: &SourceArgs) -> anyhow::Result<()> {
         ago(d.heartbeat_age_ms),
         ago(d.last_decision_age_ms)
     );
+    if let Some(w) = d.audit_writable {
+        println!(
+            "audit:     {} (head {})",
+            if w {
+                "writable"
+            } else {
+                "NOT WRITABLE: admin actions are refused"
+            },
+            d.audit_head.as_deref().unwrap_or("-")
+        );
+    }
     println!("bpffs:     {}", st.bpffs.display());
     println!(
         "attached:  {}",

@@ -149,6 +149,11 @@ pub struct AuditLog {
     next_seq: u64,
     last_hash: String,
     poisoned: bool,
+    /// The file's length after the last good line: a failed write is cut
+    /// back to it (a torn line never stays in the chain).
+    good_len: u64,
+    /// While poisoned: when it began and how many records were lost.
+    gap: Option<(String, u64)>,
 }
 
 impl AuditLog {
@@ -220,12 +225,15 @@ impl AuditLog {
                 source: other.into(),
             },
         })?;
+        let good_len = file.metadata().map_err(io_err("stat"))?.len();
         Ok(Self {
             file,
             path: path.to_path_buf(),
             next_seq: chain.lines.checked_add(1).ok_or(AuditError::SeqOverflow)?,
             last_hash: chain.last_hash,
             poisoned: false,
+            good_len,
+            gap: None,
         })
     }
 
@@ -233,11 +241,66 @@ impl AuditLog {
     /// microseconds); returns its `seq`. The line is on disk (`sync_data`)
     /// when this returns `Ok`.
     pub fn append(&mut self, ts: &str, record: Map<String, Value>) -> Result<u64, AuditError> {
-        if self.poisoned {
+        if self.poisoned && self.heal(ts).is_err() {
+            if let Some((_, lost)) = &mut self.gap {
+                *lost += 1;
+            }
             return Err(AuditError::Poisoned {
                 path: self.path.clone(),
             });
         }
+        self.write_record(ts, record)
+    }
+
+    /// Whether the log takes records now (after a failure: whether it could
+    /// be healed, see [`heal`](Self::heal)).
+    pub fn writable(&mut self, ts: &str) -> bool {
+        !self.poisoned || self.heal(ts).is_ok()
+    }
+
+    /// Whether the last write failed and the log has not been healed since.
+    pub fn failing(&self) -> bool {
+        self.poisoned
+    }
+
+    /// After a failed write: cuts the file back to its last good line and
+    /// seals the gap into the chain with an `audit-gap` record (when the
+    /// failure began, how many records were lost). Fails (and stays
+    /// poisoned) while writing still fails.
+    pub fn heal(&mut self, ts: &str) -> Result<(), AuditError> {
+        if !self.poisoned {
+            return Ok(());
+        }
+        self.file
+            .set_len(self.good_len)
+            .map_err(|source| AuditError::Io {
+                path: self.path.clone(),
+                op: "cutting a torn line",
+                source,
+            })?;
+        self.poisoned = false;
+        let (since, lost) = self.gap.take().unwrap_or_default();
+        let mut gap = Map::new();
+        gap.insert("kind".into(), Value::String("audit-gap".into()));
+        gap.insert("since".into(), Value::String(since.clone()));
+        gap.insert("records_lost".into(), Value::from(lost));
+        match self.write_record(ts, gap) {
+            Ok(_) => {
+                tracing::warn!(
+                    since,
+                    lost,
+                    "the audit log is written again; the gap is sealed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.gap = Some((since, lost));
+                Err(e)
+            }
+        }
+    }
+
+    fn write_record(&mut self, ts: &str, record: Map<String, Value>) -> Result<u64, AuditError> {
         if let Some(k) = RESERVED_KEYS.iter().find(|k| record.contains_key(**k)) {
             return Err(AuditError::ReservedKey((*k).to_string()));
         }
@@ -262,6 +325,12 @@ impl AuditLog {
             .and_then(|()| self.file.sync_data().map_err(|e| (e, "syncing")));
         if let Err((source, op)) = written {
             self.poisoned = true;
+            if self.gap.is_none() {
+                self.gap = Some((ts.to_string(), 0));
+            }
+            if let Some((_, lost)) = &mut self.gap {
+                *lost += 1;
+            }
             return Err(AuditError::Io {
                 path: self.path.clone(),
                 op,
@@ -270,6 +339,7 @@ impl AuditLog {
         }
         self.next_seq = next_seq;
         self.last_hash = hash;
+        self.good_len += line.len() as u64;
         Ok(seq)
     }
 
@@ -288,6 +358,95 @@ impl AuditLog {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Checks a published head (`SEQ:HASH`, as `status` shows it) against the
+/// log at `path`: the chain verifies, and its line `SEQ` still has that
+/// hash. A log cut short, or rewritten from that line on, fails with what
+/// was found.
+pub fn verify_head(path: &Path, head: &str) -> Result<u64, String> {
+    let (seq, hash) = head
+        .split_once(':')
+        .and_then(|(s, h)| Some((s.parse::<u64>().ok()?, h)))
+        .ok_or_else(|| format!("{head:?}: expected SEQ:HASH"))?;
+    let lines = verify(path).map_err(|e| e.to_string())?;
+    if seq == 0 {
+        return Ok(lines);
+    }
+    if lines < seq {
+        return Err(format!(
+            "truncated: the log ends at line {lines}, the published head is line {seq}"
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let found = text
+        .lines()
+        .nth(usize::try_from(seq - 1).map_err(|e| e.to_string())?)
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .and_then(|v| v["hash"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    if found != hash {
+        return Err(format!(
+            "rewritten: line {seq} has hash {found}, the published head says {hash}"
+        ));
+    }
+    Ok(lines)
+}
+
+/// What [`repair`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// Complete lines kept (the chain over them verifies).
+    pub lines: u64,
+    /// The torn last line's bytes, moved (not deleted) to this file.
+    pub evidence: Option<(PathBuf, usize)>,
+}
+
+/// Repairs a log whose last line was torn by a crash or a full disk (no
+/// final newline): the torn bytes move to `<path>.torn-<ms>` (kept as
+/// evidence) and the log ends at its last complete line, whose chain must
+/// verify. Anything else wrong with the chain is refused: repair never
+/// rewrites history. Run it with the daemon stopped.
+pub fn repair(path: &Path) -> Result<Repaired, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = verify_reader(&bytes[..keep]).map_err(|e| {
+        format!("the chain is broken before the last line ({e}): not a torn line; repair does not rewrite history")
+    })?;
+    if keep == bytes.len() {
+        return Ok(Repaired {
+            lines,
+            evidence: None,
+        });
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".torn-{ms}"));
+    let evidence = PathBuf::from(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&evidence)
+        .map_err(|e| format!("{}: {e}", evidence.display()))?;
+    f.write_all(&bytes[keep..])
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", evidence.display()))?;
+    let log = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    log.set_len(keep as u64)
+        .and_then(|()| log.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Repaired {
+        lines,
+        evidence: Some((evidence, bytes.len() - keep)),
+    })
 }
 
 /// Verifies the whole log at `path`: `Ok(number of lines)` or the first bad

@@ -20,6 +20,13 @@ pub struct Heartbeat {
     /// The agent's last map write (ms since the epoch; 0: none yet).
     pub last_decision_ms: u64,
     pub map_version: u64,
+    /// The audit log: whether it takes records, and its head (the last
+    /// line's seq and hash: `failover audit verify --head SEQ:HASH` finds a
+    /// truncation or rewrite).
+    #[serde(default)]
+    pub audit_writable: bool,
+    #[serde(default)]
+    pub audit_head: String,
 }
 
 /// What a reader makes of the heartbeat.
@@ -32,6 +39,9 @@ pub struct Liveness {
     pub heartbeat_age_ms: Option<u64>,
     /// How old the last decision is (ms), if there was one.
     pub last_decision_age_ms: Option<u64>,
+    /// From the last heartbeat.
+    pub audit_writable: Option<bool>,
+    pub audit_head: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -62,6 +72,8 @@ pub fn liveness(state_dir: &Path, now: u64) -> Liveness {
             pid: None,
             heartbeat_age_ms: None,
             last_decision_age_ms: None,
+            audit_writable: None,
+            audit_head: None,
         },
         Some(hb) => {
             let age = now.saturating_sub(hb.at_ms);
@@ -72,6 +84,8 @@ pub fn liveness(state_dir: &Path, now: u64) -> Liveness {
                 heartbeat_age_ms: Some(age),
                 last_decision_age_ms: (hb.last_decision_ms > 0)
                     .then(|| now.saturating_sub(hb.last_decision_ms)),
+                audit_writable: Some(hb.audit_writable),
+                audit_head: Some(hb.audit_head),
             }
         }
     }
@@ -90,6 +104,8 @@ mod tests {
             at_ms: 10_000,
             last_decision_ms: 4_000,
             map_version: 3,
+            audit_writable: true,
+            audit_head: "7:ab".into(),
         };
         write(&dir, &hb).unwrap();
         let l = liveness(&dir, 11_000);

@@ -105,6 +105,9 @@ pub struct AgentMetrics {
     /// When the agent last wrote a decision into the map (ms since the
     /// epoch; 0: not yet).
     pub last_decision_ms: u64,
+    /// Whether the audit log takes records (admin actions are refused
+    /// while it does not).
+    pub audit_writable: bool,
     /// (hook, result) -> runs.
     pub hook_runs: BTreeMap<(String, &'static str), u64>,
 }
@@ -118,6 +121,7 @@ impl Default for AgentMetrics {
             decision_to_map: PromHistogram::new(SWITCH_BUCKETS),
             map_version: 0,
             last_decision_ms: 0,
+            audit_writable: true,
             hook_runs: BTreeMap::new(),
         }
     }
@@ -327,6 +331,15 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
     o.sample(
         Labels::new(),
         Sample::Gauge(i64::try_from(agent.map_version).unwrap_or(i64::MAX)),
+    );
+    o.family(
+        "failover_audit_writable",
+        MetricType::Gauge,
+        "1 while the audit log takes records; 0: admin actions are refused.",
+    );
+    o.sample(
+        Labels::new(),
+        Sample::Gauge(i64::from(agent.audit_writable)),
     );
     o.family(
         "failover_hook_runs",
