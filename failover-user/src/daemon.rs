@@ -125,6 +125,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             bpffs: cfg.daemon.bpffs.clone(),
             state_dir: cfg.daemon.state_dir.clone(),
         },
+        refusals: Default::default(),
     });
     let servers = api::listen::start(st.clone(), &cfg.admin, stop_rx.clone()).await?;
     let start_agent = |cfg: &Config,
@@ -236,6 +237,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
                 continue;
             }
             _ = heartbeat.tick() => {
+                st.flush_refusals();
                 let (last_decision_ms, map_version) = agent_metrics
                     .lock()
                     .map_or((0, 0), |m| (m.last_decision_ms, m.map_version));

@@ -923,3 +923,164 @@ fn the_audit_log_fails_closed_for_people_and_heals() {
         .expect("starts on the repaired log");
     assert!(daemon.terminate().expect("terminate").success());
 }
+
+/// One HTTP/1.1 request on a new connection from `src` (inside the
+/// caller's namespace): the status code (0: no answer).
+fn raw_status(src: &str, to: &str, req: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let sock = match socket2_connect(src, to) {
+        Some(s) => s,
+        None => return 0,
+    };
+    let mut s = sock;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A TCP connection to `to` from the local address `src` (port 0).
+fn socket2_connect(src: &str, to: &str) -> Option<std::net::TcpStream> {
+    let src: std::net::SocketAddr = format!("{src}:0").parse().ok()?;
+    let to: std::net::SocketAddr = to.parse().ok()?;
+    let s = tokio::net::TcpSocket::new_v4().ok()?;
+    s.bind(src).ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let stream = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(2), s.connect(to)).await })
+        .ok()?
+        .ok()?;
+    stream.into_std().ok().inspect(|s| {
+        let _ = s.set_nonblocking(false);
+    })
+}
+
+/// The admin API under attack from another client address (127.0.0.2 in
+/// the load balancer's namespace): a flood of wrong-token requests does not
+/// spend the token holder's budget (55 of 55 served, none 429), and its
+/// 401s reach the audit log as one full record plus one `auth-failures`
+/// count per window; 200 slowloris connections leave the token holder's
+/// requests served (the per-client connection limit).
+#[test]
+fn the_admin_api_serves_the_token_holder_under_attack() {
+    require_root();
+    const TOKEN: &str = "lifecycle-token-0123456789abcdef";
+    const API: &str = "127.0.0.1:9190";
+    let s = Scratch::new("fox").expect("scratch dir");
+    let topo = Topology::create(&s.prefix).expect("topology");
+    let token = s.dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let audit = s.dir.join("audit.jsonl");
+    let x = failover_lab::LabExtras {
+        top: format!(
+            "[admin]\nlisten = \"{API}\"\ntoken_file = \"{}\"\naudit_file = \"{}\"\nrate_limit = 50\n",
+            token.display(),
+            audit.display()
+        ),
+        ..Default::default()
+    };
+    let config = s.dir.join("lab.toml");
+    std::fs::write(
+        &config,
+        topo.config_with(&s.bpffs, &s.dir.join("state"), &x),
+    )
+    .unwrap();
+    let mut daemon = DaemonProcess::spawn(&exe(), &topo.lb.name, &config).expect("daemon");
+    daemon
+        .wait_attached(&s.bpffs, &LB_IFACES)
+        .expect("attached");
+    let good = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    let bad = "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nConnection: close\r\n\r\n";
+    let holder = |n: usize| -> Vec<u16> {
+        topo.lb
+            .run(|| {
+                Ok((0..n)
+                    .map(|_| {
+                        std::thread::sleep(Duration::from_millis(20));
+                        raw_status("127.0.0.1", API, &good)
+                    })
+                    .collect())
+            })
+            .expect("token holder")
+    };
+    within_3s("the API answers", || holder(1) == [200]);
+
+    // 1. A wrong-token flood from 127.0.0.2 while the holder asks 55 times.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lb = topo.lb.name.clone();
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/run/netns/{lb}")).expect("netns");
+            failover_user::sys::netns::setns(&ns).expect("setns");
+            let mut sent = 0u64;
+            let t0 = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                raw_status("127.0.0.2", API, bad);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let got = holder(55);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flood");
+    assert!(sent > 100, "the flood sent only {sent}");
+    assert_eq!(got.iter().filter(|&&c| c == 200).count(), 55, "{got:?}");
+    // The 401s: one full record, then one count when the window closes.
+    let lines_401 = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"status\":401"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !lines_401().iter().any(|l| l.contains("auth-failures")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", lines_401());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lines = lines_401();
+    assert!(
+        lines.len() <= 4,
+        "{} audit lines for {sent} refusals",
+        lines.len()
+    );
+
+    // 2. 200 slowloris connections from 127.0.0.2.
+    let held = topo
+        .lb
+        .run(|| {
+            use std::io::Write as _;
+            let mut v = Vec::new();
+            for _ in 0..200 {
+                if let Some(mut c) = socket2_connect("127.0.0.2", API) {
+                    let _ = c.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+                    v.push(c);
+                }
+            }
+            Ok(v)
+        })
+        .expect("slowloris");
+    assert!(held.len() >= 16, "{} connections", held.len());
+    let got = holder(55);
+    assert_eq!(got.iter().filter(|&&c| c == 200).count(), 55, "{got:?}");
+    drop(held);
+    assert!(daemon.terminate().expect("terminate").success());
+}

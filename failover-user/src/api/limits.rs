@@ -39,9 +39,15 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// Concurrent connections; beyond that new connections get 503 and are closed.
     pub max_connections: usize,
-    /// Requests per second over all connections of a listener (a burst of as many);
-    /// beyond that 429 with `Retry-After`. 0: no limit.
+    /// Requests per second (a burst of as many); beyond that 429 with
+    /// `Retry-After`. 0: no limit. Requests carrying the listener's token
+    /// share one budget of their own; every other client (by address) has
+    /// its own, so a flood from one cannot starve the token holder.
     pub max_requests_per_sec: u32,
+    /// Concurrent connections from one client address; beyond that its new
+    /// connections get 503 (slowloris from one address cannot take every
+    /// slot). 0: no per-client limit.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Limits {
@@ -52,6 +58,7 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(5),
             max_connections: 64,
             max_requests_per_sec: 0,
+            max_connections_per_client: 16,
         }
     }
 }
@@ -117,6 +124,72 @@ impl Limiter {
                 Err(p) => p.into_inner().take(Instant::now()),
             },
         }
+    }
+}
+
+/// Client addresses whose budgets are kept; beyond that the oldest go.
+const MAX_CLIENT_BUDGETS: usize = 4096;
+
+/// The request budgets of a listener: one for requests with the token, one
+/// per client address for the rest.
+#[derive(Clone, Default)]
+pub(super) struct Budgets {
+    rate: u32,
+    token: Option<Arc<str>>,
+    authed: Limiter,
+    clients: Arc<Mutex<std::collections::HashMap<String, (Bucket, Instant)>>>,
+}
+
+impl Budgets {
+    pub(super) fn new(rate: u32, token: Option<Arc<str>>) -> Self {
+        Self {
+            rate,
+            token,
+            authed: Limiter::new(rate),
+            clients: Arc::default(),
+        }
+    }
+
+    /// Whether one more request from `client` (with its `Authorization`
+    /// header) may be served now.
+    pub(super) fn allowed(&self, client: &str, authorization: Option<&str>) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if super::auth::authorized(self.token.as_deref(), authorization) {
+            return self.authed.allowed();
+        }
+        let now = Instant::now();
+        let mut map = match self.clients.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if map.len() >= MAX_CLIENT_BUDGETS && !map.contains_key(client) {
+            // Forget the client seen longest ago (bounded memory under a
+            // flood of addresses).
+            if let Some(old) = map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&old);
+            }
+        }
+        let (bucket, seen) = map
+            .entry(client.to_string())
+            .or_insert_with(|| (Bucket::new(self.rate, now), now));
+        *seen = now;
+        bucket.take(now)
+    }
+}
+
+/// The client address of a peer (`ip:port`, `[ip]:port` or `unix`).
+pub(super) fn client_of(peer: &str) -> &str {
+    match peer.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => peer,
     }
 }
 

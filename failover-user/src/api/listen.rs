@@ -58,10 +58,12 @@ pub async fn start(
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("admin listener {addr}"))?;
-        servers.push(tokio::spawn(server::serve_tcp(
+        // The token holder's requests have a budget of their own.
+        servers.push(tokio::spawn(server::serve_tcp_with_token(
             l,
             handler(false),
             limits,
+            st.token.as_deref().map(Arc::from),
             stop.clone(),
         )));
     }

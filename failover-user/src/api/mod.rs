@@ -55,6 +55,20 @@ pub struct AdminState {
     pub alertmanager: AlertmanagerCfg,
     pub metrics: metrics::Shared,
     pub source: inspect::Source,
+    /// 401s per client in the current window (see `refused`).
+    pub refusals: Mutex<std::collections::HashMap<String, Refusals>>,
+}
+
+/// How long one client's 401s are counted into one audit record.
+pub const AUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One client's 401s in its current window.
+#[derive(Debug)]
+pub struct Refusals {
+    since: std::time::Instant,
+    since_ts: String,
+    /// Refusals after the first (which is audited in full).
+    count: u64,
 }
 
 impl AdminState {
@@ -90,6 +104,78 @@ impl AdminState {
         }
     }
 
+    /// A 401: the first from a client in each [`AUTH_WINDOW`] is logged
+    /// and audited in full; the rest are counted and written as one
+    /// `auth-failures` record per client when its window closes (see
+    /// [`flush_refusals`](Self::flush_refusals)), so a flood of bad tokens
+    /// cannot flood the audit log.
+    fn refused(&self, req: &Request, why: &str) {
+        let client = limits::client_of(&req.peer).to_string();
+        let now = std::time::Instant::now();
+        let first = {
+            let mut m = match self.refusals.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            match m.get_mut(&client) {
+                Some(w) if now.duration_since(w.since) < AUTH_WINDOW => {
+                    w.count += 1;
+                    false
+                }
+                _ => {
+                    if m.len() >= 4096 {
+                        m.clear();
+                    }
+                    m.insert(
+                        client.clone(),
+                        Refusals {
+                            since: now,
+                            since_ts: events::now_rfc3339(),
+                            count: 0,
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if first {
+            warn!(peer = %req.peer, method = %req.method, path = %req.path, "admin request refused: {why}");
+            self.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
+        }
+    }
+
+    /// Writes one `auth-failures` record for each client whose window has
+    /// closed with refusals beyond the first (called once a second by the
+    /// daemon).
+    pub fn flush_refusals(&self) {
+        let now = std::time::Instant::now();
+        let done: Vec<(String, Refusals)> = {
+            let mut m = match self.refusals.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            let closed: Vec<String> = m
+                .iter()
+                .filter(|(_, w)| now.duration_since(w.since) >= AUTH_WINDOW)
+                .map(|(k, _)| k.clone())
+                .collect();
+            closed
+                .into_iter()
+                .filter_map(|k| m.remove(&k).map(|w| (k, w)))
+                .collect()
+        };
+        for (client, w) in done {
+            if w.count > 0 {
+                warn!(
+                    client,
+                    refused = w.count,
+                    "more admin requests refused (bad or no token)"
+                );
+                self.audit(json!({"kind": "auth-failures", "client": client, "since": w.since_ts, "count": w.count, "status": 401}));
+            }
+        }
+    }
+
     /// Whether the request carries the token.
     fn has_token(&self, req: &Request) -> bool {
         auth::authorized(self.token.as_deref(), req.header("authorization"))
@@ -106,8 +192,7 @@ pub async fn handle(st: Arc<AdminState>, req: Request, trusted: bool) -> Respons
         } else {
             "missing or wrong bearer token"
         };
-        warn!(peer = %req.peer, method = %req.method, path = %req.path, "admin request refused: {why}");
-        st.audit(json!({"kind": "admin", "peer": req.peer, "method": req.method, "path": req.path, "status": 401, "result": why}));
+        st.refused(&req, why);
         return Response::error(401, why);
     }
     // Fail closed for people: an action nobody could audit is refused; the

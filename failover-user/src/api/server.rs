@@ -46,7 +46,7 @@ use tokio::{
 };
 use tracing::{debug, error, warn};
 
-use super::limits::{Guarded, Limiter, Limits, Phase, Shared};
+use super::limits::{Budgets, Guarded, Limits, Phase, Shared, client_of};
 
 /// Header fields accepted per request (beyond that: 431).
 const MAX_HEADER_FIELDS: usize = 100;
@@ -159,7 +159,19 @@ pub async fn serve_tcp(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve(listener, handler, limits, shutdown).await;
+    serve(listener, handler, limits, None, shutdown).await;
+}
+
+/// The same as [`serve_tcp`], with `token`: requests that carry it get a
+/// request budget of their own (see [`Limits::max_requests_per_sec`]).
+pub async fn serve_tcp_with_token(
+    listener: TcpListener,
+    handler: Handler,
+    limits: Limits,
+    token: Option<Arc<str>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve(listener, handler, limits, token, shutdown).await;
 }
 
 /// The same as [`serve_tcp`] on a unix socket listener. Requests carry `peer == "unix"`.
@@ -169,7 +181,7 @@ pub async fn serve_unix(
     limits: Limits,
     shutdown: watch::Receiver<bool>,
 ) {
-    serve(listener, handler, limits, shutdown).await;
+    serve(listener, handler, limits, None, shutdown).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,10 +250,14 @@ async fn serve<L: Accept>(
     listener: L,
     handler: Handler,
     limits: Limits,
+    token: Option<Arc<str>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let limits = limits.normalized();
-    let limiter = Limiter::new(limits.max_requests_per_sec);
+    let limiter = Budgets::new(limits.max_requests_per_sec, token);
+    // Open connections per client address.
+    let per_client: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        Arc::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let max_rejects = limits.max_connections.max(MIN_REJECT_TASKS);
     let mut conns: JoinSet<()> = JoinSet::new();
@@ -258,6 +274,11 @@ async fn serve<L: Accept>(
             Some(res) = rejects.join_next(), if !rejects.is_empty() => note_task_end(res),
             res = listener.accept_conn() => match res {
                 Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(_) if !take_client_slot(&per_client, &peer, limits.max_connections_per_client) => {
+                        if rejects.len() < max_rejects {
+                            rejects.spawn(reject_busy(stream, peer, limits));
+                        }
+                    }
                     Ok(permit) => {
                         let ctx = Arc::new(Ctx {
                             handler: Arc::clone(&handler),
@@ -268,8 +289,11 @@ async fn serve<L: Accept>(
                             linger: AtomicBool::new(false),
                         });
                         let rx = shutdown.clone();
+                        let per_client = Arc::clone(&per_client);
                         conns.spawn(async move {
+                            let client = ctx.peer.clone();
                             serve_connection(stream, ctx, rx).await;
+                            release_client_slot(&per_client, &client);
                             drop(permit);
                         });
                     }
@@ -318,6 +342,46 @@ async fn serve<L: Accept>(
     debug!("http server stopped");
 }
 
+/// Counts a new connection against its client's limit (`false`: over it).
+fn take_client_slot(
+    map: &std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    peer: &str,
+    max: usize,
+) -> bool {
+    let client = client_of(peer);
+    if max == 0 || client == "unix" {
+        return true;
+    }
+    let mut m = match map.lock() {
+        Ok(m) => m,
+        Err(p) => p.into_inner(),
+    };
+    let n = m.entry(client.to_string()).or_insert(0);
+    if *n >= max {
+        debug!(%peer, "too many connections from this client");
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn release_client_slot(
+    map: &std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    peer: &str,
+) {
+    let client = client_of(peer);
+    let mut m = match map.lock() {
+        Ok(m) => m,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(n) = m.get_mut(client) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(client);
+        }
+    }
+}
+
 /// A connection over the limit: 503 at once (without waiting for its request), then close.
 async fn reject_busy<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
@@ -339,7 +403,7 @@ async fn reject_busy<S: AsyncRead + AsyncWrite + Unpin>(
 struct Ctx {
     handler: Handler,
     limits: Limits,
-    limiter: Limiter,
+    limiter: Budgets,
     peer: String,
     shared: Shared,
     /// An answer went out without the request body being read: drain it before closing.
@@ -440,7 +504,10 @@ async fn respond(req: hyper::Request<Incoming>, ctx: &Ctx) -> hyper::Response<Re
     };
     let method = request.method.clone();
     let path = request.path.clone();
-    let response = if ctx.limiter.allowed() {
+    let response = if ctx
+        .limiter
+        .allowed(client_of(&ctx.peer), request.header("authorization"))
+    {
         run_handler(&ctx.handler, request).await
     } else {
         Response::error(
