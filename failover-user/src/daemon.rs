@@ -37,6 +37,20 @@ fn apply(
             None
         }
     };
+    // The saved layout names the slots the pinned maps (and conntrack's
+    // flows) use: a file that disagrees with the maps is not trusted.
+    let prev = match prev.map(|p| (dp.layout_mismatches(&p), p)) {
+        Some((Ok(bad), p)) if bad.is_empty() => Some(p),
+        Some((Ok(bad), _)) => {
+            warn!(mismatches = ?bad, path = %lp.display(), "the saved layout does not match the pinned maps: ignored, slots assigned afresh");
+            None
+        }
+        Some((Err(e), _)) => {
+            warn!(error = %format!("{e:#}"), "cannot check the saved layout against the pinned maps: ignored");
+            None
+        }
+        None => None,
+    };
     let layout = Layout::assign(cfg, prev.as_ref()).context("assigning map slots")?;
     // Backends whose health is known (a reload) keep it: their state words
     // are written from it, not from the config.

@@ -1084,3 +1084,47 @@ fn the_admin_api_serves_the_token_holder_under_attack() {
     drop(held);
     assert!(daemon.terminate().expect("terminate").success());
 }
+
+/// A `layout.json` that disagrees with the pinned maps (here: web's two
+/// backends' slots swapped while the daemon was down) is not trusted: the
+/// restart assigns slots afresh, matching the maps, and a connection
+/// established before stays with its backend.
+#[test]
+fn a_forged_layout_is_not_trusted() {
+    let mut lab = start_lab("fol2");
+    let c = &lab.topo.client;
+    let mut conn = failover_lab::Conn::open(c, vip(false, 80), T).expect("a connection");
+    assert_eq!(conn.ask("before").expect("ask"), "b1");
+    // SAFETY: SIGKILL to our own child.
+    unsafe { libc::kill(lab.daemon.0.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = lab.daemon.0.wait();
+    let lp = lab.s.dir.join("state/layout.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lp).unwrap()).unwrap();
+    let web = v["services"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["name"] == "web")
+        .expect("web");
+    let (a, b) = (
+        web["tiers"][0][0]["id"].clone(),
+        web["tiers"][1][0]["id"].clone(),
+    );
+    web["tiers"][0][0]["id"] = b;
+    web["tiers"][1][0]["id"] = a;
+    std::fs::write(&lp, serde_json::to_vec(&v).unwrap()).unwrap();
+    let config = lab.s.dir.join("lab.toml");
+    lab.daemon = DaemonProcess::spawn(&exe(), &lab.topo.lb.name, &config).expect("restart");
+    // Links adopted at once; wait until the new daemon has applied.
+    within_3s("the restarted daemon serves", || {
+        Command::new(exe())
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"alive\": true"))
+    });
+    assert_eq!(conn.ask("after").expect("ask after the restart"), "b1");
+    assert_eq!(vip_answer(&lab.topo), "b1");
+    assert!(lab.daemon.terminate().expect("terminate").success());
+}

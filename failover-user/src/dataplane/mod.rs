@@ -352,6 +352,35 @@ impl Dataplane {
         Ok(how)
     }
 
+    /// Where `layout` disagrees with the backends the maps hold: a slot
+    /// written before (pinned maps of a previous run) whose address, port
+    /// or service is not the layout's. Slots never written (fresh maps)
+    /// agree with anything.
+    pub fn layout_mismatches(&mut self, layout: &Layout) -> anyhow::Result<Vec<String>> {
+        let backends: Array<&mut MapData, BackendValue> = self.map_mut(map_names::BACKENDS)?;
+        let mut bad = Vec::new();
+        for s in &layout.services {
+            for b in s.tiers.iter().flatten() {
+                let Ok(v) = backends.get(&b.id, 0) else {
+                    bad.push(format!("{}/{}: slot {} out of range", s.name, b.name, b.id));
+                    continue;
+                };
+                if v.family == 0 {
+                    continue;
+                }
+                let (addr, family) = addr16(b.address);
+                if v.addr != addr
+                    || v.family != family
+                    || u16::from_be_bytes(v.port) != b.port
+                    || v.service_id != s.id
+                {
+                    bad.push(format!("{}/{}: slot {}", s.name, b.name, b.id));
+                }
+            }
+        }
+        Ok(bad)
+    }
+
     /// Points the pinned XDP link at `path` to our program.
     fn adopt_link(&mut self, path: &Path) -> anyhow::Result<()> {
         let pinned =
