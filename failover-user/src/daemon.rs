@@ -440,6 +440,32 @@ pub fn host_problems(cfg: &Config) -> Vec<String> {
     if let Err(e) = crate::sys::exec::lookup_user(&d.run_as) {
         out.push(format!("daemon.run_as: {e}"));
     }
+    if d.interfaces.is_empty() {
+        out.push("daemon.interfaces: empty: the daemon would attach to nothing".to_string());
+    }
+    let local = crate::sys::netns::local_addresses();
+    for (si, s) in cfg.services.iter().enumerate() {
+        for b in s.tiers.iter().flatten() {
+            if local.contains(&b.address) {
+                out.push(format!(
+                    "service[{si}] ({}) backend {:?}: {} is an address of this host: the load \
+                     balancer would forward to itself",
+                    s.name, b.name, b.address
+                ));
+            }
+        }
+        for h in &s.hooks {
+            if let crate::config::HookSpec::Exec { command } = &h.hook.spec
+                && let Some(program) = command.first()
+                && !program_exists(program)
+            {
+                out.push(format!(
+                    "service[{si}] ({}) hook {:?}: program {program:?} not found",
+                    s.name, h.hook.name
+                ));
+            }
+        }
+    }
     for iface in &d.interfaces {
         if let Err(e) = dataplane::ifindex(iface) {
             out.push(format!("daemon.interfaces: {iface:?}: {e:#}"));
@@ -480,6 +506,15 @@ pub fn host_problems(cfg: &Config) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether an exec hook's program can be found (a path, or a name on PATH).
+fn program_exists(program: &str) -> bool {
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Whether `path` (its nearest existing ancestor: the pin directory may

@@ -1137,3 +1137,43 @@ fn a_forged_layout_is_not_trusted() {
     assert_eq!(vip_answer(&lab.topo), "b1");
     assert!(lab.daemon.terminate().expect("terminate").success());
 }
+
+/// `check-config` refuses, on the host it would configure, a backend at
+/// one of the host's own addresses and an exec hook whose program is
+/// missing (each naming its field), and a config with no interface.
+#[test]
+fn check_config_refuses_host_mistakes() {
+    require_root();
+    let s = Scratch::new("foc").expect("scratch dir");
+    let ns = Netns::new(&format!("{}n", s.prefix)).expect("netns");
+    ns.ip(&["addr", "add", "198.18.9.1/24", "dev", "lo"])
+        .expect("address");
+    ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+    let config = s.dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ninterfaces = []\nbpffs = \"{}\"\nstate_dir = \"{}\"\n\
+             [[service]]\nname = \"web\"\nvip = \"198.18.100.10\"\nport = 80\n\
+             [[service.backend]]\nname = \"me\"\naddress = \"198.18.9.1\"\n\
+             [[service.hook]]\nname = \"promote\"\ntype = \"exec\"\ncommand = [\"/nonexistent/promote\"]\n",
+            s.bpffs.display(),
+            s.dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(exe())
+        .args(["--netns", &ns.name, "check-config"])
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    for want in [
+        "daemon.interfaces: empty",
+        "backend \"me\": 198.18.9.1 is an address of this host",
+        "hook \"promote\": program \"/nonexistent/promote\" not found",
+    ] {
+        assert!(err.contains(want), "no {want:?} in: {err}");
+    }
+}

@@ -138,6 +138,9 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     // NAT backend endpoint -> (service index): replies are matched by it.
     let mut nat_backends: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut vip_addrs = BTreeSet::new();
+    // Every backend address with its field path (checked against the VIPs
+    // once all are known).
+    let mut backend_addrs: Vec<(IpAddr, String)> = Vec::new();
     let mut total_tiers = 0u32;
     let mut total_backends = 0u32;
 
@@ -261,6 +264,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 );
             }
             let Some(address) = address else { continue };
+            backend_addrs.push((address, format!("{bp}.address")));
             if address.is_unspecified() || address.is_multicast() {
                 errs.push(
                     format!("{bp}.address"),
@@ -484,6 +488,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 limits.max_services
             ),
         );
+    }
+    for (address, path) in &backend_addrs {
+        if vip_addrs.contains(address) {
+            errs.push(
+                path.clone(),
+                format!(
+                    "{address} is a VIP of this load balancer: traffic to it would come back here \
+                     (a loop), not reach a backend"
+                ),
+            );
+        }
     }
     if vip_addrs.len() as u32 > limits.max_vip_addresses {
         errs.push(

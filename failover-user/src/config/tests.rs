@@ -468,3 +468,32 @@ fn https_webhook_options_are_checked_at_load() {
     ));
     assert!(e.iter().any(|m| m.contains("https:// urls only")), "{e:?}");
 }
+
+#[test]
+fn a_backend_at_a_vip_is_refused() {
+    let text = r#"
+[[service]]
+name = "web"
+vip = "198.18.0.10"
+port = 80
+[[service.backend]]
+name = "b"
+address = "198.18.0.11"
+
+[[service]]
+name = "api"
+vip = "198.18.0.11"
+port = 81
+[[service.backend]]
+name = "self"
+address = "198.18.0.11"
+"#;
+    let e = parse(text, "t").expect_err("a backend at a VIP");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("service[0].backend[0].address")
+            && msg.contains("is a VIP of this load balancer"),
+        "{msg}"
+    );
+    assert!(msg.contains("service[1].backend[0].address"), "{msg}");
+}
