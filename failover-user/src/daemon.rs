@@ -265,15 +265,15 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
                 if let Ok(mut m) = agent_metrics.lock() {
                     m.audit_writable = audit_writable;
                 }
-                let hb = crate::observe::heartbeat::Heartbeat {
+                let hb = crate::sys::heartbeat::Heartbeat {
                     pid: std::process::id(),
-                    at_ms: crate::observe::heartbeat::now_ms(),
+                    at_ms: crate::sys::heartbeat::now_ms(),
                     last_decision_ms,
                     map_version,
                     audit_writable,
                     audit_head,
                 };
-                if let Err(e) = crate::observe::heartbeat::write(&current.daemon.state_dir, &hb) {
+                if let Err(e) = crate::sys::heartbeat::write(&current.daemon.state_dir, &hb) {
                     warn!(error = %format!("{e:#}"), "writing the heartbeat failed");
                 }
                 continue;
@@ -344,7 +344,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     }
     let _ = std::fs::remove_file(&current.admin.socket);
     // Not alive from now on (readers need not wait for the heartbeat to age).
-    let _ = std::fs::remove_file(crate::observe::heartbeat::path(&current.daemon.state_dir));
+    let _ = std::fs::remove_file(crate::sys::heartbeat::path(&current.daemon.state_dir));
     if let Some(a) = agent.write().await.take() {
         let (_, stats) = a.stop().await;
         if let (Some(p50), Some(p99)) = (

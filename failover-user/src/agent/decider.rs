@@ -334,7 +334,7 @@ impl Decider {
                 self.with_metrics(|m| {
                     m.decision_to_map.observe(dt.as_secs_f64());
                     m.map_version = version;
-                    m.last_decision_ms = crate::observe::heartbeat::now_ms();
+                    m.last_decision_ms = crate::sys::heartbeat::now_ms();
                 });
                 Some(dt)
             }

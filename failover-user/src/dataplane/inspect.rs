@@ -121,7 +121,7 @@ pub struct Status {
     pub flows: usize,
     pub conntrack_capacity: u32,
     /// The daemon's heartbeat, judged now.
-    pub daemon: crate::observe::heartbeat::Liveness,
+    pub daemon: crate::sys::heartbeat::Liveness,
 }
 
 fn backend_states(src: &Source) -> anyhow::Result<Array<MapData, u32>> {
@@ -393,10 +393,7 @@ pub fn status(src: &Source) -> anyhow::Result<Status> {
         backends_by_state: by_state,
         flows,
         conntrack_capacity: capacity,
-        daemon: crate::observe::heartbeat::liveness(
-            &src.state_dir,
-            crate::observe::heartbeat::now_ms(),
-        ),
+        daemon: crate::sys::heartbeat::liveness(&src.state_dir, crate::sys::heartbeat::now_ms()),
     })
 }
 

@@ -3,6 +3,5 @@
 
 pub mod audit;
 pub mod events;
-pub mod heartbeat;
 pub mod hooks;
 pub mod metrics;

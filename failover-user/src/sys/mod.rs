@@ -4,5 +4,6 @@
 pub mod caps;
 pub mod exec;
 pub mod files;
+pub mod heartbeat;
 pub mod http_client;
 pub mod netns;
