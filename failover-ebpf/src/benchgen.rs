@@ -9,6 +9,14 @@
 //! - `failover_sink`: counts every frame (per-CPU) and drops it; attached to
 //!   the backends' interfaces, it counts the IPv4/UDP frames the load
 //!   balancer delivered without paying for a network stack behind them.
+//! - `failover_fwd`: the reference for the per-packet cost of forwarding
+//!   (issue 14), modelled on the kernel's `samples/bpf/xdp_fwd_kern.c`:
+//!   Ethernet + IPv4/IPv6, `bpf_fib_lookup`, both MACs rewritten, TTL / hop
+//!   limit decremented (IPv4 checksum updated incrementally), XDP_TX. What
+//!   the FIB cannot forward is passed.
+//! - `failover_redir`: the reference for the packet rate of forwarding: one
+//!   `bpf_redirect_map` per frame on `REDIRECT_PORTS` (slot 0 or 1, at
+//!   random, as the load balancer spreads over two backends), no lookups.
 #![no_std]
 #![no_main]
 
@@ -18,9 +26,10 @@ mod mapval;
 mod packet;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
-    helpers::bpf_get_prandom_u32,
+    EbpfContext as _,
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    btf_maps::{Array, DevMap, PerCpuArray},
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32},
     macros::btf_map,
     macros::xdp,
     programs::XdpContext,
@@ -28,7 +37,11 @@ use aya_ebpf::{
 
 use core::mem::{offset_of, size_of};
 
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 
 use crate::packet::Packet;
 
@@ -39,6 +52,10 @@ pub static SINK_COUNT: PerCpuArray<u64, 1, 0> = PerCpuArray::new();
 /// The frame the generator sends (written by userspace).
 #[btf_map]
 pub static GEN_FRAME: Array<[u8; FRAME], 1, 0> = Array::new();
+
+/// The two interfaces `failover_redir` sends to (written by userspace).
+#[btf_map]
+pub static REDIRECT_PORTS: DevMap<2, 0> = DevMap::new();
 
 /// Length of the generated frame.
 const FRAME: usize = 64;
@@ -114,6 +131,110 @@ pub fn failover_sink(ctx: XdpContext) -> u32 {
         *mapval::as_mut(c) += 1;
     }
     xdp_action::XDP_DROP
+}
+
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const ETH_DST_AT: usize = offset_of!(EthHdr, dst_addr);
+const ETH_SRC_AT: usize = offset_of!(EthHdr, src_addr);
+const L3_AT: usize = size_of::<EthHdr>();
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+
+#[xdp]
+pub fn failover_fwd(ctx: XdpContext) -> u32 {
+    fwd(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// `xdp_fwd_kern.c`'s `xdp_fwd_flags` with XDP_TX in place of the
+/// redirect; `None` passes the packet.
+#[inline(always)]
+fn fwd(ctx: &XdpContext) -> Option<u32> {
+    let p = Packet::new(ctx);
+    let proto = p.load::<[u8; 2]>(ETH_TYPE_AT)?;
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers
+    // and unions of integers).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    // Where TTL / hop limit is, in a 2-byte load (1-byte packet loads can
+    // compile to a form the verifier rejects).
+    let v4 = proto == ETH_P_IP;
+    if v4 {
+        // TTL and protocol.
+        let [ttl, l4] = p.load::<[u8; 2]>(L3_AT + offset_of!(Ipv4Hdr, ttl))?;
+        if ttl <= 1 {
+            return None;
+        }
+        let [_, tos] = p.load::<[u8; 2]>(L3_AT)?;
+        let tot_len = p.load::<[u8; 2]>(L3_AT + offset_of!(Ipv4Hdr, tot_len))?;
+        fib.family = AF_INET;
+        fib.__bindgen_anon_2.tos = tos;
+        fib.l4_protocol = l4;
+        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(tot_len);
+        fib.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes(p.load(L3_AT + offset_of!(Ipv4Hdr, src_addr))?);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes(p.load(L3_AT + offset_of!(Ipv4Hdr, dst_addr))?);
+    } else if proto == ETH_P_IPV6 {
+        // Next header and hop limit.
+        let [l4, hops] = p.load::<[u8; 2]>(L3_AT + offset_of!(Ipv6Hdr, next_hdr))?;
+        if hops <= 1 {
+            return None;
+        }
+        let first = u32::from_ne_bytes(p.load(L3_AT)?);
+        let payload_len = p.load::<[u8; 2]>(L3_AT + offset_of!(Ipv6Hdr, payload_len))?;
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_2.flowinfo = first & u32::from_ne_bytes(0x0fff_ffffu32.to_be_bytes());
+        fib.l4_protocol = l4;
+        fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(payload_len);
+        fib.__bindgen_anon_3.ipv6_src = words(p.load(L3_AT + offset_of!(Ipv6Hdr, src_addr))?);
+        fib.__bindgen_anon_4.ipv6_dst = words(p.load(L3_AT + offset_of!(Ipv6Hdr, dst_addr))?);
+    } else {
+        return None;
+    }
+    // SAFETY: the helper reads and writes `fib`, a stack value valid for
+    // the call, of the size we pass.
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, size_of::<FibParams>() as i32, 0) };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        return None;
+    }
+    if v4 {
+        // ip_decrease_ttl: the checksum's high byte goes up by one as the
+        // TTL goes down (RFC 1141).
+        let at = L3_AT + offset_of!(Ipv4Hdr, ttl);
+        let [ttl, l4] = p.load::<[u8; 2]>(at)?;
+        let check_at = L3_AT + offset_of!(Ipv4Hdr, check);
+        let mut check = u32::from(u16::from_be_bytes(p.load(check_at)?)) + 0x0100;
+        check += u32::from(check >= 0xffff);
+        p.store(check_at, (check as u16).to_be_bytes())?;
+        p.store(at, [ttl - 1, l4])?;
+    } else {
+        let at = L3_AT + offset_of!(Ipv6Hdr, next_hdr);
+        let [l4, hops] = p.load::<[u8; 2]>(at)?;
+        p.store(at, [l4, hops - 1])?;
+    }
+    p.store(ETH_DST_AT, fib.dmac)?;
+    p.store(ETH_SRC_AT, fib.smac)?;
+    Some(xdp_action::XDP_TX)
+}
+
+#[inline(always)]
+fn words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[xdp]
+pub fn failover_redir(_ctx: XdpContext) -> u32 {
+    // SAFETY: a helper without arguments or preconditions.
+    let slot = unsafe { bpf_get_prandom_u32() } & 1;
+    match REDIRECT_PORTS.redirect(slot, 0) {
+        Ok(a) | Err(a) => a,
+    }
 }
 
 #[cfg(not(test))]
