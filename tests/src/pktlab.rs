@@ -153,6 +153,13 @@ pub struct Lab {
     _ns: Netns,
 }
 
+impl Lab {
+    /// `ip` in the lab's namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self._ns.ip(args)
+    }
+}
+
 pub fn mac(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))

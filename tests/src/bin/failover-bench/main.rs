@@ -161,7 +161,27 @@ fn single(prog: &Xdp, ifindex: u32, frames: &[Vec<u8>], want: u32) -> anyhow::Re
 }
 
 const PASS: u32 = 2;
+const TX: u32 = 3;
 const REDIRECT: u32 = 4;
+
+/// A NAT service whose backend is behind the client-facing interface, so
+/// its packets leave with XDP_TX as the FIB forwarder's do (issue 14's
+/// comparison rows).
+const TX_SERVICE: &str = r#"
+[[service]]
+name = "web-tx"
+vip = "198.18.0.16"
+port = 80
+[[service.backend]]
+name = "q"
+address = "198.18.0.5"
+port = 8080
+"#;
+/// Neighbour entries on `c0` for the destinations of the FIB forwarder's
+/// packets (the VIPs: to the FIB, hosts on the client-facing link).
+const FWD_NEIGHBOURS: [&str; 2] = ["198.18.0.16", "2001:db8::10"];
+/// The FIB forwarder in the bench object (`failover-ebpf/src/benchgen.rs`).
+const FWD_PROGRAM: &str = "failover_fwd";
 
 /// A TCP ACK from `sport` to `dport` (a packet of an established flow).
 fn ack(sport: u16, dport: u16) -> L4 {
@@ -225,7 +245,27 @@ fn verify_flows(
 }
 
 fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
-    let mut lab = Lab::new();
+    let mut lab = Lab::with_config(&format!("{CONFIG}{TX_SERVICE}"));
+    for a in FWD_NEIGHBOURS {
+        lab.ip(&[
+            "neigh",
+            "replace",
+            a,
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "c0",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    verify_flows(
+        &mut lab,
+        "198.18.0.16",
+        14_000..14_000 + 3000,
+        "web-tx",
+        "q",
+    )?;
     verify_flows(&mut lab, "198.18.0.11", [42000].into_iter(), "web-dsr", "p")?;
     // Established flows on their own ports (13000.., 23000..); new flows
     // (SYNs) on ports nothing tracks (10000.., 20000..).
@@ -245,6 +285,14 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         .try_into()?;
     pass.load()
         .context("loading the empty program into the kernel")?;
+    let mut bench_obj =
+        aya::Ebpf::load_file(udp::benchgen_object()?).context("loading the bench programs")?;
+    let fwd: &mut Xdp = bench_obj
+        .program_mut(FWD_PROGRAM)
+        .context("FIB forwarder missing from the bench object")?
+        .try_into()?;
+    fwd.load()
+        .context("loading the FIB forwarder into the kernel")?;
     let prog = lab.dp.program()?;
     // What the verifier made of the program, so growth shows up here. (The
     // stack depth is only in the verifier's log, which the loader does not
@@ -338,6 +386,17 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     let v6_created = single(prog, lab.c0, &v6_new, REDIRECT)?;
     single(prog, lab.c0, &v6_est, REDIRECT)?;
     let v6_established = single(prog, lab.c0, &v6_est, REDIRECT)?;
+    // Issue 14's references: the same established ACKs through the FIB
+    // forwarder, and failover's NAT to a backend that leaves with XDP_TX as
+    // the forwarder's packets do.
+    let v4_est_tx: Vec<Vec<u8>> = ports(14_000)
+        .map(|p| from_client("198.18.0.16", ack(p, 80)).bytes())
+        .collect();
+    single(prog, lab.c0, &v4_est_tx, TX)?;
+    let established_tx = single(prog, lab.c0, &v4_est_tx, TX)?;
+    single(fwd, lab.c0, &v4_est_tx, TX)?;
+    let fwd4 = single(fwd, lab.c0, &v4_est_tx, TX)?;
+    let fwd6 = single(fwd, lab.c0, &v6_est, TX)?;
     // Without any entry: a mid-stream packet forwarded by the table alone
     // (records nothing), and a reply translated from REVERSE alone.
     let midstream: Vec<Vec<u8>> = ports(50_000)
@@ -369,6 +428,21 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     rows.push(Row {
         what: "reply without an entry (translated from REVERSE)".into(),
         ns: untracked_reply,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "VIP, established flow, NAT, XDP_TX (backend behind the ingress interface)".into(),
+        ns: established_tx,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "reference: FIB forwarder (xdp_fwd_kern.c, XDP_TX), IPv4 established ACK".into(),
+        ns: fwd4,
+        floor: floor_s,
+    });
+    rows.push(Row {
+        what: "reference: FIB forwarder, IPv6 established ACK".into(),
+        ns: fwd6,
         floor: floor_s,
     });
     rows.push(Row {
@@ -415,6 +489,27 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         "stages": stages.iter().map(|(st, ns)| json!({"stage": st, "ns": ns})).collect::<Vec<_>>(),
         "slowest": slowest,
     });
+    let goals = [
+        (
+            "failover NAT established XDP_TX / FIB forwarder",
+            established_tx / fwd4,
+        ),
+        ("DSR established / FIB forwarder", dsr_s / fwd4),
+        ("new flow (NAT SYN) / FIB forwarder", created / fwd4),
+        ("non-VIP / empty program", nonvip_s / floor_s),
+        (
+            "IPv6 established / IPv4 established (NAT)",
+            v6_established / established,
+        ),
+    ];
+    report["fast_path_goals"]["method"] =
+        json!("ratios of single-run medians measured in this run (issue 14)");
+    report["fast_path_goals"]["per_packet"] = json!(
+        goals
+            .iter()
+            .map(|(g, r)| json!({"ratio": g, "value": r}))
+            .collect::<Vec<_>>()
+    );
     report["per_packet"] = json!({
         "method": {"batch": format!("median of {rounds} rounds of test_run repeat={repeat}"), "single": format!("median of {n} test_run repeat=1 (kernel timing)")},
         "empty_batch_ns": floor_b,
@@ -946,11 +1041,16 @@ fn throughput(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(String, f64, 
 fn udp_rate(o: &Opts, report: &mut Value) -> anyhow::Result<(udp::Rate, Vec<udp::Rate>)> {
     let exe = daemon_exe(o)?;
     let (contenders, repeat): (&[&str], u32) = if o.quick {
-        (&["failover nat"], 300_000)
+        (&["failover nat", "bare redirect"], 300_000)
     } else {
         ensure_packages(&[("nft", "nftables")])?;
         (
-            &["failover nat", "failover dsr", "nftables dnat"],
+            &[
+                "failover nat",
+                "failover dsr",
+                "nftables dnat",
+                "bare redirect",
+            ],
             10_000_000,
         )
     };
@@ -968,7 +1068,13 @@ fn udp_rate(o: &Opts, report: &mut Value) -> anyhow::Result<(udp::Rate, Vec<udp:
         "generator_offered_over_best_delivered": rates.iter().map(|r| r.offered_pps).fold(f64::INFINITY, f64::min) / best,
         "contenders": rates.iter().map(|r| json!({"contender": r.contender, "offered_pps": r.offered_pps, "delivered_pps": r.delivered_pps})).collect::<Vec<_>>(),
         "ratio_failover_nat_to_nftables": get("failover nat") / get("nftables dnat"),
+        "ratio_failover_nat_to_bare_redirect": get("failover nat") / get("bare redirect"),
+        "bare_redirect": "reference (issue 14): one bpf_redirect_map per frame on a devmap of the LB's two backend-facing veths (slot at random), no lookups, frames unchanged",
         "haproxy": "not measured: HAProxy does not load-balance UDP",
+    });
+    report["fast_path_goals"]["udp"] = json!({
+        "ratio": "failover NAT delivered Mpps / bare redirect delivered Mpps",
+        "value": get("failover nat") / get("bare redirect"),
     });
     Ok((alone, rates))
 }
@@ -1206,6 +1312,17 @@ fn print_per_packet(report: &Value, rows: &[Row]) {
         "\nslowest stage of the VIP path: {}",
         report["stages"]["slowest"].as_str().unwrap_or("?")
     );
+    println!("\n| fast-path goals (issue 14; single-run medians) | ratio |");
+    println!("| --- | ---: |");
+    if let Some(g) = report["fast_path_goals"]["per_packet"].as_array() {
+        for x in g {
+            println!(
+                "| {} | {:.2} |",
+                x["ratio"].as_str().unwrap_or("?"),
+                num(&x["value"])
+            );
+        }
+    }
 }
 
 fn print_failover(report: &Value, fo: &[Scenario]) {
@@ -1285,4 +1402,8 @@ fn print_udp(report: &Value, (alone, rates): &(udp::Rate, Vec<udp::Rate>)) {
     if x.is_finite() {
         println!("\nUDP: failover nat / nftables: {x:.2}");
     }
+    println!(
+        "\nfast-path goal (issue 14): UDP failover nat / bare redirect (delivered Mpps): {:.2}",
+        num(&report["udp_rate"]["ratio_failover_nat_to_bare_redirect"])
+    );
 }

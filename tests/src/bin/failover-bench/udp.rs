@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::{Array, DevMap, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use failover_lab::{Topology, netns::Netns};
@@ -26,11 +26,13 @@ use failover_user::dataplane::ifindex;
 const GEN_PROGRAM: &str = "failover_gen";
 const SINK_PROGRAM: &str = "failover_sink";
 const SINK_COUNT_MAP: &str = "SINK_COUNT";
+const REDIRECT_PROGRAM: &str = "failover_redir";
+const REDIRECT_PORTS_MAP: &str = "REDIRECT_PORTS";
 
 /// The bench's XDP generator and sink, built with the other eBPF programs
 /// but kept out of the product binary: loaded from the eBPF target dir
 /// (or `FAILOVER_BENCHGEN`).
-fn benchgen_object() -> anyhow::Result<std::path::PathBuf> {
+pub fn benchgen_object() -> anyhow::Result<std::path::PathBuf> {
     let path = match std::env::var_os("FAILOVER_BENCHGEN") {
         Some(p) => std::path::PathBuf::from(p),
         None => option_env!("CARGO_TARGET_DIR")
@@ -71,6 +73,39 @@ impl Sink {
         let map = self.ebpf.map(SINK_COUNT_MAP).context("sink counter map")?;
         let a: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(a.get(&0, 0)?.iter().sum())
+    }
+}
+
+/// The bare-redirect reference (issue 14): one `bpf_redirect_map` per
+/// frame from `iface` to `ports` (two slots), no lookups; detached on drop.
+pub struct BareRedirect {
+    _ebpf: Ebpf,
+}
+
+impl BareRedirect {
+    pub fn attach(ns: &Netns, iface: &str, ports: [&str; 2]) -> anyhow::Result<Self> {
+        let object = benchgen_object()?;
+        ns.run(|| {
+            let mut ebpf = Ebpf::load_file(&object).context("loading the bench programs")?;
+            {
+                let mut m: DevMap<_> = DevMap::try_from(
+                    ebpf.map_mut(REDIRECT_PORTS_MAP)
+                        .context("redirect devmap missing")?,
+                )?;
+                for (slot, port) in (0u32..).zip(ports) {
+                    m.set(slot, ifindex(port)?, None, 0)
+                        .with_context(|| format!("adding {port} to the devmap"))?;
+                }
+            }
+            let prog: &mut Xdp = ebpf
+                .program_mut(REDIRECT_PROGRAM)
+                .context("redirect program missing")?
+                .try_into()?;
+            prog.load().context("loading the bare redirect")?;
+            prog.attach(iface, XdpMode::Driver)
+                .with_context(|| format!("attaching the bare redirect to {iface}"))?;
+            Ok(BareRedirect { _ebpf: ebpf })
+        })
     }
 }
 
@@ -196,6 +231,7 @@ pub fn rates(
         ];
         let mut _daemon = None;
         let mut _pass = None;
+        let mut _redirect = None;
         match contender {
             "failover nat" | "failover dsr" => {
                 _daemon = Some(crate::start_daemon(
@@ -215,6 +251,11 @@ pub fn rates(
                 // The client's frames arrive as XDP frames: the receiving
                 // veth must run XDP to accept them.
                 _pass = Some(failover_lab::attach_pass(&topo.lb, "lc")?);
+            }
+            "bare redirect" => {
+                // The frames reach the backends' sinks unchanged (an XDP
+                // sink counts them whatever their addresses).
+                _redirect = Some(BareRedirect::attach(&topo.lb, "lc", ["lb1", "lb2"])?);
             }
             other => bail!("no UDP setup for {other}"),
         }
