@@ -57,10 +57,7 @@ use std::{
     fmt,
     fs::{File, OpenOptions},
     io::{self, BufRead, BufReader, ErrorKind, Write as _},
-    os::unix::{
-        fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
-        io::AsRawFd as _,
-    },
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -674,14 +671,10 @@ fn read_line_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io:
     }
 }
 
+/// flock(LOCK_EX | LOCK_NB) through std (`File::try_lock`); `WouldBlock`
+/// when another holder has it.
 fn lock_exclusive(file: &File) -> io::Result<()> {
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    file.try_lock().map_err(io::Error::from)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` with plausible field ranges.

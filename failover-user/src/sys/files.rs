@@ -6,10 +6,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
-    os::{
-        fd::AsRawFd as _,
-        unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
-    },
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -209,11 +206,10 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, FileError> {
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
         .map_err(|e| nofollow_error(dir, e))?;
-    // SAFETY: flock on an fd we own; no memory is passed.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+    // std's `try_lock` is flock(LOCK_EX | LOCK_NB) on Linux.
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
             let holder = f
                 .metadata()
                 .ok()
@@ -223,7 +219,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, FileError> {
                 holder,
             });
         }
-        return Err(io_at(dir)(e));
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_at(dir)(e)),
     }
     Ok(DirLock {
         _dir: f,
