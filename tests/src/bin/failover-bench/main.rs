@@ -22,7 +22,9 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use failover_common::{FLOW_REPLIED, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowValue, map_names};
+use failover_common::{
+    BackendValue, FLOW_REPLIED, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowValue, map_names,
+};
 use failover_tests::{
     pkt::{L4, Pkt},
     pktlab::{CONFIG, LB_B_MAC, Lab, P_MAC, from_client},
@@ -177,9 +179,34 @@ name = "q"
 address = "198.18.0.5"
 port = 8080
 "#;
+/// The same for IPv6, and a DSR service whose backend is behind the ingress
+/// interface too (both for the batch rows below).
+const TX_SERVICES_MORE: &str = r#"
+[[service]]
+name = "web-tx6"
+vip = "2001:db8::16"
+port = 80
+[[service.backend]]
+name = "q"
+address = "2001:db8::5"
+port = 8080
+
+[[service]]
+name = "dsr-tx"
+vip = "198.18.0.17"
+port = 80
+mode = "dsr"
+[[service.backend]]
+name = "q"
+address = "198.18.0.5"
+"#;
 /// Neighbour entries on `c0` for the destinations of the FIB forwarder's
 /// packets (the VIPs: to the FIB, hosts on the client-facing link).
-const FWD_NEIGHBOURS: [&str; 2] = ["198.18.0.16", "2001:db8::10"];
+const FWD_NEIGHBOURS: [&str; 3] = ["198.18.0.16", "2001:db8::10", "2001:db8::16"];
+/// Repeats per batch of a packet the program rewrites: the identity NAT
+/// below leaves it as it was except for the TTL, which goes down by one per
+/// repeat (the packets start at 255, and a TTL of 1 takes another path).
+const REWRITE_REPEAT: u32 = 200;
 /// The FIB forwarder in the bench object (`failover-ebpf/src/benchgen.rs`).
 const FWD_PROGRAM: &str = "failover_fwd";
 
@@ -244,8 +271,26 @@ fn verify_flows(
     Ok(())
 }
 
+/// Points backend `b` of `svc` at `vip`:`port` in `BACKENDS` (see the batch
+/// rows in `per_packet`).
+fn identity_backend(lab: &mut Lab, svc: &str, b: &str, vip: &str, port: u16) -> anyhow::Result<()> {
+    let id = lab.backend(svc, b);
+    let map = lab
+        .dp
+        .ebpf_mut()
+        .map_mut(map_names::BACKENDS)
+        .context("BACKENDS")?;
+    let mut backends: aya::maps::Array<&mut MapData, BackendValue> =
+        aya::maps::Array::try_from(map)?;
+    let mut v = backends.get(&id, 0)?;
+    v.addr = addr16(vip.parse()?).0;
+    v.port = port.to_be_bytes();
+    backends.set(id, v, 0)?;
+    Ok(())
+}
+
 fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
-    let mut lab = Lab::with_config(&format!("{CONFIG}{TX_SERVICE}"));
+    let mut lab = Lab::with_config(&format!("{CONFIG}{TX_SERVICE}{TX_SERVICES_MORE}"));
     for a in FWD_NEIGHBOURS {
         lab.ip(&[
             "neigh",
@@ -267,6 +312,15 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         "q",
     )?;
     verify_flows(&mut lab, "198.18.0.11", [42000].into_iter(), "web-dsr", "p")?;
+    verify_flows(&mut lab, "198.18.0.16", [42000].into_iter(), "web-tx", "q")?;
+    verify_flows(
+        &mut lab,
+        "2001:db8::16",
+        [42000].into_iter(),
+        "web-tx6",
+        "q",
+    )?;
+    verify_flows(&mut lab, "198.18.0.17", [42000].into_iter(), "dsr-tx", "q")?;
     // Established flows on their own ports (13000.., 23000..); new flows
     // (SYNs) on ports nothing tracks (10000.., 20000..).
     verify_flows(&mut lab, "198.18.0.10", 13_000..13_000 + 3000, "web", "p")?;
@@ -405,6 +459,41 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     let untracked = single(prog, lab.c0, &midstream, REDIRECT)?;
     let untracked_replies = replies_to(60_000);
     let untracked_reply = single(prog, lab.b0, &untracked_replies, REDIRECT)?;
+
+    // Batch rows of the goals: the kernel's average over REWRITE_REPEAT
+    // runs has no per-run timing overhead, which single runs carry (~50 ns)
+    // and which would flatter every ratio towards 1. A packet the program
+    // rewrites can be repeated only if the rewrite leaves it as it was, so
+    // the NAT services' backends are pointed at their own VIP and port
+    // (bench only: the config refuses a backend at a VIP): every step of
+    // the NAT path runs, with values that happen to be the same.
+    identity_backend(&mut lab, "web-tx", "q", "198.18.0.16", 80)?;
+    identity_backend(&mut lab, "web-tx6", "q", "2001:db8::16", 80)?;
+    let prog = lab.dp.program()?;
+    let ttl255 = |dst: &str| {
+        let mut p = from_client(dst, ack(42000, 80));
+        p.ttl = 255;
+        p.bytes()
+    };
+    let rw_rounds = if o.quick { 200 } else { 2000 };
+    let (nat4, nat6, dsr4) = (
+        ttl255("198.18.0.16"),
+        ttl255("2001:db8::16"),
+        ttl255("198.18.0.17"),
+    );
+    let fwd_frame6 = ttl255("2001:db8::10");
+    let nat_tx_b = batch(prog, lab.c0, &nat4, REWRITE_REPEAT, rw_rounds, TX)?;
+    let nat6_tx_b = batch(prog, lab.c0, &nat6, REWRITE_REPEAT, rw_rounds, TX)?;
+    let dsr_tx_b = batch(prog, lab.c0, &dsr4, REWRITE_REPEAT, rw_rounds, TX)?;
+    let fwd4_b = batch(fwd, lab.c0, &nat4, REWRITE_REPEAT, rw_rounds, TX)?;
+    let fwd6_b = batch(fwd, lab.c0, &fwd_frame6, REWRITE_REPEAT, rw_rounds, TX)?;
+    let empty_rw_b = batch(pass, lab.c0, &nat4, REWRITE_REPEAT, rw_rounds, PASS)?;
+    // A new flow cannot be repeated (the second SYN is a retransmission):
+    // its single-run median, less the timing overhead single runs carry
+    // (the empty program's single-run median minus its batch figure).
+    let overhead = floor_s - floor_b;
+    let created_net = created - overhead;
+    let nonvip_b = rows[0].ns;
     rows.push(Row {
         what: "VIP, new flow (SYN: embryonic insert), NAT".into(),
         ns: created,
@@ -445,6 +534,22 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         ns: fwd6,
         floor: floor_s,
     });
+    for (what, ns) in [
+        (
+            "batch: failover NAT established, XDP_TX (identity NAT, see docs)",
+            nat_tx_b,
+        ),
+        ("batch: failover DSR established, XDP_TX", dsr_tx_b),
+        ("batch: failover IPv6 NAT established, XDP_TX", nat6_tx_b),
+        ("batch: reference FIB forwarder, IPv4", fwd4_b),
+        ("batch: reference FIB forwarder, IPv6", fwd6_b),
+    ] {
+        rows.push(Row {
+            what: what.into(),
+            ns,
+            floor: empty_rw_b,
+        });
+    }
     rows.push(Row {
         what: "IPv6 VIP, new flow, NAT".into(),
         ns: v6_created,
@@ -489,25 +594,39 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
         "stages": stages.iter().map(|(st, ns)| json!({"stage": st, "ns": ns})).collect::<Vec<_>>(),
         "slowest": slowest,
     });
+    // (ratio, value, goal): at most `goal`.
     let goals = [
         (
             "failover NAT established XDP_TX / FIB forwarder",
-            established_tx / fwd4,
+            nat_tx_b / fwd4_b,
+            1.0,
         ),
-        ("DSR established / FIB forwarder", dsr_s / fwd4),
-        ("new flow (NAT SYN) / FIB forwarder", created / fwd4),
-        ("non-VIP / empty program", nonvip_s / floor_s),
         (
-            "IPv6 established / IPv4 established (NAT)",
-            v6_established / established,
+            "DSR established XDP_TX / FIB forwarder",
+            dsr_tx_b / fwd4_b,
+            0.8,
+        ),
+        (
+            "new flow (NAT SYN, single run less overhead) / FIB forwarder",
+            created_net / fwd4_b,
+            1.6,
+        ),
+        ("non-VIP / empty program", nonvip_b / floor_b, 2.0),
+        (
+            "IPv6 established / IPv4 established (NAT, XDP_TX)",
+            nat6_tx_b / nat_tx_b,
+            1.2,
         ),
     ];
-    report["fast_path_goals"]["method"] =
-        json!("ratios of single-run medians measured in this run (issue 14)");
+    report["fast_path_goals"]["method"] = json!(format!(
+        "batch averages (test_run repeat={REWRITE_REPEAT}, median of {rw_rounds} rounds; \
+         non-VIP: repeat={repeat}) measured in this run; the new flow is a \
+         single-run median less the single-run overhead ({overhead:.0} ns)"
+    ));
     report["fast_path_goals"]["per_packet"] = json!(
         goals
             .iter()
-            .map(|(g, r)| json!({"ratio": g, "value": r}))
+            .map(|(g, r, goal)| json!({"ratio": g, "value": r, "goal_at_most": goal, "met": r <= goal}))
             .collect::<Vec<_>>()
     );
     report["per_packet"] = json!({
@@ -536,6 +655,15 @@ fn scale(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<(usize, f64, f64)>>
     let mut filled = 0usize;
     let mem_per_entry = conntrack_memory(&mut lab)? / f64::from(cap);
     verify_flows(&mut lab, "198.18.0.11", [42000].into_iter(), "web-dsr", "p")?;
+    verify_flows(&mut lab, "198.18.0.16", [42000].into_iter(), "web-tx", "q")?;
+    verify_flows(
+        &mut lab,
+        "2001:db8::16",
+        [42000].into_iter(),
+        "web-tx6",
+        "q",
+    )?;
+    verify_flows(&mut lab, "198.18.0.17", [42000].into_iter(), "dsr-tx", "q")?;
     for &n in sizes {
         {
             let map = lab
@@ -1312,17 +1440,27 @@ fn print_per_packet(report: &Value, rows: &[Row]) {
         "\nslowest stage of the VIP path: {}",
         report["stages"]["slowest"].as_str().unwrap_or("?")
     );
-    println!("\n| fast-path goals (issue 14; single-run medians) | ratio |");
-    println!("| --- | ---: |");
+    println!("\n| fast-path goals (issue 14) | ratio | goal | met |");
+    println!("| --- | ---: | ---: | --- |");
     if let Some(g) = report["fast_path_goals"]["per_packet"].as_array() {
         for x in g {
             println!(
-                "| {} | {:.2} |",
+                "| {} | {:.2} | <= {:.1} | {} |",
                 x["ratio"].as_str().unwrap_or("?"),
-                num(&x["value"])
+                num(&x["value"]),
+                num(&x["goal_at_most"]),
+                if x["met"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
             );
         }
     }
+    println!(
+        "({})",
+        report["fast_path_goals"]["method"].as_str().unwrap_or("")
+    );
 }
 
 fn print_failover(report: &Value, fo: &[Scenario]) {
