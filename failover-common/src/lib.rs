@@ -291,6 +291,54 @@ pub struct FlowValue {
     pub syns: u16,
 }
 
+/// A next hop learned from the kernel's FIB (`NEXTHOPS`, per CPU, by
+/// backend id): what `bpf_fib_lookup` answered for the backend's address.
+/// The packet path uses it instead of a FIB lookup while it is fresh: its
+/// `epoch` equals `NH_EPOCH[0]` (which the daemon bumps on every netlink
+/// route, neighbour, address or link event and on every change of the
+/// egress set), it was learned for the same ingress interface, it is at
+/// most [`NEXTHOP_MAX_AGE_JIFFIES`] old, and the packet is no longer than
+/// one the FIB accepted on this path (`mtu_ok`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The ingress interface it was learned for (0: empty slot).
+    pub iif: u32,
+    /// `NH_EPOCH[0]` when it was learned.
+    pub epoch: u32,
+    /// The longest L3 length the FIB accepted on this path (the MTU is
+    /// known to be at least this).
+    pub mtu_ok: u16,
+    /// `NH_TX` (leaves by the ingress interface) or `NH_REDIRECT`.
+    pub how: u8,
+    pub _pad: u8,
+    /// `bpf_jiffies64()` when it was learned (low 32 bits; wrapping).
+    pub learned_jiffies: u32,
+    /// [`addr_tag`] of the address it was learned for: a backend slot
+    /// given to another address misses at once, before any epoch bump.
+    pub addr_tag: u32,
+}
+
+/// A 32-bit fold of a 16-byte address (its words xored): what `NextHop`
+/// remembers of the address it was learned for.
+#[inline(always)]
+pub fn addr_tag(a: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4) ^ w(8) ^ w(12)
+}
+
+/// `NextHop::how`.
+pub const NH_TX: u8 = 1;
+pub const NH_REDIRECT: u8 = 2;
+/// A next hop older than this many jiffies (1 to 10 s, by the kernel's HZ)
+/// is looked up again even without an event: the bound on staleness if the
+/// daemon is not running to bump the epoch.
+pub const NEXTHOP_MAX_AGE_JIFFIES: u32 = 1000;
+
 /// Flow states (`FlowValue::state`).
 /// TCP: the client's SYN was forwarded, the handshake is not complete.
 pub const FS_SYN: u8 = 1;
@@ -455,6 +503,7 @@ const _: () = assert!(core::mem::size_of::<TableValue>().is_multiple_of(4));
 const _: () = assert!(core::mem::size_of::<BackendValue>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 36);
 const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 16);
 const _: () = assert!(core::mem::size_of::<PassiveConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<PassiveHealth>() == 40);
@@ -491,8 +540,10 @@ pub mod map_names {
     pub const FLOW_TIMEOUTS: &str = "FLOW_TIMEOUTS";
     pub const CLOCK: &str = "CLOCK";
     pub const PROGS: &str = "PROGS";
+    pub const NEXTHOPS: &str = "NEXTHOPS";
+    pub const NH_EPOCH: &str = "NH_EPOCH";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         SERVICES,
         VIP_ADDRS,
         TIER_ACTIVE,
@@ -516,6 +567,8 @@ pub mod map_names {
         FLOW_TIMEOUTS,
         CLOCK,
         PROGS,
+        NEXTHOPS,
+        NH_EPOCH,
     ];
 }
 
@@ -553,6 +606,7 @@ mod user {
         )*};
     }
     pod!(
+        NextHop,
         EndpointKey,
         VipAddrKey,
         ServiceValue,

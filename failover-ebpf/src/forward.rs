@@ -1,17 +1,29 @@
 //! Forwarding: next hop and MAC addresses from the kernel's FIB
 //! (`bpf_fib_lookup`), then XDP_TX (same interface) or XDP_REDIRECT through
 //! the devmap.
+//!
+//! Towards a backend, the FIB's answer is cached per CPU in `NEXTHOPS`
+//! ([`cached`], [`learn`]): a FIB lookup costs about 100 ns, a fresh
+//! cache entry a few. What the cache assumes, so that it answers as the
+//! FIB would: the next hop towards a backend depends on the backend's
+//! address and the ingress interface only (no multipath route towards a
+//! backend, no policy routing on the client's address or ports: with those
+//! the flows of one backend share the path the FIB gave first); anything
+//! that can change the answer (a route, a rule, a neighbour, an address,
+//! a link, the egress set) reaches the daemon as a netlink event or is its
+//! own change, and it bumps `NH_EPOCH`.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use failover_common::FAMILY_V4;
+use failover_common::{FAMILY_V4, NEXTHOP_MAX_AGE_JIFFIES, NH_REDIRECT, NH_TX, NextHop};
 
 use crate::{
-    maps::DEVMAP,
+    maps::{DEVMAP, NEXTHOPS, NH_EPOCH},
+    mapval,
     packet::Packet,
     parse::{ETH_DST, ETH_SRC, VLAN_HDR_LEN},
 };
@@ -98,6 +110,73 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// The coarse time of the next-hop cache (the verifier inlines this
+/// helper into one load).
+#[inline(always)]
+fn jiffies() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_jiffies64() as u32 }
+}
+
+/// A fresh cached next hop of backend `bid` for this packet, or the epoch
+/// to learn a FIB answer under (read before the lookup: an event after it
+/// leaves what the lookup found stale).
+pub enum Hop<'a> {
+    Cached(&'a NextHop),
+    Miss(u32),
+}
+
+/// The cached next hop of backend `bid` (at the address of `tag`), if
+/// fresh for a packet of `l3_len` bytes that came in on `iif`.
+#[inline(always)]
+pub fn cached<'a>(bid: u32, tag: u32, iif: u32, l3_len: u16) -> Hop<'a> {
+    let epoch = NH_EPOCH.get(0).copied().unwrap_or(0);
+    if let Some(nh) = NEXTHOPS.get_ptr(bid) {
+        // This CPU's slot; written only by this CPU (`learn`).
+        let nh: &'a NextHop = mapval::as_ref(nh);
+        if nh.iif == iif
+            && nh.epoch == epoch
+            && nh.addr_tag == tag
+            && l3_len <= nh.mtu_ok
+            && jiffies().wrapping_sub(nh.learned_jiffies) <= NEXTHOP_MAX_AGE_JIFFIES
+        {
+            return Hop::Cached(nh);
+        }
+    }
+    Hop::Miss(epoch)
+}
+
+/// Remembers the FIB's answer `p` for backend `bid` (a lookup that
+/// succeeded and an egress we may use).
+#[inline(always)]
+pub fn learn(bid: u32, tag: u32, p: &FibParams, e: &Egress, (iif, l3_len): (u32, u16), epoch: u32) {
+    if let Some(nh) = NEXTHOPS.get_ptr_mut(bid) {
+        let nh = mapval::as_mut(nh);
+        nh.dmac = p.dmac;
+        nh.smac = p.smac;
+        nh.ifindex = p.ifindex;
+        nh.iif = iif;
+        nh.epoch = epoch;
+        nh.mtu_ok = l3_len;
+        nh.how = match e {
+            Egress::Tx => NH_TX,
+            Egress::Redirect(_) => NH_REDIRECT,
+        };
+        nh.learned_jiffies = jiffies();
+        nh.addr_tag = tag;
+    }
+}
+
+/// How a cached next hop leaves.
+#[inline(always)]
+pub fn cached_egress(nh: &NextHop) -> Egress {
+    if nh.how == NH_TX {
+        Egress::Tx
+    } else {
+        Egress::Redirect(nh.ifindex)
+    }
+}
+
 /// How a frame leaves.
 pub enum Egress {
     /// Back out of the interface it came in on.
@@ -118,27 +197,33 @@ pub fn egress(ctx: &XdpContext, ifindex: u32) -> Option<Egress> {
     }
 }
 
-/// Writes the MACs found by the FIB lookup `p` and returns the XDP action
+/// Writes the MACs (`dmac`, `smac`: from the FIB or the cache) and returns the XDP action
 /// that sends the frame. A frame that came in with a VLAN tag leaves
 /// without it: the FIB answered for an untagged interface (the one XDP runs
 /// on, or another in the devmap), never for the tag's network. The packet
 /// must not be touched after this (its head may have moved).
 #[inline(always)]
-pub fn send(ctx: &XdpContext, pkt: &Packet, e: Egress, p: &FibParams, tagged: bool) -> Option<u32> {
+pub fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    e: Egress,
+    (dmac, smac): (&[u8; 6], &[u8; 6]),
+    tagged: bool,
+) -> Option<u32> {
     if tagged {
         // New MACs written just before the inner EtherType, then the head
         // moved past the old MACs and the tag: what remains is
         // [dmac][smac][EtherType][IP ...].
-        pkt.store(VLAN_HDR_LEN + ETH_DST, p.dmac)?;
-        pkt.store(VLAN_HDR_LEN + ETH_SRC, p.smac)?;
+        pkt.store(VLAN_HDR_LEN + ETH_DST, *dmac)?;
+        pkt.store(VLAN_HDR_LEN + ETH_SRC, *smac)?;
         // SAFETY: shrinks the frame's head by 4 bytes of a frame at least
         // 18 bytes long (the parser read the tag and the EtherType).
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HDR_LEN as i32) } != 0 {
             return None;
         }
     } else {
-        pkt.store(ETH_DST, p.dmac)?;
-        pkt.store(ETH_SRC, p.smac)?;
+        pkt.store(ETH_DST, *dmac)?;
+        pkt.store(ETH_SRC, *smac)?;
     }
     Some(match e {
         Egress::Tx => xdp_action::XDP_TX,

@@ -343,7 +343,7 @@ fn send(
     if !dec_ttl(pkt, flow) {
         return verdict(PASS, Reason::PassTtlExceeded);
     }
-    match forward::send(ctx, pkt, e, fib, flow.tagged()) {
+    match forward::send(ctx, pkt, e, (&fib.dmac, &fib.smac), flow.tagged()) {
         Some(a) if a != DROP => verdict(a, Reason::FwdIcmp),
         _ => verdict(DROP, Reason::DropInternal),
     }

@@ -35,7 +35,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    bindings::xdp_action,
     macros::xdp,
     programs::XdpContext,
 };
@@ -47,7 +47,7 @@ use failover_common::{
 };
 
 use crate::{
-    forward::{Egress, Fib},
+    forward::{Egress, Fib, Hop},
     maps::{REVERSE, SERVICES, VIP_ADDRS},
     nat::{Rewrite, Side},
     packet::Packet,
@@ -297,54 +297,62 @@ fn to_backend(
         }
     };
     let dport = if dsr { k.dport } else { b.port };
-    forward::prepare(
-        fib,
-        ctx,
-        k.family,
-        k.proto,
-        &k.src,
-        &b.addr,
-        (k.sport, dport),
-        l3_len(pkt, flow),
-    );
-    let out = match forward::fib(ctx, fib) {
-        Fib::Ok => {
-            let Some(e) = forward::egress(ctx, fib.ifindex) else {
-                if dsr {
+    let iif = ctx.ingress_ifindex() as u32;
+    let len = l3_len(pkt, flow);
+    // The next hop: cached (see `forward.rs`), or the FIB's answer, learned.
+    let tag = failover_common::addr_tag(&b.addr);
+    let (e, macs) = match forward::cached(bid, tag, iif, len) {
+        Hop::Cached(nh) => (forward::cached_egress(nh), (&nh.dmac, &nh.smac)),
+        Hop::Miss(epoch) => {
+            forward::prepare(fib, ctx, k.family, k.proto, &k.src, &b.addr, (k.sport, dport), len);
+            match forward::fib(ctx, fib) {
+                Fib::Ok => {
+                    let Some(e) = forward::egress(ctx, fib.ifindex) else {
+                        if dsr {
+                            stats::service(svc.id, Dir::Dropped, bytes);
+                            return (DROP, Reason::DropFibFail);
+                        }
+                        // The kernel can still route the rewritten packet.
+                        return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoEgress);
+                    };
+                    forward::learn(bid, tag, fib, &e, (iif, len), epoch);
+                    (e, (&fib.dmac, &fib.smac))
+                }
+                Fib::NoNeigh if !dsr => {
+                    return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoNeigh);
+                }
+                Fib::FragNeeded if !dsr => {
+                    return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassFragNeeded);
+                }
+                Fib::FragNeeded => return (PASS, Reason::PassFragNeeded),
+                Fib::NoNeigh => {
+                    stats::service(svc.id, Dir::Dropped, bytes);
+                    return (DROP, Reason::DropNoNeigh);
+                }
+                Fib::Fail | Fib::Local => {
                     stats::service(svc.id, Dir::Dropped, bytes);
                     return (DROP, Reason::DropFibFail);
                 }
-                // The kernel can still route the rewritten packet.
-                return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoEgress);
-            };
-            if dsr {
-                send(ctx, pkt, flow, e, fib)
-            } else {
-                match nat::ttl(pkt, flow) {
-                    Some(t) if t > 1 => {}
-                    _ => return (PASS, Reason::PassTtlExceeded),
-                }
-                *rw = Rewrite {
-                    addr: b.addr,
-                    port: b.port,
-                    side: Side::Dst,
-                    dec_ttl: true,
-                };
-                if !nat::rewrite(pkt, flow, rw) {
-                    return (DROP, Reason::DropMalformed);
-                }
-                send(ctx, pkt, flow, e, fib)
             }
         }
-        Fib::NoNeigh if !dsr => {
-            return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassNoNeigh);
+    };
+    let out = if dsr {
+        send(ctx, pkt, flow, e, macs)
+    } else {
+        match nat::ttl(pkt, flow) {
+            Some(t) if t > 1 => {}
+            _ => return (PASS, Reason::PassTtlExceeded),
         }
-        Fib::NoNeigh => (DROP, Reason::DropNoNeigh),
-        Fib::FragNeeded if !dsr => {
-            return pass_rewritten(pkt, flow, rw, svc, b, Reason::PassFragNeeded);
+        *rw = Rewrite {
+            addr: b.addr,
+            port: b.port,
+            side: Side::Dst,
+            dec_ttl: true,
+        };
+        if !nat::rewrite(pkt, flow, rw) {
+            return (DROP, Reason::DropMalformed);
         }
-        Fib::FragNeeded => (PASS, Reason::PassFragNeeded),
-        Fib::Fail | Fib::Local => (DROP, Reason::DropFibFail),
+        send(ctx, pkt, flow, e, macs)
     };
     match out.0 {
         DROP => stats::service(svc.id, Dir::Dropped, bytes),
@@ -382,12 +390,18 @@ fn pass_rewritten(
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet, flow: &Flow, e: Egress, fib: &FibParams) -> (u32, Reason) {
+fn send(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &Flow,
+    e: Egress,
+    macs: (&[u8; 6], &[u8; 6]),
+) -> (u32, Reason) {
     let r = match e {
         Egress::Tx => Reason::FwdTx,
         Egress::Redirect(_) => Reason::FwdRedirect,
     };
-    match forward::send(ctx, pkt, e, fib, flow.tagged()) {
+    match forward::send(ctx, pkt, e, macs, flow.tagged()) {
         Some(a) if a != DROP => (a, r),
         _ => (DROP, Reason::DropInternal),
     }
@@ -558,7 +572,7 @@ fn reply_inner(
                 if !nat::rewrite(pkt, flow, rw) {
                     return Some((DROP, Reason::DropMalformed));
                 }
-                let (a, _) = send(ctx, pkt, flow, e, fib);
+                let (a, _) = send(ctx, pkt, flow, e, (&fib.dmac, &fib.smac));
                 (a, if a == DROP { Reason::DropInternal } else { fwd })
             }
             None => pass_reply_rewritten(pkt, flow, rw, rev, Reason::PassNoEgress),

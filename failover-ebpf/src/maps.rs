@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use failover_common::{
-    BackendValue, Counter, EndpointKey, FlowKey, FlowTimeouts, FlowValue, PassiveConfig,
+    BackendValue, Counter, EndpointKey, FlowKey, FlowTimeouts, FlowValue, NextHop, PassiveConfig,
     PassiveEvent, PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue,
     ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
@@ -93,6 +93,18 @@ pub static CLOCK: Array<u64, 1, NO_FLAGS> = Array::new();
 /// NAT backend endpoint -> the VIP its replies are translated back to.
 #[btf_map]
 pub static REVERSE: HashMap<EndpointKey, ReverseValue, MAX_BACKENDS, NO_FLAGS> = HashMap::new();
+
+/// Backend id -> its next hop as the FIB last answered it (per CPU:
+/// learned by the CPU that uses it, so it is never written torn and its
+/// cache line never bounces). See `forward.rs` and `NextHop`.
+#[btf_map]
+pub static NEXTHOPS: PerCpuArray<NextHop, MAX_BACKENDS, NO_FLAGS> = PerCpuArray::new();
+
+/// Slot 0: the next-hop epoch. The daemon bumps it on every netlink event
+/// that may change a route or a neighbour, and on every change of the
+/// egress set; a `NEXTHOPS` entry of another epoch is looked up again.
+#[btf_map]
+pub static NH_EPOCH: Array<u32, 1, NO_FLAGS> = Array::new();
 
 /// Interfaces we may redirect to, keyed by ifindex.
 #[btf_map]

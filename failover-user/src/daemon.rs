@@ -201,6 +201,7 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         drop_capabilities()?;
     }
     dataplane::spawn_clock(&cfg.daemon.bpffs)?;
+    dataplane::nexthop::spawn_watch(&cfg.daemon.bpffs)?;
     info!(
         services = layout.services.len(),
         bpffs = %cfg.daemon.bpffs.display(),

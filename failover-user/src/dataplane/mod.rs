@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod layout;
 pub mod links;
 pub mod maps;
+pub mod nexthop;
 pub mod objects;
 
 use std::{
@@ -141,7 +142,8 @@ impl Dataplane {
             .map_max_entries(map_names::PASSIVE_HEALTH, limits.max_backends)
             .map_max_entries(map_names::PASSIVE_GUARD, limits.max_tiers)
             .map_max_entries(map_names::PASSIVE_MARKED, limits.max_tiers)
-            .map_max_entries(map_names::PASSIVE_STATS, limits.max_backends);
+            .map_max_entries(map_names::PASSIVE_STATS, limits.max_backends)
+            .map_max_entries(map_names::NEXTHOPS, limits.max_backends);
         if let Some(dir) = pin_dir {
             crate::sys::files::ensure_private_dir(dir).context("the pin directory")?;
             check_pinned_maps(dir, limits)?;
@@ -179,11 +181,21 @@ impl Dataplane {
         progs
             .set(objects::PROG_ICMP, &icmp_fd, 0)
             .context("installing the ICMP program in PROGS")?;
-        Ok(Self {
+        let mut dp = Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
             links: HashMap::new(),
-        })
+        };
+        // Next hops cached by an earlier run (pinned maps) may be of routes
+        // that changed while no daemon watched.
+        dp.forget_next_hops()?;
+        Ok(dp)
+    }
+
+    /// Makes every cached next hop stale (see `nexthop.rs`).
+    pub fn forget_next_hops(&mut self) -> anyhow::Result<()> {
+        let mut epoch: Array<&mut MapData, u32> = self.map_mut(map_names::NH_EPOCH)?;
+        nexthop::bump(&mut epoch)
     }
 
     /// Passive detection: each service's thresholds (zero: off), each tier's
@@ -491,7 +503,9 @@ impl Dataplane {
         let mut devmap: DevMapHash<&mut MapData> = self.map_mut(map_names::DEVMAP)?;
         devmap
             .insert(ifindex, ifindex, None, 0)
-            .with_context(|| format!("adding {iface} (ifindex {ifindex}) to the devmap"))
+            .with_context(|| format!("adding {iface} (ifindex {ifindex}) to the devmap"))?;
+        // A next hop learned as "not ours to send out of" may now be.
+        self.forget_next_hops()
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &str) -> anyhow::Result<T>
@@ -840,7 +854,7 @@ pub fn spawn_clock(pin_dir: &Path) -> anyhow::Result<()> {
 
 /// (key size, value size or `None` when the kernel decides it, max entries)
 /// of every map for `limits`.
-fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 23] {
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 25] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -953,6 +967,13 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 23]
         ),
         (map_names::CLOCK, 4, Some(8), 1),
         (map_names::PROGS, 4, Some(4), 1),
+        (
+            map_names::NEXTHOPS,
+            4,
+            Some(sz(size_of::<failover_common::NextHop>())),
+            limits.max_backends,
+        ),
+        (map_names::NH_EPOCH, 4, Some(4), 1),
     ]
 }
 

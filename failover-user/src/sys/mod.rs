@@ -6,4 +6,5 @@ pub mod exec;
 pub mod files;
 pub mod heartbeat;
 pub mod http_client;
+pub mod netlink;
 pub mod netns;
