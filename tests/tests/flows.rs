@@ -319,3 +319,43 @@ fn syn_flood(top: &str) {
         "established connections answered after the flood, replies leaked"
     );
 }
+
+/// The next-hop cache follows the kernel (issue 14): a backend's NIC is
+/// replaced (a new MAC on the same address, and the load balancer's
+/// neighbour entry updated, as a gratuitous ARP would) and the very next
+/// connections reach it. Without the rtnetlink watcher that bumps the
+/// cache's epoch, they would go to the old MAC for up to
+/// NEXTHOP_MAX_AGE_JIFFIES (1 to 10 s) and time out: b1's kernel drops
+/// frames for another MAC, while its health probes, which the kernel
+/// routes, stay green.
+#[test]
+fn next_hops_follow_neighbour_changes() {
+    let lab = start_lab();
+    let ports = 47300..47310;
+    assert_eq!(tally(&lab, ports.clone(), 20, "warm"), (20, 0), "b1 first");
+    let new_mac = "02:00:00:00:0b:01";
+    lab.topo.backends[0]
+        .ip(&["link", "set", "b1", "address", new_mac])
+        .expect("new MAC on b1");
+    lab.topo
+        .lb
+        .ip(&[
+            "neigh",
+            "replace",
+            "198.18.1.2",
+            "lladdr",
+            new_mac,
+            "dev",
+            "lb1",
+            "nud",
+            "reachable",
+        ])
+        .expect("the load balancer learns b1's new MAC");
+    // The event's delivery to the daemon's watcher is microseconds away.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        tally(&lab, ports, 20, "after"),
+        (20, 0),
+        "every connection after the change reaches b1 at its new MAC"
+    );
+}
