@@ -331,6 +331,48 @@ pub fn addr_tag(a: &[u8; 16]) -> u32 {
     w(0) ^ w(4) ^ w(8) ^ w(12)
 }
 
+/// The first question the packet path asks (`ADDR_FILTER`, one slot): may
+/// this packet concern a VIP or a backend at all? A bit set per VIP
+/// address and per backend address (at [`addr_filter_slot`] of its
+/// [`addr_tag`]); a TCP or UDP packet with neither its source nor its
+/// destination set is passed at once, untouched. A false positive (two
+/// addresses on one bit) only sends a packet down the full path, as every
+/// packet went before. 65 536 bits: a few hundred addresses set leave a
+/// stranger's address under 1 % odds of a false positive.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AddrFilter {
+    pub words: [u64; ADDR_FILTER_WORDS],
+}
+
+pub const ADDR_FILTER_WORDS: usize = 1024;
+
+/// The word and the bit of an address tag in `AddrFilter` (a
+/// multiplicative hash: a tag's high bits depend on all of its bits).
+#[inline(always)]
+pub fn addr_filter_slot(tag: u32) -> (usize, u64) {
+    let h = tag.wrapping_mul(0x9e37_79b1) >> 16;
+    (
+        (h >> 6) as usize & (ADDR_FILTER_WORDS - 1),
+        1u64 << (h & 63),
+    )
+}
+
+impl AddrFilter {
+    /// Sets the bit of a 16-byte address (IPv4 in the first four bytes).
+    pub fn insert(&mut self, addr: &[u8; 16]) {
+        let (w, bit) = addr_filter_slot(addr_tag(addr));
+        self.words[w] |= bit;
+    }
+
+    /// Every bit of `other` set here too.
+    pub fn union(&mut self, other: &AddrFilter) {
+        for (a, b) in self.words.iter_mut().zip(other.words.iter()) {
+            *a |= *b;
+        }
+    }
+}
+
 /// `NextHop::how`.
 pub const NH_TX: u8 = 1;
 pub const NH_REDIRECT: u8 = 2;
@@ -504,6 +546,7 @@ const _: () = assert!(core::mem::size_of::<BackendValue>() == 28);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 36);
+const _: () = assert!(core::mem::size_of::<AddrFilter>() == 8 * ADDR_FILTER_WORDS);
 const _: () = assert!(core::mem::size_of::<FlowTimeouts>() == 16);
 const _: () = assert!(core::mem::size_of::<PassiveConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<PassiveHealth>() == 40);
@@ -542,8 +585,9 @@ pub mod map_names {
     pub const PROGS: &str = "PROGS";
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const NH_EPOCH: &str = "NH_EPOCH";
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     /// Every map the daemon pins, in a stable order.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         SERVICES,
         VIP_ADDRS,
         TIER_ACTIVE,
@@ -569,6 +613,7 @@ pub mod map_names {
         PROGS,
         NEXTHOPS,
         NH_EPOCH,
+        ADDR_FILTER,
     ];
 }
 
@@ -606,6 +651,7 @@ mod user {
         )*};
     }
     pod!(
+        AddrFilter,
         NextHop,
         EndpointKey,
         VipAddrKey,

@@ -1,7 +1,8 @@
 //! The failover XDP program: sends traffic for a VIP to a healthy backend.
 //!
 //! The packet path, one file per stage (after Katran's layout):
-//! `packet` (bounds-checked access) -> `parse` (headers, 5-tuple) ->
+//! `packet` (bounds-checked access) -> `filter` (none of ours: passed at
+//! once) -> `parse` (headers, 5-tuple) ->
 //! `select` (conntrack, tiers, Maglev, health word) -> `nat` (rewrite and
 //! checksums) -> `forward` (FIB, MACs, TX/redirect), with `stats` counting
 //! every outcome and `maps` declaring the state shared with the daemon.
@@ -21,6 +22,7 @@
 
 mod atomic;
 mod conntrack;
+mod filter;
 mod forward;
 mod icmp;
 mod maps;
@@ -34,11 +36,7 @@ mod scratch;
 mod select;
 mod stats;
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use failover_common::{
     BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FLOW_REPLIED,
@@ -62,6 +60,10 @@ const DROP: u32 = xdp_action::XDP_DROP;
 #[xdp]
 pub fn failover(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
+    if filter::none_of_ours(&pkt) {
+        stats::reason(Reason::PassNotVip);
+        return PASS;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         // Cannot happen (a one-slot per-CPU array always has slot 0); if it
         // did, leave the host's traffic alone.
@@ -304,7 +306,16 @@ fn to_backend(
     let (e, macs) = match forward::cached(bid, tag, iif, len) {
         Hop::Cached(nh) => (forward::cached_egress(nh), (&nh.dmac, &nh.smac)),
         Hop::Miss(epoch) => {
-            forward::prepare(fib, ctx, k.family, k.proto, &k.src, &b.addr, (k.sport, dport), len);
+            forward::prepare(
+                fib,
+                ctx,
+                k.family,
+                k.proto,
+                &k.src,
+                &b.addr,
+                (k.sport, dport),
+                len,
+            );
             match forward::fib(ctx, fib) {
                 Fib::Ok => {
                     let Some(e) = forward::egress(ctx, fib.ifindex) else {

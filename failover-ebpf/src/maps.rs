@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use failover_common::{
-    BackendValue, Counter, EndpointKey, FlowKey, FlowTimeouts, FlowValue, NextHop, PassiveConfig,
-    PassiveEvent, PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT, ReverseValue,
-    ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
+    AddrFilter, BackendValue, Counter, EndpointKey, FlowKey, FlowTimeouts, FlowValue, NextHop,
+    PassiveConfig, PassiveEvent, PassiveGuard, PassiveHealth, PassiveStats, REASON_COUNT,
+    ReverseValue, ServiceStats, ServiceValue, TableValue, VipAddrKey, defaults,
 };
 
 const MAX_SERVICES: usize = defaults::MAX_SERVICES as usize;
@@ -105,6 +105,10 @@ pub static NEXTHOPS: PerCpuArray<NextHop, MAX_BACKENDS, NO_FLAGS> = PerCpuArray:
 /// egress set; a `NEXTHOPS` entry of another epoch is looked up again.
 #[btf_map]
 pub static NH_EPOCH: Array<u32, 1, NO_FLAGS> = Array::new();
+
+/// Slot 0: the address filter (see `filter.rs` and `AddrFilter`).
+#[btf_map]
+pub static ADDR_FILTER: Array<AddrFilter, 1, NO_FLAGS> = Array::new();
 
 /// Interfaces we may redirect to, keyed by ifindex.
 #[btf_map]

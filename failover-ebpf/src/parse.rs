@@ -18,14 +18,16 @@ use network_types::{
 use crate::packet::Packet;
 
 // Ethernet and 802.1Q/802.1ad.
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// Destination and source MAC addresses.
 pub const ETH_DST: usize = offset_of!(EthHdr, dst_addr);
 pub const ETH_SRC: usize = offset_of!(EthHdr, src_addr);
-const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+pub const ETH_TYPE: usize = offset_of!(EthHdr, ether_type);
+/// An untagged frame's IP header.
+pub const ETH_HLEN: usize = size_of::<EthHdr>();
 /// Length of an 802.1Q/802.1ad tag: the TCI, then the inner EtherType.
 pub const VLAN_HDR_LEN: usize = 4;
 /// Offset of the inner EtherType in a tag.

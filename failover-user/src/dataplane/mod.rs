@@ -25,10 +25,10 @@ use aya::{
     },
 };
 use failover_common::{
-    BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS, FlowKey,
-    FlowTimeouts, FlowValue, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard, PassiveHealth,
-    PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue, VipAddrKey,
-    map_names,
+    AddrFilter, BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS,
+    FlowKey, FlowTimeouts, FlowValue, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard,
+    PassiveHealth, PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue,
+    VipAddrKey, map_names,
 };
 use tracing::{info, warn};
 
@@ -531,6 +531,12 @@ impl Dataplane {
         layout: &Layout,
         words: &std::collections::HashMap<u32, u32>,
     ) -> anyhow::Result<()> {
+        // The address filter first lets the new addresses through as well
+        // as the old ones, and at the end only the new.
+        let filter = addr_filter(cfg);
+        let mut both = self.addr_filter()?;
+        both.union(&filter);
+        self.set_addr_filter(&both)?;
         let mut live_backends = HashSet::new();
         {
             let mut backends: Array<&mut MapData, BackendValue> =
@@ -688,7 +694,18 @@ impl Dataplane {
                 self.map_mut(map_names::VIP_ADDRS)?;
             remove_stale(&mut vips, &vip_keys).context("pruning VIP_ADDRS")?;
         }
-        Ok(())
+        self.set_addr_filter(&filter)
+    }
+
+    fn addr_filter(&mut self) -> anyhow::Result<AddrFilter> {
+        let a: Array<&mut MapData, AddrFilter> = self.map_mut(map_names::ADDR_FILTER)?;
+        a.get(&0, 0).context("reading ADDR_FILTER")
+    }
+
+    /// One map write: readers see each word old or new.
+    fn set_addr_filter(&mut self, f: &AddrFilter) -> anyhow::Result<()> {
+        let mut a: Array<&mut MapData, AddrFilter> = self.map_mut(map_names::ADDR_FILTER)?;
+        a.set(0, f, 0).context("writing ADDR_FILTER")
     }
 
     /// Writes one tier's table into its inactive half, then flips the tier
@@ -778,6 +795,20 @@ impl Dataplane {
     }
 }
 
+/// The addresses the packet path must look at: every VIP and every
+/// backend (NAT replies come from backends, and direct connections go to
+/// them).
+fn addr_filter(cfg: &Config) -> AddrFilter {
+    let mut f: AddrFilter = bytemuck::Zeroable::zeroed();
+    for s in &cfg.services {
+        f.insert(&addr16(s.vip).0);
+        for b in s.tiers.iter().flatten() {
+            f.insert(&addr16(b.address).0);
+        }
+    }
+    f
+}
+
 /// Runs `f` (a program load) with the asynchronous signals blocked in this
 /// thread. The verifier gives up with EAGAIN when a signal is pending for
 /// the loading thread, and verifying the program takes a second or more: a
@@ -854,7 +885,7 @@ pub fn spawn_clock(pin_dir: &Path) -> anyhow::Result<()> {
 
 /// (key size, value size or `None` when the kernel decides it, max entries)
 /// of every map for `limits`.
-fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 25] {
+fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 26] {
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     [
@@ -974,6 +1005,12 @@ fn expected_maps(limits: &Limits) -> [(&'static str, u32, Option<u32>, u32); 25]
             limits.max_backends,
         ),
         (map_names::NH_EPOCH, 4, Some(4), 1),
+        (
+            map_names::ADDR_FILTER,
+            4,
+            Some(sz(size_of::<failover_common::AddrFilter>())),
+            1,
+        ),
     ]
 }
 
