@@ -1601,9 +1601,8 @@ fn print_udp(report: &Value, r: &udp::Rates) {
         );
     }
     println!("| haproxy | - | - | (HAProxy does not load-balance UDP) |");
-    let held = |v: &[udp::Series]| {
-        median(v.iter().map(udp::Series::median_held).collect::<Vec<_>>())
-    };
+    let held =
+        |v: &[udp::Series]| median(v.iter().map(udp::Series::median_held).collect::<Vec<_>>());
     println!(
         "\nrates per second of the cores' time (generator threads plus ksoftirqd); the cores were ours {:.0} % (one) and {:.0} % (two) of the wall-clock time, the rest went to other load",
         100.0 * held(&r.one_core),
