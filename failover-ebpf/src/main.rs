@@ -41,7 +41,7 @@ use aya_log_ebpf::warn;
 use failover_common::{
     BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FLOW_REPLIED,
     FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowKey, MODE_DSR, PROTO_TCP, Reason,
-    ReverseValue, SIG_RST, ServiceValue, VipAddrKey, hash::flow_hash,
+    ReverseValue, SIG_RST, ServiceValue, VipAddrKey,
 };
 
 use crate::{
@@ -243,14 +243,13 @@ fn to_backend(
     svc: &ServiceValue,
 ) -> (u32, Reason) {
     let bytes = pkt.len() as u64;
-    let (hash, bits) = {
+    let bits = {
         let flow = &scratch.flow;
         let k = &flow.key;
         if k.family == FAMILY_V4 && !parse::ipv4_header_ok(pkt, flow) {
             stats::service(svc.id, Dir::Dropped, bytes);
             return (DROP, Reason::DropMalformed);
         }
-        let hash = flow_hash(&k.src, &k.dst, k.sport, k.dport, k.proto);
         let mut bits = 0u32;
         if k.proto == PROTO_TCP {
             bits = select::PKT_TCP;
@@ -268,9 +267,9 @@ fn to_backend(
         if svc.flags & FLAG_MODE_MASK != MODE_DSR {
             bits |= select::PKT_NAT;
         }
-        (hash, bits)
+        bits
     };
-    let picked = select::backend_for(svc, scratch, hash, bits);
+    let picked = select::backend_for(svc, scratch, bits);
     let (pick, bid) = ((picked >> 32) as u32, picked as u32);
     let Scratch { flow, fib, rw, .. } = scratch;
     let flow = &*flow;

@@ -5,7 +5,7 @@
 use failover_common::{
     FLOW_REPLIED, FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowValue, MAX_TABLE_SIZE,
     MAX_TIER_MEMBERS, MAX_TIERS, SIG_SYN_RETX, STATE_DOWN_RESET, STATE_DRAINING, STATE_UP,
-    ServiceValue, TableValue,
+    ServiceValue, TableValue, hash::flow_hash,
 };
 
 use crate::{
@@ -143,7 +143,7 @@ const SYN_RETX_MIN_MS: u32 = 200;
 /// would take a sixth, hidden argument). Not inlined: its frame and the
 /// forwarding stage's are never live together.
 #[inline(never)]
-pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u32) -> u64 {
+pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, bits: u32) -> u64 {
     let Scratch { flow, op, fv, .. } = scratch;
     let key = &flow.key;
     let tcp = bits & PKT_TCP != 0;
@@ -229,6 +229,8 @@ pub fn backend_for(svc: &ServiceValue, scratch: &mut Scratch, hash: u32, bits: u
             }
         }
     }
+    // The flow hash only now: a tracked flow (most packets) never needs it.
+    let hash = flow_hash(&key.src, &key.dst, key.sport, key.dport, key.proto);
     let Some(id) = pick(svc, hash) else {
         return picked(PICK_NONE, 0);
     };
