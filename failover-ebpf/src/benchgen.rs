@@ -17,10 +17,16 @@
 //! - `failover_redir`: the reference for the packet rate of forwarding: one
 //!   `bpf_redirect_map` per frame on `REDIRECT_PORTS` (slot 0 or 1, at
 //!   random, as the load balancer spreads over two backends), no lookups.
+//! - `micro_*`: one primitive each, for the accounting of the per-packet
+//!   cost (issue 14): a hash lookup with a 20-byte key that hits
+//!   (`SERVICES`-like), an LRU hash lookup with a 40-byte key that hits
+//!   (`CONNTRACK`-like), a per-CPU array slot incremented (a counter), one
+//!   BPF-to-BPF call. Each returns XDP_PASS; the bench subtracts the empty
+//!   program.
 #![no_std]
 #![no_main]
 
-// The sink uses `as_mut` only.
+// The sink and the counter use `as_mut` only.
 #[allow(dead_code)]
 mod mapval;
 mod packet;
@@ -28,7 +34,7 @@ mod packet;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    btf_maps::{Array, DevMap, PerCpuArray},
+    btf_maps::{Array, DevMap, HashMap, LruHashMap, PerCpuArray},
     helpers::{bpf_fib_lookup, bpf_get_prandom_u32},
     macros::btf_map,
     macros::xdp,
@@ -42,6 +48,8 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
 };
+
+use failover_common::{EndpointKey, FlowKey, FlowValue};
 
 use crate::packet::Packet;
 
@@ -234,6 +242,55 @@ pub fn failover_redir(_ctx: XdpContext) -> u32 {
     let slot = unsafe { bpf_get_prandom_u32() } & 1;
     match REDIRECT_PORTS.redirect(slot, 0) {
         Ok(a) | Err(a) => a,
+    }
+}
+
+/// The primitives' maps; the bench writes the all-zero key into both.
+#[btf_map]
+pub static MICRO_HASH: HashMap<EndpointKey, u32, 64, 0> = HashMap::new();
+#[btf_map]
+pub static MICRO_LRU: LruHashMap<FlowKey, FlowValue, 65536, 0> = LruHashMap::new();
+#[btf_map]
+pub static MICRO_COUNT: PerCpuArray<u64, 4, 0> = PerCpuArray::new();
+
+#[xdp]
+pub fn micro_hash20(_ctx: XdpContext) -> u32 {
+    let k = EndpointKey::default();
+    match MICRO_HASH.get_ptr(&k) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[xdp]
+pub fn micro_lru40(_ctx: XdpContext) -> u32 {
+    let k = FlowKey::default();
+    match MICRO_LRU.get_ptr(&k) {
+        Some(_) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+#[xdp]
+pub fn micro_counter(_ctx: XdpContext) -> u32 {
+    if let Some(c) = MICRO_COUNT.get_ptr_mut(0) {
+        *mapval::as_mut(c) += 1;
+    }
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn micro_call(ctx: XdpContext) -> u32 {
+    called(ctx.data_end() - ctx.data())
+}
+
+/// A BPF-to-BPF call that does next to nothing.
+#[inline(never)]
+fn called(len: usize) -> u32 {
+    if len > 0 {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
 }
 

@@ -23,7 +23,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use failover_common::{
-    BackendValue, FLOW_REPLIED, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowValue, map_names,
+    BackendValue, EndpointKey, FLOW_REPLIED, FS_ESTABLISHED, FlowKey, FlowTimeouts, FlowValue,
+    map_names,
 };
 use failover_tests::{
     pkt::{L4, Pkt},
@@ -147,6 +148,71 @@ fn batch(
         v.push(r.duration.as_nanos() as f64);
     }
     Ok(median(v))
+}
+
+/// The cost of the primitives the packet path is made of (`micro_*` in the
+/// bench object), each as its batch average minus the empty program's in
+/// the same round (median over rounds): what a hash lookup, an LRU lookup,
+/// a per-CPU counter and a BPF-to-BPF call cost on this machine.
+fn primitives(pass: &Xdp, ifindex: u32, frame: &[u8], rounds: usize) -> anyhow::Result<Value> {
+    let mut obj =
+        aya::Ebpf::load_file(udp::benchgen_object()?).context("loading the bench programs")?;
+    {
+        let mut h: BpfHashMap<&mut MapData, EndpointKey, u32> = BpfHashMap::try_from(
+            obj.map_mut("MICRO_HASH")
+                .context("MICRO_HASH missing from the bench object")?,
+        )?;
+        h.insert(EndpointKey::default(), 1, 0)?;
+    }
+    {
+        let mut h: BpfHashMap<&mut MapData, FlowKey, FlowValue> = BpfHashMap::try_from(
+            obj.map_mut("MICRO_LRU")
+                .context("MICRO_LRU missing from the bench object")?,
+        )?;
+        h.insert(FlowKey::default(), FlowValue::default(), 0)?;
+    }
+    const MICRO: [(&str, &str); 4] = [
+        ("micro_hash20", "hash lookup, 20-byte key, hit (SERVICES)"),
+        (
+            "micro_lru40",
+            "LRU hash lookup, 40-byte key, hit (CONNTRACK)",
+        ),
+        ("micro_counter", "per-CPU counter increment"),
+        ("micro_call", "BPF-to-BPF call"),
+    ];
+    for (name, _) in MICRO {
+        let p: &mut Xdp = obj
+            .program_mut(name)
+            .with_context(|| format!("{name} missing from the bench object"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {name}"))?;
+    }
+    let progs: Vec<&Xdp> = MICRO
+        .iter()
+        .map(|(name, _)| {
+            obj.program(name)
+                .context("micro program")
+                .and_then(|p| <&Xdp>::try_from(p).context("an XDP program"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut cases = vec![(pass, ifindex, frame, PASS)];
+    cases.extend(progs.iter().map(|p| (*p, ifindex, frame, PASS)));
+    let runs = interleaved(&cases, 10_000, rounds.min(200))?;
+    let out: Vec<Value> = MICRO
+        .iter()
+        .enumerate()
+        .map(|(i, (name, what))| {
+            let net = median(
+                runs[i + 1]
+                    .iter()
+                    .zip(&runs[0])
+                    .map(|(x, e)| x - e)
+                    .collect::<Vec<_>>(),
+            );
+            json!({"program": name, "primitive": what, "ns": net})
+        })
+        .collect();
+    Ok(json!(out))
 }
 
 /// One batch of each case per round, `rounds` rounds: per case, the
@@ -553,6 +619,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
             interleaved(&[(p, lab.c0, frame, want)], REWRITE_REPEAT, 100)?;
         }
     }
+    let primitives = primitives(pass, lab.c0, &nat4, rw_rounds)?;
     let med = |v: &Vec<f64>| median(v.clone());
     let (nat_tx_b, nat6_tx_b, dsr_tx_b) = (med(nat_r), med(nat6_r), med(dsr_r));
     let (fwd4_b, fwd6_b, empty_rw_b) = (med(fwd4_r), med(&runs[4]), med(empty_r));
@@ -695,6 +762,7 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
          this run; the new flow is a \
          single-run median less the single-run overhead ({overhead:.0} ns)"
     ));
+    report["fast_path_goals"]["primitives"] = primitives;
     report["fast_path_goals"]["per_packet"] = json!(
         goals
             .iter()
@@ -1591,6 +1659,17 @@ fn print_per_packet(report: &Value, rows: &[Row]) {
         "({})",
         report["fast_path_goals"]["method"].as_str().unwrap_or("")
     );
+    println!("\n| primitive (batch, less the empty program) | ns |");
+    println!("| --- | ---: |");
+    if let Some(p) = report["fast_path_goals"]["primitives"].as_array() {
+        for x in p {
+            println!(
+                "| {} | {:.1} |",
+                x["primitive"].as_str().unwrap_or("?"),
+                num(&x["ns"])
+            );
+        }
+    }
 }
 
 fn print_failover(report: &Value, fo: &[Scenario]) {
