@@ -256,7 +256,7 @@ pub static MICRO_COUNT: PerCpuArray<u64, 4, 0> = PerCpuArray::new();
 #[xdp]
 pub fn micro_hash20(_ctx: XdpContext) -> u32 {
     let k = EndpointKey::default();
-    match MICRO_HASH.get_ptr(&k) {
+    match MICRO_HASH.get_ptr(k) {
         Some(_) => xdp_action::XDP_PASS,
         None => xdp_action::XDP_DROP,
     }
@@ -265,7 +265,7 @@ pub fn micro_hash20(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn micro_lru40(_ctx: XdpContext) -> u32 {
     let k = FlowKey::default();
-    match MICRO_LRU.get_ptr(&k) {
+    match MICRO_LRU.get_ptr(k) {
         Some(_) => xdp_action::XDP_PASS,
         None => xdp_action::XDP_DROP,
     }

@@ -591,9 +591,9 @@ fn per_packet(o: &Opts, report: &mut Value) -> anyhow::Result<Vec<Row>> {
     // ratios of its two terms within each round.
     let runs = interleaved(
         &[
-            (&*prog, lab.c0, nat4.as_slice(), TX),
-            (&*prog, lab.c0, nat6.as_slice(), TX),
-            (&*prog, lab.c0, dsr4.as_slice(), TX),
+            (prog, lab.c0, nat4.as_slice(), TX),
+            (prog, lab.c0, nat6.as_slice(), TX),
+            (prog, lab.c0, dsr4.as_slice(), TX),
             (&*fwd, lab.c0, nat4.as_slice(), TX),
             (&*fwd, lab.c0, fwd_frame6.as_slice(), TX),
             (&*pass, lab.c0, nat4.as_slice(), PASS),
