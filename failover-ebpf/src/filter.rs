@@ -64,6 +64,7 @@ fn check(pkt: &Packet) -> Option<bool> {
     } else if ether_type == ETH_P_IPV6 {
         let first = w(0)?;
         let plen_next = w(4)?;
+        // `addr_tag` of each address, folded from the packet's words.
         let src = w(8)? ^ w(12)? ^ w(16)? ^ w(20)?;
         let dst = w(24)? ^ w(28)? ^ w(32)? ^ w(36)?;
         let version = first.to_ne_bytes()[0] >> 4;

@@ -131,23 +131,8 @@ fn batch(
     rounds: usize,
     want: u32,
 ) -> anyhow::Result<f64> {
-    let c = ctx(ifindex, frame.len());
-    let mut v = Vec::new();
-    for _ in 0..rounds {
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&c),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("test_run")?;
-        if r.return_value != want {
-            bail!("verdict {} instead of {want}", r.return_value);
-        }
-        v.push(r.duration.as_nanos() as f64);
-    }
-    Ok(median(v))
+    let mut runs = interleaved(&[(prog, ifindex, frame, want)], repeat, rounds)?;
+    Ok(median(runs.pop().unwrap_or_default()))
 }
 
 /// The cost of the primitives the packet path is made of (`micro_*` in the
