@@ -82,8 +82,12 @@ pub enum AdminAction {
     Disable,
     /// Lift a disable.
     Enable,
-    /// Let a backend held down by manual failback (or hold-down) back in.
+    /// Let a backend held down by manual failback (or hold-down) back in;
+    /// a fenced one (roles) only if it passes the standby check.
     Release,
+    /// `release --force`: a fenced backend without its standby check
+    /// (audited like every admin request).
+    ForceRelease,
 }
 
 impl AdminAction {
@@ -94,10 +98,61 @@ impl AdminAction {
             "disable" => Self::Disable,
             "enable" => Self::Enable,
             "release" => Self::Release,
+            "force-release" => Self::ForceRelease,
             _ => return None,
         })
     }
 }
+/// Why an active backend was lost (or a promotion asked for): what an
+/// orchestrated failover (`[service.promotion]`) and its hooks are told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Its active check failed `fall` times.
+    Probe,
+    /// A datapath mark confirmed by a failing probe.
+    PassiveConfirmed,
+    /// An operator drained or disabled it, or asked for a switchover.
+    Operator,
+    /// `failover drill`.
+    Drill,
+    /// A reload removed it.
+    Reload,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Probe => "probe",
+            Cause::PassiveConfirmed => "passive-confirmed",
+            Cause::Operator => "operator",
+            Cause::Drill => "drill",
+            Cause::Reload => "reload",
+        }
+    }
+}
+
+/// A backend's role in a service with `[service.promotion]`: one active
+/// takes the flows; standbys wait, checked by the standby check; a former
+/// active is fenced until an operator releases it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Active,
+    Standby,
+    Fenced,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::Fenced => "fenced",
+        }
+    }
+}
+
 /// The state word the dataplane gets for a backend in `state`.
 pub fn word_for(state: State, flows_on_down: FlowsOnDown) -> u32 {
     match state {

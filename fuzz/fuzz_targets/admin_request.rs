@@ -52,6 +52,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(v["to"].as_str(), Some(to.as_str()));
             }
         }
+        Route::Drill { service } => {
+            assert_eq!(method, "POST");
+            assert!(!service.contains('/') && path.contains(service));
+        }
         Route::Reload { dry_run: d } => assert_eq!(d, dry_run(query)),
         Route::Status => assert_eq!(method, "GET"),
         Route::Alertmanager => assert!(needs_token(true, &r)),

@@ -32,6 +32,10 @@ pub(super) struct BackendRt {
     pub(super) probe_now: Arc<tokio::sync::Notify>,
     /// A passive mark-down the probes have not settled yet.
     pub(super) unconfirmed: Option<Unconfirmed>,
+    /// Whether its probes use the active check (services with roles: the
+    /// active and a standby being promoted); the others get the standby
+    /// check.
+    pub(super) active_tx: watch::Sender<bool>,
 }
 
 /// A datapath mark-down waiting for the probes' verdict.
@@ -51,6 +55,8 @@ pub(super) struct SvcRt {
     pub(super) backends: Vec<usize>,
     /// One queue per configured hook (same order as `cfg.hooks`).
     pub(super) hooks: Vec<hooks::HookQueue>,
+    /// Roles and the orchestration (`[service.promotion]`).
+    pub(super) promo: Option<super::promotion::PromoRt>,
 }
 
 /// A held backend the never-dark rule brings up (see [`never_dark`]).
@@ -142,6 +148,13 @@ pub(super) enum Cmd {
         reply: oneshot::Sender<Result<Change, AdminError>>,
     },
     Backends(oneshot::Sender<Vec<BackendView>>),
+    Switchover {
+        service: String,
+        to: String,
+        cause: crate::model::Cause,
+        reply: oneshot::Sender<Result<super::promotion::PromotionReport, AdminError>>,
+    },
+    Promotions(oneshot::Sender<Vec<super::promotion::PromotionView>>),
 }
 
 pub(super) struct Decider {
@@ -158,6 +171,11 @@ pub(super) struct Decider {
     /// none is left.
     pub(super) unprobed: std::collections::HashSet<usize>,
     pub(super) round_tx: watch::Sender<bool>,
+    /// Orchestration tasks report here.
+    pub(super) promo_tx: mpsc::UnboundedSender<super::promotion::PromoMsg>,
+    pub(super) stop_rx: watch::Receiver<bool>,
+    /// Where `promotion.json` lives.
+    pub(super) state_dir: std::path::PathBuf,
 }
 
 impl Decider {
@@ -165,18 +183,22 @@ impl Decider {
         let v = self
             .backends
             .iter()
-            .map(|b| SavedState {
+            .enumerate()
+            .map(|(i, b)| SavedState {
                 service: b.key.0.clone(),
                 backend: b.key.1.clone(),
                 address: b.key.2,
                 state: b.machine.state(),
-                held: b.machine.held(&b.policy),
+                held: b.machine.held(&b.policy)
+                    || (self.role(i) == Some(crate::model::Role::Fenced)
+                        && b.machine.state().serving()),
+                role: self.role(i).map(|r| r.name().to_string()),
             })
             .collect();
         let _ = self.persist_tx.send(v);
     }
 
-    fn with_metrics(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
+    pub(super) fn with_metrics(&self, f: impl FnOnce(&mut metrics::AgentMetrics)) {
         if let Ok(mut m) = self.metrics.lock() {
             f(&mut m);
         }
@@ -195,6 +217,7 @@ impl Decider {
         mut rx: mpsc::Receiver<ProbeMsg>,
         mut cmd_rx: mpsc::Receiver<Cmd>,
         mut passive_rx: mpsc::Receiver<PassiveEvent>,
+        mut promo_rx: mpsc::UnboundedReceiver<super::promotion::PromoMsg>,
         mut stop: watch::Receiver<bool>,
     ) -> Stats {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -220,6 +243,7 @@ impl Decider {
                     }
                 }
                 _ = tick.tick() => self.passive_deadlines(),
+                Some(m) = promo_rx.recv() => self.on_promo(m),
                 c = cmd_rx.recv() => match c {
                     Some(Cmd::Snapshot(reply)) => {
                         let states = self.backends.iter().map(|b| (b.key.clone(), b.machine.state())).collect();
@@ -229,25 +253,14 @@ impl Decider {
                         let _ = reply.send(self.admin(&service, &backend, action));
                     }
                     Some(Cmd::Backends(reply)) => {
-                        let v = self
-                            .backends
-                            .iter()
-                            .map(|b| BackendView {
-                                service: b.key.0.clone(),
-                                backend: b.name.clone(),
-                                address: b.key.2,
-                                tier: b.tier,
-                                state: if b.machine.held(&b.policy) {
-                                    "held"
-                                } else {
-                                    b.machine.state().name()
-                                },
-                                health: b.machine.health().name(),
-                                map_word: word_name(b.word),
-                                kept_last: b.kept_last,
-                            })
-                            .collect();
+                        let v = (0..self.backends.len()).map(|i| self.view(i)).collect();
                         let _ = reply.send(v);
+                    }
+                    Some(Cmd::Switchover { service, to, cause, reply }) => {
+                        self.switchover(&service, &to, cause, reply);
+                    }
+                    Some(Cmd::Promotions(reply)) => {
+                        let _ = reply.send(self.promotion_views());
                     }
                     None => break,
                 },
@@ -266,6 +279,30 @@ impl Decider {
             );
         }
         self.stats
+    }
+
+    /// Backend `i` as the API shows it. With roles: a healthy standby is
+    /// `standby`, a healthy fenced one `held`.
+    fn view(&self, i: usize) -> BackendView {
+        let b = &self.backends[i];
+        let role = self.role(i);
+        let state = match role {
+            Some(crate::model::Role::Standby) if b.machine.state().serving() => "standby",
+            Some(crate::model::Role::Fenced) if b.machine.state().serving() => "held",
+            _ if b.machine.held(&b.policy) => "held",
+            _ => b.machine.state().name(),
+        };
+        BackendView {
+            service: b.key.0.clone(),
+            backend: b.name.clone(),
+            address: b.key.2,
+            tier: b.tier,
+            state,
+            health: b.machine.health().name(),
+            map_word: word_name(b.word),
+            kept_last: b.kept_last,
+            role: role.map(|r| r.name()),
+        }
     }
 
     /// Asks the table task to rebuild tier `ti` of service `svc` over its
@@ -288,9 +325,19 @@ impl Decider {
     }
 
     /// The word the map should hold for backend `i`, ignoring keep-last.
-    fn desired(&self, i: usize) -> u32 {
+    /// With roles only the active may take new flows: any other backend
+    /// gets the down word of its service's flow policy.
+    pub(super) fn desired(&self, i: usize) -> u32 {
         let b = &self.backends[i];
-        word_for(b.machine.state(), self.svcs[b.svc].cfg.flows_on_down)
+        let flows = self.svcs[b.svc].cfg.flows_on_down;
+        match self.role(i) {
+            Some(crate::model::Role::Standby | crate::model::Role::Fenced)
+                if b.machine.state().serving() =>
+            {
+                word_for(State::Down, flows)
+            }
+            _ => word_for(b.machine.state(), flows),
+        }
     }
 
     /// What [`Self::serving`] would say if backend `i` still had `word`
@@ -303,7 +350,7 @@ impl Decider {
     }
 
     /// The first tier with a member taking new flows, and those members.
-    fn serving(&self, svc: usize) -> (Option<usize>, Vec<String>) {
+    pub(super) fn serving(&self, svc: usize) -> (Option<usize>, Vec<String>) {
         let s = &self.svcs[svc];
         for ti in 0..s.cfg.tiers.len() {
             let up: Vec<String> = s
@@ -322,7 +369,7 @@ impl Decider {
 
     /// Writes one backend's word: the one syscall of a switch. Returns the
     /// decision-to-map time.
-    fn write(&mut self, i: usize, word: u32, decided: Instant) -> Option<Duration> {
+    pub(super) fn write(&mut self, i: usize, word: u32, decided: Instant) -> Option<Duration> {
         let id = self.backends[i].id;
         match self.state_map.set(id, word) {
             Ok(()) => {
@@ -386,10 +433,16 @@ impl Decider {
             AdminAction::Undrain | AdminAction::Enable => {
                 self.backends[i].machine.set_admin(now, None)
             }
-            AdminAction::Release => self.backends[i]
-                .machine
-                .release(now, &policy)
-                .map_err(AdminError::Conflict)?,
+            AdminAction::Release | AdminAction::ForceRelease => {
+                let force = action == AdminAction::ForceRelease;
+                if let Some(r) = self.release_fenced(i, force) {
+                    return r;
+                }
+                self.backends[i]
+                    .machine
+                    .release(now, &policy)
+                    .map_err(AdminError::Conflict)?
+            }
         };
         let svc = self.backends[i].svc;
         let (from, to) = match &tr {
@@ -426,6 +479,7 @@ impl Decider {
             self.report_failover(svc, before, &tr.reason);
         }
         self.enforce_never_dark(svc);
+        self.check_active(svc, crate::model::Cause::Operator);
         Ok(Change {
             service: service.to_string(),
             backend: backend.to_string(),
@@ -459,6 +513,10 @@ impl Decider {
         }
         if self.backends[i].unconfirmed.is_some() {
             self.confirm(i, &m);
+            return;
+        }
+        if self.judged_by_orchestration(i) {
+            // Its promotion decides (the active check within a deadline).
             return;
         }
         let detail = format!(
@@ -508,6 +566,8 @@ impl Decider {
             return;
         };
         self.apply_transition(i, tr, None);
+        self.check_active(svc, crate::model::Cause::Probe);
+        self.unfence_planned(i);
     }
 
     /// A state change of backend `i`: the map write first (one syscall),
@@ -586,6 +646,11 @@ impl Decider {
     /// Applies the never-dark rule ([`never_dark`]) to service `svc`: the
     /// state change as any other, then a `policy-override` event.
     fn enforce_never_dark(&mut self, svc: usize) {
+        if self.svcs[svc].promo.is_some() {
+            // Roles decide who serves: a held backend is never brought up
+            // (a standby serves only once promoted).
+            return;
+        }
         let members = std::mem::take(&mut self.svcs[svc].backends);
         let o = never_dark(&mut self.backends, &members, Instant::now());
         self.svcs[svc].backends = members;
@@ -740,6 +805,7 @@ impl Decider {
             let _ = self.backends[i]
                 .machine
                 .observe(m.at, false, &m.result.detail, &policy);
+            self.check_active(svc, crate::model::Cause::PassiveConfirmed);
             return;
         }
         u.oks += 1;
@@ -851,7 +917,12 @@ impl Decider {
         }
     }
 
-    fn report_failover(&mut self, svc: usize, before: (Option<usize>, Vec<String>), cause: &str) {
+    pub(super) fn report_failover(
+        &mut self,
+        svc: usize,
+        before: (Option<usize>, Vec<String>),
+        cause: &str,
+    ) {
         let after = self.serving(svc);
         if after.0 == before.0 {
             return;
@@ -879,11 +950,25 @@ impl Decider {
         let mut e = Event::new(kind, &name, reason, self.stats.map_version);
         e.from_tier = Some(before.0);
         e.to_tier = Some(after.0);
+        e.serving_addresses = Some(
+            after
+                .1
+                .iter()
+                .filter_map(|n| {
+                    self.svcs[svc]
+                        .backends
+                        .iter()
+                        .map(|&i| &self.backends[i])
+                        .find(|b| &b.name == n)
+                        .map(|b| b.key.2.to_string())
+                })
+                .collect(),
+        );
         e.serving = Some(after.1);
         self.emit(svc, e, HookEvent::Failover);
     }
 
-    fn emit(&self, svc: usize, e: Event, class: HookEvent) {
+    pub(super) fn emit(&self, svc: usize, e: Event, class: HookEvent) {
         if e.kind == "state" {
             self.save();
         }

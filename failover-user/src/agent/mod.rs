@@ -9,9 +9,13 @@
 
 mod decider;
 pub mod health;
+mod promotion;
 mod tasks;
 
-pub use self::tasks::{SavedState, load_states};
+pub use self::{
+    promotion::{PromotionReport, PromotionView, SavedPromotion, load_promotions},
+    tasks::{SavedState, load_states},
+};
 
 use std::{
     collections::HashMap,
@@ -116,6 +120,9 @@ pub struct BackendView {
     pub health: &'static str,
     pub map_word: &'static str,
     pub kept_last: bool,
+    /// With `[service.promotion]`: active, standby or fenced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
 }
 
 /// A hook's outcome: a `hook` event (events file and audit log) and
@@ -165,6 +172,12 @@ impl Agent {
         let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(16);
         let (table_tx, table_rx) = mpsc::unbounded_channel::<TableJob>();
         let (persist_tx, persist_rx) = watch::channel(Vec::new());
+        let (promo_tx, promo_rx) = mpsc::unbounded_channel();
+        let saved_promotions = if cfg.services.iter().any(|s| s.promotion.is_some()) {
+            promotion::load_promotions(&cfg.daemon.state_dir)?
+        } else {
+            Default::default()
+        };
         let mut svcs = Vec::new();
         let mut backends = Vec::new();
         let mut unprobed = std::collections::HashSet::new();
@@ -183,6 +196,10 @@ impl Agent {
                     };
                     let start_state = initial.get(&key).copied().unwrap_or(configured);
                     let (state_tx, state_rx) = watch::channel(start_state);
+                    // Roles: the active (first the tier-0 backend) gets the
+                    // active check; the decider corrects this at once from
+                    // the saved state.
+                    let (active_tx, active_rx) = watch::channel(ti == 0);
                     let policy = match &s.check {
                         Some(c) => Policy {
                             rise: c.rise,
@@ -206,9 +223,14 @@ impl Agent {
                             backend: b.name.clone(),
                             addr: SocketAddr::new(b.address, check.port.unwrap_or(b.port)),
                         };
+                        let standby = s
+                            .promotion
+                            .as_ref()
+                            .map(|p| (p.standby_check.clone(), active_rx));
                         tasks.push(tokio::spawn(probe_loop(
                             idx,
                             check.clone(),
+                            standby,
                             target,
                             tx.clone(),
                             state_rx,
@@ -232,6 +254,7 @@ impl Agent {
                         tier_slot: sl.first_tier + ti as u32,
                         probe_now,
                         unconfirmed: None,
+                        active_tx,
                     });
                     idxs.push(idx);
                 }
@@ -248,11 +271,19 @@ impl Agent {
                     )
                 })
                 .collect();
+            let promo = s.promotion.as_ref().map(|p| {
+                let names: Vec<String> = idxs
+                    .iter()
+                    .map(|&i: &usize| backends[i].name.clone())
+                    .collect();
+                promotion::start_state(p, saved_promotions.get(&s.name), &idxs, &names)
+            });
             svcs.push(SvcRt {
                 cfg: s.clone(),
                 first_tier: sl.first_tier,
                 backends: idxs,
                 hooks: queues,
+                promo,
             });
         }
         let AgentMaps {
@@ -287,7 +318,13 @@ impl Agent {
             metrics,
             persist_tx,
             passive,
+            promo_tx,
+            stop_rx: stop_rx.clone(),
+            state_dir: cfg.daemon.state_dir.clone(),
         };
+        for svc in 0..d.svcs.len() {
+            d.set_probe_roles(svc);
+        }
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
         d.sync_all()
@@ -325,7 +362,8 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
-        let decider = tokio::spawn(d.run(rx, cmd_rx, passive_rx, stop_rx));
+        d.save_promotions();
+        let decider = tokio::spawn(d.run(rx, cmd_rx, passive_rx, promo_rx, stop_rx));
         info!(probed = tasks.len() - 1, "health agent started");
         Ok(Self {
             stop_tx,
@@ -382,6 +420,38 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         self.cmd_tx
             .send(Cmd::Backends(tx))
+            .await
+            .context("the agent has stopped")?;
+        rx.await.context("the agent has stopped")
+    }
+
+    /// A planned switchover of a service with roles to `to` (fence, promote,
+    /// wait until ready, switch); answers when it is done or failed.
+    pub async fn switchover(
+        &self,
+        service: &str,
+        to: &str,
+        cause: crate::model::Cause,
+    ) -> Result<PromotionReport, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Cmd::Switchover {
+            service: service.to_string(),
+            to: to.to_string(),
+            cause,
+            reply: tx,
+        };
+        self.cmd_tx
+            .send(cmd)
+            .await
+            .map_err(|_| AdminError::AgentDown)?;
+        rx.await.map_err(|_| AdminError::AgentDown)?
+    }
+
+    /// The roles and orchestration state of every service with roles.
+    pub async fn promotions(&self) -> anyhow::Result<Vec<PromotionView>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(Cmd::Promotions(tx))
             .await
             .context("the agent has stopped")?;
         rx.await.context("the agent has stopped")

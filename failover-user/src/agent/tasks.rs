@@ -46,9 +46,15 @@ impl Jitter {
     }
 }
 
+/// Probes one backend for as long as the agent runs. `standby`: with
+/// roles, the standby check and whether the backend is (being made) the
+/// active: the active check (`check`) while it is, the standby check
+/// otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn probe_loop(
     idx: usize,
     check: Check,
+    standby: Option<(Check, watch::Receiver<bool>)>,
     target: Target,
     tx: mpsc::Sender<ProbeMsg>,
     state_rx: watch::Receiver<State>,
@@ -68,6 +74,10 @@ pub(super) async fn probe_loop(
             return;
         }
         let started = Instant::now();
+        let check = match &standby {
+            Some((c, active)) if !*active.borrow() => c,
+            _ => &check,
+        };
         let result = tokio::select! {
             r = probe::probe(&check.probe, &target, check.timeout) => r,
             _ = stop.changed() => return,
@@ -158,6 +168,9 @@ pub struct SavedState {
     /// damping): `held` to readers (the CLI reads this file).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// With `[service.promotion]`: active, standby or fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// The states saved by a previous run (empty if none or unreadable).

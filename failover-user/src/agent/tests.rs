@@ -46,6 +46,7 @@ impl Svc {
                     tier_slot: tier as u32,
                     probe_now: Arc::new(tokio::sync::Notify::new()),
                     unconfirmed: None,
+                    active_tx: watch::channel(false).0,
                 }
             })
             .collect::<Vec<_>>();

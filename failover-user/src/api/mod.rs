@@ -5,12 +5,17 @@
 //! Routes:
 //! - `GET  /v1/status`: services, backends, agent and dataplane states.
 //! - `POST /v1/services/{s}/backends/{b}/{drain|undrain|disable|enable|release}`
-//! - `POST /v1/services/{s}/switch` with `{"to": "b"}`: drain what outranks b.
+//! - `POST /v1/services/{s}/switch` with `{"to": "b"}`: drain what outranks
+//!   b; with roles (`[service.promotion]`) a planned switchover to b.
+//! - `POST /v1/services/{s}/drill` with `{"to", "back", "dry_run"}`: a
+//!   failover drill (see `drill.rs`).
+//! - `.../release?force=1`: release a fenced backend without its check.
 //! - `POST /v1/reload` (`?dry_run=1`: only the diff).
 //! - `POST /v1/alertmanager`: an Alertmanager webhook (token always required).
 //! - `GET  /metrics` (on the metrics listener).
 
 pub mod auth;
+mod drill;
 pub mod limits;
 pub mod listen;
 pub mod routes;
@@ -228,9 +233,12 @@ async fn serve_route(st: &AdminState, req: &Request, route: Route<'_>) -> Respon
         } => action_on(st, service, backend, action).await,
         Route::UnknownAction(action) => Response::error(
             404,
-            &format!("unknown action {action:?}: drain, undrain, disable, enable, release"),
+            &format!(
+                "unknown action {action:?}: drain, undrain, disable, enable, release (?force=1)"
+            ),
         ),
         Route::Switch { service } => switch(st, service, &req.body).await,
+        Route::Drill { service } => drill::drill(st, service, &req.body).await,
         Route::Reload { dry_run } => reload(st, dry_run).await,
         Route::Alertmanager => alertmanager(st, &req.body).await,
         Route::MethodNotAllowed => Response::error(
@@ -250,10 +258,21 @@ async fn status(st: &AdminState) -> Response {
         },
         None => json!({"error": "the health agent is not running"}),
     };
+    let promotions = match agent.as_ref() {
+        Some(a) => a
+            .promotions()
+            .await
+            .map(|p| json!(p))
+            .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
+        None => json!([]),
+    };
     let services = inspect::services(&st.source)
         .map(|s| json!(s))
         .unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
-    Response::json(200, &json!({"services": services, "backends": backends}))
+    Response::json(
+        200,
+        &json!({"services": services, "backends": backends, "promotions": promotions}),
+    )
 }
 
 /// The one place an operator action's refusal becomes an HTTP status.
@@ -288,6 +307,24 @@ async fn switch(st: &AdminState, svc: &str, body: &[u8]) -> Response {
     let Some(agent) = agent.as_ref() else {
         return Response::error(503, "the health agent is not running");
     };
+    // With roles a switch is a planned switchover: fence, promote, wait
+    // until ready, switch.
+    match agent.promotions().await {
+        Ok(p) if p.iter().any(|p| p.service == svc) => {
+            return match agent
+                .switchover(svc, &to, crate::model::Cause::Operator)
+                .await
+            {
+                Ok(report) => Response::json(
+                    200,
+                    &json!({"service": svc, "to": to, "switchover": report}),
+                ),
+                Err(e) => refusal(&e),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => return Response::error(503, &format!("{e:#}")),
+    }
     let backends = match agent.backends().await {
         Ok(b) => b,
         Err(e) => return Response::error(503, &format!("{e:#}")),

@@ -18,6 +18,8 @@ pub enum Route<'a> {
     UnknownAction(&'a str),
     /// `POST /v1/services/{service}/switch`
     Switch { service: &'a str },
+    /// `POST /v1/services/{service}/drill`
+    Drill { service: &'a str },
     /// `POST /v1/reload` (`?dry_run=1` or `?dry_run=true`: only the diff).
     Reload { dry_run: bool },
     /// `POST /v1/alertmanager`
@@ -36,6 +38,11 @@ pub fn route<'a>(method: &str, path: &'a str, query: Option<&str>) -> Route<'a> 
         ("GET", ["v1", "status"]) => Route::Status,
         ("POST", ["v1", "services", service, "backends", backend, action]) => {
             match AdminAction::parse(action) {
+                Some(AdminAction::Release) if force(query) => Route::Action {
+                    service,
+                    backend,
+                    action: AdminAction::ForceRelease,
+                },
                 Some(action) => Route::Action {
                     service,
                     backend,
@@ -45,6 +52,7 @@ pub fn route<'a>(method: &str, path: &'a str, query: Option<&str>) -> Route<'a> 
             }
         }
         ("POST", ["v1", "services", service, "switch"]) => Route::Switch { service },
+        ("POST", ["v1", "services", service, "drill"]) => Route::Drill { service },
         ("POST", ["v1", "reload"]) => Route::Reload {
             dry_run: dry_run(query),
         },
@@ -55,6 +63,11 @@ pub fn route<'a>(method: &str, path: &'a str, query: Option<&str>) -> Route<'a> 
         ) => Route::MethodNotAllowed,
         _ => Route::NotFound,
     }
+}
+
+/// Whether a query string has `force=1` or `force=true`.
+pub fn force(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|kv| kv == "force=1" || kv == "force=true"))
 }
 
 /// Whether a query string asks for a dry run: a `dry_run=1` or
@@ -124,6 +137,34 @@ mod tests {
             );
         }
         assert_eq!(route("POST", "/v1/alertmanager", None), Route::Alertmanager);
+        assert_eq!(
+            route("POST", "/v1/services/pg/drill", None),
+            Route::Drill { service: "pg" }
+        );
+        assert_eq!(
+            route(
+                "POST",
+                "/v1/services/pg/backends/db1/release",
+                Some("force=1")
+            ),
+            Route::Action {
+                service: "pg",
+                backend: "db1",
+                action: AdminAction::ForceRelease
+            }
+        );
+        assert_eq!(
+            route(
+                "POST",
+                "/v1/services/pg/backends/db1/release",
+                Some("force=0")
+            ),
+            Route::Action {
+                service: "pg",
+                backend: "db1",
+                action: AdminAction::Release
+            }
+        );
         assert_eq!(route("GET", "/metrics", None), Route::NotFound);
         assert_eq!(route("GET", "", None), Route::NotFound);
         assert_eq!(route("DELETE", "/v2/status", None), Route::NotFound);

@@ -110,13 +110,39 @@ pub enum Cmd {
     Disable(ActionArgs),
     /// Lift a disable.
     Enable(ActionArgs),
-    /// Let a backend held down by manual failback back in.
-    Release(ActionArgs),
-    /// Manual failover: drain every backend that outranks BACKEND.
+    /// Let a backend held down by manual failback back in; a fenced one
+    /// (roles) only if it passes the standby check, or with --force.
+    Release {
+        #[command(flatten)]
+        a: ActionArgs,
+        /// A fenced backend without its standby check (audited).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manual failover: drain every backend that outranks BACKEND. With
+    /// roles ([service.promotion]): a planned switchover (fence the
+    /// active, promote BACKEND, wait until it is ready, switch).
     Switch {
         service: String,
         #[arg(long)]
         to: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A failover drill of a service with roles: refused unless a standby
+    /// is ready; a planned switchover, timed (RTO), optionally back.
+    Drill {
+        service: String,
+        /// The standby to promote (default: the first ready one).
+        #[arg(long)]
+        to: Option<String>,
+        /// Switch back to the old active afterwards (once it passes the
+        /// standby check).
+        #[arg(long)]
+        back: bool,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -206,7 +232,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Undrain(a) => cmd_action("undrain", &a),
         Cmd::Disable(a) => cmd_action("disable", &a),
         Cmd::Enable(a) => cmd_action("enable", &a),
-        Cmd::Release(a) => cmd_action("release", &a),
+        Cmd::Release { a, force: false } => cmd_action("release", &a),
+        Cmd::Release { a, force: true } => cmd_action("release?force=1", &a),
+        Cmd::Drill {
+            service,
+            to,
+            back,
+            dry_run,
+            api,
+        } => remote::cmd_drill(&service, to.as_deref(), back, dry_run, &api),
         Cmd::Switch { service, to, api } => api_call(
             &api,
             "POST",
@@ -214,6 +248,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             serde_json::json!({"to": to}).to_string().as_bytes(),
         )
         .map(|v| {
+            if let Some(r) = v.get("switchover") {
+                println!(
+                    "{service}: {} -> {} promoted (token {}, {}), {:.1} ms from the fence to the switch",
+                    r["from"].as_str().unwrap_or("-"),
+                    r["to"].as_str().unwrap_or("?"),
+                    r["token"],
+                    r["cause"].as_str().unwrap_or("?"),
+                    r["elapsed_ms"].as_f64().unwrap_or(f64::NAN)
+                );
+                return;
+            }
             let changes = v["changes"].as_array().cloned().unwrap_or_default();
             if changes.is_empty() {
                 println!("{service}: {to} already takes the new flows");

@@ -37,6 +37,18 @@ pub fn api_call(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<serde_json::Value> {
+    api_call_within(api, method, path, body, std::time::Duration::from_secs(30))
+}
+
+/// [`api_call`] with its own limit (a drill or a switchover waits for a
+/// promotion).
+pub fn api_call_within(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    limit: std::time::Duration,
+) -> anyhow::Result<serde_json::Value> {
     let target = match (&api.tcp, &api.socket, &api.config) {
         (Some(addr), _, _) => http::Endpoint::Tcp(*addr),
         (None, Some(s), _) => http::Endpoint::Unix(s.clone()),
@@ -59,14 +71,7 @@ pub fn api_call(
         .build()
         .context("runtime")?;
     let (status, body) = rt
-        .block_on(http::request(
-            &target,
-            method,
-            path,
-            &headers,
-            body,
-            std::time::Duration::from_secs(30),
-        ))
+        .block_on(http::request(&target, method, path, &headers, body, limit))
         .with_context(|| {
             format!("talking to the daemon at {target:?} (is it running? are you root?)")
         })?;
@@ -109,6 +114,48 @@ pub fn cmd_action(action: &str, a: &ActionArgs) -> anyhow::Result<()> {
             v["map_word"].as_str().unwrap_or("?"),
             v["map_version"]
         );
+    }
+    Ok(())
+}
+
+/// `failover drill`: prints the plan (`--dry-run`) or the measured RTO.
+pub fn cmd_drill(
+    service: &str,
+    to: Option<&str>,
+    back: bool,
+    dry_run: bool,
+    api: &ApiArgs,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({"to": to, "back": back, "dry_run": dry_run}).to_string();
+    let v = api_call_within(
+        api,
+        "POST",
+        &format!("/v1/services/{service}/drill"),
+        body.as_bytes(),
+        std::time::Duration::from_secs(300),
+    )?;
+    println!("drill of {service}:");
+    for (i, step) in v["plan"].as_array().into_iter().flatten().enumerate() {
+        println!("  {}. {}", i + 1, step.as_str().unwrap_or("?"));
+    }
+    if dry_run {
+        println!("(dry run: nothing changed)");
+        return Ok(());
+    }
+    let line = |what: &str, x: &serde_json::Value| match x.get("rto_ms").and_then(|r| r.as_f64()) {
+        Some(ms) => println!(
+            "{what}: {} is active (token {}), RTO {ms:.1} ms",
+            x["switchover"]["to"].as_str().unwrap_or("?"),
+            x["switchover"]["token"]
+        ),
+        None => println!(
+            "{what}: not done: {}",
+            x["error"].as_str().unwrap_or("unknown error")
+        ),
+    };
+    line("drill", &v);
+    if let Some(b) = v.get("back") {
+        line("back", b);
     }
     Ok(())
 }

@@ -35,7 +35,13 @@ pub(super) fn status_range(v: &toml::Value) -> Result<(u16, u16), String> {
 }
 
 pub(super) fn validate_check(errs: &mut Errors, p: &str, c: RawCheck) -> Option<Check> {
-    let cp = format!("{p}.check");
+    validate_check_at(errs, &format!("{p}.check"), c)
+}
+
+/// The same for a check table at path `cp` (the standby check of
+/// `[service.promotion]` too).
+pub(super) fn validate_check_at(errs: &mut Errors, cp: &str, c: RawCheck) -> Option<Check> {
+    let cp = cp.to_string();
     let unused = |errs: &mut Errors, field: &str, set: bool, kinds: &str| {
         if set {
             errs.push(

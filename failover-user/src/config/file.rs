@@ -457,6 +457,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .passive
             .map(|raw| validate_passive(&mut errs, &p, raw, s.mode, s.protocol, check.is_some()));
         let timeouts = validate_timeouts(&mut errs, &p, &s.timeouts);
+        let promotion = s.promotion.and_then(|raw| {
+            validate_promotion(
+                &mut errs,
+                &p,
+                raw,
+                &PromotionContext {
+                    active_check: check.is_some(),
+                    tiers: &tiers,
+                    on_no_backend: s.on_no_backend,
+                },
+            )
+        });
         total_tiers += tiers.len() as u32;
         total_backends += tiers.iter().map(|t| t.len() as u32).sum::<u32>();
         if let Some(vip) = vip {
@@ -476,6 +488,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 hooks,
                 passive,
                 timeouts,
+                promotion,
             });
         }
     }

@@ -34,16 +34,17 @@ use std::{
 use failover_common::{FlowTimeouts, MAX_TIER_MEMBERS, MAX_TIERS, defaults};
 use serde::Deserialize;
 
-pub use crate::model::{Damping, Failback, FlowsOnDown};
+pub use crate::model::{Cause, Damping, Failback, FlowsOnDown};
 mod admin;
 mod check;
 mod diff;
 mod file;
 mod passive;
+mod promotion;
 mod raw;
 
 pub use self::diff::diff;
-use self::{admin::*, check::*, file::*, passive::*, raw::*};
+use self::{admin::*, check::*, file::*, passive::*, promotion::*, raw::*};
 use crate::{maglev, model::AdminAction, probe::ProbeSpec, sys::http_client::TlsOptions};
 
 /// Default pin directory on bpffs.
@@ -364,6 +365,35 @@ pub struct Service {
     pub passive: Option<Passive>,
     /// Idle timeouts of the service's flows.
     pub timeouts: FlowTimeouts,
+    /// `None`: tiers fail over by the map alone (no roles).
+    pub promotion: Option<Promotion>,
+}
+
+/// `[service.promotion]`: an active-passive service whose standby must be
+/// promoted before it can serve (a database). One backend is active (at
+/// first the tier-0 one); the others are standbys, checked by
+/// `standby_check` (the service's `[service.check]` is the active check:
+/// "can serve as active"). When the active is lost for a cause in `on`, the
+/// agent fences it (no new flows; its established flows per
+/// `flows_on_down`; the `fence` hook), runs `promote` for the best healthy
+/// standby with a fencing token, waits until that standby passes the active
+/// check (within `ready_within`), and only then switches the map to it, in
+/// one write. A failed hook or deadline tries the next standby, or stops in
+/// `promotion-failed`: no standby whose promotion failed ever serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    /// The check of backends that are not active: "a healthy standby".
+    pub standby_check: Check,
+    /// Run for the standby to promote (exec; `{backend}`, `{address}`,
+    /// `{port}`, `{token}` in its arguments are replaced).
+    pub promote: Hook,
+    /// Run for the active being fenced, before any promotion; its failure
+    /// stops the promotion (`promotion-failed`).
+    pub fence: Option<Hook>,
+    /// How long a promoted standby has to pass the active check.
+    pub ready_within: Duration,
+    /// Which causes of losing the active start a promotion.
+    pub on: Vec<Cause>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -90,6 +90,20 @@ pub(super) struct RawService {
     pub(super) passive: Option<RawPassive>,
     #[serde(default)]
     pub(super) timeouts: RawTimeouts,
+    pub(super) promotion: Option<RawPromotion>,
+}
+
+/// `[service.promotion]`: orchestrated failover of an active-passive
+/// service (see `config::Promotion`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPromotion {
+    pub(super) promote: Option<Vec<String>>,
+    pub(super) fence: Option<Vec<String>>,
+    pub(super) hook_timeout: Option<String>,
+    pub(super) ready_within: Option<String>,
+    pub(super) on: Option<Vec<crate::model::Cause>>,
+    pub(super) standby_check: Option<RawCheck>,
 }
 
 /// `[service.timeouts]`: idle timeouts of the service's flows per state.

@@ -497,3 +497,74 @@ address = "198.18.0.11"
     );
     assert!(msg.contains("service[1].backend[0].address"), "{msg}");
 }
+
+const PG: &str = r#"
+[daemon]
+interfaces = ["lb0"]
+
+[[service]]
+name = "pg"
+vip = "198.18.0.10"
+port = 5432
+
+[[service.backend]]
+name = "db1"
+address = "198.18.1.2"
+
+[[service.backend]]
+name = "db2"
+address = "198.18.2.2"
+tier = 1
+
+[service.check]
+type = "exec"
+command = ["/usr/local/bin/pg-writable", "{address}", "{port}"]
+"#;
+
+#[test]
+fn promotion_defaults_and_roles() {
+    let text = format!(
+        "{PG}\n[service.promotion]\npromote = [\"/usr/local/bin/pg-promote\", \"{{address}}\", \"{{token}}\"]\n[service.promotion.standby_check]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/pg-standby\", \"{{address}}\"]\n"
+    );
+    let cfg = parse(&text, "t").expect("valid");
+    let p = cfg.services[0].promotion.as_ref().expect("promotion");
+    assert_eq!(p.on, vec![Cause::Probe, Cause::PassiveConfirmed]);
+    assert_eq!(p.ready_within, Duration::from_secs(30));
+    assert_eq!(p.promote.timeout, Duration::from_secs(30));
+    assert!(p.fence.is_none());
+    assert!(
+        matches!(&p.standby_check.probe, ProbeSpec::Exec { command } if command[1] == "{address}")
+    );
+}
+
+#[test]
+fn promotion_errors_name_their_fields() {
+    // No promote command, no standby check, a cause that cannot lose an
+    // active, keep-last, and no active check.
+    let text = PG
+        .replace("port = 5432\n", "port = 5432\non_no_backend = \"keep-last\"\n")
+        .replace("type = \"exec\"\ncommand = [\"/usr/local/bin/pg-writable\", \"{address}\", \"{port}\"]", "type = \"none\"")
+        + "\n[service.promotion]\non = [\"drill\"]\n";
+    let errs = errors(&text);
+    for want in [
+        "service[0].check: a service with [service.promotion] needs a check",
+        "service[0].on_no_backend: keep-last would keep a lost active",
+        "service[0].promotion.promote: missing",
+        "service[0].promotion.on: \"drill\"",
+        "service[0].promotion.standby_check: missing",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{want} not in {errs:#?}"
+        );
+    }
+    // Two backends in the first tier: which one is active?
+    let text = PG.replace("tier = 1\n", "")
+        + "\n[service.promotion]\npromote = [\"/bin/true\"]\n[service.promotion.standby_check]\ntype = \"tcp\"\n";
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("exactly one backend in its first tier")),
+        "{errs:#?}"
+    );
+}

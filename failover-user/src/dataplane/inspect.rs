@@ -147,6 +147,7 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
     }
     let states = backend_states(src)?;
     let held = held_backends(src);
+    let standby = healthy_standbys(src);
     let stats: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(Map::PerCpuArray(open(src, map_names::BACKEND_STATS)?))
             .context("BACKEND_STATS has an unexpected type")?;
@@ -168,7 +169,16 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
                     tier: ti,
                     slot: b.id,
                     state: match word_name(w) {
-                        "down" if held.contains(&(s.name.clone(), b.name.clone())) => "held",
+                        "down" | "down-reset"
+                            if held.contains(&(s.name.clone(), b.name.clone())) =>
+                        {
+                            "held"
+                        }
+                        "down" | "down-reset"
+                            if standby.contains(&(s.name.clone(), b.name.clone())) =>
+                        {
+                            "standby"
+                        }
                         name => name,
                     },
                     packets: c.packets,
@@ -180,9 +190,22 @@ pub fn backends(src: &Source, service: Option<&str>) -> anyhow::Result<Vec<Backe
     Ok(rows)
 }
 
-/// Backends the agent reports healthy but held down by a policy, from its
-/// `states.json` (read as plain JSON: the file is the interface).
+/// Backends the agent reports healthy but held down by a policy (or
+/// fenced), from its `states.json` (read as plain JSON: the file is the
+/// interface).
 fn held_backends(src: &Source) -> HashSet<(String, String)> {
+    saved_where(src, |r| r["held"] == serde_json::Value::Bool(true))
+}
+
+/// Healthy standbys of services with roles (not taking flows until
+/// promoted), from `states.json`.
+fn healthy_standbys(src: &Source) -> HashSet<(String, String)> {
+    saved_where(src, |r| {
+        r["role"] == "standby" && matches!(r["state"].as_str(), Some("up" | "suspect"))
+    })
+}
+
+fn saved_where(src: &Source, f: impl Fn(&serde_json::Value) -> bool) -> HashSet<(String, String)> {
     let Ok(text) = std::fs::read_to_string(src.state_dir.join("states.json")) else {
         return HashSet::new();
     };
@@ -190,7 +213,7 @@ fn held_backends(src: &Source) -> HashSet<(String, String)> {
         return HashSet::new();
     };
     rows.iter()
-        .filter(|r| r["held"] == serde_json::Value::Bool(true))
+        .filter(|r| f(r))
         .filter_map(|r| {
             Some((
                 r["service"].as_str()?.to_string(),

@@ -51,6 +51,16 @@ pub struct Event {
     /// Failover: the backends now serving new flows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serving: Option<Vec<String>>,
+    /// Failover: their addresses (`ip:port`), in the same order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving_addresses: Option<Vec<String>>,
+    /// Services with roles: why (`probe`, `passive-confirmed`,
+    /// `operator`, `drill`, `reload`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<&'static str>,
+    /// Services with roles: the fencing token of the promotion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
     /// Passive detection: the datapath signal (rst, icmp, syn-retransmit,
     /// no-reply) behind a `passive-*` event.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +124,12 @@ impl Event {
             "FAILOVER_SERVING",
             self.serving.as_ref().map(|s| s.join(",")),
         );
+        add(
+            "FAILOVER_SERVING_ADDRESSES",
+            self.serving_addresses.as_ref().map(|s| s.join(",")),
+        );
+        add("FAILOVER_CAUSE", self.cause.map(str::to_string));
+        add("FAILOVER_TOKEN", self.token.map(|t| t.to_string()));
         v
     }
 }

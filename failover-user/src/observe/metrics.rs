@@ -110,6 +110,14 @@ pub struct AgentMetrics {
     pub audit_writable: bool,
     /// (hook, result) -> runs.
     pub hook_runs: BTreeMap<(String, &'static str), u64>,
+    /// Services with roles: (service, ok|failed) -> orchestrations.
+    pub promotions: BTreeMap<(String, &'static str), u64>,
+    /// service -> whether it stands in `promotion-failed`.
+    pub promotion_failed: BTreeMap<String, bool>,
+    /// service -> its fencing token (the last promotion's number).
+    pub promotion_token: BTreeMap<String, u64>,
+    /// service -> the last drill's measured RTO (seconds).
+    pub drill_rto: BTreeMap<String, f64>,
 }
 
 impl Default for AgentMetrics {
@@ -123,6 +131,10 @@ impl Default for AgentMetrics {
             last_decision_ms: 0,
             audit_writable: true,
             hook_runs: BTreeMap::new(),
+            promotions: BTreeMap::new(),
+            promotion_failed: BTreeMap::new(),
+            promotion_token: BTreeMap::new(),
+            drill_rto: BTreeMap::new(),
         }
     }
 }
@@ -161,6 +173,7 @@ fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
 enum Sample {
     Counter(u64),
     Gauge(i64),
+    GaugeF(f64),
     /// Sum, count, and (upper bound, count in that bucket only), the last
     /// bound `f64::MAX` (+Inf).
     Histogram(f64, u64, Vec<(f64, u64)>),
@@ -220,6 +233,7 @@ fn encode_sample(e: &mut MetricEncoder, v: &Sample) -> Result<(), std::fmt::Erro
     match v {
         Sample::Counter(n) => e.encode_counter::<NoLabelSet, _, u64>(n, None),
         Sample::Gauge(n) => e.encode_gauge(n),
+        Sample::GaugeF(n) => e.encode_gauge(n),
         Sample::Histogram(sum, count, buckets) => {
             e.encode_histogram::<NoLabelSet>(*sum, *count, buckets, None)
         }
@@ -351,6 +365,44 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
             labels([("hook", hook.as_str()), ("result", result)]),
             Sample::Counter(*n),
         );
+    }
+    o.family(
+        "failover_promotions",
+        MetricType::Counter,
+        "Orchestrated failovers and switchovers of services with roles, by result.",
+    );
+    for ((s, result), n) in &agent.promotions {
+        o.sample(
+            labels([("service", s.as_str()), ("result", result)]),
+            Sample::Counter(*n),
+        );
+    }
+    o.family(
+        "failover_promotion_failed",
+        MetricType::Gauge,
+        "1 while a service with roles stands in promotion-failed (no standby serves until an operator switches): alert on it.",
+    );
+    for (s, f) in &agent.promotion_failed {
+        o.sample(labels([("service", s)]), Sample::Gauge(i64::from(*f)));
+    }
+    o.family(
+        "failover_fencing_token",
+        MetricType::Gauge,
+        "The fencing token of a service with roles: the number of its last promotion.",
+    );
+    for (s, t) in &agent.promotion_token {
+        o.sample(
+            labels([("service", s)]),
+            Sample::Gauge(i64::try_from(*t).unwrap_or(i64::MAX)),
+        );
+    }
+    o.family(
+        "failover_drill_rto_seconds",
+        MetricType::Gauge,
+        "The last `failover drill`'s measured recovery time: from the fence until the new active answered its check.",
+    );
+    for (s, t) in &agent.drill_rto {
+        o.sample(labels([("service", s)]), Sample::GaugeF(*t));
     }
     if let Some(src) = src {
         dataplane(&mut o, src);

@@ -13,8 +13,18 @@ pub(super) async fn exec_check(
     let Some((program, args)) = command.split_first() else {
         return Err("exec: empty command".to_string());
     };
+    let (address, port) = (target.addr.ip().to_string(), target.addr.port().to_string());
+    let args = runner::fill_placeholders(
+        args,
+        &[
+            ("address", &address),
+            ("port", &port),
+            ("backend", &target.backend),
+            ("service", &target.service),
+        ],
+    );
     let mut cmd = Command::new(program);
-    cmd.args(args)
+    cmd.args(&args)
         .env("FAILOVER_SERVICE", &target.service)
         .env("FAILOVER_BACKEND", &target.backend)
         .env("FAILOVER_ADDRESS", target.addr.ip().to_string())

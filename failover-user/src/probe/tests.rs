@@ -778,6 +778,27 @@ async fn exec_arguments_are_not_interpolated() {
     assert!(r.ok, "{r:?}");
 }
 
+/// `{address}`, `{port}`, `{backend}` in arguments are the target's,
+/// each whole in its own argument (no shell sees them); unknown
+/// placeholders stay as they are.
+#[tokio::test]
+async fn exec_placeholders_are_the_targets() {
+    let spec = exec(&[
+        "/bin/sh",
+        "-c",
+        r#"test "$1|$2|$3|$4" = "127.0.0.3|4242|{backend-x}|b1@127.0.0.3:4242""#,
+        "sh",
+        "{address}",
+        "{port}",
+        "{backend-x}",
+        "{backend}@{address}:{port}",
+    ]);
+    let mut t = target("127.0.0.3:4242".parse().unwrap());
+    t.backend = "b1".into();
+    let r = probe(&spec, &t, Duration::from_secs(5)).await;
+    assert!(r.ok, "{r:?}");
+}
+
 #[tokio::test]
 async fn exec_exit_3_reports_first_stderr_line() {
     let spec = sh("echo out; echo; echo '  boom  ' >&2; echo second >&2; exit 3");

@@ -35,6 +35,25 @@ pub fn run_children_as(uid: u32, gid: u32) {
     let _ = CHILD_USER.set((uid, gid));
 }
 
+/// `args` with every `{name}` of `values` replaced by its value (exec
+/// checks' `{address}`, `{port}`; promotion hooks' `{token}`, ...). The
+/// values are the daemon's own (addresses it formats, names from the
+/// config), and the child gets them as separate arguments, never through a
+/// shell; unknown `{...}` are left as they are.
+pub fn fill_placeholders(args: &[String], values: &[(&str, &str)]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            let mut a = a.clone();
+            for (k, v) in values {
+                if a.contains('{') {
+                    a = a.replace(&format!("{{{k}}}"), v);
+                }
+            }
+            a
+        })
+        .collect()
+}
+
 /// Resolves `daemon.run_as`: a user name (its uid and primary group) or
 /// `UID:GID`.
 pub fn lookup_user(spec: &str) -> Result<(u32, u32), String> {
