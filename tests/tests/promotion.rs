@@ -284,6 +284,11 @@ fn failover_waits_for_the_promotion() {
     assert_eq!(promoted["backend"], "b2");
     assert_eq!(promoted["token"], 1);
     assert_eq!(promoted["cause"], "probe");
+    let dark = position(&events, |e| kind(e) == "no-healthy-backend");
+    assert_eq!(
+        events[dark]["cause"], "probe",
+        "a crash is told from a drain"
+    );
     let failover = position(&events, |e| kind(e) == "failover" && e["to_tier"] == 1);
     assert!(
         failover > done,
@@ -471,7 +476,12 @@ fn a_drain_promotes_only_when_asked() {
     std::thread::sleep(Duration::from_millis(300));
     let (ok, _, err) = lab.cli(&["drain", "web", "b1"]);
     assert!(ok, "{err}");
-    lab.wait_event("active-lost", |e| kind(e) == "active-lost");
+    let lost = lab.wait_event("active-lost", |e| kind(e) == "active-lost");
+    assert_eq!(lost["cause"], "operator", "{lost}");
+    let drained = lab.wait_event("b1 draining", |e| {
+        kind(e) == "state" && e["to"] == "draining"
+    });
+    assert_eq!(drained["cause"], "operator", "{drained}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !lab.events().iter().any(|e| kind(e) == "promotion-started"),

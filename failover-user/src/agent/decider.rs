@@ -176,6 +176,11 @@ pub(super) struct Decider {
     pub(super) stop_rx: watch::Receiver<bool>,
     /// Where `promotion.json` lives.
     pub(super) state_dir: std::path::PathBuf,
+    /// What the decider is handling now (a probe result, a confirmed
+    /// passive mark, an operator action): every event it emits meanwhile
+    /// carries it (`cause`, `FAILOVER_CAUSE`), so a hook can tell a crash
+    /// from an operator's disable.
+    pub(super) cause: Option<crate::model::Cause>,
 }
 
 impl Decider {
@@ -231,8 +236,10 @@ impl Decider {
                 m = rx.recv(), if probes_open => match m {
                     Some(m) => {
                         let svc = self.backends[m.idx].svc;
+                        self.cause = Some(crate::model::Cause::Probe);
                         self.on_probe(m);
                         self.enforce_never_dark(svc);
+                        self.cause = None;
                     }
                     None => probes_open = false,
                 },
@@ -250,7 +257,9 @@ impl Decider {
                         let _ = reply.send((states, self.stats.clone()));
                     }
                     Some(Cmd::Admin { service, backend, action, reply }) => {
+                        self.cause = Some(crate::model::Cause::Operator);
                         let _ = reply.send(self.admin(&service, &backend, action));
+                        self.cause = None;
                     }
                     Some(Cmd::Backends(reply)) => {
                         let v = (0..self.backends.len()).map(|i| self.view(i)).collect();
@@ -782,6 +791,7 @@ impl Decider {
             let Some(u) = self.backends[i].unconfirmed.take() else {
                 return;
             };
+            self.cause = Some(crate::model::Cause::PassiveConfirmed);
             self.backends[i].machine.passive_confirmed();
             self.settle(i, true);
             self.backend_metrics(i, |b| b.passive_confirmed += 1);
@@ -968,7 +978,10 @@ impl Decider {
         self.emit(svc, e, HookEvent::Failover);
     }
 
-    pub(super) fn emit(&self, svc: usize, e: Event, class: HookEvent) {
+    pub(super) fn emit(&self, svc: usize, mut e: Event, class: HookEvent) {
+        if e.cause.is_none() {
+            e.cause = self.cause.map(crate::model::Cause::name);
+        }
         if e.kind == "state" {
             self.save();
         }

@@ -321,6 +321,7 @@ impl Agent {
             promo_tx,
             stop_rx: stop_rx.clone(),
             state_dir: cfg.daemon.state_dir.clone(),
+            cause: None,
         };
         for svc in 0..d.svcs.len() {
             d.set_probe_roles(svc);
