@@ -67,6 +67,31 @@ fn apply(
             }
         }
     }
+    // Roles: only the active of a service with [service.promotion] may
+    // take new flows, from the first map write on (the agent starts
+    // later). Which one is active is what the last run saved.
+    if cfg.services.iter().any(|s| s.promotion.is_some()) {
+        let saved = agent::load_promotions(&cfg.daemon.state_dir)?;
+        for (s, sl) in cfg.services.iter().zip(&layout.services) {
+            if s.promotion.is_none() {
+                continue;
+            }
+            let active = agent::active_at_start(s, saved.get(&s.name));
+            for (b, bl) in s.tiers.iter().flatten().zip(sl.tiers.iter().flatten()) {
+                if active.as_deref() == Some(b.name.as_str()) {
+                    continue;
+                }
+                let key = (
+                    s.name.clone(),
+                    b.name.clone(),
+                    std::net::SocketAddr::new(b.address, b.port),
+                );
+                let st = states.get(&key).copied().unwrap_or(State::Up);
+                let st = if st.serving() { State::Down } else { st };
+                words.insert(bl.id, agent::word_for(st, s.flows_on_down));
+            }
+        }
+    }
     dp.apply(cfg, &layout, &words)
         .context("writing the config into the maps")?;
     layout.save(&lp)?;
@@ -463,6 +488,21 @@ pub fn host_problems(cfg: &Config) -> Vec<String> {
                 out.push(format!(
                     "service[{si}] ({}) hook {:?}: program {program:?} not found",
                     s.name, h.hook.name
+                ));
+            }
+        }
+        let promotion_hooks = s
+            .promotion
+            .iter()
+            .flat_map(|p| std::iter::once(&p.promote).chain(p.fence.as_ref()));
+        for h in promotion_hooks {
+            if let crate::config::HookSpec::Exec { command } = &h.spec
+                && let Some(program) = command.first()
+                && !program_exists(program)
+            {
+                out.push(format!(
+                    "service[{si}] ({}) promotion.{}: program {program:?} not found",
+                    s.name, h.name
                 ));
             }
         }

@@ -13,7 +13,7 @@ mod promotion;
 mod tasks;
 
 pub use self::{
-    promotion::{PromotionReport, PromotionView, SavedPromotion, load_promotions},
+    promotion::{PromotionReport, PromotionView, SavedPromotion, active_at_start, load_promotions},
     tasks::{SavedState, load_states},
 };
 

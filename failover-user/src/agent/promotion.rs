@@ -202,6 +202,24 @@ pub(super) fn start_state(
     rt
 }
 
+/// The backend that is active when service `s` starts from `saved`: the
+/// saved active, none after a failed or interrupted promotion, the tier-0
+/// backend on a first start.
+pub fn active_at_start(
+    s: &crate::config::Service,
+    saved: Option<&SavedPromotion>,
+) -> Option<String> {
+    match saved {
+        Some(p) if matches!(p.phase.as_str(), "promoting" | "promotion-failed") => None,
+        Some(p) => p.active.clone(),
+        None => s
+            .tiers
+            .first()
+            .and_then(|t| t.first())
+            .map(|b| b.name.clone()),
+    }
+}
+
 /// What a finished orchestration reports to whoever asked for it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PromotionReport {

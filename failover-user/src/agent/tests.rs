@@ -260,3 +260,45 @@ fn tables_cover_only_serving_members() {
         "nobody serving: table over everyone"
     );
 }
+
+/// Who is active when the daemon starts: the tier-0 backend the first
+/// time, the saved active after that, nobody after a failed or cut-short
+/// promotion (the daemon's first map write follows this).
+#[test]
+fn the_active_at_start() {
+    let text = r#"
+[daemon]
+interfaces = ["lb0"]
+[[service]]
+name = "pg"
+vip = "198.18.0.10"
+port = 5432
+[[service.backend]]
+name = "db1"
+address = "198.18.1.2"
+[[service.backend]]
+name = "db2"
+address = "198.18.2.2"
+tier = 1
+[service.check]
+type = "tcp"
+[service.promotion]
+promote = ["/bin/true"]
+[service.promotion.standby_check]
+type = "tcp"
+"#;
+    let cfg = crate::config::parse(text, "t").expect("valid");
+    let s = &cfg.services[0];
+    assert_eq!(active_at_start(s, None).as_deref(), Some("db1"));
+    let mut saved = SavedPromotion {
+        active: Some("db2".into()),
+        generation: 3,
+        phase: "serving".into(),
+        ..Default::default()
+    };
+    assert_eq!(active_at_start(s, Some(&saved)).as_deref(), Some("db2"));
+    for phase in ["promoting", "promotion-failed"] {
+        saved.phase = phase.into();
+        assert_eq!(active_at_start(s, Some(&saved)), None, "{phase}");
+    }
+}
