@@ -359,6 +359,17 @@ fn shipped_example_is_valid() {
 }
 
 #[test]
+fn shipped_postgresql_example_is_valid() {
+    let c = parse(
+        include_str!("../../../examples/postgresql/failover.toml"),
+        "examples/postgresql/failover.toml",
+    )
+    .expect("the example validates");
+    let p = c.services[0].promotion.as_ref().expect("roles");
+    assert!(matches!(&p.promote.spec, HookSpec::Exec { command } if command.iter().any(|a| a == "{token}")));
+}
+
+#[test]
 fn service_without_backends() {
     let e = errors("[[service]]\nname=\"a\"\nvip=\"198.18.0.1\"\nport=1\n");
     assert_eq!(
