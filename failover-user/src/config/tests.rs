@@ -366,7 +366,9 @@ fn shipped_postgresql_example_is_valid() {
     )
     .expect("the example validates");
     let p = c.services[0].promotion.as_ref().expect("roles");
-    assert!(matches!(&p.promote.spec, HookSpec::Exec { command } if command.iter().any(|a| a == "{token}")));
+    assert!(
+        matches!(&p.promote.spec, HookSpec::Exec { command } if command.iter().any(|a| a == "{token}"))
+    );
 }
 
 #[test]
