@@ -985,7 +985,8 @@ pub enum Outcome {
     Connect(ConnectFailure),
     /// Sent, no answer within the statement timeout: in doubt.
     Timeout,
-    /// Sent, the connection broke before the answer: in doubt.
+    /// Sent, the connection broke before the answer, or the server ended
+    /// the session (SQLSTATE 57P01-57P05): in doubt.
     ConnectionLost(String),
     /// Any other error (`code`: its SQLSTATE when the server sent one).
     Error {
@@ -1296,6 +1297,12 @@ fn classify(e: &tokio_postgres::Error) -> Outcome {
     if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION {
             return Outcome::ReadOnly;
+        }
+        // 57P01-57P05 (admin or crash shutdown, "terminating connection
+        // due to unexpected postmaster exit", ...): the server ended the
+        // session, a lost connection.
+        if db.code().code().starts_with("57P") {
+            return Outcome::ConnectionLost(format!("{}: {}", db.code().code(), db.message()));
         }
         return Outcome::Error {
             code: Some(db.code().code().to_string()),
