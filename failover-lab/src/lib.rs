@@ -15,6 +15,7 @@ pub mod client;
 pub mod demo;
 pub mod flood;
 pub mod netns;
+pub mod pg;
 pub mod raw;
 
 use std::{

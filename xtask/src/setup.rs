@@ -101,6 +101,7 @@ pub fn run(scope: Scope, options: Options) -> Result<Ready> {
         let root = steps.record("privileges", check_root()).is_some();
         steps.record("bpffs", ensure_bpffs(root));
         steps.record("tools", ensure_ip(root));
+        steps.record("postgresql", ensure_postgresql(root));
         steps.record("xdp", probe_xdp());
     }
 
@@ -632,6 +633,69 @@ fn ensure_ip(root: bool) -> Result<(String, ())> {
             ip.display(),
             first_line(&version)
         ),
+        (),
+    ))
+}
+
+/// `/usr/lib/postgresql/<highest version>/bin` when it has `initdb`
+/// (Debian's layout), with the version: what the PostgreSQL lab
+/// (`failover-lab/src/pg.rs`) runs.
+fn find_postgresql() -> Option<(u32, PathBuf)> {
+    fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            cmd::is_executable(&bin.join("initdb")).then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version)
+}
+
+/// PostgreSQL's server binaries for the PostgreSQL lab tests, installed
+/// with apt-get when missing (as root), and the `postgres` user the
+/// package creates.
+fn ensure_postgresql(root: bool) -> Result<(String, ())> {
+    let fix = "apt-get update && apt-get install -y postgresql";
+    let mut status = "ok";
+    let bin = match find_postgresql() {
+        Some((_, bin)) => bin,
+        None => {
+            if !root || cmd::which("apt-get").is_none() {
+                bail!(
+                    "PostgreSQL's server binaries (/usr/lib/postgresql/<version>/bin/initdb) are \
+                     missing; install them, e.g. as root: {fix}"
+                );
+            }
+            cmd::run(Command::new("apt-get").arg("update"))
+                .with_context(|| format!("installing postgresql failed; run: {fix}"))?;
+            cmd::run(
+                Command::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y", "postgresql"]),
+            )
+            .with_context(|| format!("installing postgresql failed; run: {fix}"))?;
+            status = "installed";
+            find_postgresql()
+                .with_context(|| {
+                    format!(
+                        "no /usr/lib/postgresql/<version>/bin/initdb after installing; run: {fix}"
+                    )
+                })?
+                .1
+        }
+    };
+    let version =
+        cmd::output(Command::new(bin.join("postgres")).arg("--version")).with_context(|| {
+            format!(
+                "`{}/postgres --version` does not work; run: {fix}",
+                bin.display()
+            )
+        })?;
+    cmd::output(Command::new("id").args(["-u", "postgres"]))
+        .with_context(|| format!("no `postgres` user; reinstall PostgreSQL: {fix}"))?;
+    Ok((
+        format!("{status} ({}, {})", bin.display(), first_line(&version)),
         (),
     ))
 }
