@@ -16,6 +16,7 @@ pub mod demo;
 pub mod flood;
 pub mod netns;
 pub mod pg;
+pub mod pgfail;
 pub mod raw;
 
 use std::{

@@ -8,211 +8,56 @@
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use failover_lab::{
-    DaemonProcess, LB_IFACES, Topology, Workdir,
-    pg::{self, InsertClient, InsertOptions, InsertReport, PgInstall, PgServer, PgServiceConfig},
+    pg::InsertReport,
+    pgfail::{Options, PgFailoverLab, started_after},
 };
 
-/// Fields drop in order: the databases first, then the daemon, then the
-/// namespaces, then the directories.
-struct Lab {
-    db: Vec<PgServer>,
-    daemon: DaemonProcess,
-    topo: Topology,
-    config: PathBuf,
-    events: PathBuf,
-    _w: Workdir,
+/// The lab's calls, failing the test with their error.
+trait Must {
+    fn wait_event_ok(&self, kind: &str, n: usize) -> serde_json::Value;
+    fn cli_ok(&self, args: &[&str]) -> (bool, String, String);
+    fn state_of_ok(&self, b: &str) -> String;
+    fn wait_state_ok(&self, b: &str, want: &str);
+    fn client_ok(&self, first_id: i64) -> failover_lab::pg::InsertClient;
+    fn rejoin_ok(&mut self, old: usize, primary: usize);
 }
 
-/// The shipped scripts, copied where the checks' user (`nobody`) can run
-/// them (a CI clone may sit in a private directory).
-fn install_scripts(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("bin dir");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/postgresql");
-    for s in ["pg-role", "pg-promote", "pg-fence"] {
-        std::fs::copy(src.join(s), bin.join(s)).expect("copying a script");
+impl Must for PgFailoverLab {
+    fn wait_event_ok(&self, kind: &str, n: usize) -> serde_json::Value {
+        self.wait_event(kind, n).expect("event")
     }
-    bin
+    fn cli_ok(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli(args).expect("the CLI")
+    }
+    fn state_of_ok(&self, b: &str) -> String {
+        self.state_of(b).expect("a backend's state")
+    }
+    fn wait_state_ok(&self, b: &str, want: &str) {
+        self.wait_state(b, want).expect("a backend's state");
+    }
+    fn client_ok(&self, first_id: i64) -> failover_lab::pg::InsertClient {
+        self.client(first_id).expect("the insert client")
+    }
+    fn rejoin_ok(&mut self, old: usize, primary: usize) {
+        self.rejoin(old, primary).expect("rejoined as a standby");
+    }
 }
 
-/// `promote`: the promote command (default: the shipped `pg-promote`).
-fn start(sync: bool, promote: Option<&str>, passive: bool) -> Lab {
+fn start(sync: bool, promote: Option<&str>, passive: bool) -> PgFailoverLab {
     failover_tests::require_root();
-    let install = PgInstall::find().expect("PostgreSQL for the lab (cargo xtask setup)");
-    let w = Workdir::new("fpf").expect("workdir");
-    let topo = Topology::create(&w.prefix).expect("lab topology");
-    pg::route_backends(&topo).expect("routes between the backends");
-    let bin = install_scripts(&w.dir);
-    let b = bin.display();
-    let events = w.dir.join("events.jsonl");
-    let promote = promote.map_or_else(
-        || format!("[\"{b}/pg-promote\", \"{{address}}\", \"{{port}}\", \"{{token}}\"]"),
-        str::to_string,
-    );
-    let passive = if passive {
-        "[service.passive]\nsignals = [\"rst\"]\nfailures = 2\nwindow = \"1s\"\nconfirm_within = \"1s\"\n"
-    } else {
-        ""
-    };
-    let x = PgServiceConfig {
-        daemon_keys: format!("events_file = \"{}\"\n", events.display()),
-        top: format!(
-            "[admin]\nsocket = \"{}\"\naudit_file = \"{}\"\n",
-            w.dir.join("admin.sock").display(),
-            w.dir.join("audit.jsonl").display()
-        ),
-        service_keys: "flows_on_down = \"reset\"\n".into(),
-        check: Some(format!(
-            "type = \"exec\"\ncommand = [\"{b}/pg-role\", \"active\", \"{{address}}\", \"{{port}}\"]\ninterval = \"25ms\"\nfast_interval = \"10ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n"
-        )),
-        service_tables: format!(
-            "{passive}\n[service.promotion]\npromote = {promote}\nfence = [\"{b}/pg-fence\", \"{{address}}\", \"{{port}}\"]\nhook_timeout = \"10s\"\nready_within = \"5s\"\n\n[service.promotion.standby_check]\ntype = \"exec\"\ncommand = [\"{b}/pg-role\", \"standby\", \"{{address}}\", \"{{port}}\"]\ninterval = \"100ms\"\ntimeout = \"1s\"\n"
-        ),
-    };
-    let config = pg::write_daemon_config(&w, &x).expect("daemon config");
-    let mut db1 = PgServer::on_backend(&install, &topo, &w, 0).expect("db1");
-    let mut db2 = PgServer::on_backend(&install, &topo, &w, 1).expect("db2");
-    db1.init_primary(sync).expect("primary on backend 1");
-    db2.init_standby_of(db1.ip()).expect("standby on backend 2");
-    db1.wait_streaming("db2", Duration::from_secs(10))
-        .expect("db2 streams from db1");
-    let mut daemon = DaemonProcess::spawn(&failover_tests::failover_exe(), &topo.lb.name, &config)
-        .expect("daemon");
-    daemon
-        .wait_attached(&w.bpffs, &LB_IFACES)
-        .expect("attached");
-    let lab = Lab {
-        db: vec![db1, db2],
-        daemon,
-        topo,
-        config,
-        events,
-        _w: w,
-    };
-    lab.wait_state("db1", "up");
-    lab.wait_state("db2", "standby");
-    lab
-}
-
-impl Lab {
-    fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The `n`th event (counting from 0) of `kind`, waited for (10 s).
-    fn wait_event(&self, kind: &str, n: usize) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found: Vec<_> = self
-                .events()
-                .into_iter()
-                .filter(|e| e["kind"] == kind)
-                .collect();
-            if let Some(e) = found.get(n) {
-                return e.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {kind} event #{n} within 10 s: {:#?}",
-                self.events()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(failover_tests::failover_exe())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("running failover");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn state_of(&self, b: &str) -> String {
-        let (ok, out, err) = self.cli(&["backends", "pg", "--json"]);
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["backend"] == b)
-            .and_then(|r| r["state"].as_str())
-            .unwrap_or("?")
-            .to_string()
-    }
-
-    fn wait_state(&self, b: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let s = self.state_of(b);
-            if s == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{b} is {s}, not {want}, after 15 s; events: {:#?}",
-                self.events()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn client(&self, first_id: i64) -> InsertClient {
-        InsertClient::start(
-            &self.topo.client,
-            InsertOptions {
-                first_id,
-                // An application that retries at once: a SYN dropped while
-                // no backend takes new flows is not retried by TCP for 1 s.
-                connect_timeout: Duration::from_millis(100),
-                ..Default::default()
-            },
-        )
-        .expect("insert client")
-    }
-
-    /// Makes `old` (stopped or running on its own) a synchronous standby
-    /// of `primary` again: rebuilt, streaming, `synchronous_standby_names`
-    /// set on the primary again (the promote hook cleared it).
-    fn rejoin(&mut self, old: usize, primary: usize) {
-        let ip = self.db[primary].ip();
-        let name = self.db[old].name().to_string();
-        self.db[old]
-            .rebuild_as_standby_of(ip)
-            .expect("rebuilt as a standby");
-        self.db[primary]
-            .set_synchronous(true)
-            .expect("synchronous again");
-        let state = self.db[primary]
-            .wait_streaming(&name, Duration::from_secs(10))
-            .expect("streams");
-        assert_eq!(state, "sync");
-    }
-}
-
-/// Ids whose insert started at or after `t`.
-fn started_after(r: &InsertReport, t: Instant) -> BTreeSet<i64> {
-    r.attempts
-        .iter()
-        .filter(|a| a.start >= t)
-        .map(|a| a.id)
-        .collect()
+    PgFailoverLab::start(
+        &failover_tests::failover_exe(),
+        &Options {
+            sync,
+            passive,
+            promote: promote.map(str::to_string),
+        },
+    )
+    .expect("the PostgreSQL failover lab")
 }
 
 /// The primary's postmaster is killed, twice (db1, then db2 after db1 was
@@ -227,11 +72,11 @@ fn a_killed_primary_is_replaced_in_order() {
     for round in 0..2usize {
         let (p, s) = if round == 0 { (0, 1) } else { (1, 0) };
         let (pname, sname) = (lab.db[p].name().to_string(), lab.db[s].name().to_string());
-        let client = lab.client((round as i64 + 1) * 1_000_000);
+        let client = lab.client_ok((round as i64 + 1) * 1_000_000);
         std::thread::sleep(Duration::from_millis(800));
         let killed_at = Instant::now();
         lab.db[p].kill_postmaster().expect("kill -9");
-        let promoted = lab.wait_event("promoted", round);
+        let promoted = lab.wait_event_ok("promoted", round);
         assert_eq!(promoted["backend"], sname.as_str(), "{promoted}");
         assert_eq!(promoted["token"], round as u64 + 1);
         assert_eq!(promoted["cause"], "probe");
@@ -270,17 +115,17 @@ fn a_killed_primary_is_replaced_in_order() {
             "inserts reached the fenced old primary"
         );
         assert!(
-            lab.state_of(&pname).starts_with("down"),
+            lab.state_of_ok(&pname).starts_with("down"),
             "{pname} fails the standby check"
         );
-        let (ok, _, err) = lab.cli(&["release", "pg", &pname]);
+        let (ok, _, err) = lab.cli_ok(&["release", "pg", &pname]);
         assert!(!ok && err.contains("fenced"), "{err}");
         // Rebuilt as a standby: held, then released by the operator.
-        lab.rejoin(p, s);
-        lab.wait_state(&pname, "held");
-        let (ok, out, err) = lab.cli(&["release", "pg", &pname]);
+        lab.rejoin_ok(p, s);
+        lab.wait_state_ok(&pname, "held");
+        let (ok, out, err) = lab.cli_ok(&["release", "pg", &pname]);
         assert!(ok, "{out} {err}");
-        assert_eq!(lab.state_of(&pname), "standby");
+        assert_eq!(lab.state_of_ok(&pname), "standby");
     }
     let _ = lab.daemon.terminate();
 }
@@ -291,10 +136,10 @@ fn a_killed_primary_is_replaced_in_order() {
 #[test]
 fn a_planned_switchover_and_a_drill_lose_nothing() {
     let mut lab = start(true, None, false);
-    let client = lab.client(1);
+    let client = lab.client_ok(1);
     std::thread::sleep(Duration::from_millis(500));
     let asked = Instant::now();
-    let (ok, out, err) = lab.cli(&["switch", "pg", "--to", "db2"]);
+    let (ok, out, err) = lab.cli_ok(&["switch", "pg", "--to", "db2"]);
     let done = Instant::now();
     assert!(ok, "{out} {err}");
     assert!(
@@ -319,14 +164,14 @@ fn a_planned_switchover_and_a_drill_lose_nothing() {
     );
     // db1, rebuilt as db2's standby, is a standby again by itself (a
     // planned handover needs no release); then a drill back to it.
-    lab.rejoin(0, 1);
-    lab.wait_state("db1", "standby");
-    let (ok, out, err) = lab.cli(&["drill", "pg", "--dry-run"]);
+    lab.rejoin_ok(0, 1);
+    lab.wait_state_ok("db1", "standby");
+    let (ok, out, err) = lab.cli_ok(&["drill", "pg", "--dry-run"]);
     assert!(ok, "{err}");
     assert!(out.contains("promote db1 with token 2"), "{out}");
-    let client = lab.client(1_000_000);
+    let client = lab.client_ok(1_000_000);
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, out, err) = lab.cli(&["drill", "pg"]);
+    let (ok, out, err) = lab.cli_ok(&["drill", "pg"]);
     assert!(ok, "{out} {err}");
     assert!(out.contains("db1 is active (token 2), RTO"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
@@ -348,12 +193,12 @@ fn a_failed_promotion_is_seen_and_serves_no_standby() {
         Some("[\"/bin/sh\", \"-c\", \"echo pg_promote: permission denied >&2; exit 1\"]"),
         false,
     );
-    let client = lab.client(1);
+    let client = lab.client_ok(1);
     std::thread::sleep(Duration::from_millis(500));
     let mut lab = lab;
     let killed_at = Instant::now();
     lab.db[0].kill_postmaster().expect("kill -9");
-    let failed = lab.wait_event("promotion-failed", 0);
+    let failed = lab.wait_event_ok("promotion-failed", 0);
     let seen = killed_at.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let r = client.stop().expect("client report");
@@ -362,7 +207,7 @@ fn a_failed_promotion_is_seen_and_serves_no_standby() {
         failed["reason"],
         r.summary()
     );
-    let fenced = lab.wait_event("fenced", 0);
+    let fenced = lab.wait_event_ok("fenced", 0);
     let secs = |e: &serde_json::Value| -> f64 {
         let t = e["ts"].as_str().unwrap_or_default();
         let hms = &t[11..t.len() - 1];
@@ -414,6 +259,6 @@ fn a_failed_promotion_is_seen_and_serves_no_standby() {
         lab.db[1].is_in_recovery().expect("db2 state"),
         "db2 is still a standby"
     );
-    assert_eq!(lab.state_of("db2"), "standby");
+    assert_eq!(lab.state_of_ok("db2"), "standby");
     let _ = lab.daemon.terminate();
 }
