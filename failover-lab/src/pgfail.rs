@@ -77,7 +77,7 @@ impl PgFailoverLab {
             str::to_string,
         );
         let passive = if passive {
-            "[service.passive]\nsignals = [\"rst\"]\nfailures = 2\nwindow = \"1s\"\nconfirm_within = \"1s\"\n"
+            "[service.passive]\nsignals = [\"rst\"]\nfailures = 1\nwindow = \"1s\"\nconfirm_within = \"1s\"\n"
         } else {
             ""
         };
@@ -106,6 +106,15 @@ impl PgFailoverLab {
             .context("db2 streams from db1")?;
         let mut daemon = DaemonProcess::spawn(exe, &topo.lb.name, &config)?;
         daemon.wait_attached(&w.bpffs, &LB_IFACES)?;
+        // The replication connection crosses the load balancer. One opened
+        // before the program was attached looks, from its first packet on,
+        // like a VIP flow whose entry is gone (db1:5432 is the service's
+        // endpoint) and is translated as its reply (see docs/deploy.md):
+        // restart the standby now that the program sees its SYN.
+        db2.stop().context("restarting db2")?;
+        db2.start().context("restarting db2")?;
+        db1.wait_streaming("db2", Duration::from_secs(10))
+            .context("db2 streams from db1 again")?;
         let lab = Self {
             db: vec![db1, db2],
             daemon,

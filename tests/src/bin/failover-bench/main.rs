@@ -37,6 +37,7 @@ use failover_user::{
 };
 use serde_json::{Value, json};
 
+mod postgresql;
 mod timeline;
 mod udp;
 
@@ -1455,7 +1456,7 @@ fn machine() -> Value {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "per-packet",
     "scale",
     "tables",
@@ -1463,6 +1464,7 @@ const SECTIONS: [&str; 7] = [
     "throughput",
     "udp",
     "flood",
+    "postgresql",
 ];
 
 /// The SYN flood of `failover_lab::flood` against failover NAT and nftables DNAT
@@ -1576,6 +1578,10 @@ fn main() -> anyhow::Result<()> {
     if run("flood") {
         let rows = syn_flood(&o, &mut report)?;
         print_flood(&rows);
+    }
+    if run("postgresql") {
+        let (series, planned) = postgresql::run(&o, &mut report)?;
+        postgresql::print(&report, &series, &planned);
     }
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
