@@ -55,6 +55,11 @@ pub const MODE_DSR: u32 = 1;
 /// `ServiceValue::flags`: when set, a packet for a service with no usable
 /// backend is passed to the host stack instead of dropped.
 pub const FLAG_NO_BACKEND_PASS: u32 = 1 << 4;
+/// `ServiceValue::flags`: when set, a TCP packet for a service with no
+/// usable backend is answered with a RST (the client's connect fails at
+/// once instead of waiting for its SYN to be retransmitted); other
+/// packets are dropped.
+pub const FLAG_NO_BACKEND_RESET: u32 = 1 << 5;
 
 /// Why a packet was not forwarded (or how it was). Index into `REASON_STATS`.
 #[repr(u32)]

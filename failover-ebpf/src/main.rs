@@ -39,9 +39,9 @@ mod stats;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use failover_common::{
-    BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS, FLOW_REPLIED,
-    FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowKey, MODE_DSR, PROTO_TCP, Reason,
-    ReverseValue, SIG_RST, ServiceValue, VipAddrKey,
+    BackendValue, EndpointKey, FAMILY_V4, FLAG_MODE_MASK, FLAG_NO_BACKEND_PASS,
+    FLAG_NO_BACKEND_RESET, FLOW_REPLIED, FLOW_SYN_VALID, FS_ESTABLISHED, FS_SYN, FS_UDP, FlowKey,
+    MODE_DSR, PROTO_TCP, Reason, ReverseValue, SIG_RST, ServiceValue, VipAddrKey,
 };
 
 use crate::{
@@ -293,6 +293,16 @@ fn to_backend(
             stats::service(svc.id, Dir::Dropped, bytes);
             if svc.flags & FLAG_NO_BACKEND_PASS != 0 {
                 return (PASS, Reason::PassNoBackend);
+            }
+            // Never a RST for a RST.
+            if svc.flags & FLAG_NO_BACKEND_RESET != 0
+                && k.proto == PROTO_TCP
+                && flow.tcp_flags & parse::RST == 0
+            {
+                if rst::build(ctx, pkt, flow) {
+                    return (xdp_action::XDP_TX, Reason::TxReset);
+                }
+                return (DROP, Reason::DropMalformed);
             }
             return (DROP, Reason::DropNoBackend);
         }

@@ -88,7 +88,7 @@ impl PgFailoverLab {
                 w.dir.join("admin.sock").display(),
                 w.dir.join("audit.jsonl").display()
             ),
-            service_keys: "flows_on_down = \"reset\"\n".into(),
+            service_keys: "flows_on_down = \"reset\"\non_no_backend = \"reset\"\n".into(),
             check: Some(format!(
                 "type = \"exec\"\ncommand = [\"{b}/pg-role\", \"active\", \"{{address}}\", \"{{port}}\"]\ninterval = \"25ms\"\nfast_interval = \"10ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n"
             )),

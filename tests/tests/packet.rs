@@ -1043,6 +1043,77 @@ fn reset_flows_of_a_down_backend() {
     assert_ne!(a, XDP_TX);
 }
 
+/// `on_no_backend = "reset"`: while no backend takes new flows, a SYN to
+/// the VIP is answered with a RST|ACK (exact bytes: the client's connect
+/// fails at once), a client's RST is not answered, UDP is dropped; once a
+/// backend serves, the same SYN goes to it.
+#[test]
+fn no_backend_reset_refuses_syns() {
+    let mut lab = Lab::new();
+    let cfg = config::parse(
+        r#"
+[[service]]
+name = "web"
+vip = "198.18.0.10"
+port = 80
+on_no_backend = "reset"
+[[service.backend]]
+name = "p"
+address = "198.18.1.2"
+port = 8080
+[[service]]
+name = "dns"
+vip = "198.18.0.10"
+port = 53
+protocol = "udp"
+on_no_backend = "reset"
+[[service.backend]]
+name = "p"
+address = "198.18.1.2"
+port = 5353
+"#,
+        "t",
+    )
+    .expect("valid");
+    let layout = Layout::assign(&cfg, None).unwrap();
+    lab.dp
+        .apply(&cfg, &layout, &Default::default())
+        .expect("apply");
+    lab.layout = layout;
+    lab.set_state("web", "p", failover_common::STATE_DOWN);
+    lab.set_state("dns", "p", failover_common::STATE_DOWN);
+    let tcp = |flags: u8| {
+        from_client(
+            "198.18.0.10",
+            L4::Tcp {
+                sport: 41000,
+                dport: 80,
+                flags,
+                payload: Vec::new(),
+            },
+        )
+    };
+    let before = lab.reasons();
+    let syn = tcp(0x02);
+    let (a, out) = lab.run(lab.c0, &syn.bytes());
+    assert_eq!(a, XDP_TX, "refused back out of the client side");
+    // The SYN takes one sequence number: acknowledged as seq + 1.
+    assert_eq!(hex(&out), hex(&expected_rst(&syn, 1, 0x02)));
+    verify_checksums(&out).expect("RST checksums");
+    assert_eq!(
+        lab.reasons()[Reason::TxReset as usize],
+        before[Reason::TxReset as usize] + 1
+    );
+    let (a, _) = lab.run(lab.c0, &tcp(0x04).bytes());
+    assert_eq!(a, XDP_DROP, "a client's RST is not answered");
+    let udp = from_client("198.18.0.10", L4::udp(41000, 53, b"q"));
+    let (a, _) = lab.run(lab.c0, &udp.bytes());
+    assert_eq!(a, XDP_DROP, "UDP without a backend is dropped");
+    lab.set_state("web", "p", failover_common::STATE_UP);
+    let (a, _) = lab.run(lab.c0, &syn.bytes());
+    assert_eq!(a, XDP_REDIRECT, "to the backend once it serves");
+}
+
 /// Active-passive across tiers with active-active inside a tier: flows
 /// spread over the tier's healthy members by the Maglev table.
 #[test]

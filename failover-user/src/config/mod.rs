@@ -99,6 +99,11 @@ pub enum NoBackend {
     Drop,
     /// Hand the packet to the host stack (counted).
     Pass,
+    /// TCP: answer with a RST, so a client's connect fails at once (and
+    /// its retry comes as soon as a backend serves again) instead of
+    /// waiting a second for its SYN to be retransmitted; other packets are
+    /// dropped (counted).
+    Reset,
     /// The health agent never marks the last healthy backend of the service
     /// down (it stays in the map, an alert event is raised); if the dataplane
     /// still finds none (admin states), packets are dropped.

@@ -26,9 +26,9 @@ use aya::{
 };
 use failover_common::{
     AddrFilter, BackendValue, Counter, EndpointKey, FAMILY_V4, FAMILY_V6, FLAG_NO_BACKEND_PASS,
-    FlowKey, FlowTimeouts, FlowValue, MODE_DSR, MODE_NAT, PassiveConfig, PassiveGuard,
-    PassiveHealth, PassiveStats, ReverseValue, STATE_DOWN, ServiceStats, ServiceValue, TableValue,
-    VipAddrKey, map_names,
+    FLAG_NO_BACKEND_RESET, FlowKey, FlowTimeouts, FlowValue, MODE_DSR, MODE_NAT, PassiveConfig,
+    PassiveGuard, PassiveHealth, PassiveStats, ReverseValue, STATE_DOWN, ServiceStats,
+    ServiceValue, TableValue, VipAddrKey, map_names,
 };
 use tracing::{info, warn};
 
@@ -673,8 +673,10 @@ impl Dataplane {
                     Mode::Nat => MODE_NAT,
                     Mode::Dsr => MODE_DSR,
                 };
-                if s.on_no_backend == NoBackend::Pass {
-                    flags |= FLAG_NO_BACKEND_PASS;
+                match s.on_no_backend {
+                    NoBackend::Pass => flags |= FLAG_NO_BACKEND_PASS,
+                    NoBackend::Reset => flags |= FLAG_NO_BACKEND_RESET,
+                    NoBackend::Drop | NoBackend::KeepLast => {}
                 }
                 let v = ServiceValue {
                     id: sl.id,

@@ -778,6 +778,19 @@ async fn exec_arguments_are_not_interpolated() {
     assert!(r.ok, "{r:?}");
 }
 
+/// Children run in `/`, not in the daemon's working directory (which
+/// their user may not be allowed to enter).
+#[tokio::test]
+async fn exec_runs_in_the_root_directory() {
+    let r = probe(
+        &sh(r#"test "$(pwd)" = /"#),
+        &target("127.0.0.1:1".parse().unwrap()),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+}
+
 /// `{address}`, `{port}`, `{backend}` in arguments are the target's,
 /// each whole in its own argument (no shell sees them); unknown
 /// placeholders stay as they are.

@@ -120,6 +120,10 @@ pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io:
     .stderr(Stdio::piped())
     // Its own process group, so that a timeout kills what it started too.
     .process_group(0)
+    // Never the daemon's working directory: its user (`run_as`) may not
+    // be allowed in it, and some tools (psql) fail when they cannot go
+    // back there.
+    .current_dir("/")
     // Never the daemon's line to systemd: a child must not report ready or
     // feed the watchdog.
     .env_remove("NOTIFY_SOCKET")
