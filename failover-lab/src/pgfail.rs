@@ -58,6 +58,10 @@ pub struct Options {
     /// The promote command as a TOML array (default: the shipped
     /// `pg-promote`).
     pub promote: Option<String>,
+    /// The daemon's own PostgreSQL checks (`type = "postgres"`, a kept
+    /// connection, every 10 ms) instead of the shipped `pg-role` script
+    /// as exec checks (a `psql` each, every 25 ms).
+    pub native: bool,
 }
 
 impl PgFailoverLab {
@@ -81,6 +85,21 @@ impl PgFailoverLab {
         } else {
             ""
         };
+        let (active_check, standby_check) = if o.native {
+            (
+                "type = \"postgres\"\nrole = \"primary\"\ninterval = \"10ms\"\nfast_interval = \"5ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 2\n".to_string(),
+                "type = \"postgres\"\nrole = \"standby\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\n".to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "type = \"exec\"\ncommand = [\"{b}/pg-role\", \"active\", \"{{address}}\", \"{{port}}\"]\ninterval = \"25ms\"\nfast_interval = \"10ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n"
+                ),
+                format!(
+                    "type = \"exec\"\ncommand = [\"{b}/pg-role\", \"standby\", \"{{address}}\", \"{{port}}\"]\ninterval = \"100ms\"\ntimeout = \"1s\"\n"
+                ),
+            )
+        };
         let x = PgServiceConfig {
             daemon_keys: format!("events_file = \"{}\"\n", events.display()),
             top: format!(
@@ -89,11 +108,9 @@ impl PgFailoverLab {
                 w.dir.join("audit.jsonl").display()
             ),
             service_keys: "flows_on_down = \"reset\"\non_no_backend = \"reset\"\n".into(),
-            check: Some(format!(
-                "type = \"exec\"\ncommand = [\"{b}/pg-role\", \"active\", \"{{address}}\", \"{{port}}\"]\ninterval = \"25ms\"\nfast_interval = \"10ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n"
-            )),
+            check: Some(active_check),
             service_tables: format!(
-                "{passive}\n[service.promotion]\npromote = {promote}\nfence = [\"{b}/pg-fence\", \"{{address}}\", \"{{port}}\"]\nhook_timeout = \"10s\"\nready_within = \"5s\"\n\n[service.promotion.standby_check]\ntype = \"exec\"\ncommand = [\"{b}/pg-role\", \"standby\", \"{{address}}\", \"{{port}}\"]\ninterval = \"100ms\"\ntimeout = \"1s\"\n"
+                "{passive}\n[service.promotion]\npromote = {promote}\nfence = [\"{b}/pg-fence\", \"{{address}}\", \"{{port}}\"]\nhook_timeout = \"10s\"\nready_within = \"5s\"\n\n[service.promotion.standby_check]\n{standby_check}"
             ),
         };
         let config = pg::write_daemon_config(&w, &x)?;

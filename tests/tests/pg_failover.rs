@@ -47,7 +47,7 @@ impl Must for PgFailoverLab {
     }
 }
 
-fn start(sync: bool, promote: Option<&str>, passive: bool) -> PgFailoverLab {
+fn start(sync: bool, promote: Option<&str>, passive: bool, native: bool) -> PgFailoverLab {
     failover_tests::require_root();
     PgFailoverLab::start(
         &failover_tests::failover_exe(),
@@ -55,6 +55,7 @@ fn start(sync: bool, promote: Option<&str>, passive: bool) -> PgFailoverLab {
             sync,
             passive,
             promote: promote.map(str::to_string),
+            native,
         },
     )
     .expect("the PostgreSQL failover lab")
@@ -68,7 +69,9 @@ fn start(sync: bool, promote: Option<&str>, passive: bool) -> PgFailoverLab {
 /// refused until it is a standby again.
 #[test]
 fn a_killed_primary_is_replaced_in_order() {
-    let mut lab = start(true, None, false);
+    // The daemon's own PostgreSQL checks (the other tests use the shipped
+    // `pg-role` script as exec checks).
+    let mut lab = start(true, None, false, true);
     for round in 0..2usize {
         let (p, s) = if round == 0 { (0, 1) } else { (1, 0) };
         let (pname, sname) = (lab.db[p].name().to_string(), lab.db[s].name().to_string());
@@ -135,7 +138,7 @@ fn a_killed_primary_is_replaced_in_order() {
 /// primary after the switch.
 #[test]
 fn a_planned_switchover_and_a_drill_lose_nothing() {
-    let mut lab = start(true, None, false);
+    let mut lab = start(true, None, false, false);
     let client = lab.client_ok(1);
     std::thread::sleep(Duration::from_millis(500));
     let asked = Instant::now();
@@ -191,6 +194,7 @@ fn a_failed_promotion_is_seen_and_serves_no_standby() {
     let lab = start(
         true,
         Some("[\"/bin/sh\", \"-c\", \"echo pg_promote: permission denied >&2; exit 1\"]"),
+        false,
         false,
     );
     let client = lab.client_ok(1);

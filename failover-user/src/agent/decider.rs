@@ -1002,6 +1002,7 @@ pub(super) fn kind_name(s: &Service) -> &'static str {
         Some(probe::ProbeSpec::Http { .. }) => "http",
         Some(probe::ProbeSpec::Udp { .. }) => "udp",
         Some(probe::ProbeSpec::Exec { .. }) => "exec",
+        Some(probe::ProbeSpec::Postgres { .. }) => "postgres",
         None => "none",
     }
 }

@@ -92,8 +92,58 @@ pub(super) fn validate_check_at(errs: &mut Errors, cp: &str, c: RawCheck) -> Opt
         c.command.is_some() && c.kind != CheckKind::Exec,
         "exec",
     );
+    let pg = c.kind == CheckKind::Postgres;
+    for (field, set) in [
+        ("role", c.role.is_some()),
+        ("user", c.user.is_some()),
+        ("database", c.database.is_some()),
+        ("password_file", c.password_file.is_some()),
+    ] {
+        unused(errs, field, set && !pg, "postgres");
+    }
     let probe = match c.kind {
         CheckKind::None => return None,
+        CheckKind::Postgres => {
+            let role = match c.role.as_deref() {
+                Some("primary") => crate::probe::PgRole::Primary,
+                Some("standby") => crate::probe::PgRole::Standby,
+                Some(other) => {
+                    errs.push(
+                        format!("{cp}.role"),
+                        format!("{other:?}: use \"primary\" (accepts writes) or \"standby\""),
+                    );
+                    crate::probe::PgRole::Primary
+                }
+                None => {
+                    errs.push(
+                        format!("{cp}.role"),
+                        "missing: \"primary\" (accepts writes) or \"standby\"",
+                    );
+                    crate::probe::PgRole::Primary
+                }
+            };
+            let password = match &c.password_file {
+                None => None,
+                Some(p) => match std::fs::read_to_string(p) {
+                    Ok(s) => Some(crate::probe::Password(
+                        s.trim_end_matches(['\n', '\r']).to_string(),
+                    )),
+                    Err(e) => {
+                        errs.push(
+                            format!("{cp}.password_file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        None
+                    }
+                },
+            };
+            ProbeSpec::Postgres {
+                role,
+                user: c.user.unwrap_or_else(|| "postgres".into()),
+                database: c.database.unwrap_or_else(|| "postgres".into()),
+                password,
+            }
+        }
         CheckKind::Tcp => ProbeSpec::Tcp,
         CheckKind::Http => {
             let path = c.path.unwrap_or_else(|| "/".to_string());

@@ -135,6 +135,7 @@ pub(super) enum CheckKind {
     Http,
     Udp,
     Exec,
+    Postgres,
     None,
 }
 
@@ -157,6 +158,10 @@ pub(super) struct RawCheck {
     pub(super) payload: Option<String>,
     pub(super) expect: Option<String>,
     pub(super) command: Option<Vec<String>>,
+    pub(super) role: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) database: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]

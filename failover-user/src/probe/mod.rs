@@ -28,10 +28,12 @@ use tokio::{
 
 mod exec;
 mod http;
+mod postgres;
 mod tcp;
 mod udp;
 
-use self::{exec::*, http::*, tcp::*, udp::*};
+pub use self::postgres::{Password, PgRole};
+use self::{exec::*, http::*, postgres::*, tcp::*, udp::*};
 use crate::sys::exec::{self as runner, Ended};
 
 /// Most bytes of an HTTP response head, and of its body, read.
@@ -87,6 +89,14 @@ pub enum ProbeSpec {
     /// is killed (explicitly, and by `kill_on_drop`) and the probe fails; its
     /// own children, if any, are not.
     Exec { command: Vec<String> },
+    /// PostgreSQL over a connection kept between probes: healthy when the
+    /// server is in `role` (`postgres.rs`).
+    Postgres {
+        role: PgRole,
+        user: String,
+        database: String,
+        password: Option<Password>,
+    },
 }
 
 /// Whom a probe checks.
@@ -144,6 +154,15 @@ pub async fn probe(spec: &ProbeSpec, target: &Target, timeout: Duration) -> Prob
                 .unwrap_or_else(|_| Err("udp no reply (timeout)".to_string()))
         }
         ProbeSpec::Exec { command } => exec_check(command, target, start, timeout).await,
+        ProbeSpec::Postgres {
+            role,
+            user,
+            database,
+            password,
+        } => {
+            let pg = pg_check(target.addr, *role, user, database, password.as_ref());
+            within(timeout, pg).await
+        }
     };
     let (ok, detail) = match check {
         Ok(detail) => (true, detail),

@@ -25,6 +25,8 @@ const DYING: Duration = Duration::from_millis(30);
 pub struct Series {
     pub sync: bool,
     pub passive: bool,
+    /// The daemon's own PostgreSQL checks (else `pg-role` exec checks).
+    pub native: bool,
     pub rto_ms: Vec<f64>,
     /// From the kill to the `fenced` event (detection).
     pub detect_ms: Vec<f64>,
@@ -49,19 +51,27 @@ pub fn run(o: &Opts, report: &mut Value) -> anyhow::Result<(Vec<Series>, Vec<Pla
     let exe = daemon_exe(o)?;
     let kills = if o.quick { 2 } else { 6 };
     let mut out = Vec::new();
-    for (sync, passive) in [(true, false), (true, true), (false, false), (false, true)] {
+    for (sync, passive, native) in [
+        (true, false, false),
+        (true, false, true),
+        (true, true, true),
+        (false, false, true),
+        (false, true, true),
+    ] {
         let mut lab = PgFailoverLab::start(
             &exe,
             &Options {
                 sync,
                 passive,
                 promote: None,
+                native,
             },
         )
         .context("the PostgreSQL failover lab")?;
         let mut s = Series {
             sync,
             passive,
+            native,
             rto_ms: Vec::new(),
             detect_ms: Vec::new(),
             fence_hook_ms: Vec::new(),
@@ -127,6 +137,7 @@ pub fn run(o: &Opts, report: &mut Value) -> anyhow::Result<(Vec<Series>, Vec<Pla
         "series": out.iter().map(|s| json!({
             "replication": if s.sync { "sync" } else { "async" },
             "detection": if s.passive { "passive+probes" } else { "probes" },
+            "checks": if s.native { "postgres (kept connection, 10 ms)" } else { "exec pg-role (psql, 25 ms)" },
             "rto_ms": s.rto_ms,
             "rto_ms_median": median(s.rto_ms.clone()),
             "fence_to_switch_ms": s.fence_to_switch_ms,
@@ -152,6 +163,7 @@ fn planned(exe: &std::path::Path) -> anyhow::Result<Vec<Planned>> {
         exe,
         &Options {
             sync: true,
+            native: true,
             ..Default::default()
         },
     )?;
@@ -216,7 +228,7 @@ fn goals(s: &[Series]) -> Value {
     let rto = |passive: bool| {
         median(
             s.iter()
-                .filter(|x| x.passive == passive)
+                .filter(|x| x.passive == passive && x.native)
                 .flat_map(|x| x.rto_ms.clone())
                 .collect(),
         )
@@ -241,16 +253,21 @@ pub fn print(report: &Value, series: &[Series], planned: &[Planned]) {
         let min = s.rto_ms.iter().copied().fold(f64::INFINITY, f64::min);
         let max = s.rto_ms.iter().copied().fold(0.0, f64::max);
         println!(
-            "| {}, {} | {:.0} ({min:.0}-{max:.0}) | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+            "| {}, {}, {} | {:.0} ({min:.0}-{max:.0}) | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
             if s.sync {
                 "synchronous"
             } else {
                 "asynchronous"
             },
+            if s.native {
+                "postgres checks (10 ms)"
+            } else {
+                "exec pg-role checks (25 ms)"
+            },
             if s.passive {
                 "passive detection + probes"
             } else {
-                "probes only (25 ms)"
+                "probes only"
             },
             median(s.rto_ms.clone()),
             median(s.detect_ms.clone()),
