@@ -581,3 +581,62 @@ fn promotion_errors_name_their_fields() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn postgres_checks() {
+    let with = |check: &str| {
+        PG.replace(
+        "type = \"exec\"\ncommand = [\"/usr/local/bin/pg-writable\", \"{address}\", \"{port}\"]",
+        check,
+    )
+    };
+    let cfg = parse(
+        &with("type = \"postgres\"\nrole = \"standby\"\nuser = \"monitor\""),
+        "t",
+    )
+    .expect("valid");
+    let check = cfg.services[0].check.as_ref().expect("check");
+    assert!(matches!(
+        &check.probe,
+        ProbeSpec::Postgres { role: crate::probe::PgRole::Standby, user, database, password: None }
+            if user == "monitor" && database == "postgres"
+    ));
+    let errs = errors(&with("type = \"postgres\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("service[0].check.role: missing")),
+        "{errs:#?}"
+    );
+    let errs = errors(&with(
+        "type = \"postgres\"\nrole = \"leader\"\npassword_file = \"/nonexistent/pw\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("service[0].check.role: \"leader\"")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("service[0].check.password_file: cannot read")),
+        "{errs:#?}"
+    );
+    let errs = errors(&with("type = \"tcp\"\nrole = \"primary\""));
+    assert!(
+        errs.iter()
+            .any(|e| e == "service[0].check.role: only used by postgres checks"),
+        "{errs:#?}"
+    );
+    // The password never shows in a debug print of the config.
+    let dir = std::env::temp_dir().join(format!("failover-pw-{}", std::process::id()));
+    std::fs::write(&dir, "s3cret\n").expect("password file");
+    let cfg = parse(
+        &with(&format!(
+            "type = \"postgres\"\nrole = \"primary\"\npassword_file = \"{}\"",
+            dir.display()
+        )),
+        "t",
+    )
+    .expect("valid");
+    let _ = std::fs::remove_file(&dir);
+    assert!(!format!("{cfg:?}").contains("s3cret"));
+}
