@@ -538,6 +538,8 @@ impl Decider {
         let (tr, notice) = self.backends[i]
             .machine
             .observe(m.at, m.result.ok, &detail, &policy);
+        // A planned handover's fence lifts on the probes' verdict alone.
+        self.unfence_planned(i);
         let (ok, lat) = (m.result.ok, m.result.latency.as_secs_f64());
         let health = if self.backends[i].machine.held(&policy) {
             "held"
@@ -576,12 +578,16 @@ impl Decider {
         };
         self.apply_transition(i, tr, None);
         self.check_active(svc, crate::model::Cause::Probe);
-        self.unfence_planned(i);
     }
 
     /// A state change of backend `i`: the map write first (one syscall),
     /// then events, keep-last, tables and the failover report.
-    fn apply_transition(&mut self, i: usize, tr: Transition, signal: Option<&'static str>) {
+    pub(super) fn apply_transition(
+        &mut self,
+        i: usize,
+        tr: Transition,
+        signal: Option<&'static str>,
+    ) {
         self.apply_transition_from(i, tr, signal, None);
     }
 

@@ -941,11 +941,13 @@ impl Decider {
             return None;
         }
         let b = &self.backends[i];
-        if !force && !b.machine.state().serving() {
+        // Its probes' verdict now (a policy such as flap damping may still
+        // hold its state down: the release lifts that too).
+        if !force && !b.machine.health().serving() {
             return Some(Err(AdminError::Conflict(format!(
                 "{} is fenced and does not pass the standby check ({}): rebuild it as a standby first, or release it with --force",
                 b.name,
-                b.machine.state().name()
+                b.machine.health().name()
             ))));
         }
         let why = format!(
@@ -954,6 +956,12 @@ impl Decider {
             if force { " (forced)" } else { "" }
         );
         self.unfence(i, why);
+        let policy = self.backends[i].policy;
+        if self.backends[i].machine.held(&policy)
+            && let Ok(Some(tr)) = self.backends[i].machine.release(Instant::now(), &policy)
+        {
+            self.apply_transition(i, tr, None);
+        }
         Some(Ok(Change {
             service: self.svcs[svc].cfg.name.clone(),
             backend: self.backends[i].name.clone(),
@@ -971,7 +979,7 @@ impl Decider {
         let planned = self
             .promo(svc)
             .is_some_and(|p| p.fenced.get(&i) == Some(&Fence::Planned));
-        if planned && self.backends[i].machine.state().serving() {
+        if planned && self.backends[i].machine.health().serving() {
             let why = format!(
                 "{} (handed over in a planned switchover) passes the standby check: a standby again",
                 self.backends[i].name
