@@ -495,6 +495,22 @@ fn capabilities_are_dropped_after_attaching() {
     // runs can never get them (the bounding set is CAP_BPF alone).
     use failover_user::sys::caps::{CAP_NET_ADMIN, CAP_SETGID, CAP_SETUID};
     let want = bpf | (1u64 << CAP_NET_ADMIN) | (1u64 << CAP_SETUID) | (1u64 << CAP_SETGID);
+    // The admin socket (what `start` waits for) is up before the drop,
+    // which comes right after attaching: wait (bounded) for the daemon's
+    // log line's effect, then check every thread.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let dropped = std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.filter_map(Result::ok).all(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .is_ok_and(|st| st.lines().any(|l| l == "NoNewPrivs:\t1"))
+            })
+        });
+        if dropped {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("daemon threads");
     let mut n = 0;
     for t in tasks {

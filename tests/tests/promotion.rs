@@ -203,6 +203,20 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// Waits (5 s) until `b` shows `want` (the CLI reads the states the
+    /// agent saves asynchronously).
+    fn wait_state(&self, b: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.state_of(b);
+            if s == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{b} is {s}, not {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn role(&self, b: &str, role: &str) {
         for r in ["primary", "standby"] {
             let _ = std::fs::remove_file(self.roles.join(format!("{b}.{r}")));
@@ -251,8 +265,8 @@ fn position(events: &[serde_json::Value], f: impl Fn(&serde_json::Value) -> bool
 fn failover_waits_for_the_promotion() {
     let mut lab = start(&promote_after(300), "");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.state_of("b1"), "up");
-    assert_eq!(lab.state_of("b2"), "standby");
+    lab.wait_state("b1", "up");
+    lab.wait_state("b2", "standby");
     let t0 = Instant::now();
     let client = failover_lab::client::stream(
         &lab.topo.client.name,
@@ -332,7 +346,7 @@ fn failover_waits_for_the_promotion() {
         .filter(|s| s.sent > first_b2 + Duration::from_millis(20))
         .collect();
     assert!(tail.len() > 100 && tail.iter().all(|s| s.who.as_deref() == Some("b2")));
-    assert_eq!(lab.state_of("b2"), "up");
+    lab.wait_state("b2", "up");
     let _ = lab.daemon.terminate();
 }
 
@@ -390,8 +404,16 @@ fn a_failed_promotion_is_visible_and_serves_nothing() {
         0,
         "a standby whose promotion failed served"
     );
-    // The operator fixes the cause and switches.
+    // b2's promote hook ran: it may be half-promoted, so it is fenced
+    // (held while it passes the standby check) and must be released
+    // before it can be promoted again.
+    lab.wait_state("b2", "held");
+    let (ok, _, err) = lab.cli(&["switch", "web", "--to", "b2"]);
+    assert!(!ok && err.contains("fenced"), "{err}");
+    // The operator fixes the cause, releases b2 and switches: a new token.
     std::fs::remove_file(lab.roles.join("broken")).expect("fix");
+    let (ok, out, err) = lab.cli(&["release", "web", "b2"]);
+    assert!(ok, "release: {out} {err}");
     let (ok, out, err) = lab.cli(&["switch", "web", "--to", "b2"]);
     assert!(ok, "switch after the fix: {out} {err}");
     assert!(out.contains("token 2"), "{out}");
@@ -442,10 +464,10 @@ fn a_returning_old_active_stays_fenced_until_released() {
     // Rebuilt as a standby: shown held, released by the operator.
     lab.role("b1", "standby");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(lab.state_of("b1"), "held");
+    lab.wait_state("b1", "held");
     let (ok, out, err) = lab.cli(&["release", "web", "b1"]);
     assert!(ok, "{out} {err}");
-    assert_eq!(lab.state_of("b1"), "standby");
+    lab.wait_state("b1", "standby");
     // A drill back to b1: the plan first, then for real.
     let (ok, out, err) = lab.cli(&["drill", "web", "--dry-run"]);
     assert!(ok, "{err}");

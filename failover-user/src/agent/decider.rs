@@ -8,6 +8,10 @@ pub(super) struct ProbeMsg {
     pub(super) idx: usize,
     pub(super) result: ProbeResult,
     pub(super) at: Instant,
+    /// With roles: the probe ran the active check (else the standby
+    /// check). A result of the other check than the backend's role now
+    /// wants (one in flight across a role change) is not counted.
+    pub(super) active_check: bool,
 }
 
 pub(super) struct BackendRt {
@@ -36,6 +40,10 @@ pub(super) struct BackendRt {
     /// active and a standby being promoted); the others get the standby
     /// check.
     pub(super) active_tx: watch::Sender<bool>,
+    /// With roles, while fenced: standby-check passes in a row since the
+    /// fence (a planned handover is lifted after `rise` of them; a
+    /// release needs the last one to have passed).
+    pub(super) standby_passes: u32,
 }
 
 /// A datapath mark-down waiting for the probes' verdict.
@@ -417,6 +425,11 @@ impl Decider {
                 service: service.to_string(),
                 backend: backend.to_string(),
             })?;
+        if self.judged_by_orchestration(i) {
+            return Err(AdminError::Conflict(format!(
+                "{backend} is being promoted: act on it once the promotion has ended"
+            )));
+        }
         let now = Instant::now();
         let policy = self.backends[i].policy;
         let current = self.backends[i].machine.state();
@@ -527,6 +540,21 @@ impl Decider {
         if self.judged_by_orchestration(i) {
             // Its promotion decides (the active check within a deadline).
             return;
+        }
+        if let Some(role) = self.role(i) {
+            if m.active_check != (role == crate::model::Role::Active) {
+                // Made for the role it had before a change: not evidence
+                // about the role it has now.
+                return;
+            }
+            if role == crate::model::Role::Fenced {
+                let b = &mut self.backends[i];
+                b.standby_passes = if m.result.ok {
+                    b.standby_passes.saturating_add(1)
+                } else {
+                    0
+                };
+            }
         }
         let detail = format!(
             "{}: {} in {:.1} ms",

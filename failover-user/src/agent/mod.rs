@@ -255,6 +255,7 @@ impl Agent {
                         probe_now,
                         unconfirmed: None,
                         active_tx,
+                        standby_passes: 0,
                     });
                     idxs.push(idx);
                 }
@@ -325,6 +326,7 @@ impl Agent {
         };
         for svc in 0..d.svcs.len() {
             d.set_probe_roles(svc);
+            d.report_start_phase(svc);
         }
         // Write the starting states (carried over or configured) so the map
         // and the machines agree from the first packet on.
@@ -395,6 +397,68 @@ impl Agent {
         rx.await.context("the agent has stopped")
     }
 
+    /// See [`AgentHandle::admin`].
+    pub async fn admin(
+        &self,
+        service: &str,
+        backend: &str,
+        action: AdminAction,
+    ) -> Result<Change, AdminError> {
+        self.handle().admin(service, backend, action).await
+    }
+
+    /// A handle for the long calls (a switchover, a drill): it holds no
+    /// borrow of the agent, so a caller need not keep the agent's lock
+    /// while it waits.
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            cmd_tx: self.cmd_tx.clone(),
+        }
+    }
+
+    /// Every backend's state as the agent sees it.
+    pub async fn backends(&self) -> anyhow::Result<Vec<BackendView>> {
+        self.handle().backends().await
+    }
+
+    /// See [`AgentHandle::switchover`].
+    pub async fn switchover(
+        &self,
+        service: &str,
+        to: &str,
+        cause: crate::model::Cause,
+    ) -> Result<PromotionReport, AdminError> {
+        self.handle().switchover(service, to, cause).await
+    }
+
+    /// See [`AgentHandle::promotions`].
+    pub async fn promotions(&self) -> anyhow::Result<Vec<PromotionView>> {
+        self.handle().promotions().await
+    }
+
+    /// Stops every task; returns the final states and measurements.
+    pub async fn stop(self) -> (HashMap<BackendKey, State>, Stats) {
+        let snap = self.snapshot().await.ok();
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let stats = self.decider.await.unwrap_or_default();
+        match snap {
+            Some((states, _)) => (states, stats),
+            None => (HashMap::new(), stats),
+        }
+    }
+}
+
+/// The agent's requests without the agent: see [`Agent::handle`]. Fails
+/// with `AgentDown` once the agent has stopped.
+#[derive(Clone)]
+pub struct AgentHandle {
+    cmd_tx: mpsc::Sender<Cmd>,
+}
+
+impl AgentHandle {
     /// Applies an operator action; the change it made.
     pub async fn admin(
         &self,
@@ -456,20 +520,6 @@ impl Agent {
             .await
             .context("the agent has stopped")?;
         rx.await.context("the agent has stopped")
-    }
-
-    /// Stops every task; returns the final states and measurements.
-    pub async fn stop(self) -> (HashMap<BackendKey, State>, Stats) {
-        let snap = self.snapshot().await.ok();
-        let _ = self.stop_tx.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let stats = self.decider.await.unwrap_or_default();
-        match snap {
-            Some((states, _)) => (states, stats),
-            None => (HashMap::new(), stats),
-        }
     }
 }
 

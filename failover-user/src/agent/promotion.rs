@@ -241,6 +241,10 @@ pub(super) struct Candidate {
     pub(super) addr: SocketAddr,
     /// Where the active check probes it.
     pub(super) check_addr: SocketAddr,
+    /// Its own fencing token: every promote hook run gets a token no other
+    /// run got (a candidate whose hook half-worked never shares one with
+    /// the next).
+    pub(super) token: u64,
 }
 
 /// What the orchestration task tells the decider.
@@ -249,12 +253,19 @@ pub(super) enum PromoMsg {
     /// Now promoting `idx`.
     Trying { svc: usize, token: u64, idx: usize },
     /// `idx` passed the active check after its promote hook: switch.
-    Ready { svc: usize, token: u64, idx: usize },
+    /// `tried`: every candidate whose promote hook was started.
+    Ready {
+        svc: usize,
+        token: u64,
+        idx: usize,
+        tried: Vec<usize>,
+    },
     /// No standby could be promoted.
     Failed {
         svc: usize,
         token: u64,
         reason: String,
+        tried: Vec<usize>,
     },
 }
 
@@ -281,7 +292,10 @@ impl Orchestration {
             ("FAILOVER_KIND".into(), "promotion".into()),
             ("FAILOVER_SERVICE".into(), self.service.clone()),
             ("FAILOVER_CAUSE".into(), self.cause.name().into()),
-            ("FAILOVER_TOKEN".into(), self.token.to_string()),
+            (
+                "FAILOVER_TOKEN".into(),
+                to.map_or(self.token, |t| t.token).to_string(),
+            ),
         ];
         if let Some(f) = &self.from {
             v.push(("FAILOVER_FROM".into(), f.name.clone()));
@@ -304,7 +318,7 @@ impl Orchestration {
             let (address, port, token) = (
                 b.addr.ip().to_string(),
                 b.addr.port().to_string(),
-                self.token.to_string(),
+                b.token.to_string(),
             );
             *command = fill_placeholders(
                 command,
@@ -329,7 +343,7 @@ impl Orchestration {
             "kind": "promotion",
             "service": self.service,
             "cause": self.cause.name(),
-            "token": self.token,
+            "token": b.token,
             "backend": b.name,
             "address": b.addr.ip().to_string(),
         })
@@ -345,8 +359,9 @@ impl Orchestration {
     /// The orchestration: fence hook, then each candidate in turn until
     /// one is promoted and ready.
     pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tried = Vec::new();
         let out = tokio::select! {
-            r = self.steps() => r,
+            r = self.steps(&mut tried) => r,
             _ = stop.changed() => return,
         };
         let msg = match out {
@@ -354,17 +369,19 @@ impl Orchestration {
                 svc: self.svc,
                 token: self.token,
                 idx,
+                tried,
             },
             Err(reason) => PromoMsg::Failed {
                 svc: self.svc,
                 token: self.token,
                 reason,
+                tried,
             },
         };
         let _ = self.tx.send(msg);
     }
 
-    async fn steps(&self) -> Result<usize, String> {
+    async fn steps(&self, tried: &mut Vec<usize>) -> Result<usize, String> {
         if let (Some(fence), Some(from)) = (&self.cfg.fence, &self.from) {
             let r = self.run_hook(fence, from, None).await;
             if !r.ok {
@@ -384,6 +401,7 @@ impl Orchestration {
                 token: self.token,
                 idx: c.idx,
             });
+            tried.push(c.idx);
             let r = self.run_hook(&self.cfg.promote, c, Some(c)).await;
             if !r.ok {
                 why.push(format!("{}: promote hook {}", c.name, r.detail));
@@ -448,6 +466,38 @@ impl Decider {
             .is_some_and(|p| p.trying() == Some(i))
     }
 
+    /// At start: a service that starts without an active (its saved
+    /// active is no longer in the config) is in `promotion-failed`; one
+    /// that starts there (saved so, or cut short by a stop) says so again:
+    /// an event (the failover hooks) and the metric.
+    pub(super) fn report_start_phase(&mut self, svc: usize) {
+        let Some(p) = self.svcs[svc].promo.as_mut() else {
+            return;
+        };
+        if matches!(p.phase, Phase::Steady) && p.active.is_none() {
+            p.phase = Phase::Failed {
+                reason: "the saved active is not in the config any more".into(),
+            };
+        }
+        let Phase::Failed { reason } = &p.phase else {
+            self.set_promotion_metrics(svc, None);
+            return;
+        };
+        let reason = reason.clone();
+        self.save_promotions();
+        self.set_promotion_metrics(svc, None);
+        let name = self.svcs[svc].cfg.name.clone();
+        let e = Event::new(
+            "promotion-failed",
+            &name,
+            format!(
+                "starting in promotion-failed: {reason}; no standby serves until an operator switches (failover switch {name} --to BACKEND)"
+            ),
+            self.stats.map_version,
+        );
+        self.emit(svc, e, HookEvent::Failover);
+    }
+
     /// Tells each probe task of service `svc` which check its backend gets.
     pub(super) fn set_probe_roles(&self, svc: usize) {
         let Some(p) = self.promo(svc) else {
@@ -465,7 +515,7 @@ impl Decider {
 
     /// Saves every promotion service's state; before any hook sees a new
     /// token and before a switch, so a restarted daemon never reuses one.
-    pub(super) fn save_promotions(&self) {
+    pub(super) fn save_promotions(&self) -> bool {
         let mut all = BTreeMap::new();
         for s in &self.svcs {
             let Some(p) = &s.promo else { continue };
@@ -495,14 +545,18 @@ impl Decider {
             );
         }
         if all.is_empty() {
-            return;
+            return true;
         }
         let path = promotion_file(&self.state_dir);
         let res = serde_json::to_vec_pretty(&all)
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(crate::sys::files::write_atomic(&path, &b)?));
-        if let Err(e) = res {
-            warn!(error = %format!("{e:#}"), path = %path.display(), "saving the promotion state failed");
+        match res {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), path = %path.display(), "saving the promotion state failed");
+                false
+            }
         }
     }
 
@@ -570,12 +624,27 @@ impl Decider {
     ) {
         let started = Instant::now();
         let name = self.svcs[svc].cfg.name.clone();
+        // The standbys to try, best first (the active is not one).
+        let candidate_idxs: Vec<usize> = match target {
+            Some(t) => vec![t],
+            None => {
+                let mut c: Vec<usize> = self.svcs[svc]
+                    .backends
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.promotable(i))
+                    .collect();
+                c.sort_by_key(|&i| (self.backends[i].tier, i));
+                c
+            }
+        };
         let Some(p) = self.svcs[svc].promo.as_mut() else {
             return;
         };
         let from = p.active.take();
-        p.generation += 1;
-        let token = p.generation;
+        // One token per candidate (the first also names the orchestration).
+        let token = p.generation + 1;
+        p.generation += candidate_idxs.len().max(1) as u64;
         if let Some(a) = from {
             let fence = if matches!(cause, Cause::Operator | Cause::Drill)
                 && self.backends[a].machine.state().serving()
@@ -594,8 +663,8 @@ impl Decider {
             started,
             reply,
         };
-        // The token is on disk before any hook sees it.
-        self.save_promotions();
+        // The tokens are on disk before any hook sees one.
+        let saved = self.save_promotions();
         self.set_promotion_metrics(svc, None);
         let before = self.serving(svc);
         if let Some(a) = from {
@@ -621,19 +690,18 @@ impl Decider {
         }
         self.set_probe_roles(svc);
         self.save();
-        let candidates: Vec<Candidate> = match target {
-            Some(t) => vec![self.candidate(t)],
-            None => {
-                let mut c: Vec<usize> = self.svcs[svc]
-                    .backends
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.promotable(i))
-                    .collect();
-                c.sort_by_key(|&i| (self.backends[i].tier, i));
-                c.into_iter().map(|i| self.candidate(i)).collect()
-            }
-        };
+        if let Some(a) = from {
+            self.backends[a].standby_passes = 0;
+        }
+        let candidates: Vec<Candidate> = candidate_idxs
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let mut c = self.candidate(i);
+                c.token = token + k as u64;
+                c
+            })
+            .collect();
         let mut e = Event::new(
             "promotion-started",
             &name,
@@ -657,6 +725,17 @@ impl Decider {
         e.token = Some(token);
         self.emit(svc, e, HookEvent::State);
         self.report_failover(svc, before, &format!("{} fenced", cause.name()));
+        if !saved {
+            // A token not on disk could be handed out again after a restart:
+            // no hook sees it.
+            self.promotion_failed(
+                svc,
+                token,
+                "the promotion state could not be saved (see the log): no hook was run".into(),
+                Vec::new(),
+            );
+            return;
+        }
         let Some(p) = self.promo(svc) else {
             return;
         };
@@ -677,7 +756,22 @@ impl Decider {
             metrics: self.metrics.clone(),
             tx: self.promo_tx.clone(),
         };
-        tokio::spawn(o.run(self.stop_rx.clone()));
+        // A panic in the orchestration must not leave the phase at
+        // `promoting` for ever: its supervisor reports it as a failure.
+        let tx = self.promo_tx.clone();
+        let job = tokio::spawn(o.run(self.stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = job.await
+                && e.is_panic()
+            {
+                let _ = tx.send(PromoMsg::Failed {
+                    svc,
+                    token,
+                    reason: "the orchestration task panicked".into(),
+                    tried: Vec::new(),
+                });
+            }
+        });
     }
 
     fn candidate(&self, i: usize) -> Candidate {
@@ -693,6 +787,7 @@ impl Decider {
             name: b.name.clone(),
             addr: b.key.2,
             check_addr: SocketAddr::new(b.key.2.ip(), port),
+            token: 0,
         }
     }
 
@@ -719,8 +814,18 @@ impl Decider {
                 }
                 self.set_probe_roles(svc);
             }
-            PromoMsg::Ready { svc, token, idx } => self.promoted(svc, token, idx),
-            PromoMsg::Failed { svc, token, reason } => self.promotion_failed(svc, token, reason),
+            PromoMsg::Ready {
+                svc,
+                token,
+                idx,
+                tried,
+            } => self.promoted(svc, token, idx, tried),
+            PromoMsg::Failed {
+                svc,
+                token,
+                reason,
+                tried,
+            } => self.promotion_failed(svc, token, reason, tried),
         }
     }
 
@@ -729,10 +834,12 @@ impl Decider {
     }
 
     /// The standby is promoted and ready: the switch, in one write.
-    fn promoted(&mut self, svc: usize, token: u64, idx: usize) {
+    fn promoted(&mut self, svc: usize, token: u64, idx: usize, tried: Vec<usize>) {
         if !self.current(svc, token) {
             return;
         }
+        let used = token + tried.iter().position(|&t| t == idx).unwrap_or(0) as u64;
+        self.fence_tried(svc, &tried, Some(idx), token);
         let Some(p) = self.svcs[svc].promo.as_mut() else {
             return;
         };
@@ -781,7 +888,7 @@ impl Decider {
             "promoted",
             &name,
             format!(
-                "{} promoted with token {token} ({}): it passed the active check and takes new flows; {:.1} ms from the fence",
+                "{} promoted with token {used} ({}): it passed the active check and takes new flows; {:.1} ms from the fence",
                 self.backends[idx].name,
                 cause.name(),
                 elapsed.as_secs_f64() * 1e3
@@ -793,7 +900,7 @@ impl Decider {
         e.to = Some(self.backends[idx].name.clone());
         e.map_word = Some(word_name(self.backends[idx].word));
         e.cause = Some(cause.name());
-        e.token = Some(token);
+        e.token = Some(used);
         e.elapsed_ms = Some(elapsed.as_secs_f64() * 1e3);
         e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
         self.emit(svc, e, HookEvent::State);
@@ -802,7 +909,7 @@ impl Decider {
             svc,
             before,
             &format!(
-                "{} promoted ({}, token {token})",
+                "{} promoted ({}, token {used})",
                 self.backends[idx].name,
                 cause.name()
             ),
@@ -812,7 +919,7 @@ impl Decider {
                 service: name,
                 from: from.map(|a| self.backends[a].name.clone()),
                 to: self.backends[idx].name.clone(),
-                token,
+                token: used,
                 cause: cause.name(),
                 elapsed_ms: elapsed.as_secs_f64() * 1e3,
                 map_version: self.stats.map_version,
@@ -820,10 +927,11 @@ impl Decider {
         }
     }
 
-    fn promotion_failed(&mut self, svc: usize, token: u64, reason: String) {
+    fn promotion_failed(&mut self, svc: usize, token: u64, reason: String, tried: Vec<usize>) {
         if !self.current(svc, token) {
             return;
         }
+        self.fence_tried(svc, &tried, None, token);
         let Some(p) = self.svcs[svc].promo.as_mut() else {
             return;
         };
@@ -856,6 +964,35 @@ impl Decider {
             let _ = r.send(Err(AdminError::Conflict(format!(
                 "promotion {token} failed: {reason}"
             ))));
+        }
+    }
+
+    /// Fences every candidate whose promote hook ran but which did not
+    /// become the active: it may be half-promoted (a primary nobody
+    /// serves), so it must pass the standby check again and be released
+    /// by an operator before it can serve or be promoted.
+    fn fence_tried(&mut self, svc: usize, tried: &[usize], chosen: Option<usize>, token: u64) {
+        for &i in tried.iter().filter(|&&i| Some(i) != chosen) {
+            if let Some(p) = self.svcs[svc].promo.as_mut() {
+                p.fenced.insert(i, Fence::Failure);
+            }
+            self.backends[i].standby_passes = 0;
+            let mut e = Event::new(
+                "fenced",
+                &self.svcs[svc].cfg.name,
+                format!(
+                    "{} is fenced: its promotion (in orchestration {token}) was started but did not complete; it may be half-promoted",
+                    self.backends[i].name
+                ),
+                self.stats.map_version,
+            );
+            e.backend = Some(self.backends[i].name.clone());
+            e.token = Some(token);
+            self.emit(svc, e, HookEvent::State);
+        }
+        if tried.iter().any(|&i| Some(i) != chosen) {
+            self.save_promotions();
+            self.save();
         }
     }
 
@@ -941,13 +1078,13 @@ impl Decider {
             return None;
         }
         let b = &self.backends[i];
-        // Its probes' verdict now (a policy such as flap damping may still
-        // hold its state down: the release lifts that too).
-        if !force && !b.machine.health().serving() {
+        // The last standby check since the fence passed (a policy such as
+        // flap damping may still hold its state down: the release lifts
+        // that too).
+        if !force && b.standby_passes == 0 {
             return Some(Err(AdminError::Conflict(format!(
-                "{} is fenced and does not pass the standby check ({}): rebuild it as a standby first, or release it with --force",
-                b.name,
-                b.machine.health().name()
+                "{} is fenced and does not pass the standby check: rebuild it as a standby first, or release it with --force",
+                b.name
             ))));
         }
         let why = format!(
@@ -979,7 +1116,10 @@ impl Decider {
         let planned = self
             .promo(svc)
             .is_some_and(|p| p.fenced.get(&i) == Some(&Fence::Planned));
-        if planned && self.backends[i].machine.health().serving() {
+        let rise = self
+            .promo(svc)
+            .map_or(1, |p| p.cfg.standby_check.rise.max(1));
+        if planned && self.backends[i].standby_passes >= rise {
             let why = format!(
                 "{} (handed over in a planned switchover) passes the standby check: a standby again",
                 self.backends[i].name

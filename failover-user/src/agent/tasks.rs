@@ -74,9 +74,9 @@ pub(super) async fn probe_loop(
             return;
         }
         let started = Instant::now();
-        let check = match &standby {
-            Some((c, active)) if !*active.borrow() => c,
-            _ => &check,
+        let (check, active_check) = match &standby {
+            Some((c, active)) if !*active.borrow() => (c, false),
+            _ => (&check, true),
         };
         let result = tokio::select! {
             r = probe::probe(&check.probe, &target, check.timeout) => r,
@@ -88,6 +88,7 @@ pub(super) async fn probe_loop(
                 idx,
                 result,
                 at: Instant::now(),
+                active_check,
             })
             .await
             .is_err()

@@ -47,6 +47,7 @@ impl Svc {
                     probe_now: Arc::new(tokio::sync::Notify::new()),
                     unconfirmed: None,
                     active_tx: watch::channel(false).0,
+                    standby_passes: 0,
                 }
             })
             .collect::<Vec<_>>();

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::{AdminState, Response, refusal};
 use crate::{
-    agent::{Agent, BackendView, PromotionView},
+    agent::{Agent, AgentHandle, BackendView, PromotionView},
     model::{AdminError, Cause},
 };
 
@@ -57,8 +57,10 @@ pub(super) async fn drill(st: &AdminState, svc: &str, body: &[u8]) -> Response {
             }
         }
     };
-    let agent = st.agent.read().await;
-    let Some(agent) = agent.as_ref() else {
+    // A handle, not the lock: a drill waits for promotions (and a reload
+    // waits for the lock).
+    let handle = st.agent.read().await.as_ref().map(Agent::handle);
+    let Some(agent) = handle.as_ref() else {
         return refusal(&AdminError::AgentDown);
     };
     let (promo, backends) = match (agent.promotions().await, agent.backends().await) {
@@ -187,7 +189,7 @@ fn names(v: &[&BackendView]) -> String {
 /// `failover_drill_rto_seconds`.
 async fn timed_switch(
     st: &AdminState,
-    agent: &Agent,
+    agent: &AgentHandle,
     svc: &str,
     to: &str,
 ) -> Result<(f64, crate::agent::PromotionReport), AdminError> {
@@ -202,7 +204,7 @@ async fn timed_switch(
 
 /// Waits until `b` is a standby again (a planned fence lifts itself once
 /// the standby check passes).
-async fn wait_standby(agent: &Agent, svc: &str, b: &str) -> Result<(), String> {
+async fn wait_standby(agent: &AgentHandle, svc: &str, b: &str) -> Result<(), String> {
     let deadline = Instant::now() + BACK_WAIT;
     loop {
         if let Ok(v) = agent.backends().await

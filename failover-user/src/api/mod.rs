@@ -303,8 +303,15 @@ async fn switch(st: &AdminState, svc: &str, body: &[u8]) -> Response {
         Ok(to) => to,
         Err(why) => return Response::error(400, &why),
     };
-    let agent = st.agent.read().await;
-    let Some(agent) = agent.as_ref() else {
+    // A handle, not the lock: a switchover waits for a promotion (and a
+    // reload waits for the lock).
+    let handle = st
+        .agent
+        .read()
+        .await
+        .as_ref()
+        .map(crate::agent::Agent::handle);
+    let Some(agent) = handle.as_ref() else {
         return Response::error(503, "the health agent is not running");
     };
     // With roles a switch is a planned switchover: fence, promote, wait

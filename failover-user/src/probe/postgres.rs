@@ -93,7 +93,10 @@ pub(super) async fn pg_check(
         )
         .await
         .map_err(|e| format!("postgres: {}", pg_error(&e)))?;
-    let (in_recovery, streamed): (bool, bool) = (row.get(0), row.get(1));
+    let (in_recovery, streamed): (bool, bool) = match (row.try_get(0), row.try_get(1)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return Err("postgres: unexpected answer (not PostgreSQL?)".into()),
+    };
     keep(key, client);
     match (role, in_recovery, streamed) {
         (PgRole::Primary, false, _) => Ok("postgres: primary".into()),

@@ -132,6 +132,9 @@ pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io:
     .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let pid = child.id();
+    // A run dropped before its end (the agent stopping mid-hook) kills the
+    // child's whole group too, not only the child (kill_on_drop).
+    let mut group = GroupGuard(pid.and_then(|p| libc::pid_t::try_from(p).ok()));
     let mut cap = Capture::default();
     // On timeout drive() is dropped and `cap` keeps what it had.
     let _ = timeout(
@@ -139,6 +142,8 @@ pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io:
         drive(&mut child, input.unwrap_or_default(), &mut cap),
     )
     .await;
+    // From here on `kill` (or the exit) takes care of the group.
+    group.0 = None;
     let ended = match cap.status.take() {
         Some(Ok(status)) => Ended::Exited(status),
         Some(Err(e)) => {
@@ -155,6 +160,21 @@ pub async fn run(mut cmd: Command, input: Option<&[u8]>, limit: Duration) -> io:
         stdout: cap.stdout,
         stderr: cap.stderr,
     })
+}
+
+/// Kills the process group it names when dropped (disarmed with `None`
+/// once the run ends normally). The child is not reaped while the guard is
+/// armed, so the group id still belongs to it.
+struct GroupGuard(Option<libc::pid_t>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.filter(|&p| p > 1) {
+            // SAFETY: kill(2) only sends a signal; the group leader (our
+            // child) is not reaped yet, so the id is still its group's.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
 }
 
 /// What a run collected; filled in place so that a run cut short by the
