@@ -282,7 +282,15 @@ fn to_backend(
     };
     let b = match found {
         Some(b) => b,
-        None if pick == select::PICK_RESET => {
+        // A flow of a backend that went down with `reset`, or (with
+        // `on_no_backend = "reset"`) a TCP packet no backend takes: one RST
+        // site for both. Never a RST for a RST.
+        None if pick == select::PICK_RESET
+            || (pick == select::PICK_NONE
+                && svc.flags & FLAG_NO_BACKEND_RESET != 0
+                && k.proto == PROTO_TCP
+                && flow.tcp_flags & parse::RST == 0) =>
+        {
             stats::service(svc.id, Dir::Dropped, bytes);
             if rst::build(ctx, pkt, flow) {
                 return (xdp_action::XDP_TX, Reason::TxReset);
@@ -293,16 +301,6 @@ fn to_backend(
             stats::service(svc.id, Dir::Dropped, bytes);
             if svc.flags & FLAG_NO_BACKEND_PASS != 0 {
                 return (PASS, Reason::PassNoBackend);
-            }
-            // Never a RST for a RST.
-            if svc.flags & FLAG_NO_BACKEND_RESET != 0
-                && k.proto == PROTO_TCP
-                && flow.tcp_flags & parse::RST == 0
-            {
-                if rst::build(ctx, pkt, flow) {
-                    return (xdp_action::XDP_TX, Reason::TxReset);
-                }
-                return (DROP, Reason::DropMalformed);
             }
             return (DROP, Reason::DropNoBackend);
         }

@@ -459,6 +459,17 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
+    /// Sends the command `make` builds around a reply channel and waits
+    /// for the reply; `Err(AgentDown)` if the agent has stopped.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(make(tx))
+            .await
+            .map_err(|_| AdminError::AgentDown)?;
+        rx.await.map_err(|_| AdminError::AgentDown)
+    }
+
     /// Applies an operator action; the change it made.
     pub async fn admin(
         &self,
@@ -466,28 +477,18 @@ impl AgentHandle {
         backend: &str,
         action: AdminAction,
     ) -> Result<Change, AdminError> {
-        let (tx, rx) = oneshot::channel();
-        let cmd = Cmd::Admin {
+        self.ask(|reply| Cmd::Admin {
             service: service.to_string(),
             backend: backend.to_string(),
             action,
-            reply: tx,
-        };
-        self.cmd_tx
-            .send(cmd)
-            .await
-            .map_err(|_| AdminError::AgentDown)?;
-        rx.await.map_err(|_| AdminError::AgentDown)?
+            reply,
+        })
+        .await?
     }
 
     /// Every backend's state as the agent sees it.
     pub async fn backends(&self) -> anyhow::Result<Vec<BackendView>> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd_tx
-            .send(Cmd::Backends(tx))
-            .await
-            .context("the agent has stopped")?;
-        rx.await.context("the agent has stopped")
+        Ok(self.ask(Cmd::Backends).await?)
     }
 
     /// A planned switchover of a service with roles to `to` (fence, promote,
@@ -498,28 +499,18 @@ impl AgentHandle {
         to: &str,
         cause: crate::model::Cause,
     ) -> Result<PromotionReport, AdminError> {
-        let (tx, rx) = oneshot::channel();
-        let cmd = Cmd::Switchover {
+        self.ask(|reply| Cmd::Switchover {
             service: service.to_string(),
             to: to.to_string(),
             cause,
-            reply: tx,
-        };
-        self.cmd_tx
-            .send(cmd)
-            .await
-            .map_err(|_| AdminError::AgentDown)?;
-        rx.await.map_err(|_| AdminError::AgentDown)?
+            reply,
+        })
+        .await?
     }
 
     /// The roles and orchestration state of every service with roles.
     pub async fn promotions(&self) -> anyhow::Result<Vec<PromotionView>> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd_tx
-            .send(Cmd::Promotions(tx))
-            .await
-            .context("the agent has stopped")?;
-        rx.await.context("the agent has stopped")
+        Ok(self.ask(Cmd::Promotions).await?)
     }
 }
 
