@@ -220,6 +220,23 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             return Err(e);
         }
     };
+    // The cluster (if any) creates its liveness device now, while the
+    // capabilities are still there; it announces nothing before the first
+    // probe round and the warmup.
+    let handle = agent.read().await.as_ref().map(Agent::handle);
+    let cluster = match handle.map(|h| crate::cluster::ClusterRt::start(&cfg, h)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            let _ = stop_tx.send(true);
+            if let Some(a) = agent.write().await.take() {
+                let _ = a.stop().await;
+            }
+            rollback(&cfg, &attached, created_pin_dir);
+            return Err(e.context("starting the cluster"));
+        }
+        None => None,
+    };
+    let cluster = std::sync::Arc::new(cluster);
     // Attached and listening: from here on only map writes need a
     // privilege.
     if cfg.daemon.drop_capabilities {
@@ -251,8 +268,13 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // probe round is in (bounded: a check that never answers still times
     // out); the watchdog is fed from this loop, so a stuck loop is seen.
     if let Some(first) = agent.read().await.as_ref().map(Agent::first_round) {
+        let cluster = cluster.clone();
+        let warmup = current.cluster.as_ref().map(|c| c.warmup);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(60), first).await;
+            if let (Some(c), Some(w)) = (cluster.as_ref(), warmup) {
+                c.attached(w);
+            }
             if let Err(e) = sd_notify::notify(&[
                 sd_notify::NotifyState::Ready,
                 sd_notify::NotifyState::Status("attached; first probe round done"),
@@ -346,6 +368,9 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
             }
         };
         let outcome = reload(&path, &current, dry_run, &mut dp, &agent, &start_agent).await;
+        if let (Some(c), Some(a)) = (cluster.as_ref(), agent.read().await.as_ref()) {
+            c.set_agent(a.handle());
+        }
         match &outcome {
             Ok((diff, new)) => {
                 audit_note(
@@ -363,6 +388,12 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
         if let Some(reply) = reply {
             let _ = reply.send(outcome.map(|(d, _)| d));
         }
+    }
+    // Withdraw every announcement before anything else stops (and long
+    // before anything is detached).
+    if let Some(c) = std::sync::Arc::into_inner(cluster).flatten() {
+        c.stop().await;
+        info!("cluster: announcements withdrawn");
     }
     let _ = stop_tx.send(true);
     for s in servers {
@@ -642,6 +673,15 @@ async fn reload(
     if new.daemon != current.daemon || new.limits != current.limits || new.admin != current.admin {
         return Err(
             "[daemon], [limits], [admin] and [alertmanager] changes need a restart".to_string(),
+        );
+    }
+    if new.cluster != current.cluster
+        || (current.cluster.is_some() && new.services != current.services)
+    {
+        // The cluster's tasks hold the services and VIPs they started with;
+        // a restart withdraws this node, the peers serve meanwhile.
+        return Err(
+            "[cluster] changes, and service changes in cluster mode, need a restart".to_string(),
         );
     }
     let d = config::diff(current, &new);

@@ -10,6 +10,8 @@
 //! - `probe`: one check of one backend (tcp, http, udp, exec).
 //! - `agent`: the health machines and the decider that writes states.
 //! - `observe`: events, hooks, the audit chain, metrics.
+//! - `cluster`: several nodes behind BGP (BIRD), agreeing through etcd;
+//!   drives the agent through its handle, never the other way round.
 //! - `api`: the admin API and `/metrics` over HTTP, alertmanager.
 //! - `sys`: capabilities, the exec runner, files.
 //! - `daemon`: start, reload, teardown.
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -118,6 +118,8 @@ pub enum Cause {
     Drill,
     /// A reload removed it.
     Reload,
+    /// A cluster decision (agreed through etcd).
+    Cluster,
 }
 
 impl Cause {
@@ -128,6 +130,7 @@ impl Cause {
             Cause::Operator => "operator",
             Cause::Drill => "drill",
             Cause::Reload => "reload",
+            Cause::Cluster => "cluster",
         }
     }
 }

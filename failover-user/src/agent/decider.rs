@@ -163,6 +163,13 @@ pub(super) enum Cmd {
         reply: oneshot::Sender<Result<super::promotion::PromotionReport, AdminError>>,
     },
     Promotions(oneshot::Sender<Vec<super::promotion::PromotionView>>),
+    /// A cluster decision (see `decided.rs`).
+    Decided {
+        number: u64,
+        why: String,
+        states: Vec<super::decided::DecidedState>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 pub(super) struct Decider {
@@ -189,6 +196,10 @@ pub(super) struct Decider {
     /// carries it (`cause`, `FAILOVER_CAUSE`), so a hook can tell a crash
     /// from an operator's disable.
     pub(super) cause: Option<crate::model::Cause>,
+    /// Cluster mode with agreement: only decided states reach the map.
+    pub(super) decided_mode: bool,
+    /// Set while a decided state is being written.
+    pub(super) applying: bool,
 }
 
 impl Decider {
@@ -278,6 +289,11 @@ impl Decider {
                     }
                     Some(Cmd::Promotions(reply)) => {
                         let _ = reply.send(self.promotion_views());
+                    }
+                    Some(Cmd::Decided { number, why, states, reply }) => {
+                        self.cause = Some(crate::model::Cause::Cluster);
+                        let _ = reply.send(self.on_decided(number, &why, &states));
+                        self.cause = None;
                     }
                     None => break,
                 },
@@ -387,6 +403,11 @@ impl Decider {
     /// Writes one backend's word: the one syscall of a switch. Returns the
     /// decision-to-map time.
     pub(super) fn write(&mut self, i: usize, word: u32, decided: Instant) -> Option<Duration> {
+        if self.decided_mode && !self.applying {
+            // In a cluster with agreement the map holds only decided
+            // states; this node's own view goes to etcd as an observation.
+            return None;
+        }
         let id = self.backends[i].id;
         match self.state_map.set(id, word) {
             Ok(()) => {

@@ -7,12 +7,14 @@
 //! the end of that write is measured for every change. Events go to the
 //! sink and to hooks, which run in their own tasks and never delay a switch.
 
+mod decided;
 mod decider;
 pub mod health;
 mod promotion;
 mod tasks;
 
 pub use self::{
+    decided::DecidedState,
     promotion::{PromotionReport, PromotionView, SavedPromotion, active_at_start, load_promotions},
     tasks::{SavedState, load_states},
 };
@@ -323,6 +325,8 @@ impl Agent {
             stop_rx: stop_rx.clone(),
             state_dir: cfg.daemon.state_dir.clone(),
             cause: None,
+            decided_mode: cfg.cluster.as_ref().is_some_and(|c| c.etcd.is_some()),
+            applying: false,
         };
         for svc in 0..d.svcs.len() {
             d.set_probe_roles(svc);

@@ -543,11 +543,13 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let admin = validate_admin(&mut errs, raw.admin, raw.alertmanager, &state_dir);
+    let cluster = validate_cluster(&mut errs, raw.cluster, &services);
     if !errs.0.is_empty() {
         return Err(ConfigError::Invalid(errs.0));
     }
     Ok(Config {
         admin,
+        cluster,
         daemon: Daemon {
             interfaces: raw.daemon.interfaces,
             bpffs,

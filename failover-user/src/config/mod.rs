@@ -37,14 +37,16 @@ use serde::Deserialize;
 pub use crate::model::{Cause, Damping, Failback, FlowsOnDown};
 mod admin;
 mod check;
+mod cluster;
 mod diff;
 mod file;
 mod passive;
 mod promotion;
 mod raw;
 
+pub use self::cluster::{Bgp, Cluster, CutOff, Etcd};
 pub use self::diff::diff;
-use self::{admin::*, check::*, file::*, passive::*, promotion::*, raw::*};
+use self::{admin::*, check::*, cluster::*, file::*, passive::*, promotion::*, raw::*};
 use crate::{maglev, model::AdminAction, probe::ProbeSpec, sys::http_client::TlsOptions};
 
 /// Default pin directory on bpffs.
@@ -305,6 +307,8 @@ pub struct Config {
     pub limits: Limits,
     pub services: Vec<Service>,
     pub admin: Admin,
+    /// `[cluster]`: several nodes behind BGP, agreeing through etcd.
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

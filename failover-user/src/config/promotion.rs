@@ -91,7 +91,7 @@ pub(super) fn validate_promotion(
         );
     }
     for c in &on {
-        if matches!(c, Cause::Drill | Cause::Reload) {
+        if matches!(c, Cause::Drill | Cause::Reload | Cause::Cluster) {
             errs.push(
                 format!("{pp}.on"),
                 format!(

@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub(super) admin: RawAdmin,
     #[serde(default)]
     pub(super) alertmanager: RawAlertmanager,
+    pub(super) cluster: Option<RawCluster>,
 }
 
 #[derive(Debug, Deserialize, Default)]

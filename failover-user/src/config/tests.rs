@@ -640,3 +640,56 @@ fn postgres_checks() {
     let _ = std::fs::remove_file(&dir);
     assert!(!format!("{cfg:?}").contains("s3cret"));
 }
+
+#[test]
+fn cluster_section() {
+    // Without [cluster] nothing changes.
+    assert_eq!(parse(GOOD, "t").expect("good").cluster, None);
+    let full = format!(
+        "{GOOD}\n[cluster]\nnode = \"lb1\"\nname = \"prod\"\nwarmup = \"2s\"\ncut_off = \"withdraw\"\n[cluster.bgp]\ncontrol_socket = \"/run/bird/bird.ctl\"\ninclude = \"/etc/bird/fo.conf\"\n[cluster.etcd]\nendpoints = [\"http://198.18.3.1:2379\"]\n"
+    );
+    let c = parse(&full, "t").expect("cluster").cluster.expect("some");
+    assert_eq!(c.node, "lb1");
+    assert_eq!(c.prefix(), "/failover/v1/prod/");
+    assert_eq!(c.warmup, Duration::from_secs(2));
+    assert_eq!(c.cut_off, CutOff::Withdraw);
+    let b = c.bgp.expect("bgp");
+    assert_eq!(b.live_device, "fo-live");
+    let e = c.etcd.expect("etcd");
+    assert_eq!(e.lease_ttl, Duration::from_secs(3));
+    assert_eq!(e.request_timeout, Duration::from_millis(300));
+    // Bad values name their fields.
+    let bad = format!(
+        "{GOOD}\n[cluster]\nnode = \"lb 1\"\n[cluster.bgp]\ncontrol_socket = \"bird.ctl\"\ninclude = \"/x\"\nlive_device = \"a/b\"\n[cluster.etcd]\nendpoints = [\"https://x:1\"]\nlease_ttl = \"1s\"\n"
+    );
+    let errs = errors(&bad);
+    for field in [
+        "cluster.node",
+        "cluster.name",
+        "cluster.bgp.control_socket",
+        "cluster.bgp.live_device",
+        "cluster.etcd.endpoints[0]",
+        "cluster.etcd.lease_ttl",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("{field}:"))),
+            "{field} in {errs:?}"
+        );
+    }
+    // An active-passive service without agreement could split.
+    let no_etcd = format!(
+        "{GOOD}\n[cluster]\nnode = \"lb1\"\nname = \"p\"\n[cluster.bgp]\ncontrol_socket = \"/s\"\ninclude = \"/i\"\n"
+    );
+    let errs = errors(&no_etcd);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("service[0]:") && e.contains("split")
+                || e.contains("[cluster.etcd]")),
+        "{errs:?}"
+    );
+    assert!(
+        errors(&format!("{GOOD}\n[cluster]\nnode = \"a\"\nname = \"b\"\n"))
+            .iter()
+            .any(|e| e.starts_with("cluster:"))
+    );
+}

@@ -1,0 +1,125 @@
+//! Cluster mode with agreement (`[cluster.etcd]`): the agent's own checks
+//! still run and its machines still move, but the map holds only what the
+//! cluster decided. Local decisions change no word ([`Decider::write`]
+//! refuses them); [`Decider::on_decided`] writes the decided ones. The
+//! agent knows nothing of etcd: the cluster module sends it decisions and
+//! reads its views through [`AgentHandle`].
+
+use sha2::Digest as _;
+
+use super::*;
+
+/// A decided state for one backend.
+#[derive(Debug, Clone)]
+pub struct DecidedState {
+    pub service: String,
+    pub backend: String,
+    pub state: State,
+}
+
+impl Decider {
+    /// Writes the decided states (number `number`); answers with the hash
+    /// of the Maglev tables they give (see [`Decider::tables_hash`]).
+    pub(super) fn on_decided(
+        &mut self,
+        number: u64,
+        why: &str,
+        states: &[DecidedState],
+    ) -> Result<String, String> {
+        let now = Instant::now();
+        let mut touched: std::collections::BTreeSet<(usize, usize)> = Default::default();
+        let mut before: HashMap<usize, (Option<usize>, Vec<String>)> = HashMap::new();
+        for d in states {
+            let Some(i) = self
+                .backends
+                .iter()
+                .position(|b| b.key.0 == d.service && b.name == d.backend)
+            else {
+                // A backend this node's config lacks: the configs differ
+                // (the acks' table hashes show it); skip, do not fail.
+                warn!(service = %d.service, backend = %d.backend, number, "decided backend not in this node's config");
+                continue;
+            };
+            let svc = self.backends[i].svc;
+            let word = word_for(d.state, self.svcs[svc].cfg.flows_on_down);
+            if self.backends[i].word == word {
+                continue;
+            }
+            before.entry(svc).or_insert_with(|| self.serving(svc));
+            self.applying = true;
+            let dt = self.write(i, word, now);
+            self.applying = false;
+            if dt.is_none() {
+                return Err(format!(
+                    "writing the decided state of {}/{} failed",
+                    d.service, d.backend
+                ));
+            }
+            touched.insert((svc, self.backends[i].tier));
+            let mut e = Event::new(
+                "decided",
+                &self.svcs[svc].cfg.name,
+                format!("cluster decision {number}: {why}"),
+                self.stats.map_version,
+            );
+            e.backend = Some(self.backends[i].name.clone());
+            e.to = Some(d.state.name().to_string());
+            e.map_word = Some(word_name(word));
+            e.decision_to_map_us = dt.map(|d| d.as_secs_f64() * 1e6);
+            self.emit(svc, e, HookEvent::State);
+        }
+        for &(svc, tier) in &touched {
+            self.rebuild(svc, tier);
+        }
+        for (svc, b) in before {
+            self.report_failover(svc, b, &format!("cluster decision {number}: {why}"));
+        }
+        self.tables_hash()
+    }
+
+    /// A hash over every tier's Maglev table as this node builds it from
+    /// the words the map now holds (the same function the table task
+    /// writes with): equal hashes on two nodes mean a flow hashes to the
+    /// same backend on both.
+    pub(super) fn tables_hash(&self) -> Result<String, String> {
+        let mut h = sha2::Sha256::new();
+        for s in &self.svcs {
+            for ti in 0..s.cfg.tiers.len() {
+                let members: Vec<(u32, String, u32, bool)> = s
+                    .backends
+                    .iter()
+                    .map(|&i| &self.backends[i])
+                    .filter(|b| b.tier == ti)
+                    .map(|b| (b.id, b.maglev_key.clone(), b.weight, b.word == STATE_UP))
+                    .collect();
+                let entries = tasks::build_entries(&members, s.cfg.table_size)
+                    .map_err(|e| format!("{e:#}"))?;
+                h.update(s.cfg.name.as_bytes());
+                h.update((ti as u32).to_le_bytes());
+                for e in entries {
+                    h.update(members[usize::from(e)].0.to_le_bytes());
+                }
+            }
+        }
+        Ok(format!("{:x}", h.finalize())[..16].to_string())
+    }
+}
+
+impl AgentHandle {
+    /// Applies a cluster decision; the hash of the tables it gives.
+    pub async fn decided(
+        &self,
+        number: u64,
+        why: String,
+        states: Vec<DecidedState>,
+    ) -> Result<String, AdminError> {
+        self.ask(|reply| Cmd::Decided {
+            number,
+            why,
+            states,
+            reply,
+        })
+        .await?
+        .map_err(AdminError::Conflict)
+    }
+}

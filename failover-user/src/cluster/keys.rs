@@ -1,0 +1,105 @@
+//! What the nodes keep in etcd, and where. Everything under
+//! `/failover/v1/<cluster>/`:
+//!
+//! | key | value | lease |
+//! | --- | --- | --- |
+//! | `nodes/<node>` | [`NodeInfo`] | the node's |
+//! | `obs/<node>` | [`Observation`]: its own checks' view | the node's |
+//! | `election` (etcd election) | the leader's node name | the leader's |
+//! | `decision` | [`Decision`]: numbered, written by the leader only | none |
+//! | `ack/<node>` | [`Ack`]: the decision it applied, its tables' hash | the node's |
+//! | `admin/<service>/<backend>` | [`AdminOverride`]: an operator's drain or disable | none |
+//!
+//! A node's keys vanish with its lease, so the leader's view of who is in
+//! the cluster is etcd's, never a timer of its own.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::State;
+
+pub fn nodes(prefix: &str) -> String {
+    format!("{prefix}nodes/")
+}
+pub fn node(prefix: &str, node: &str) -> String {
+    format!("{prefix}nodes/{node}")
+}
+pub fn obs(prefix: &str) -> String {
+    format!("{prefix}obs/")
+}
+pub fn obs_of(prefix: &str, node: &str) -> String {
+    format!("{prefix}obs/{node}")
+}
+pub fn election(prefix: &str) -> String {
+    format!("{prefix}election")
+}
+pub fn decision(prefix: &str) -> String {
+    format!("{prefix}decision")
+}
+pub fn acks(prefix: &str) -> String {
+    format!("{prefix}ack/")
+}
+pub fn ack_of(prefix: &str, node: &str) -> String {
+    format!("{prefix}ack/{node}")
+}
+pub fn admin(prefix: &str) -> String {
+    format!("{prefix}admin/")
+}
+pub fn admin_of(prefix: &str, service: &str, backend: &str) -> String {
+    format!("{prefix}admin/{service}/{backend}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub pid: u32,
+    /// A hash of the services as this node's config has them: nodes with
+    /// different configs would build different tables.
+    pub config_hash: String,
+}
+
+/// A node's own view: each backend's health by its own checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Observation {
+    pub node: String,
+    /// service -> backend -> healthy (up or suspect by its checks).
+    pub services: BTreeMap<String, BTreeMap<String, bool>>,
+}
+
+/// The agreed state of every backend, numbered. Only the elected leader
+/// writes it (a transaction on its election key), and the number only
+/// grows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Decision {
+    pub number: u64,
+    pub leader: String,
+    /// service -> backend -> state.
+    pub services: BTreeMap<String, BTreeMap<String, State>>,
+    /// service -> backend -> healthy as agreed (the majority of the live
+    /// nodes' observations, with hysteresis); the next decision starts
+    /// from it.
+    #[serde(default)]
+    pub health: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Why it changed (for the event and the audit).
+    pub why: String,
+    /// A fence: the step of a tier change of an active-passive service in
+    /// which nothing of either tier takes new flows, until every node has
+    /// acknowledged it (or its lease lapsed).
+    pub fence: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub node: String,
+    pub number: u64,
+    /// A hash of the Maglev tables this node built for the decision.
+    pub tables: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminOverride {
+    Drain,
+    Disable,
+}

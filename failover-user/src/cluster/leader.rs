@@ -1,0 +1,420 @@
+//! The elected leader turns the nodes' observations into numbered
+//! decisions. [`next`] is the policy, pure; [`run`] is the task: it
+//! campaigns (etcd's election API, under the node's lease), reads the
+//! cluster's keys and writes each decision in a transaction that holds
+//! only while its election key is the one it won (a deposed leader's write
+//! fails) and the decision is the one it read (no lost update).
+//!
+//! The policy:
+//! - A backend's health changes only when a strict majority of the live
+//!   nodes that report it sees the change (hysteresis both ways: with two
+//!   nodes, one node cut off from a backend moves nothing; the node's own
+//!   announcement gate withdraws it instead).
+//! - An operator override (drain, disable) from `admin/` wins over health.
+//! - A tier change of an active-passive service is fence-then-switch: first
+//!   a decision in which nothing of the service takes new flows (every
+//!   backend that would be up is held draining), then, once every live
+//!   node has acknowledged it (or its lease lapsed and etcd deleted its
+//!   keys), the decision with the new tier. No node ever serves one tier
+//!   while another serves the other.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    etcd::Session,
+    keys::{self, Ack, AdminOverride, Decision, Observation},
+};
+use crate::{config::Service, model::State};
+
+/// What the leader reads before deciding.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    /// Nodes with a live lease (`nodes/`).
+    pub live: BTreeSet<String>,
+    pub obs: BTreeMap<String, Observation>,
+    pub acks: BTreeMap<String, Ack>,
+    /// (service, backend) -> override.
+    pub admin: BTreeMap<(String, String), AdminOverride>,
+}
+
+/// The tier of `svc` whose backends take new flows in `d` (the first with
+/// one up), as the dataplane picks it.
+pub fn serving_tier(s: &Service, states: Option<&BTreeMap<String, State>>) -> Option<usize> {
+    let states = states?;
+    s.tiers.iter().position(|t| {
+        t.iter()
+            .any(|b| states.get(&b.name).is_some_and(|st| *st == State::Up))
+    })
+}
+
+/// The next decision's services and its reason, or `None` if nothing
+/// changes. `cur` is the decision in force.
+pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decision> {
+    let health = &cur.health;
+    let observers: Vec<&Observation> = inp.live.iter().filter_map(|n| inp.obs.get(n)).collect();
+    let all_acked = inp
+        .live
+        .iter()
+        .all(|n| inp.acks.get(n).is_some_and(|a| a.number >= cur.number));
+    let mut out = Decision {
+        number: cur.number + 1,
+        leader: String::new(),
+        services: BTreeMap::new(),
+        health: BTreeMap::new(),
+        why: String::new(),
+        fence: false,
+    };
+    let mut whys: Vec<String> = Vec::new();
+    for s in services {
+        let mut h: BTreeMap<String, bool> = BTreeMap::new();
+        let mut target: BTreeMap<String, State> = BTreeMap::new();
+        for b in s.tiers.iter().flatten() {
+            let prev = health.get(&s.name).and_then(|m| m.get(&b.name)).copied();
+            let (mut up, mut n) = (0usize, 0usize);
+            for o in &observers {
+                if let Some(v) = o.services.get(&s.name).and_then(|m| m.get(&b.name)) {
+                    n += 1;
+                    up += usize::from(*v);
+                }
+            }
+            let now = match prev {
+                _ if n == 0 => prev.unwrap_or(false),
+                Some(true) => (n - up) * 2 <= n,
+                Some(false) | None => up * 2 > n,
+            };
+            if prev.is_some() && prev != Some(now) {
+                whys.push(format!(
+                    "{}/{} {} ({up} of {n} nodes see it healthy)",
+                    s.name,
+                    b.name,
+                    if now { "up" } else { "down" }
+                ));
+            }
+            h.insert(b.name.clone(), now);
+            let st = match inp.admin.get(&(s.name.clone(), b.name.clone())) {
+                Some(AdminOverride::Disable) => State::Disabled,
+                Some(AdminOverride::Drain) => State::Draining,
+                None if now => State::Up,
+                None => State::Down,
+            };
+            target.insert(b.name.clone(), st);
+        }
+        let cur_states = cur.services.get(&s.name);
+        if s.active_passive() {
+            let was = serving_tier(s, cur_states);
+            let will = serving_tier(s, Some(&target));
+            if was.is_some() && will.is_some() && was != will {
+                // Fence: nothing of the service takes new flows.
+                for st in target.values_mut() {
+                    if *st == State::Up {
+                        *st = State::Draining;
+                    }
+                }
+                out.fence = true;
+                whys.push(format!(
+                    "{}: fence before moving from tier {} to tier {}",
+                    s.name,
+                    was.unwrap_or(0),
+                    will.unwrap_or(0)
+                ));
+            } else if was.is_none() && will.is_some() && !all_acked {
+                // The fence (or the dark state) is not acknowledged by
+                // every live node yet: hold.
+                if let Some(c) = cur_states {
+                    target = c.clone();
+                }
+            }
+        }
+        out.health.insert(s.name.clone(), h);
+        out.services.insert(s.name.clone(), target);
+    }
+    if out.services == cur.services && out.health == cur.health {
+        return None;
+    }
+    out.why = if whys.is_empty() {
+        "states agreed".to_string()
+    } else {
+        whys.join("; ")
+    };
+    Some(out)
+}
+
+/// Reads everything under `prefix` once (one linearizable range read):
+/// the decision in force (with its mod revision) and the inputs.
+async fn read(
+    client: &mut etcd_client::Client,
+    prefix: &str,
+) -> Result<(Decision, i64, Inputs), etcd_client::Error> {
+    let r = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut inp = Inputs::default();
+    let mut cur = Decision::default();
+    let mut cur_rev = 0;
+    let dkey = keys::decision(prefix);
+    for kv in r.kvs() {
+        let Ok(k) = kv.key_str() else { continue };
+        let v = kv.value();
+        if k == dkey {
+            match serde_json::from_slice::<Decision>(v) {
+                Ok(d) => {
+                    cur = d;
+                    cur_rev = kv.mod_revision();
+                }
+                Err(e) => warn!(error = %e, "etcd: unreadable decision"),
+            }
+        } else if let Some(n) = k.strip_prefix(&keys::nodes(prefix)) {
+            inp.live.insert(n.to_string());
+        } else if let Some(n) = k.strip_prefix(&keys::obs(prefix)) {
+            if let Ok(o) = serde_json::from_slice::<Observation>(v) {
+                inp.obs.insert(n.to_string(), o);
+            }
+        } else if let Some(n) = k.strip_prefix(&keys::acks(prefix)) {
+            if let Ok(a) = serde_json::from_slice::<Ack>(v) {
+                inp.acks.insert(n.to_string(), a);
+            }
+        } else if let Some(rest) = k.strip_prefix(&keys::admin(prefix))
+            && let Some((svc, be)) = rest.split_once('/')
+            && let Ok(o) = serde_json::from_slice::<AdminOverride>(v)
+        {
+            inp.admin.insert((svc.to_string(), be.to_string()), o);
+        }
+    }
+    Ok((cur, cur_rev, inp))
+}
+
+/// The leader task: campaign, then decide every `period` while leader.
+pub async fn run(
+    prefix: String,
+    node: String,
+    services: Vec<Service>,
+    session: watch::Receiver<Session>,
+    is_leader: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let period = Duration::from_millis(25);
+    loop {
+        let s = session.borrow().clone();
+        let (Some(mut client), lease) = (s.client.clone(), s.lease) else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = stop.changed() => return,
+            }
+        };
+        if lease == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        // Blocks until this node leads (or the lease is gone).
+        let won = tokio::select! {
+            r = client.campaign(keys::election(&prefix), node.as_str(), lease) => r,
+            _ = stop.changed() => return,
+        };
+        let key = match won {
+            Ok(r) => match r.leader() {
+                Some(k) => k.clone(),
+                None => continue,
+            },
+            Err(e) => {
+                warn!(error = %e, "etcd: campaign failed (retrying)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        info!(node = %node, "cluster: elected leader");
+        is_leader.send_replace(true);
+        let lkey = key.key().to_vec();
+        let lrev = key.rev();
+        loop {
+            if session.borrow().lease != lease {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => { is_leader.send_replace(false); return; }
+            }
+            let (cur, cur_rev, inp) = match read(&mut client, &prefix).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "cluster leader: reading the cluster failed");
+                    continue;
+                }
+            };
+            let Some(mut d) = next(&services, &cur, &inp) else {
+                continue;
+            };
+            d.leader = node.clone();
+            let Ok(text) = serde_json::to_vec(&d) else {
+                continue;
+            };
+            let dkey = keys::decision(&prefix);
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(lkey.clone(), CompareOp::Equal, lrev),
+                    Compare::mod_revision(dkey.as_str(), CompareOp::Equal, cur_rev),
+                ])
+                .and_then(vec![TxnOp::put(dkey.as_str(), text, None)]);
+            match client.txn(txn).await {
+                Ok(r) if r.succeeded() => {
+                    info!(number = d.number, fence = d.fence, why = %d.why, "cluster: decided");
+                }
+                Ok(_) => {
+                    // Deposed, or someone else wrote: check who leads.
+                    match client.leader(keys::election(&prefix)).await {
+                        Ok(l) if l.kv().is_some_and(|kv| kv.key() == lkey.as_slice()) => {}
+                        _ => break,
+                    }
+                }
+                Err(e) => warn!(error = %e, "cluster leader: writing the decision failed"),
+            }
+        }
+        is_leader.send_replace(false);
+        info!(node = %node, "cluster: no longer leader");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services() -> Vec<Service> {
+        let cfg = crate::config::parse(
+            r#"
+[daemon]
+interfaces = ["eth0"]
+[[service]]
+name = "ap"
+vip = "198.18.100.10"
+port = 80
+[[service.backend]]
+name = "b1"
+address = "198.18.1.2"
+[[service.backend]]
+name = "b2"
+address = "198.18.2.2"
+tier = 1
+"#,
+            "test",
+        )
+        .expect("config");
+        cfg.services
+    }
+
+    fn obs(node: &str, b1: bool, b2: bool) -> (String, Observation) {
+        let mut m = BTreeMap::new();
+        m.insert("b1".to_string(), b1);
+        m.insert("b2".to_string(), b2);
+        let mut s = BTreeMap::new();
+        s.insert("ap".to_string(), m);
+        (
+            node.to_string(),
+            Observation {
+                node: node.to_string(),
+                services: s,
+            },
+        )
+    }
+
+    fn inputs(o: &[(String, Observation)], acked: u64) -> Inputs {
+        Inputs {
+            live: o.iter().map(|(n, _)| n.clone()).collect(),
+            obs: o.iter().cloned().collect(),
+            acks: o
+                .iter()
+                .map(|(n, _)| {
+                    (
+                        n.clone(),
+                        Ack {
+                            node: n.clone(),
+                            number: acked,
+                            tables: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+            admin: BTreeMap::new(),
+        }
+    }
+
+    fn st(d: &Decision, b: &str) -> State {
+        d.services["ap"][b]
+    }
+
+    #[test]
+    fn failover_is_fence_then_switch_and_one_node_moves_nothing() {
+        let svcs = services();
+        let cur = Decision::default();
+        // Both nodes see both healthy: tier 0 serves.
+        let d1 = next(
+            &svcs,
+            &cur,
+            &inputs(&[obs("a", true, true), obs("b", true, true)], 0),
+        )
+        .expect("first");
+        assert_eq!((st(&d1, "b1"), st(&d1, "b2")), (State::Up, State::Up));
+        // One node cut off from b1: nothing moves.
+        assert!(
+            next(
+                &svcs,
+                &d1,
+                &inputs(&[obs("a", false, true), obs("b", true, true)], 1)
+            )
+            .is_none()
+        );
+        // Both see b1 dead: a fence first (nothing takes new flows) ...
+        let d2 = next(
+            &svcs,
+            &d1,
+            &inputs(&[obs("a", false, true), obs("b", false, true)], 1),
+        )
+        .expect("fence");
+        assert!(d2.fence);
+        assert_eq!(
+            (st(&d2, "b1"), st(&d2, "b2")),
+            (State::Down, State::Draining)
+        );
+        // ... held until every live node acknowledged it ...
+        assert!(
+            next(
+                &svcs,
+                &d2,
+                &inputs(&[obs("a", false, true), obs("b", false, true)], 1)
+            )
+            .is_none()
+        );
+        // ... then tier 1.
+        let d3 = next(
+            &svcs,
+            &d2,
+            &inputs(&[obs("a", false, true), obs("b", false, true)], 2),
+        )
+        .expect("switch");
+        assert!(!d3.fence);
+        assert_eq!((st(&d3, "b1"), st(&d3, "b2")), (State::Down, State::Up));
+        // b1 back on one node only: stays down (both must see it).
+        assert!(
+            next(
+                &svcs,
+                &d3,
+                &inputs(&[obs("a", true, true), obs("b", false, true)], 3)
+            )
+            .is_none()
+        );
+        // A lone surviving node decides alone.
+        let d4 = next(&svcs, &d3, &inputs(&[obs("a", true, true)], 3)).expect("failback fence");
+        assert!(d4.fence);
+        assert_eq!(
+            (st(&d4, "b1"), st(&d4, "b2")),
+            (State::Draining, State::Draining)
+        );
+    }
+}

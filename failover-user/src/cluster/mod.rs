@@ -1,0 +1,479 @@
+//! Several load-balancer nodes behind BGP (`[cluster]`).
+//!
+//! - `bird.rs`: route health injection through a local BIRD (an include
+//!   file and its control socket); the daemon never speaks BGP.
+//! - `live.rs`: the announcement's tie to the daemon's life (a tun the
+//!   routes point at) and a watchdog for a hung runtime.
+//! - `etcd.rs`: the node's etcd session and its self-fence deadline.
+//! - `keys.rs`: what the nodes keep in etcd.
+//! - `leader.rs`: the elected leader's policy and task (observations in,
+//!   numbered decisions out).
+//! - `apply.rs`: every node applies decisions through the agent and
+//!   acknowledges them with its tables' hash; it publishes its own
+//!   observations.
+//! - this file: wiring, and [`gate`], the pure rule of when a VIP is
+//!   announced.
+//!
+//! The agent knows nothing of this module: it is driven through
+//! [`AgentHandle`] (decisions in, backend views out).
+
+pub mod apply;
+pub mod bird;
+pub mod etcd;
+pub mod keys;
+pub mod leader;
+pub mod live;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    agent::{AgentHandle, BackendView},
+    config::{Cluster, Config, CutOff, Service},
+    model::State,
+};
+
+/// What the node knows that the gate needs.
+#[derive(Debug, Default, Clone)]
+pub struct NodeView {
+    pub attached: bool,
+    /// When the node may first announce (first probe round + warmup).
+    pub warm_at: Option<Instant>,
+    pub stopping: bool,
+    /// The decision applied (with agreement), and the newest one seen.
+    pub applied: Option<keys::Decision>,
+    pub newest_seen: u64,
+    /// The lease is surely alive (with agreement).
+    pub lease_valid: bool,
+    /// The agent's views (this node's own checks and its map words).
+    pub local: Vec<BackendView>,
+}
+
+/// Whether this node announces `vip`, and why not. Every service on the
+/// VIP must pass: the node is attached, warm and not stopping; with
+/// agreement, it has applied the newest decision it has seen and (for an
+/// active-passive service, or with `cut_off = "withdraw"`) its lease is
+/// surely alive; and one of the service's serving backends (decided up,
+/// or up in the map without agreement) passes this node's own checks.
+pub fn gate(
+    cluster: &Cluster,
+    services: &[&Service],
+    v: &NodeView,
+    now: Instant,
+) -> Result<(), String> {
+    if v.stopping {
+        return Err("stopping".into());
+    }
+    if !v.attached {
+        return Err("not attached".into());
+    }
+    if v.warm_at.is_none_or(|t| now < t) {
+        return Err("warming up".into());
+    }
+    let agreed = cluster.etcd.is_some();
+    for s in services {
+        let decided = if agreed {
+            let Some(d) = &v.applied else {
+                return Err("no decision applied yet".into());
+            };
+            if d.number < v.newest_seen {
+                return Err(format!("decision {} not applied yet", v.newest_seen));
+            }
+            if !v.lease_valid && (s.active_passive() || cluster.cut_off == CutOff::Withdraw) {
+                return Err(format!("{}: cut off from etcd", s.name));
+            }
+            d.services.get(&s.name)
+        } else {
+            None
+        };
+        let reachable = v.local.iter().any(|b| {
+            b.service == s.name
+                && matches!(b.health, "up" | "suspect")
+                && match decided {
+                    Some(m) => m.get(&b.backend) == Some(&State::Up),
+                    None => b.map_word == "up",
+                }
+        });
+        if !reachable {
+            return Err(format!(
+                "{}: no serving backend passes this node's checks",
+                s.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The running cluster tasks.
+pub struct ClusterRt {
+    view: Arc<Mutex<NodeView>>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    announcer: Option<JoinHandle<()>>,
+    announcer_stop: watch::Sender<bool>,
+    agent: watch::Sender<AgentHandle>,
+    _live: Option<live::LiveDevice>,
+}
+
+/// The services' VIPs, each with its services.
+fn vips(cfg: &Config) -> BTreeMap<IpAddr, Vec<Service>> {
+    let mut m: BTreeMap<IpAddr, Vec<Service>> = BTreeMap::new();
+    for s in &cfg.services {
+        m.entry(s.vip).or_default().push(s.clone());
+    }
+    m
+}
+
+/// A hash of the services' config: nodes that differ would build
+/// different tables.
+fn config_hash(cfg: &Config) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{:?}", cfg.services).as_bytes());
+    format!("{:x}", h.finalize())[..16].to_string()
+}
+
+impl ClusterRt {
+    /// Creates the liveness device (needs CAP_NET_ADMIN: before the
+    /// capabilities are dropped) and starts the tasks. Nothing is
+    /// announced until [`ClusterRt::attached`] and the warmup.
+    pub fn start(cfg: &Config, agent: AgentHandle) -> anyhow::Result<Option<Self>> {
+        let Some(cluster) = cfg.cluster.clone() else {
+            return Ok(None);
+        };
+        let view = Arc::new(Mutex::new(NodeView::default()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (announcer_stop, announcer_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let prefix = cluster.prefix();
+        let (agent_tx, agent) = watch::channel(agent);
+        // The observer: this node's views, every 20 ms.
+        tasks.push(tokio::spawn(apply::observe(
+            agent.clone(),
+            view.clone(),
+            stop_rx.clone(),
+        )));
+        if let Some(e) = cluster.etcd.clone() {
+            let (sess_tx, sess_rx) = watch::channel(etcd::Session::default());
+            let info = keys::NodeInfo {
+                node: cluster.node.clone(),
+                pid: std::process::id(),
+                config_hash: config_hash(cfg),
+            };
+            let info = serde_json::to_string(&info).context("encoding the node's key")?;
+            tasks.push(tokio::spawn(etcd::run(
+                e,
+                keys::node(&prefix, &cluster.node),
+                info,
+                sess_tx,
+                stop_rx.clone(),
+            )));
+            let (leader_tx, _leader_rx) = watch::channel(false);
+            tasks.push(tokio::spawn(leader::run(
+                prefix.clone(),
+                cluster.node.clone(),
+                cfg.services.clone(),
+                sess_rx.clone(),
+                leader_tx,
+                stop_rx.clone(),
+            )));
+            tasks.push(tokio::spawn(apply::run(
+                prefix.clone(),
+                cluster.node.clone(),
+                agent.clone(),
+                view.clone(),
+                sess_rx,
+                stop_rx.clone(),
+            )));
+        }
+        let mut live = None;
+        let mut announcer = None;
+        if let Some(b) = cluster.bgp.clone() {
+            live = Some(live::LiveDevice::create(&b.live_device)?);
+            let watchdog = live::Watchdog::start(Duration::from_millis(900))?;
+            announcer = Some(tokio::spawn(announce_task(
+                cluster.clone(),
+                b,
+                vips(cfg),
+                view.clone(),
+                watchdog,
+                announcer_rx,
+            )));
+        }
+        info!(node = %cluster.node, cluster = %cluster.name, "cluster mode");
+        Ok(Some(ClusterRt {
+            view,
+            stop_tx,
+            tasks,
+            announcer,
+            announcer_stop,
+            agent: agent_tx,
+            _live: live,
+        }))
+    }
+
+    /// A reload started a new agent: talk to it from now on.
+    pub fn set_agent(&self, agent: AgentHandle) {
+        self.agent.send_replace(agent);
+    }
+
+    /// The program is attached and the first probe round is in: the node
+    /// may announce once `warmup` has passed too.
+    pub fn attached(&self, warmup: Duration) {
+        if let Ok(mut v) = self.view.lock() {
+            v.attached = true;
+            v.warm_at = Some(Instant::now() + warmup);
+        }
+    }
+
+    /// Withdraws every announcement (and waits until BIRD has them down),
+    /// then stops the tasks. Called before anything is detached.
+    pub async fn stop(self) {
+        if let Ok(mut v) = self.view.lock() {
+            v.stopping = true;
+        }
+        let _ = self.announcer_stop.send(true);
+        if let Some(a) = self.announcer {
+            let _ = tokio::time::timeout(Duration::from_secs(3), a).await;
+        }
+        let _ = self.stop_tx.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+}
+
+/// Keeps BIRD's announcements equal to [`gate`]'s verdicts; beats the
+/// watchdog. On stop: withdraws everything, then returns.
+async fn announce_task(
+    cluster: Cluster,
+    bgp: crate::config::Bgp,
+    vips: BTreeMap<IpAddr, Vec<Service>>,
+    view: Arc<Mutex<NodeView>>,
+    watchdog: live::Watchdog,
+    mut stop: watch::Receiver<bool>,
+) {
+    let timeout = Duration::from_millis(500);
+    let mut conn: Option<bird::Bird> = None;
+    let mut shown: Option<BTreeMap<IpAddr, bool>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_verdicts: BTreeMap<IpAddr, String> = BTreeMap::new();
+    loop {
+        let stopping = *stop.borrow();
+        if !stopping {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => {}
+            }
+        }
+        watchdog.beat();
+        let stopping = *stop.borrow();
+        let now = Instant::now();
+        let mut want = BTreeMap::new();
+        {
+            let Ok(mut v) = view.lock() else { return };
+            if stopping {
+                v.stopping = true;
+            }
+            for (vip, svcs) in &vips {
+                let refs: Vec<&Service> = svcs.iter().collect();
+                let verdict = gate(&cluster, &refs, &v, now);
+                let text = match &verdict {
+                    Ok(()) => "announced".to_string(),
+                    Err(why) => format!("withdrawn: {why}"),
+                };
+                if last_verdicts.get(vip) != Some(&text) {
+                    info!(vip = %vip, verdict = %text, "cluster: announcement");
+                    last_verdicts.insert(*vip, text);
+                }
+                want.insert(*vip, verdict.is_ok());
+            }
+        }
+        if shown.as_ref() != Some(&want) || conn.is_none() {
+            match push(&cluster, &bgp, &mut conn, shown.as_ref(), &want, timeout).await {
+                Ok(()) => shown = Some(want.clone()),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cluster: updating BIRD failed (retrying)");
+                    conn = None;
+                    shown = None;
+                }
+            }
+        }
+        if stopping && shown.as_ref() == Some(&want) {
+            // Wait until BIRD has the protocols down (bounded).
+            if let Some(c) = conn.as_mut() {
+                for _ in 0..50 {
+                    match c.protocols("fo_").await {
+                        Ok(p) if p.values().all(|s| s != "up") => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Err(_) => break,
+                    }
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// Writes the include for `want` and reconfigures BIRD; a VIP going from
+/// announced to withdrawn is disabled first (fast, cannot fail on a bad
+/// config).
+async fn push(
+    cluster: &Cluster,
+    bgp: &crate::config::Bgp,
+    conn: &mut Option<bird::Bird>,
+    shown: Option<&BTreeMap<IpAddr, bool>>,
+    want: &BTreeMap<IpAddr, bool>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if conn.is_none() {
+        *conn = Some(
+            bird::Bird::connect(&bgp.control_socket, timeout)
+                .await
+                .context("connecting to BIRD")?,
+        );
+    }
+    let c = conn.as_mut().context("no BIRD connection")?;
+    let withdrawn: BTreeSet<IpAddr> = want
+        .iter()
+        .filter(|(vip, on)| !**on && shown.is_none_or(|s| s.get(vip) != Some(&false)))
+        .map(|(v, _)| *v)
+        .collect();
+    for vip in &withdrawn {
+        if let Err(e) = c.disable(&bird::proto_name(*vip)).await {
+            // Not there yet (first start): the include below defines it.
+            if !matches!(e, bird::BirdError::Refused { .. }) {
+                return Err(e.into());
+            }
+        }
+    }
+    let text = bird::render(
+        &cluster.node,
+        &bgp.live_device,
+        want,
+        "one static protocol per VIP",
+    );
+    bird::write_include(&bgp.include, &text)
+        .with_context(|| format!("writing {}", bgp.include.display()))?;
+    c.configure().await.context("BIRD configure")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        crate::config::parse(
+            &format!(
+                r#"
+[daemon]
+interfaces = ["eth0"]
+[[service]]
+name = "ap"
+vip = "198.18.100.10"
+port = 80
+[[service.backend]]
+name = "b1"
+address = "198.18.1.2"
+[[service.backend]]
+name = "b2"
+address = "198.18.2.2"
+tier = 1
+[cluster]
+node = "lb1"
+name = "t"
+[cluster.bgp]
+control_socket = "/s"
+include = "/i"
+{extra}
+"#
+            ),
+            "t",
+        )
+        .expect("config")
+    }
+
+    fn view(b1: &'static str, b2: &'static str, word1: &'static str) -> BackendView {
+        let _ = b2;
+        BackendView {
+            service: "ap".into(),
+            backend: "b1".into(),
+            address: "198.18.1.2:80".parse().expect("addr"),
+            tier: 0,
+            state: b1,
+            health: b1,
+            map_word: word1,
+            kept_last: false,
+            role: None,
+        }
+    }
+
+    #[test]
+    fn the_gate() {
+        let c = cfg("[cluster.etcd]\nendpoints = [\"http://198.18.3.1:2379\"]");
+        let cl = c.cluster.clone().expect("cluster");
+        let s: Vec<&Service> = c.services.iter().collect();
+        let now = Instant::now();
+        let mut d = keys::Decision {
+            number: 4,
+            ..Default::default()
+        };
+        d.services.insert(
+            "ap".into(),
+            [("b1".to_string(), State::Up), ("b2".to_string(), State::Up)]
+                .into_iter()
+                .collect(),
+        );
+        let ok = NodeView {
+            attached: true,
+            warm_at: Some(now),
+            stopping: false,
+            applied: Some(d.clone()),
+            newest_seen: 4,
+            lease_valid: true,
+            local: vec![view("up", "up", "up")],
+        };
+        assert_eq!(gate(&cl, &s, &ok, now), Ok(()));
+        let check = |f: &dyn Fn(&mut NodeView), want: &str| {
+            let mut v = ok.clone();
+            f(&mut v);
+            let got = gate(&cl, &s, &v, now).expect_err("withdrawn");
+            assert!(got.contains(want), "{got} lacks {want}");
+        };
+        check(&|v| v.stopping = true, "stopping");
+        check(&|v| v.attached = false, "not attached");
+        check(
+            &|v| v.warm_at = Some(now + Duration::from_secs(1)),
+            "warming up",
+        );
+        check(&|v| v.applied = None, "no decision");
+        check(&|v| v.newest_seen = 5, "not applied");
+        check(&|v| v.lease_valid = false, "cut off from etcd");
+        // This node cannot reach the decided serving backend.
+        check(
+            &|v| v.local = vec![view("down", "up", "up")],
+            "no serving backend",
+        );
+        // Decided down elsewhere: not a reason to announce here.
+        check(
+            &|v| {
+                if let Some(a) = v.applied.as_mut() {
+                    a.services
+                        .get_mut("ap")
+                        .map(|m| m.insert("b1".into(), State::Down));
+                }
+            },
+            "no serving backend",
+        );
+    }
+}
