@@ -52,6 +52,17 @@ fn observation(node: &str, view: &NodeView) -> Observation {
             .entry(b.service.clone())
             .or_default()
             .insert(b.backend.clone(), matches!(b.health, "up" | "suspect"));
+        let ov = match b.state {
+            "draining" => Some(keys::AdminOverride::Drain),
+            "disabled" => Some(keys::AdminOverride::Disable),
+            _ => None,
+        };
+        if let Some(ov) = ov {
+            o.overrides
+                .entry(b.service.clone())
+                .or_default()
+                .insert(b.backend.clone(), ov);
+        }
     }
     o
 }

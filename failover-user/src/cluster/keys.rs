@@ -65,6 +65,12 @@ pub struct Observation {
     pub node: String,
     /// service -> backend -> healthy (up or suspect by its checks).
     pub services: BTreeMap<String, BTreeMap<String, bool>>,
+    /// Operator actions given to this node (its API, its Alertmanager
+    /// webhook): service -> backend -> override. The leader applies the
+    /// union over the live nodes, so an action given to any node holds
+    /// cluster-wide (and survives the node's restart: its states file).
+    #[serde(default)]
+    pub overrides: BTreeMap<String, BTreeMap<String, AdminOverride>>,
 }
 
 /// The agreed state of every backend, numbered. Only the elected leader
@@ -97,9 +103,10 @@ pub struct Ack {
     pub tables: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminOverride {
     Drain,
+    /// Wins over a drain.
     Disable,
 }

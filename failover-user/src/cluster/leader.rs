@@ -98,7 +98,15 @@ pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decisi
                 ));
             }
             h.insert(b.name.clone(), now);
-            let st = match inp.admin.get(&(s.name.clone(), b.name.clone())) {
+            // Operator overrides: etcd's `admin/` keys and every live
+            // node's own (the strongest wins).
+            let ov = observers
+                .iter()
+                .filter_map(|o| o.overrides.get(&s.name).and_then(|m| m.get(&b.name)))
+                .chain(inp.admin.get(&(s.name.clone(), b.name.clone())))
+                .max()
+                .copied();
+            let st = match ov {
                 Some(AdminOverride::Disable) => State::Disabled,
                 Some(AdminOverride::Drain) => State::Draining,
                 None if now => State::Up,
@@ -320,6 +328,7 @@ tier = 1
             Observation {
                 node: node.to_string(),
                 services: s,
+                overrides: BTreeMap::new(),
             },
         )
     }
