@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod cluster_demo;
 pub mod demo;
 pub mod flood;
 pub mod netns;
