@@ -12,6 +12,8 @@
 //! ```
 
 pub mod client;
+pub mod cluster;
+pub mod cluster_demo;
 pub mod demo;
 pub mod flood;
 pub mod netns;
@@ -434,6 +436,10 @@ impl Drop for HttpHealth {
     }
 }
 
+/// When a [`Server`] accepted each of its TCP connections (shared, so that
+/// a log can outlive a server and be handed to the next one).
+pub type AcceptLog = Arc<std::sync::Mutex<Vec<Instant>>>;
+
 /// A backend's TCP and UDP servers: every TCP line and every UDP datagram
 /// is answered with `<name> <what was sent>`. Stops (and closes its
 /// sockets) on [`Server::stop`] or drop.
@@ -443,12 +449,24 @@ pub struct Server {
     /// Clones of the listening sockets, shut down at once on stop (as when
     /// a process dies), before the threads notice the flag.
     listeners: Vec<TcpListener>,
+    accepts: AcceptLog,
 }
 
 impl Server {
     /// Listens on `[::]` (dual stack) TCP `tcp_ports` and UDP `udp_port` in
     /// `ns`.
     pub fn start(ns: &Netns, name: &str, tcp_ports: &[u16], udp_port: u16) -> anyhow::Result<Self> {
+        Self::start_logged(ns, name, tcp_ports, udp_port, AcceptLog::default())
+    }
+
+    /// The same, recording every accepted TCP connection in `accepts`.
+    pub fn start_logged(
+        ns: &Netns,
+        name: &str,
+        tcp_ports: &[u16],
+        udp_port: u16,
+        accepts: AcceptLog,
+    ) -> anyhow::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (listeners, udp) = ns.run(|| {
@@ -467,8 +485,8 @@ impl Server {
         let mut clones = Vec::new();
         for l in listeners {
             clones.push(l.try_clone().context("cloning a listener")?);
-            let (stop, name) = (stop.clone(), name.to_string());
-            threads.push(std::thread::spawn(move || tcp_loop(&l, &name, &stop)));
+            let (stop, name, log) = (stop.clone(), name.to_string(), accepts.clone());
+            threads.push(std::thread::spawn(move || tcp_loop(&l, &name, &stop, &log)));
         }
         let (stop2, name2) = (stop.clone(), name.to_string());
         threads.push(std::thread::spawn(move || {
@@ -484,7 +502,13 @@ impl Server {
             stop,
             threads,
             listeners: clones,
+            accepts,
         })
+    }
+
+    /// When each TCP connection was accepted.
+    pub fn accept_log(&self) -> AcceptLog {
+        self.accepts.clone()
     }
 
     /// Stops the servers: listeners and open connections close (the
@@ -513,11 +537,14 @@ impl Drop for Server {
     }
 }
 
-fn tcp_loop(l: &TcpListener, name: &str, stop: &Arc<AtomicBool>) {
+fn tcp_loop(l: &TcpListener, name: &str, stop: &Arc<AtomicBool>, log: &AcceptLog) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
             Ok((s, _)) => {
+                if let Ok(mut v) = log.lock() {
+                    v.push(Instant::now());
+                }
                 let (stop, name) = (stop.clone(), name.to_string());
                 conns.push(std::thread::spawn(move || serve_conn(s, &name, &stop)));
             }

@@ -38,6 +38,34 @@ enum Cmd {
         #[arg(long)]
         failover: Option<PathBuf>,
     },
+    /// The cluster lab (issue 16): a router with BGP/BFD/ECMP, two load
+    /// balancers with BIRD and etcd, a witness, two backends, a client;
+    /// runs a daemon on each LB, shows the ECMP route, kills lb1's daemon
+    /// and shows the route move and the clients' outage per flow; tears
+    /// everything down at the end or on Ctrl-C.
+    Cluster {
+        /// How long the client flows run, in seconds.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// When lb1's daemon is killed, in seconds.
+        #[arg(long, default_value_t = 4)]
+        kill_after: u64,
+        /// Long-lived client flows.
+        #[arg(long, default_value_t = 16)]
+        flows: usize,
+        /// The `failover` binary (default: the one next to this binary).
+        #[arg(long)]
+        failover: Option<PathBuf>,
+    },
+}
+
+fn failover_exe(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("failover")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -58,12 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             interval_ms,
             failover,
         } => {
-            let failover = match failover {
-                Some(path) => path,
-                None => std::env::current_exe()
-                    .context("locating this binary")?
-                    .with_file_name("failover"),
-            };
+            let failover = failover_exe(failover)?;
             failover_lab::demo::run(&failover_lab::demo::DemoOptions {
                 failover,
                 duration: Duration::from_secs(duration),
@@ -71,5 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms.max(1)),
             })
         }
+        Cmd::Cluster {
+            duration,
+            kill_after,
+            flows,
+            failover,
+        } => failover_lab::cluster_demo::run(&failover_lab::cluster_demo::ClusterDemoOptions {
+            failover: failover_exe(failover)?,
+            duration: Duration::from_secs(duration),
+            kill_after: Duration::from_secs(kill_after),
+            flows: flows.clamp(1, 256),
+        }),
     }
 }
