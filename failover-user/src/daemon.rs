@@ -242,6 +242,9 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     if cfg.daemon.drop_capabilities {
         drop_capabilities()?;
     }
+    if let Some(c) = cluster.as_ref() {
+        c.arm_watchdog()?;
+    }
     dataplane::spawn_clock(&cfg.daemon.bpffs)?;
     dataplane::nexthop::spawn_watch(&cfg.daemon.bpffs)?;
     info!(

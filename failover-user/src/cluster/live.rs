@@ -123,6 +123,7 @@ fn set_up(name: &str) -> anyhow::Result<()> {
 #[derive(Clone)]
 pub struct Watchdog {
     last: Arc<AtomicU64>,
+    limit: Duration,
 }
 
 fn mono_ms() -> u64 {
@@ -136,14 +137,21 @@ fn mono_ms() -> u64 {
 }
 
 impl Watchdog {
-    /// Starts the watching thread: no [`Watchdog::beat`] for `limit` →
-    /// abort.
-    pub fn start(limit: Duration) -> anyhow::Result<Self> {
-        let w = Watchdog {
+    /// A watchdog not watching yet: see [`Watchdog::arm`].
+    pub fn new(limit: Duration) -> Self {
+        Watchdog {
             last: Arc::new(AtomicU64::new(mono_ms())),
-        };
-        let last = w.last.clone();
-        let limit_ms = limit.as_millis() as u64;
+            limit,
+        }
+    }
+
+    /// Starts the watching thread: no [`Watchdog::beat`] for the limit →
+    /// abort. Called once the capabilities are dropped (a thread started
+    /// before would keep them).
+    pub fn arm(&self) -> anyhow::Result<()> {
+        self.beat();
+        let last = self.last.clone();
+        let limit_ms = self.limit.as_millis() as u64;
         std::thread::Builder::new()
             .name("cluster-watchdog".into())
             .spawn(move || {
@@ -159,7 +167,7 @@ impl Watchdog {
                 }
             })
             .context("starting the cluster watchdog thread")?;
-        Ok(w)
+        Ok(())
     }
 
     pub fn beat(&self) {

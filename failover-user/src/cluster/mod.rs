@@ -120,6 +120,7 @@ pub struct ClusterRt {
     announcer: Option<JoinHandle<()>>,
     announcer_stop: watch::Sender<bool>,
     agent: watch::Sender<AgentHandle>,
+    watchdog: Option<live::Watchdog>,
     _live: Option<live::LiveDevice>,
 }
 
@@ -196,15 +197,17 @@ impl ClusterRt {
         }
         let mut live = None;
         let mut announcer = None;
+        let mut watchdog = None;
         if let Some(b) = cluster.bgp.clone() {
             live = Some(live::LiveDevice::create(&b.live_device)?);
-            let watchdog = live::Watchdog::start(Duration::from_millis(900))?;
+            let wd = live::Watchdog::new(Duration::from_millis(900));
+            watchdog = Some(wd.clone());
             announcer = Some(tokio::spawn(announce_task(
                 cluster.clone(),
                 b,
                 vips(cfg),
                 view.clone(),
-                watchdog,
+                wd,
                 announcer_rx,
             )));
         }
@@ -216,8 +219,17 @@ impl ClusterRt {
             announcer,
             announcer_stop,
             agent: agent_tx,
+            watchdog,
             _live: live,
         }))
+    }
+
+    /// Starts the watchdog thread (after the capabilities are dropped).
+    pub fn arm_watchdog(&self) -> anyhow::Result<()> {
+        match &self.watchdog {
+            Some(w) => w.arm(),
+            None => Ok(()),
+        }
     }
 
     /// A reload started a new agent: talk to it from now on.
