@@ -60,7 +60,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Only these sections, comma-separated (per-packet, scale, tables,
-        /// failover, throughput, udp).
+        /// failover, throughput, udp, flood, postgresql, keepalived).
         #[arg(long)]
         only: Option<String>,
     },

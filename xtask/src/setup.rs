@@ -96,12 +96,25 @@ pub fn run(scope: Scope, options: Options) -> Result<Ready> {
         }
         None => steps.skip("bpf-linker", "needs the nightly toolchain"),
     }
+    // A build dependency (the etcd-client crate runs protoc), so also for
+    // the commands that only build and lint; the full scope checks it with
+    // the cluster tools below.
+    if scope == Scope::Toolchain {
+        steps.record(
+            "protoc",
+            ensure_packages(
+                sys::geteuid() == 0,
+                &CLUSTER_TOOLS[CLUSTER_TOOLS.len() - 1..],
+            ),
+        );
+    }
 
     if scope == Scope::Full {
         let root = steps.record("privileges", check_root()).is_some();
         steps.record("bpffs", ensure_bpffs(root));
         steps.record("tools", ensure_ip(root));
         steps.record("postgresql", ensure_postgresql(root));
+        steps.record("cluster tools", ensure_packages(root, &CLUSTER_TOOLS));
         steps.record("xdp", probe_xdp());
     }
 
@@ -700,6 +713,117 @@ fn ensure_postgresql(root: bool) -> Result<(String, ())> {
     ))
 }
 
+/// The cluster's tools (issue 16) as (binary, Debian package): BIRD, etcd
+/// and keepalived for the cluster lab and the bench's VRRP baseline, nft
+/// for its silent-drop cases, and protoc, which the etcd-client crate
+/// needs to build (keep it last: the toolchain scope checks only it).
+const CLUSTER_TOOLS: [(&str, &str); 7] = [
+    ("/usr/sbin/bird", "bird2"),
+    ("/usr/sbin/birdc", "bird2"),
+    ("/usr/bin/etcd", "etcd-server"),
+    ("/usr/bin/etcdctl", "etcd-client"),
+    ("/usr/sbin/keepalived", "keepalived"),
+    ("/usr/sbin/nft", "nftables"),
+    ("/usr/bin/protoc", "protobuf-compiler"),
+];
+
+/// The services the cluster packages bring: the labs start their own
+/// daemons with their own configs, never these.
+const CLUSTER_UNITS: [&str; 3] = ["bird", "etcd", "keepalived"];
+
+/// Installs the packages of `tools` whose binary is missing (one apt-get
+/// run, as root), then, where systemd runs, disables and stops the
+/// services the packages may have started. Only file checks (and one
+/// `systemctl is-enabled` where systemd runs) when everything is there.
+fn ensure_packages(root: bool, tools: &[(&str, &str)]) -> Result<(String, ())> {
+    let mut missing: Vec<&str> = Vec::new();
+    for (bin, pkg) in tools {
+        if !cmd::is_executable(Path::new(bin)) && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
+    let mut all: Vec<&str> = tools.iter().map(|(_, pkg)| *pkg).collect();
+    all.dedup();
+    let fix = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    let mut status = String::from("ok");
+    if !missing.is_empty() {
+        if !root || cmd::which("apt-get").is_none() {
+            bail!(
+                "missing {} ({}); install them, e.g. as root: {fix}",
+                missing.join(", "),
+                tools
+                    .iter()
+                    .filter(|(bin, _)| !cmd::is_executable(Path::new(bin)))
+                    .map(|(bin, _)| *bin)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        cmd::run(Command::new("apt-get").arg("update"))
+            .with_context(|| format!("installing {} failed; run: {fix}", missing.join(" ")))?;
+        cmd::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&missing),
+        )
+        .with_context(|| format!("installing {} failed; run: {fix}", missing.join(" ")))?;
+        if let Some((bin, pkg)) = tools
+            .iter()
+            .find(|(bin, _)| !cmd::is_executable(Path::new(bin)))
+        {
+            bail!("{bin} still missing after installing {pkg}; run: {fix}");
+        }
+        status = format!("installed {}", missing.join(", "));
+    }
+    let units = disable_units(root, tools);
+    Ok((format!("{status} ({}{units})", all.join(", ")), ()))
+}
+
+/// `systemctl disable --now` for the cluster services that are enabled or
+/// running, where systemd runs (in a container, or where policy-rc.d kept
+/// them from starting, there is nothing to do). Problems are only reported.
+fn disable_units(root: bool, tools: &[(&str, &str)]) -> String {
+    let units: Vec<&str> = CLUSTER_UNITS
+        .iter()
+        .copied()
+        .filter(|u| tools.iter().any(|(bin, _)| bin.ends_with(&format!("/{u}"))))
+        .collect();
+    if units.is_empty()
+        || !Path::new("/run/systemd/system").is_dir()
+        || cmd::which("systemctl").is_none()
+    {
+        return String::new();
+    }
+    let query = |what: &str| {
+        cmd::capture(Command::new("systemctl").arg(what).args(&units))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let (enabled, active) = (query("is-enabled"), query("is-active"));
+    let on = enabled.lines().any(|l| l.trim() == "enabled")
+        || active
+            .lines()
+            .any(|l| matches!(l.trim(), "active" | "activating" | "reloading"));
+    if !on {
+        return format!("; {} disabled and stopped", units.join(", "));
+    }
+    let fix = format!("systemctl disable --now {}", units.join(" "));
+    if !root {
+        return format!(
+            "; warning: {} enabled or running; as root, run: {fix}",
+            units.join(", ")
+        );
+    }
+    let mut c = Command::new("systemctl");
+    c.args(["disable", "--now"]).args(&units);
+    match cmd::status(&mut c) {
+        Ok(s) if s.success() => format!("; ran {fix}"),
+        Ok(s) => format!("; warning: `{fix}` failed ({s})"),
+        Err(e) => format!("; warning: `{fix}` failed ({e:#})"),
+    }
+}
+
 /// What a `bpf(BPF_PROG_LOAD)` errno most likely means.
 fn explain_bpf_errno(error: &io::Error) -> &'static str {
     match error.raw_os_error() {
@@ -786,6 +910,24 @@ mod tests {
         assert_eq!(libllvm_major("libLLVM-21-rust-1.90.0-nightly.so"), Some(21));
         assert_eq!(libllvm_major("libLLVM.so"), None);
         assert_eq!(libllvm_major("libc.so.6"), None);
+    }
+
+    #[test]
+    fn missing_packages_name_the_fix_without_root() {
+        let err = ensure_packages(
+            false,
+            &[
+                ("/nonexistent/failover-a", "pkg-a"),
+                ("/nonexistent/failover-b", "pkg-a"),
+                ("/bin/sh", "pkg-sh"),
+            ],
+        )
+        .expect_err("a missing binary without root");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("apt-get install -y pkg-a"), "{msg}");
+        assert!(!msg.contains("pkg-sh"), "{msg}");
+        let (status, ()) = ensure_packages(false, &[("/bin/sh", "pkg-sh")]).expect("present");
+        assert!(status.starts_with("ok (pkg-sh"), "{status}");
     }
 
     #[test]

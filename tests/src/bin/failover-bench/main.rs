@@ -37,6 +37,7 @@ use failover_user::{
 };
 use serde_json::{Value, json};
 
+mod keepalived;
 mod postgresql;
 mod timeline;
 mod udp;
@@ -1456,7 +1457,7 @@ fn machine() -> Value {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "per-packet",
     "scale",
     "tables",
@@ -1465,6 +1466,7 @@ const SECTIONS: [&str; 8] = [
     "udp",
     "flood",
     "postgresql",
+    "keepalived",
 ];
 
 /// The SYN flood of `failover_lab::flood` against failover NAT and nftables DNAT
@@ -1582,6 +1584,10 @@ fn main() -> anyhow::Result<()> {
     if run("postgresql") {
         let (series, planned) = postgresql::run(&o, &mut report)?;
         postgresql::print(&report, &series, &planned);
+    }
+    if run("keepalived") {
+        let series = keepalived::run(&o, &mut report)?;
+        keepalived::print(&report, &series);
     }
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
