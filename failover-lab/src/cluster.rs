@@ -1278,12 +1278,19 @@ tier = 1
         }
     }
 
-    /// When backend `b` accepted each new TCP connection (over the lab's
-    /// life).
+    /// When backend `b` accepted each new TCP connection from the client
+    /// (over the lab's life): the load balancers' health checks are not
+    /// counted.
     pub fn accepts(&self, b: Backend) -> Vec<Instant> {
+        let client: std::net::IpAddr = CLIENT_ADDR.parse().expect("CLIENT_ADDR is an address");
         self.accepts[b as usize]
             .lock()
-            .map(|v| v.clone())
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, peer)| *peer == client)
+                    .map(|(t, _)| *t)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -438,7 +438,8 @@ impl Drop for HttpHealth {
 
 /// When a [`Server`] accepted each of its TCP connections (shared, so that
 /// a log can outlive a server and be handed to the next one).
-pub type AcceptLog = Arc<std::sync::Mutex<Vec<Instant>>>;
+/// When each TCP connection was accepted, and from which address.
+pub type AcceptLog = Arc<std::sync::Mutex<Vec<(Instant, std::net::IpAddr)>>>;
 
 /// A backend's TCP and UDP servers: every TCP line and every UDP datagram
 /// is answered with `<name> <what was sent>`. Stops (and closes its
@@ -541,9 +542,9 @@ fn tcp_loop(l: &TcpListener, name: &str, stop: &Arc<AtomicBool>, log: &AcceptLog
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
-            Ok((s, _)) => {
+            Ok((s, peer)) => {
                 if let Ok(mut v) = log.lock() {
-                    v.push(Instant::now());
+                    v.push((Instant::now(), peer.ip().to_canonical()));
                 }
                 let (stop, name) = (stop.clone(), name.to_string());
                 conns.push(std::thread::spawn(move || serve_conn(s, &name, &stop)));

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use failover_lab::cluster::{
-    ClusterLab, FlowOptions, FlowReport, Mode, Node, Options, VIP4, summarize,
+    Backend, ClusterLab, FlowOptions, FlowReport, Mode, Node, Options, VIP4, summarize,
 };
 
 fn failover_exe() -> std::path::PathBuf {
@@ -177,4 +177,208 @@ fn node_loss_nat_loses_no_flow() {
 #[test]
 fn node_loss_dsr_loses_no_flow() {
     node_loss(Mode::Dsr, "fcd");
+}
+
+/// Fast TCP checks for every service (detection in ~100 ms).
+const CHECK: &str = "type = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
+
+/// Opens a new connection through the VIP every `every` until stopped;
+/// the backends' accept logs say who took each.
+struct NewFlows {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    t: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl NewFlows {
+    fn start(lab: &ClusterLab, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let ns = lab.client.name.clone();
+        let to: std::net::SocketAddr = format!("{VIP4}:80").parse().expect("vip");
+        let t = std::thread::spawn(move || {
+            // This thread lives in the client's namespace.
+            let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("client ns");
+            // SAFETY: setns on an fd we own, for this thread only.
+            let r = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns into the client's namespace");
+            let (mut ok, mut failed) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !s.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match failover_lab::tcp_request_here(to, "new", Duration::from_millis(300)) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+                std::thread::sleep(every);
+            }
+            (ok, failed)
+        });
+        NewFlows { stop, t }
+    }
+
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.t.join().expect("new-flows thread")
+    }
+}
+
+/// The split-brain window after `since`: how long the old tier still took
+/// new flows after the new tier took its first (0: never both).
+fn split_window(lab: &ClusterLab, since: Instant, old: Backend, new: Backend) -> Duration {
+    let first_new = lab.accepts(new).into_iter().filter(|t| *t >= since).min();
+    let last_old = lab.accepts(old).into_iter().filter(|t| *t >= since).max();
+    match (first_new, last_old) {
+        (Some(n), Some(o)) if o > n => o - n,
+        _ => Duration::ZERO,
+    }
+}
+
+/// One node cut off from the primary backend only: the cluster keeps the
+/// primary (one node of two seeing it down moves nothing), the cut-off
+/// node withdraws (it cannot reach a serving backend), no new flow ever
+/// reaches the standby, no flow is lost; healed, the node comes back.
+#[test]
+fn a_node_cut_off_from_the_primary_moves_no_tier() {
+    let mut lab = lab(
+        "fcp",
+        Options {
+            check: Some(CHECK.into()),
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    start_both(&mut lab);
+    let since = Instant::now();
+    let client = lab.flow_client(&FlowOptions {
+        flows: 16,
+        interval: Duration::from_millis(10),
+        duration: Duration::from_secs(30),
+        port: 80,
+        timeout: Duration::from_millis(1500),
+    });
+    let fresh = NewFlows::start(&lab, Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(800));
+    lab.cut_backend(Node::Lb1, Backend::B1, true).expect("cut");
+    wait_hops(&lab, &[Node::Lb2], "lb1 cut off from b1");
+    std::thread::sleep(Duration::from_secs(2));
+    lab.cut_backend(Node::Lb1, Backend::B1, false)
+        .expect("heal");
+    wait_hops(&lab, &[Node::Lb1, Node::Lb2], "lb1 reaches b1 again");
+    std::thread::sleep(Duration::from_millis(800));
+    let (ok, failed) = fresh.stop();
+    let reports = client.stop();
+    println!("{}", summarize(&reports));
+    println!("new connections: {ok} answered, {failed} failed");
+    let b2_new = lab
+        .accepts(Backend::B2)
+        .into_iter()
+        .filter(|t| *t >= since)
+        .count();
+    assert_eq!(
+        b2_new,
+        0,
+        "the standby took new flows: split brain\n{}",
+        diag(&lab)
+    );
+    assert_eq!(lost(&reports), 0, "flows lost\n{}", diag(&lab));
+    assert!(ok > 100, "too few new connections answered: {ok}");
+}
+
+/// A node cut off from etcd withdraws its (active-passive) VIP before its
+/// lease can lapse; the other node serves every flow; nothing is lost and
+/// no tier moves; reconnected, it applies the decision in force and
+/// announces again.
+#[test]
+fn a_node_cut_off_from_etcd_withdraws() {
+    let mut lab = lab(
+        "fce",
+        Options {
+            check: Some(CHECK.into()),
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    start_both(&mut lab);
+    let client = lab.flow_client(&FlowOptions {
+        flows: 16,
+        interval: Duration::from_millis(10),
+        duration: Duration::from_secs(30),
+        port: 80,
+        timeout: Duration::from_millis(1500),
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let t = Instant::now();
+    lab.cut_etcd(Node::Lb1, true).expect("cut");
+    wait_hops(&lab, &[Node::Lb2], "lb1 cut off from etcd");
+    let took = t.elapsed();
+    println!(
+        "  (cut to withdrawal {:.0} ms; lease TTL 3 s)",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_millis(500),
+        "withdrawn only after {took:?}: later than TTL - 1 s\n{}",
+        diag(&lab)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    lab.cut_etcd(Node::Lb1, false).expect("heal");
+    wait_hops(&lab, &[Node::Lb1, Node::Lb2], "lb1 reconnected");
+    std::thread::sleep(Duration::from_millis(800));
+    let reports = client.stop();
+    println!("{}", summarize(&reports));
+    assert_eq!(lost(&reports), 0, "flows lost\n{}", diag(&lab));
+    let b2: u64 = reports
+        .iter()
+        .map(|r| r.by_backend.get("b2").copied().unwrap_or(0))
+        .sum();
+    assert_eq!(b2, 0, "answers from the standby\n{}", diag(&lab));
+}
+
+/// The primary dies, then comes back: both moves are fence-then-switch,
+/// so at no instant do the two tiers both take new flows (new connections
+/// every 5 ms, spread over both nodes by ECMP).
+#[test]
+fn failover_and_failback_have_no_split_brain_window() {
+    let mut lab = lab(
+        "fcf",
+        Options {
+            check: Some(CHECK.into()),
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    start_both(&mut lab);
+    let fresh = NewFlows::start(&lab, Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(800));
+    let t_fail = Instant::now();
+    lab.kill_backend(Backend::B1);
+    std::thread::sleep(Duration::from_secs(2));
+    let t_back = Instant::now();
+    lab.start_backend(Backend::B1).expect("b1 back");
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failed) = fresh.stop();
+    println!("new connections: {ok} answered, {failed} failed");
+    let b2_first = lab
+        .accepts(Backend::B2)
+        .into_iter()
+        .filter(|t| *t >= t_fail)
+        .min();
+    let b1_again = lab
+        .accepts(Backend::B1)
+        .into_iter()
+        .filter(|t| *t >= t_back)
+        .min();
+    println!(
+        "standby's first new flow {:?} after the kill; primary's first {:?} after its return",
+        b2_first.map(|t| t - t_fail),
+        b1_again.map(|t| t - t_back)
+    );
+    assert!(b2_first.is_some(), "never failed over\n{}", diag(&lab));
+    assert!(b1_again.is_some(), "never failed back\n{}", diag(&lab));
+    let w_back = split_window(&lab, t_back, Backend::B2, Backend::B1);
+    assert_eq!(
+        w_back,
+        Duration::ZERO,
+        "split brain on failback\n{}",
+        diag(&lab)
+    );
 }

@@ -94,13 +94,17 @@ pub fn gate(
         } else {
             None
         };
-        let reachable = v.local.iter().any(|b| {
-            b.service == s.name
-                && matches!(b.health, "up" | "suspect")
-                && match decided {
-                    Some(m) => m.get(&b.backend) == Some(&State::Up),
-                    None => b.map_word == "up",
-                }
+        // The serving tier: the first with a backend taking new flows (as
+        // decided, or as the map has it without agreement); only its
+        // backends count (a healthy standby does not serve).
+        let takes = |b: &BackendView| match decided {
+            Some(m) => m.get(&b.backend) == Some(&State::Up),
+            None => b.map_word == "up",
+        };
+        let members = || v.local.iter().filter(|b| b.service == s.name);
+        let serving_tier = members().filter(|b| takes(b)).map(|b| b.tier).min();
+        let reachable = members().any(|b| {
+            Some(b.tier) == serving_tier && takes(b) && matches!(b.health, "up" | "suspect")
         });
         if !reachable {
             return Err(format!(
@@ -415,19 +419,19 @@ include = "/i"
         .expect("config")
     }
 
-    fn view(b1: &'static str, b2: &'static str, word1: &'static str) -> BackendView {
-        let _ = b2;
-        BackendView {
+    fn view(b1: &'static str, b2: &'static str, word1: &'static str) -> Vec<BackendView> {
+        let one = |name: &str, tier, health: &'static str, word| BackendView {
             service: "ap".into(),
-            backend: "b1".into(),
+            backend: name.into(),
             address: "198.18.1.2:80".parse().expect("addr"),
-            tier: 0,
-            state: b1,
-            health: b1,
-            map_word: word1,
+            tier,
+            state: health,
+            health,
+            map_word: word,
             kept_last: false,
             role: None,
-        }
+        };
+        vec![one("b1", 0, b1, word1), one("b2", 1, b2, "up")]
     }
 
     #[test]
@@ -453,7 +457,7 @@ include = "/i"
             applied: Some(d.clone()),
             newest_seen: 4,
             lease_valid: true,
-            local: vec![view("up", "up", "up")],
+            local: view("up", "up", "up"),
         };
         assert_eq!(gate(&cl, &s, &ok, now), Ok(()));
         let check = |f: &dyn Fn(&mut NodeView), want: &str| {
@@ -476,7 +480,16 @@ include = "/i"
             &|v| v.local = vec![view("down", "up", "up")],
             "no serving backend",
         );
-        // Decided down elsewhere: not a reason to announce here.
+        // Failed over: the standby serves, and this node reaches it.
+        let mut failed_over = ok.clone();
+        if let Some(a) = failed_over.applied.as_mut() {
+            a.services
+                .get_mut("ap")
+                .map(|m| m.insert("b1".into(), State::Down));
+        }
+        failed_over.local = view("down", "up", "up");
+        assert_eq!(gate(&cl, &s, &failed_over, now), Ok(()));
+        // ... but not if this node cannot reach the standby.
         check(
             &|v| {
                 if let Some(a) = v.applied.as_mut() {
@@ -484,6 +497,7 @@ include = "/i"
                         .get_mut("ap")
                         .map(|m| m.insert("b1".into(), State::Down));
                 }
+                v.local = view("up", "down", "up");
             },
             "no serving backend",
         );
