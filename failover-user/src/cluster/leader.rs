@@ -426,4 +426,45 @@ tier = 1
             (State::Draining, State::Draining)
         );
     }
+
+    #[test]
+    fn an_override_on_any_node_holds_cluster_wide() {
+        let svcs = services();
+        let both =
+            |a: (String, Observation), b: (String, Observation), acked| inputs(&[a, b], acked);
+        let d1 = next(
+            &svcs,
+            &Decision::default(),
+            &both(obs("a", true, true), obs("b", true, true), 0),
+        )
+        .expect("first");
+        let (na, mut oa) = obs("a", true, true);
+        oa.overrides
+            .entry("ap".into())
+            .or_default()
+            .insert("b2".into(), AdminOverride::Drain);
+        let d2 = next(
+            &svcs,
+            &d1,
+            &both((na.clone(), oa.clone()), obs("b", true, true), 1),
+        )
+        .expect("drain");
+        assert_eq!((st(&d2, "b1"), st(&d2, "b2")), (State::Up, State::Draining));
+        // Disable wins over drain.
+        let (nb, mut ob) = obs("b", true, true);
+        ob.overrides
+            .entry("ap".into())
+            .or_default()
+            .insert("b2".into(), AdminOverride::Disable);
+        let d3 = next(&svcs, &d2, &both((na, oa), (nb, ob), 2)).expect("disable");
+        assert_eq!(st(&d3, "b2"), State::Disabled);
+        // Lifted everywhere: back to health.
+        let d4 = next(
+            &svcs,
+            &d3,
+            &both(obs("a", true, true), obs("b", true, true), 3),
+        )
+        .expect("lifted");
+        assert_eq!(st(&d4, "b2"), State::Up);
+    }
 }

@@ -475,9 +475,10 @@ include = "/i"
         check(&|v| v.applied = None, "no decision");
         check(&|v| v.newest_seen = 5, "not applied");
         check(&|v| v.lease_valid = false, "cut off from etcd");
-        // This node cannot reach the decided serving backend.
+        // This node cannot reach the decided serving backend; a healthy
+        // standby does not make up for it.
         check(
-            &|v| v.local = vec![view("down", "up", "up")],
+            &|v| v.local = view("down", "up", "up"),
             "no serving backend",
         );
         // Failed over: the standby serves, and this node reaches it.
