@@ -612,6 +612,11 @@ impl ClusterLab {
         self.dir.join("router/bird.ctl")
     }
     /// The include file the daemon owns (created empty by the lab).
+    /// The failsafe's key file of LB `n`.
+    pub fn failsafe_key(&self, n: Node) -> PathBuf {
+        self.node_dir(n).join("failsafe.key")
+    }
+
     pub fn include_path(&self, n: Node) -> PathBuf {
         self.node_dir(n).join("failover-vips.conf")
     }
@@ -663,6 +668,14 @@ impl ClusterLab {
             std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
         };
         write(self.include_path(n), "")?;
+        // The failsafe's shared key (the same on both nodes), 0600.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let key = self.failsafe_key(n);
+            write(key.clone(), &format!("lab-failsafe-key-{}\n", self.prefix))?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod {}", key.display()))?;
+        }
         write(self.node_dir(n).join("bird.conf"), &self.lb_bird_conf(n))?;
         write(self.config_path(n), &self.config(n, true))?;
         Ok(())
@@ -855,6 +868,11 @@ live_device = "{LIVE_DEVICE}"
 endpoints = [{endpoints}]
 lease_ttl = "{ttl}"
 request_timeout = "{rto}"
+
+[cluster.failsafe]
+listen = "{ctl}:7946"
+peers = ["{peer}:7946"]
+key_file = "{key}"
 "#,
                 node = n.name(),
                 name = self.prefix,
@@ -865,6 +883,12 @@ request_timeout = "{rto}"
                 endpoints = endpoints.join(", "),
                 ttl = o.lease_ttl,
                 rto = o.request_timeout,
+                ctl = n.ctl_addr(),
+                peer = match n {
+                    Node::Lb1 => Node::Lb2.ctl_addr(),
+                    Node::Lb2 => Node::Lb1.ctl_addr(),
+                },
+                key = self.failsafe_key(n).display(),
             )
         } else {
             String::new()

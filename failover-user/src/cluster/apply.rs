@@ -89,10 +89,12 @@ pub async fn run(
         }
         let agent = agent.borrow().clone();
         let s = session.borrow().clone();
-        let valid = s.valid(Instant::now());
+        let now = Instant::now();
+        let valid = s.valid(now);
         let snapshot = match view.lock() {
             Ok(mut v) => {
                 v.lease_valid = valid;
+                v.lease_grace = s.in_grace(now);
                 v.clone()
             }
             Err(_) => return,

@@ -14,6 +14,10 @@ use tracing::{info, warn};
 
 use crate::config::Etcd;
 
+/// See [`Session::in_grace`]: longer than the spread between two nodes'
+/// keep-alives (a tenth of the TTL) plus a failsafe round.
+pub const GRACE: Duration = Duration::from_millis(450);
+
 /// What the other cluster tasks see of the session.
 #[derive(Clone, Default)]
 pub struct Session {
@@ -29,6 +33,13 @@ pub struct Session {
 impl Session {
     pub fn valid(&self, now: Instant) -> bool {
         self.lease != 0 && self.valid_until.is_some_and(|t| now < t)
+    }
+
+    /// Not valid, but within [`GRACE`] of it: the time the failsafe gets to
+    /// engage before anything is withdrawn (the lease still cannot lapse
+    /// for another second minus the grace).
+    pub fn in_grace(&self, now: Instant) -> bool {
+        self.valid_until.is_some_and(|t| now < t + GRACE)
     }
 }
 
@@ -55,7 +66,7 @@ pub async fn run(
 ) {
     let ttl = cfg.lease_ttl;
     let margin = Duration::from_secs(1);
-    let every = (ttl / 6).max(Duration::from_millis(100));
+    let every = (ttl / 10).max(Duration::from_millis(100));
     let mut generation = 0u64;
     loop {
         if *stop.borrow() {
@@ -168,9 +179,6 @@ pub async fn run(
                 }
             }
         }
-        tx.send_modify(|s| {
-            s.lease = 0;
-            s.valid_until = None;
-        });
+        tx.send_modify(|s| s.lease = 0);
     }
 }

@@ -6,6 +6,7 @@
 //!   routes point at) and a watchdog for a hung runtime.
 //! - `etcd.rs`: the node's etcd session and its self-fence deadline.
 //! - `keys.rs`: what the nodes keep in etcd.
+//! - `failsafe.rs`: peers confirming each other through an etcd outage.
 //! - `leader.rs`: the elected leader's policy and task (observations in,
 //!   numbered decisions out).
 //! - `apply.rs`: every node applies decisions through the agent and
@@ -20,6 +21,7 @@
 pub mod apply;
 pub mod bird;
 pub mod etcd;
+pub mod failsafe;
 pub mod keys;
 pub mod leader;
 pub mod live;
@@ -53,6 +55,12 @@ pub struct NodeView {
     pub newest_seen: u64,
     /// The lease is surely alive (with agreement).
     pub lease_valid: bool,
+    /// Not valid, but only just (`etcd::GRACE`): the failsafe may still
+    /// engage.
+    pub lease_grace: bool,
+    /// Without a lease: every peer confirms it has none either and holds
+    /// the same decision (`failsafe.rs`).
+    pub failsafe_ok: bool,
     /// The agent's views (this node's own checks and its map words).
     pub local: Vec<BackendView>,
 }
@@ -87,7 +95,11 @@ pub fn gate(
             if d.number < v.newest_seen {
                 return Err(format!("decision {} not applied yet", v.newest_seen));
             }
-            if !v.lease_valid && (s.active_passive() || cluster.cut_off == CutOff::Withdraw) {
+            if !v.lease_valid
+                && !v.lease_grace
+                && !v.failsafe_ok
+                && (s.active_passive() || cluster.cut_off == CutOff::Withdraw)
+            {
                 return Err(format!("{}: cut off from etcd", s.name));
             }
             d.services.get(&s.name)
@@ -166,6 +178,16 @@ impl ClusterRt {
             view.clone(),
             stop_rx.clone(),
         )));
+        if let Some(f) = cluster.failsafe.clone() {
+            let key = failsafe::read_key(&f.key_file)?;
+            tasks.push(tokio::spawn(failsafe::run(
+                cluster.node.clone(),
+                f,
+                key,
+                view.clone(),
+                stop_rx.clone(),
+            )));
+        }
         if let Some(e) = cluster.etcd.clone() {
             let (sess_tx, sess_rx) = watch::channel(etcd::Session::default());
             let info = keys::NodeInfo {
@@ -457,6 +479,8 @@ include = "/i"
             applied: Some(d.clone()),
             newest_seen: 4,
             lease_valid: true,
+            lease_grace: true,
+            failsafe_ok: false,
             local: view("up", "up", "up"),
         };
         assert_eq!(gate(&cl, &s, &ok, now), Ok(()));
@@ -474,7 +498,23 @@ include = "/i"
         );
         check(&|v| v.applied = None, "no decision");
         check(&|v| v.newest_seen = 5, "not applied");
-        check(&|v| v.lease_valid = false, "cut off from etcd");
+        check(
+            &|v| {
+                v.lease_valid = false;
+                v.lease_grace = false;
+            },
+            "cut off from etcd",
+        );
+        // Just lapsed: the failsafe's grace.
+        let mut grace = ok.clone();
+        grace.lease_valid = false;
+        assert_eq!(gate(&cl, &s, &grace, now), Ok(()));
+        // Every peer confirms it is cut off too, on the same decision.
+        let mut outage = ok.clone();
+        outage.lease_valid = false;
+        outage.lease_grace = false;
+        outage.failsafe_ok = true;
+        assert_eq!(gate(&cl, &s, &outage, now), Ok(()));
         // This node cannot reach the decided serving backend; a healthy
         // standby does not make up for it.
         check(

@@ -13,6 +13,16 @@ pub(super) struct RawCluster {
     pub(super) cut_off: Option<CutOff>,
     pub(super) bgp: Option<RawBgp>,
     pub(super) etcd: Option<RawEtcd>,
+    pub(super) failsafe: Option<RawFailsafe>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFailsafe {
+    pub(super) listen: Option<String>,
+    #[serde(default)]
+    pub(super) peers: Vec<String>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -59,6 +69,21 @@ pub struct Cluster {
     pub cut_off: CutOff,
     pub bgp: Option<Bgp>,
     pub etcd: Option<Etcd>,
+    pub failsafe: Option<Failsafe>,
+}
+
+/// `[cluster.failsafe]` (after Patroni's failsafe mode): when etcd is
+/// unreachable, a node keeps announcing its active-passive VIPs on the
+/// decision in force only while every peer confirms, over authenticated
+/// datagrams, that it cannot reach etcd either and holds the same
+/// decision. Nobody can then move on without it; one peer that reaches
+/// etcd, or one that stops answering, and it withdraws.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failsafe {
+    pub listen: std::net::SocketAddr,
+    pub peers: Vec<std::net::SocketAddr>,
+    /// The shared secret (HMAC-SHA256 key), read at start.
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +239,58 @@ pub(super) fn validate_cluster(
             request_timeout,
         }
     });
+    let failsafe = raw.failsafe.map(|f| {
+        let addr = |errs: &mut Errors, field: String, v: &str| -> std::net::SocketAddr {
+            v.parse().unwrap_or_else(|_| {
+                errs.push(field, format!("{v:?}: expected ADDRESS:PORT"));
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+            })
+        };
+        let listen = match f.listen.as_deref() {
+            Some(v) => addr(errs, "cluster.failsafe.listen".into(), v),
+            None => {
+                errs.push("cluster.failsafe.listen", "is required");
+                std::net::SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        };
+        if f.peers.is_empty() {
+            errs.push("cluster.failsafe.peers", "needs every other node's address");
+        }
+        let peers = f
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| addr(errs, format!("cluster.failsafe.peers[{i}]"), p))
+            .collect();
+        let key_file = match f.key_file {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => {
+                errs.push(
+                    "cluster.failsafe.key_file",
+                    format!("{} must be an absolute path", p.display()),
+                );
+                p
+            }
+            None => {
+                errs.push(
+                    "cluster.failsafe.key_file",
+                    "is required: the datagrams are authenticated",
+                );
+                PathBuf::new()
+            }
+        };
+        Failsafe {
+            listen,
+            peers,
+            key_file,
+        }
+    });
+    if failsafe.is_some() && etcd.is_none() {
+        errs.push(
+            "cluster.failsafe",
+            "only means something with [cluster.etcd]",
+        );
+    }
     if bgp.is_none() && etcd.is_none() {
         errs.push(
             "cluster",
@@ -255,6 +332,7 @@ pub(super) fn validate_cluster(
         cut_off: raw.cut_off.unwrap_or_default(),
         bgp,
         etcd,
+        failsafe,
     })
 }
 

@@ -44,7 +44,7 @@ mod passive;
 mod promotion;
 mod raw;
 
-pub use self::cluster::{Bgp, Cluster, CutOff, Etcd};
+pub use self::cluster::{Bgp, Cluster, CutOff, Etcd, Failsafe};
 pub use self::diff::diff;
 use self::{admin::*, check::*, cluster::*, file::*, passive::*, promotion::*, raw::*};
 use crate::{maglev, model::AdminAction, probe::ProbeSpec, sys::http_client::TlsOptions};
