@@ -5,6 +5,8 @@
 //! agent knows nothing of etcd: the cluster module sends it decisions and
 //! reads its views through [`AgentHandle`].
 
+use std::collections::BTreeMap;
+
 use sha2::Digest as _;
 
 use super::*;
@@ -25,8 +27,33 @@ impl Decider {
         number: u64,
         why: &str,
         states: &[DecidedState],
+        active: Option<&BTreeMap<String, String>>,
     ) -> Result<String, String> {
         let now = Instant::now();
+        // Roles as decided: the active gets the active check, the others
+        // the standby check (the leader runs promotions; this node only
+        // probes and applies).
+        if let Some(active) = active {
+            for svc in 0..self.svcs.len() {
+                if self.svcs[svc].promo.is_none() {
+                    continue;
+                }
+                let want = active.get(&self.svcs[svc].cfg.name).and_then(|a| {
+                    self.svcs[svc]
+                        .backends
+                        .iter()
+                        .copied()
+                        .find(|&i| &self.backends[i].name == a)
+                });
+                if let Some(p) = self.svcs[svc].promo.as_mut()
+                    && p.active != want
+                {
+                    p.active = want;
+                    p.fenced.clear();
+                    self.set_probe_roles(svc);
+                }
+            }
+        }
         let mut touched: std::collections::BTreeSet<(usize, usize)> = Default::default();
         let mut before: HashMap<usize, (Option<usize>, Vec<String>)> = HashMap::new();
         for d in states {
@@ -112,11 +139,13 @@ impl AgentHandle {
         number: u64,
         why: String,
         states: Vec<DecidedState>,
+        active: Option<BTreeMap<String, String>>,
     ) -> Result<String, AdminError> {
         self.ask(|reply| Cmd::Decided {
             number,
             why,
             states,
+            active,
             reply,
         })
         .await?

@@ -168,6 +168,8 @@ pub(super) enum Cmd {
         number: u64,
         why: String,
         states: Vec<super::decided::DecidedState>,
+        /// Services with roles: the active as decided.
+        active: Option<std::collections::BTreeMap<String, String>>,
         reply: oneshot::Sender<Result<String, String>>,
     },
 }
@@ -290,9 +292,9 @@ impl Decider {
                     Some(Cmd::Promotions(reply)) => {
                         let _ = reply.send(self.promotion_views());
                     }
-                    Some(Cmd::Decided { number, why, states, reply }) => {
+                    Some(Cmd::Decided { number, why, states, active, reply }) => {
                         self.cause = Some(crate::model::Cause::Cluster);
-                        let _ = reply.send(self.on_decided(number, &why, &states));
+                        let _ = reply.send(self.on_decided(number, &why, &states, active.as_ref()));
                         self.cause = None;
                     }
                     None => break,

@@ -580,6 +580,10 @@ impl Decider {
     /// the orchestration if the active is lost for a cause the service
     /// promotes on. An unsettled passive mark waits for its verdict.
     pub(super) fn check_active(&mut self, svc: usize, cause: Cause) {
+        if self.decided_mode {
+            // In a cluster the elected leader promotes (cluster/promote.rs).
+            return;
+        }
         let Some(p) = self.promo(svc) else {
             return;
         };
@@ -1008,6 +1012,14 @@ impl Decider {
         let refuse = |reply: oneshot::Sender<_>, e: AdminError| {
             let _ = reply.send(Err(e));
         };
+        if self.decided_mode {
+            return refuse(
+                reply,
+                AdminError::Conflict(
+                    "in a cluster the elected leader promotes; a planned switchover through it is not built yet (docs/cluster.md)".into(),
+                ),
+            );
+        }
         let Some(svc) = self.svcs.iter().position(|s| s.cfg.name == service) else {
             return refuse(
                 reply,

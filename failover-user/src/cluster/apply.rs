@@ -156,7 +156,10 @@ pub async fn run(
                     })
                 })
                 .collect();
-            match agent.decided(d.number, d.why.clone(), states).await {
+            match agent
+                .decided(d.number, d.why.clone(), states, Some(d.active.clone()))
+                .await
+            {
                 Ok(hash) => {
                     info!(number = d.number, fence = d.fence, why = %d.why, tables = %hash, "cluster: applied");
                     applied = Some(d.clone());
@@ -178,7 +181,10 @@ pub async fn run(
             }
         } else if acked != Some((s.generation, d.number)) {
             // A new lease (the old keys are gone), or a failed ack: again.
-            if let Ok(hash) = agent.decided(d.number, d.why.clone(), Vec::new()).await {
+            if let Ok(hash) = agent
+                .decided(d.number, d.why.clone(), Vec::new(), None)
+                .await
+            {
                 let ack = Ack {
                     node: node.clone(),
                     number: d.number,

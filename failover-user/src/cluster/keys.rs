@@ -9,6 +9,8 @@
 //! | `decision` | [`Decision`]: numbered, written by the leader only | none |
 //! | `ack/<node>` | [`Ack`]: the decision it applied, its tables' hash | the node's |
 //! | `admin/<service>/<backend>` | [`AdminOverride`]: an operator's drain or disable | none |
+//! | `promote/<service>/<number>` | [`PromoteRecord`]: the promote hook of decision `number` started (at most once: a create-only transaction) | none |
+//! | `release/<service>/<backend>` | an operator's release of a fenced backend (the leader consumes it) | none |
 //!
 //! A node's keys vanish with its lease, so the leader's view of who is in
 //! the cluster is etcd's, never a timer of its own.
@@ -42,6 +44,18 @@ pub fn acks(prefix: &str) -> String {
 }
 pub fn ack_of(prefix: &str, node: &str) -> String {
     format!("{prefix}ack/{node}")
+}
+pub fn promote_of(prefix: &str, service: &str, number: u64) -> String {
+    format!("{prefix}promote/{service}/{number:020}")
+}
+pub fn promotes(prefix: &str) -> String {
+    format!("{prefix}promote/")
+}
+pub fn releases(prefix: &str) -> String {
+    format!("{prefix}release/")
+}
+pub fn release_of(prefix: &str, service: &str, backend: &str) -> String {
+    format!("{prefix}release/{service}/{backend}")
 }
 pub fn admin(prefix: &str) -> String {
     format!("{prefix}admin/")
@@ -89,6 +103,23 @@ pub struct Decision {
     pub health: BTreeMap<String, BTreeMap<String, bool>>,
     /// Why it changed (for the event and the audit).
     pub why: String,
+    /// Services with `[service.promotion]`: the active (absent: none
+    /// serves; a promotion is due or failed).
+    #[serde(default)]
+    pub active: BTreeMap<String, String>,
+    /// Services with `[service.promotion]`: former actives (and standbys
+    /// whose promotion failed), out until an operator releases them
+    /// (`release/<service>/<backend>`).
+    #[serde(default)]
+    pub fenced: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The active lost in the fence a promotion is under way for (the
+    /// fence hook's target).
+    #[serde(default)]
+    pub lost_active: BTreeMap<String, String>,
+    /// Services whose promotion failed, and why: nothing is tried again
+    /// until the candidates change (a fenced backend released).
+    #[serde(default)]
+    pub failed: BTreeMap<String, String>,
     /// A fence: the step of a tier change of an active-passive service in
     /// which nothing of either tier takes new flows, until every node has
     /// acknowledged it (or its lease lapsed).
@@ -109,4 +140,17 @@ pub enum AdminOverride {
     Drain,
     /// Wins over a drain.
     Disable,
+}
+
+/// A promote hook's run, recorded before the hook starts: a leader that
+/// takes over finds it and never runs the hook for that decision again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRecord {
+    pub service: String,
+    /// The fencing token: the number of the fence decision.
+    pub token: u64,
+    pub candidate: String,
+    pub leader: String,
+    /// `started`, `hook-ok`, `hook-failed`, `done`, `not-ready`.
+    pub state: String,
 }

@@ -42,6 +42,20 @@ pub struct Inputs {
     pub acks: BTreeMap<String, Ack>,
     /// (service, backend) -> override.
     pub admin: BTreeMap<(String, String), AdminOverride>,
+    /// Operators' releases of fenced backends.
+    pub releases: BTreeSet<(String, String)>,
+    /// Promote hook records: (service, token) -> record.
+    pub promotes: BTreeMap<(String, u64), super::keys::PromoteRecord>,
+}
+
+/// What the leader itself knows of running promotions.
+#[derive(Debug, Default, Clone)]
+pub struct Promotions {
+    /// Services with a promotion task running: left as they are.
+    pub busy: BTreeSet<String>,
+    /// Finished attempts not yet in a decision: the candidate, and `Ok`
+    /// (make it the active) or `Err(why)` (fence it).
+    pub done: BTreeMap<String, (String, Result<(), String>)>,
 }
 
 /// The tier of `svc` whose backends take new flows in `d` (the first with
@@ -56,7 +70,12 @@ pub fn serving_tier(s: &Service, states: Option<&BTreeMap<String, State>>) -> Op
 
 /// The next decision's services and its reason, or `None` if nothing
 /// changes. `cur` is the decision in force.
-pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decision> {
+pub fn next(
+    services: &[Service],
+    cur: &Decision,
+    inp: &Inputs,
+    promos: &Promotions,
+) -> Option<Decision> {
     let health = &cur.health;
     let observers: Vec<&Observation> = inp.live.iter().filter_map(|n| inp.obs.get(n)).collect();
     let all_acked = inp
@@ -68,6 +87,10 @@ pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decisi
         leader: String::new(),
         services: BTreeMap::new(),
         health: BTreeMap::new(),
+        active: BTreeMap::new(),
+        fenced: BTreeMap::new(),
+        lost_active: BTreeMap::new(),
+        failed: BTreeMap::new(),
         why: String::new(),
         fence: false,
     };
@@ -115,7 +138,9 @@ pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decisi
             target.insert(b.name.clone(), st);
         }
         let cur_states = cur.services.get(&s.name);
-        if s.active_passive() {
+        if s.promotion.is_some() {
+            roles(s, cur, inp, promos, &h, &mut target, &mut out, &mut whys);
+        } else if s.active_passive() {
             let was = serving_tier(s, cur_states);
             let will = serving_tier(s, Some(&target));
             if was.is_some() && will.is_some() && was != will {
@@ -143,7 +168,13 @@ pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decisi
         out.health.insert(s.name.clone(), h);
         out.services.insert(s.name.clone(), target);
     }
-    if out.services == cur.services && out.health == cur.health {
+    if out.services == cur.services
+        && out.health == cur.health
+        && out.active == cur.active
+        && out.fenced == cur.fenced
+        && out.failed == cur.failed
+        && out.lost_active == cur.lost_active
+    {
         return None;
     }
     out.why = if whys.is_empty() {
@@ -152,6 +183,118 @@ pub fn next(services: &[Service], cur: &Decision, inp: &Inputs) -> Option<Decisi
         whys.join("; ")
     };
     Some(out)
+}
+
+/// A service with roles (`[service.promotion]`): only the active takes new
+/// flows. A lost active is fenced (a fence decision: nothing serves) and
+/// the leader's promotion task is started for the best healthy standby
+/// once every node acknowledged the fence; its outcome comes back in
+/// `promos.done`.
+#[allow(clippy::too_many_arguments)]
+fn roles(
+    s: &Service,
+    cur: &Decision,
+    inp: &Inputs,
+    promos: &Promotions,
+    h: &BTreeMap<String, bool>,
+    target: &mut BTreeMap<String, State>,
+    out: &mut Decision,
+    whys: &mut Vec<String>,
+) {
+    let name = &s.name;
+    if promos.busy.contains(name) {
+        // A promotion runs: the service stays as it is.
+        if let Some(c) = cur.services.get(name) {
+            *target = c.clone();
+        }
+        for (m, c) in [
+            (&mut out.active, &cur.active),
+            (&mut out.lost_active, &cur.lost_active),
+            (&mut out.failed, &cur.failed),
+        ] {
+            if let Some(v) = c.get(name) {
+                m.insert(name.clone(), v.clone());
+            }
+        }
+        if let Some(f) = cur.fenced.get(name) {
+            out.fenced.insert(name.clone(), f.clone());
+        }
+        return;
+    }
+    let mut fenced = cur.fenced.get(name).cloned().unwrap_or_default();
+    fenced.retain(|b| {
+        let released = inp.releases.contains(&(name.clone(), b.clone()));
+        if released {
+            whys.push(format!("{name}/{b} released by an operator"));
+        }
+        !released
+    });
+    let mut active = if cur.number == 0 {
+        s.tiers
+            .first()
+            .and_then(|t| t.first())
+            .map(|b| b.name.clone())
+    } else {
+        cur.active.get(name).cloned()
+    };
+    let mut lost = cur.lost_active.get(name).cloned();
+    let mut failed = cur.failed.get(name).cloned();
+    match promos.done.get(name) {
+        Some((c, Ok(()))) => {
+            whys.push(format!("{name}: {c} promoted and ready"));
+            active = Some(c.clone());
+            lost = None;
+            failed = None;
+        }
+        Some((c, Err(why))) => {
+            whys.push(format!("{name}: promoting {c} failed ({why}); fenced"));
+            fenced.insert(c.clone());
+            failed = Some(format!("{c}: {why}"));
+        }
+        None => {}
+    }
+    if let Some(a) = active.clone()
+        && !h.get(&a).copied().unwrap_or(false)
+    {
+        whys.push(format!("{name}: the active {a} is lost; fenced"));
+        fenced.insert(a.clone());
+        lost = Some(a);
+        active = None;
+        out.fence = true;
+    }
+    for (b, st) in target.iter_mut() {
+        if active.as_deref() != Some(b.as_str()) && *st == State::Up {
+            *st = State::Down;
+        }
+    }
+    if let Some(a) = active {
+        out.active.insert(name.clone(), a);
+    } else {
+        if let Some(l) = lost {
+            out.lost_active.insert(name.clone(), l);
+        }
+        if let Some(f) = failed {
+            out.failed.insert(name.clone(), f);
+        }
+    }
+    if !fenced.is_empty() {
+        out.fenced.insert(name.clone(), fenced);
+    }
+}
+
+/// The standby to promote for `s` under decision `d`: healthy (by the
+/// standby check, as agreed), not fenced, the first by tier.
+pub fn candidate(s: &Service, d: &Decision) -> Option<String> {
+    let fenced = d.fenced.get(&s.name);
+    let health = d.health.get(&s.name)?;
+    s.tiers
+        .iter()
+        .flatten()
+        .map(|b| &b.name)
+        .find(|b| {
+            health.get(*b).copied().unwrap_or(false) && fenced.is_none_or(|f| !f.contains(*b))
+        })
+        .cloned()
 }
 
 /// Reads everything under `prefix` once (one linearizable range read):
@@ -187,6 +330,14 @@ async fn read(
         } else if let Some(n) = k.strip_prefix(&keys::acks(prefix)) {
             if let Ok(a) = serde_json::from_slice::<Ack>(v) {
                 inp.acks.insert(n.to_string(), a);
+            }
+        } else if let Some(rest) = k.strip_prefix(&keys::releases(prefix))
+            && let Some((svc, be)) = rest.split_once('/')
+        {
+            inp.releases.insert((svc.to_string(), be.to_string()));
+        } else if k.starts_with(&keys::promotes(prefix)) {
+            if let Ok(r) = serde_json::from_slice::<super::keys::PromoteRecord>(v) {
+                inp.promotes.insert((r.service.clone(), r.token), r);
             }
         } else if let Some(rest) = k.strip_prefix(&keys::admin(prefix))
             && let Some((svc, be)) = rest.split_once('/')
@@ -242,6 +393,11 @@ pub async fn run(
         is_leader.send_replace(true);
         let lkey = key.key().to_vec();
         let lrev = key.rev();
+        // This leadership's promotions (a new leadership starts afresh:
+        // tasks of an old one report into a dropped channel).
+        let (done_tx, mut done_rx) =
+            tokio::sync::mpsc::unbounded_channel::<super::promote::Outcome>();
+        let mut promos = Promotions::default();
         loop {
             if session.borrow().lease != lease {
                 break;
@@ -257,7 +413,65 @@ pub async fn run(
                     continue;
                 }
             };
-            let Some(mut d) = next(&services, &cur, &inp) else {
+            // Finished promotion attempts.
+            while let Ok(o) = done_rx.try_recv() {
+                promos.busy.remove(&o.service);
+                promos
+                    .done
+                    .insert(o.service.clone(), (o.candidate, o.result));
+            }
+            // Promotions due: no active, the fence acknowledged by every
+            // live node, a candidate.
+            let all_acked = inp
+                .live
+                .iter()
+                .all(|n| inp.acks.get(n).is_some_and(|a| a.number >= cur.number));
+            for s in services.iter().filter(|s| s.promotion.is_some()) {
+                if cur.number == 0
+                    || cur.active.contains_key(&s.name)
+                    || promos.busy.contains(&s.name)
+                    || promos.done.contains_key(&s.name)
+                    || !all_acked
+                {
+                    continue;
+                }
+                // Started for this token already (by a leader before us)?
+                let (cand, resume) = match inp.promotes.get(&(s.name.clone(), cur.number)) {
+                    Some(r) if matches!(r.state.as_str(), "started" | "hook-ok" | "done") => {
+                        (Some(r.candidate.clone()), true)
+                    }
+                    Some(r) => {
+                        promos.done.insert(
+                            s.name.clone(),
+                            (
+                                r.candidate.clone(),
+                                Err(format!("attempt {}: {}", r.token, r.state)),
+                            ),
+                        );
+                        continue;
+                    }
+                    None => (candidate(s, &cur), false),
+                };
+                let Some(cand) = cand else { continue };
+                promos.busy.insert(s.name.clone());
+                let ctx = super::promote::Ctx {
+                    client: client.clone(),
+                    prefix: prefix.clone(),
+                    node: node.clone(),
+                    leader_key: lkey.clone(),
+                    leader_rev: lrev,
+                    tx: done_tx.clone(),
+                };
+                tokio::spawn(super::promote::run(
+                    ctx,
+                    s.clone(),
+                    cur.number,
+                    cur.lost_active.get(&s.name).cloned(),
+                    cand,
+                    resume,
+                ));
+            }
+            let Some(mut d) = next(&services, &cur, &inp, &promos) else {
                 continue;
             };
             d.leader = node.clone();
@@ -265,15 +479,22 @@ pub async fn run(
                 continue;
             };
             let dkey = keys::decision(&prefix);
+            let mut ops = vec![TxnOp::put(dkey.as_str(), text, None)];
+            // Consumed releases go with the decision.
+            for (svc, b) in &inp.releases {
+                ops.push(TxnOp::delete(keys::release_of(&prefix, svc, b), None));
+            }
             let txn = Txn::new()
                 .when(vec![
                     Compare::create_revision(lkey.clone(), CompareOp::Equal, lrev),
                     Compare::mod_revision(dkey.as_str(), CompareOp::Equal, cur_rev),
                 ])
-                .and_then(vec![TxnOp::put(dkey.as_str(), text, None)]);
+                .and_then(ops);
             match client.txn(txn).await {
                 Ok(r) if r.succeeded() => {
                     info!(number = d.number, fence = d.fence, why = %d.why, "cluster: decided");
+                    // The finished attempts are in this decision.
+                    promos.done.clear();
                 }
                 Ok(_) => {
                     // Deposed, or someone else wrote: check who leads.
@@ -351,6 +572,8 @@ tier = 1
                 })
                 .collect(),
             admin: BTreeMap::new(),
+            releases: BTreeSet::new(),
+            promotes: BTreeMap::new(),
         }
     }
 
@@ -367,6 +590,7 @@ tier = 1
             &svcs,
             &cur,
             &inputs(&[obs("a", true, true), obs("b", true, true)], 0),
+            &Promotions::default(),
         )
         .expect("first");
         assert_eq!((st(&d1, "b1"), st(&d1, "b2")), (State::Up, State::Up));
@@ -375,7 +599,8 @@ tier = 1
             next(
                 &svcs,
                 &d1,
-                &inputs(&[obs("a", false, true), obs("b", true, true)], 1)
+                &inputs(&[obs("a", false, true), obs("b", true, true)], 1),
+                &Promotions::default()
             )
             .is_none()
         );
@@ -384,6 +609,7 @@ tier = 1
             &svcs,
             &d1,
             &inputs(&[obs("a", false, true), obs("b", false, true)], 1),
+            &Promotions::default(),
         )
         .expect("fence");
         assert!(d2.fence);
@@ -396,7 +622,8 @@ tier = 1
             next(
                 &svcs,
                 &d2,
-                &inputs(&[obs("a", false, true), obs("b", false, true)], 1)
+                &inputs(&[obs("a", false, true), obs("b", false, true)], 1),
+                &Promotions::default()
             )
             .is_none()
         );
@@ -405,6 +632,7 @@ tier = 1
             &svcs,
             &d2,
             &inputs(&[obs("a", false, true), obs("b", false, true)], 2),
+            &Promotions::default(),
         )
         .expect("switch");
         assert!(!d3.fence);
@@ -414,12 +642,19 @@ tier = 1
             next(
                 &svcs,
                 &d3,
-                &inputs(&[obs("a", true, true), obs("b", false, true)], 3)
+                &inputs(&[obs("a", true, true), obs("b", false, true)], 3),
+                &Promotions::default()
             )
             .is_none()
         );
         // A lone surviving node decides alone.
-        let d4 = next(&svcs, &d3, &inputs(&[obs("a", true, true)], 3)).expect("failback fence");
+        let d4 = next(
+            &svcs,
+            &d3,
+            &inputs(&[obs("a", true, true)], 3),
+            &Promotions::default(),
+        )
+        .expect("failback fence");
         assert!(d4.fence);
         assert_eq!(
             (st(&d4, "b1"), st(&d4, "b2")),
@@ -436,6 +671,7 @@ tier = 1
             &svcs,
             &Decision::default(),
             &both(obs("a", true, true), obs("b", true, true), 0),
+            &Promotions::default(),
         )
         .expect("first");
         let (na, mut oa) = obs("a", true, true);
@@ -447,6 +683,7 @@ tier = 1
             &svcs,
             &d1,
             &both((na.clone(), oa.clone()), obs("b", true, true), 1),
+            &Promotions::default(),
         )
         .expect("drain");
         assert_eq!((st(&d2, "b1"), st(&d2, "b2")), (State::Up, State::Draining));
@@ -456,15 +693,101 @@ tier = 1
             .entry("ap".into())
             .or_default()
             .insert("b2".into(), AdminOverride::Disable);
-        let d3 = next(&svcs, &d2, &both((na, oa), (nb, ob), 2)).expect("disable");
+        let d3 = next(
+            &svcs,
+            &d2,
+            &both((na, oa), (nb, ob), 2),
+            &Promotions::default(),
+        )
+        .expect("disable");
         assert_eq!(st(&d3, "b2"), State::Disabled);
         // Lifted everywhere: back to health.
         let d4 = next(
             &svcs,
             &d3,
             &both(obs("a", true, true), obs("b", true, true), 3),
+            &Promotions::default(),
         )
         .expect("lifted");
         assert_eq!(st(&d4, "b2"), State::Up);
+    }
+
+    fn roles_services() -> Vec<Service> {
+        crate::config::parse(
+            r#"
+[daemon]
+interfaces = ["eth0"]
+[[service]]
+name = "ap"
+vip = "198.18.100.20"
+port = 5432
+[[service.backend]]
+name = "b1"
+address = "198.18.1.2"
+[[service.backend]]
+name = "b2"
+address = "198.18.2.2"
+tier = 1
+[service.check]
+type = "tcp"
+[service.promotion]
+promote = ["/bin/true"]
+[service.promotion.standby_check]
+type = "tcp"
+"#,
+            "test",
+        )
+        .expect("config")
+        .services
+    }
+
+    #[test]
+    fn roles_fence_then_promote_once_then_fence_the_old_active() {
+        let svcs = roles_services();
+        let idle = Promotions::default();
+        let healthy = |b1, b2| inputs(&[obs("a", b1, b2), obs("b", b1, b2)], 0);
+        // First decision: the tier-0 backend is the active, alone up.
+        let d1 = next(&svcs, &Decision::default(), &healthy(true, true), &idle).expect("first");
+        assert_eq!(d1.active.get("ap").map(String::as_str), Some("b1"));
+        assert_eq!((st(&d1, "b1"), st(&d1, "b2")), (State::Up, State::Down));
+        // The active lost by both nodes: a fence, nothing serves, b1 fenced.
+        let d2 = next(&svcs, &d1, &healthy(false, true), &idle).expect("fence");
+        assert!(d2.fence && !d2.active.contains_key("ap"));
+        assert_eq!((st(&d2, "b1"), st(&d2, "b2")), (State::Down, State::Down));
+        assert_eq!(d2.lost_active.get("ap").map(String::as_str), Some("b1"));
+        assert_eq!(candidate(&svcs[0], &d2).as_deref(), Some("b2"));
+        // While the promotion runs, nothing changes.
+        let busy = Promotions {
+            busy: ["ap".to_string()].into(),
+            ..Default::default()
+        };
+        assert!(next(&svcs, &d2, &healthy(false, true), &busy).is_none());
+        // Ready: b2 is the active; b1 stays fenced even once healthy.
+        let ready = Promotions {
+            done: [("ap".to_string(), ("b2".to_string(), Ok(())))].into(),
+            ..Default::default()
+        };
+        let d3 = next(&svcs, &d2, &healthy(true, true), &ready).expect("promoted");
+        assert_eq!(d3.active.get("ap").map(String::as_str), Some("b2"));
+        assert_eq!((st(&d3, "b1"), st(&d3, "b2")), (State::Down, State::Up));
+        assert!(d3.fenced["ap"].contains("b1"));
+        assert_eq!(candidate(&svcs[0], &d3).as_deref(), Some("b2"));
+        // A failed attempt fences the candidate: no candidate left.
+        let failed = Promotions {
+            done: [(
+                "ap".to_string(),
+                ("b2".to_string(), Err("hook".to_string())),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let d3b = next(&svcs, &d2, &healthy(false, true), &failed).expect("failed");
+        assert!(d3b.failed.contains_key("ap"));
+        assert_eq!(candidate(&svcs[0], &d3b), None);
+        // An operator's release of b1 makes it a candidate again.
+        let mut rel = healthy(true, true);
+        rel.releases.insert(("ap".into(), "b1".into()));
+        let d4 = next(&svcs, &d3b, &rel, &idle).expect("released");
+        assert_eq!(candidate(&svcs[0], &d4).as_deref(), Some("b1"));
     }
 }

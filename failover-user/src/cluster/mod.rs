@@ -9,6 +9,8 @@
 //! - `failsafe.rs`: peers confirming each other through an etcd outage.
 //! - `leader.rs`: the elected leader's policy and task (observations in,
 //!   numbered decisions out).
+//! - `promote.rs`: a promotion run by the leader, once per decision
+//!   cluster-wide (`[service.promotion]`).
 //! - `apply.rs`: every node applies decisions through the agent and
 //!   acknowledges them with its tables' hash; it publishes its own
 //!   observations.
@@ -25,6 +27,7 @@ pub mod failsafe;
 pub mod keys;
 pub mod leader;
 pub mod live;
+pub mod promote;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -297,19 +297,6 @@ pub(super) fn validate_cluster(
             "needs [cluster.bgp], [cluster.etcd] or both (a [cluster] with neither does nothing)",
         );
     }
-    for (si, s) in services.iter().enumerate() {
-        if s.promotion.is_some() {
-            // The orchestration runs in each node's agent today: in a
-            // cluster the promote hook would run once per node.
-            errs.push(
-                format!("service[{si}].promotion"),
-                format!(
-                    "{:?}: [service.promotion] does not run in a cluster yet (the promote hook must run once cluster-wide; see docs/cluster.md)",
-                    s.name
-                ),
-            );
-        }
-    }
     if etcd.is_none() {
         // Without agreement two nodes could serve different tiers of one
         // service at once (split brain).
