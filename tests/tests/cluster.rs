@@ -451,3 +451,198 @@ fn etcd_down_changes_nothing() {
     println!("both nodes announced in all {samples} samples with etcd down");
     assert_eq!(lost(&reports), 0, "flows lost\n{}", diag(&lab));
 }
+
+/// The files a promotion test's backends "are": `<b>.primary` makes the
+/// active check pass, `<b>.standby` the standby check; the promote hook
+/// logs each run and turns its backend into the primary after 2 s.
+struct RoleFiles(std::path::PathBuf);
+
+impl RoleFiles {
+    fn new(tag: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::path::PathBuf::from(format!("/tmp/{tag}-roles"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("roles dir");
+        // Checks and hooks run as `nobody`.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        std::fs::write(dir.join("b1.primary"), "").expect("b1");
+        std::fs::write(dir.join("b2.standby"), "").expect("b2");
+        std::fs::write(
+            dir.join("promote.sh"),
+            format!(
+                "#!/bin/sh\necho \"start $1 $2\" >> {d}/runs\nsleep 2\nrm -f {d}/$1.standby\ntouch {d}/$1.primary\necho \"end $1 $2\" >> {d}/runs\n",
+                d = dir.display()
+            ),
+        )
+        .expect("promote.sh");
+        RoleFiles(dir)
+    }
+
+    fn runs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.0.join("runs"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The `web` service's checks and promotion (replacing its `none`
+    /// check in the lab's config).
+    fn service_text(&self) -> String {
+        let d = self.0.display();
+        format!(
+            "[service.check]\ntype = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"test -f {d}/{{backend}}.primary\"]\ninterval = \"50ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\
+             [service.promotion]\npromote = [\"/bin/sh\", \"{d}/promote.sh\", \"{{backend}}\", \"{{token}}\"]\nready_within = \"15s\"\n"
+        ) + &format!(
+            "[service.promotion.standby_check]\ntype = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"test -f {d}/{{backend}}.standby\"]\ninterval = \"50ms\"\ntimeout = \"500ms\"\n"
+        )
+    }
+}
+
+impl Drop for RoleFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The node leading the cluster now (etcd's election: the oldest key).
+fn leader(lab: &ClusterLab) -> Option<Node> {
+    let eps = format!(
+        "{},{}",
+        Member::Witness.client_url(),
+        Member::Lb(Node::Lb2).client_url()
+    );
+    let key = format!("/failover/v1/{}/election", lab.prefix);
+    let out = lab
+        .etcdctl_from(
+            Member::Witness,
+            &eps,
+            &[
+                "get",
+                "--prefix",
+                &key,
+                "--sort-by=CREATE",
+                "--order=ASCEND",
+                "--print-value-only",
+            ],
+        )
+        .ok()?;
+    match out.lines().next()?.trim() {
+        "lb1" => Some(Node::Lb1),
+        "lb2" => Some(Node::Lb2),
+        _ => None,
+    }
+}
+
+/// An active-passive service with roles: its primary is lost, the leader
+/// starts the promote hook and is killed in the middle of it. The other
+/// node takes over as leader, finds the hook recorded for that decision,
+/// does not run it again, waits until the standby is ready and completes
+/// the switch. The hook ran once; the old primary took no new flow after
+/// the new one took its first.
+#[test]
+fn leader_killed_mid_promote_hook_runs_it_once() {
+    let mut lab = lab(
+        "fck",
+        Options {
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    let roles = RoleFiles::new(&lab.prefix);
+    let exe = failover_exe();
+    for n in [Node::Lb1, Node::Lb2] {
+        let text = lab.config(n, true).replacen(
+            "[service.check]\ntype = \"none\"\n",
+            &roles.service_text(),
+            1,
+        );
+        let path = lab.config_path(n);
+        std::fs::write(&path, text).expect("config");
+        if let Err(e) = lab.start_daemon_with(n, &exe, &path) {
+            panic!("starting {n}: {e:#}\n{}", diag(&lab));
+        }
+    }
+    for n in [Node::Lb1, Node::Lb2] {
+        lab.wait_daemon_attached(n).expect("attached");
+    }
+    if let Err(e) = lab.wait_nexthops(VIP4, &[Node::Lb1, Node::Lb2], Duration::from_secs(20)) {
+        panic!("never announced: {e:#}\n{}", diag(&lab));
+    }
+    let Some(first_leader) = leader(&lab) else {
+        panic!("no leader\n{}", diag(&lab));
+    };
+    let fresh = NewFlows::start(&lab, Duration::from_millis(10));
+    std::thread::sleep(Duration::from_millis(500));
+    // The primary is lost.
+    std::fs::remove_file(roles.0.join("b1.primary")).expect("rm");
+    let t = Instant::now();
+    while !roles.runs().iter().any(|l| l.starts_with("start b2")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the promote hook never started\n{}",
+            diag(&lab)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The leader dies in the middle of the hook.
+    lab.kill_daemon(first_leader, libc::SIGKILL).expect("kill");
+    let survivor = match first_leader {
+        Node::Lb1 => Node::Lb2,
+        Node::Lb2 => Node::Lb1,
+    };
+    println!(
+        "leader {first_leader} killed {:?} after the primary was lost",
+        t.elapsed()
+    );
+    // The switch completes: the survivor announces with b2 serving.
+    if let Err(e) = lab.wait_nexthops(VIP4, &[survivor], Duration::from_secs(20)) {
+        panic!("the switch never completed: {e:#}\n{}", diag(&lab));
+    }
+    println!(
+        "switch completed {:?} after the primary was lost",
+        t.elapsed()
+    );
+    let wait = Instant::now();
+    while lab.accepts(Backend::B2).into_iter().all(|a| a < t)
+        && wait.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = fresh.stop();
+    println!(
+        "new connections: {ok} answered, {failed} failed; hook runs: {:?}",
+        roles.runs()
+    );
+    let starts = roles
+        .runs()
+        .iter()
+        .filter(|l| l.starts_with("start"))
+        .count();
+    assert_eq!(
+        starts,
+        1,
+        "the promote hook ran {starts} times\n{}",
+        diag(&lab)
+    );
+    let first_b2 = lab
+        .accepts(Backend::B2)
+        .into_iter()
+        .filter(|a| *a >= t)
+        .min();
+    let Some(first_b2) = first_b2 else {
+        panic!("the standby never took a new flow\n{}", diag(&lab));
+    };
+    let late_b1 = lab
+        .accepts(Backend::B1)
+        .into_iter()
+        .filter(|a| *a >= first_b2)
+        .count();
+    assert_eq!(
+        late_b1,
+        0,
+        "split brain: b1 took new flows after b2\n{}",
+        diag(&lab)
+    );
+}

@@ -52,6 +52,12 @@ fn observation(node: &str, view: &NodeView) -> Observation {
             .entry(b.service.clone())
             .or_default()
             .insert(b.backend.clone(), matches!(b.health, "up" | "suspect"));
+        if b.role == Some("active") {
+            o.active_checked
+                .entry(b.service.clone())
+                .or_default()
+                .insert(b.backend.clone());
+        }
         let ov = match b.state {
             "draining" => Some(keys::AdminOverride::Drain),
             "disabled" => Some(keys::AdminOverride::Disable),

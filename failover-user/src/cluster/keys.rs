@@ -85,6 +85,12 @@ pub struct Observation {
     /// cluster-wide (and survives the node's restart: its states file).
     #[serde(default)]
     pub overrides: BTreeMap<String, BTreeMap<String, AdminOverride>>,
+    /// Services with roles: the backends this node probes with the active
+    /// check (the others get the standby check). The leader counts a
+    /// health only if it was taken with the check the backend's decided
+    /// role wants.
+    #[serde(default)]
+    pub active_checked: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The agreed state of every backend, numbered. Only the elected leader

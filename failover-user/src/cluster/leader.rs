@@ -101,13 +101,42 @@ pub fn next(
         for b in s.tiers.iter().flatten() {
             let prev = health.get(&s.name).and_then(|m| m.get(&b.name)).copied();
             let (mut up, mut n) = (0usize, 0usize);
+            // With roles, only healths taken with the check the backend's
+            // role wants count (a result in flight across a role change
+            // says nothing).
+            let wants_active = s
+                .promotion
+                .as_ref()
+                .map(|_| match promos.done.get(&s.name) {
+                    Some((c, Ok(()))) => c == &b.name,
+                    _ => {
+                        cur.active.get(&s.name) == Some(&b.name)
+                            || cur.number == 0
+                                && s.tiers
+                                    .first()
+                                    .and_then(|t| t.first())
+                                    .is_some_and(|f| f.name == b.name)
+                    }
+                });
             for o in &observers {
+                if let Some(w) = wants_active {
+                    let probed_active = o
+                        .active_checked
+                        .get(&s.name)
+                        .is_some_and(|m| m.contains(&b.name));
+                    if probed_active != w {
+                        continue;
+                    }
+                }
                 if let Some(v) = o.services.get(&s.name).and_then(|m| m.get(&b.name)) {
                     n += 1;
                     up += usize::from(*v);
                 }
             }
+            let promoted = matches!(promos.done.get(&s.name), Some((c, Ok(()))) if c == &b.name);
             let now = match prev {
+                // The leader's promotion task saw it pass the active check.
+                _ if promoted => true,
                 _ if n == 0 => prev.unwrap_or(false),
                 Some(true) => (n - up) * 2 <= n,
                 Some(false) | None => up * 2 > n,
@@ -550,6 +579,8 @@ tier = 1
                 node: node.to_string(),
                 services: s,
                 overrides: BTreeMap::new(),
+                // With roles: b1, the first active, gets the active check.
+                active_checked: [("ap".to_string(), ["b1".to_string()].into())].into(),
             },
         )
     }
@@ -784,8 +815,12 @@ type = "tcp"
         let d3b = next(&svcs, &d2, &healthy(false, true), &failed).expect("failed");
         assert!(d3b.failed.contains_key("ap"));
         assert_eq!(candidate(&svcs[0], &d3b), None);
-        // An operator's release of b1 makes it a candidate again.
+        // An operator's release of b1 makes it a candidate again (the
+        // nodes probe it with the standby check now).
         let mut rel = healthy(true, true);
+        for o in rel.obs.values_mut() {
+            o.active_checked.clear();
+        }
         rel.releases.insert(("ap".into(), "b1".into()));
         let d4 = next(&svcs, &d3b, &rel, &idle).expect("released");
         assert_eq!(candidate(&svcs[0], &d4).as_deref(), Some("b1"));
