@@ -37,6 +37,7 @@ use failover_user::{
 };
 use serde_json::{Value, json};
 
+mod cluster;
 mod keepalived;
 mod postgresql;
 mod timeline;
@@ -1457,7 +1458,7 @@ fn machine() -> Value {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "per-packet",
     "scale",
     "tables",
@@ -1467,6 +1468,8 @@ const SECTIONS: [&str; 9] = [
     "flood",
     "postgresql",
     "keepalived",
+    // After keepalived: its table sets the two side by side.
+    "cluster",
 ];
 
 /// The SYN flood of `failover_lab::flood` against failover NAT and nftables DNAT
@@ -1588,6 +1591,10 @@ fn main() -> anyhow::Result<()> {
     if run("keepalived") {
         let series = keepalived::run(&o, &mut report)?;
         keepalived::print(&report, &series);
+    }
+    if run("cluster") {
+        let out = cluster::run(&o, &mut report)?;
+        cluster::print(&report, &out);
     }
     report["elapsed_s"] = json!(started.elapsed().as_secs_f64());
     if let Some(dir) = o.out.parent() {
