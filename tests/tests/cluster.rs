@@ -15,6 +15,17 @@ fn failover_exe() -> std::path::PathBuf {
     failover_tests::failover_exe()
 }
 
+/// One cluster lab at a time: each runs two BIRDs with BFD at 20 ms x 3,
+/// three etcd members and two daemons; side by side on a 2-core machine
+/// they would starve each other's BFD and measure the machine, not the
+/// cluster.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lab(tag: &str, opts: Options) -> ClusterLab {
     failover_tests::require_root();
     let prefix = failover_tests::unique(tag);
@@ -171,11 +182,13 @@ fn node_loss(mode: Mode, tag: &str) {
 
 #[test]
 fn node_loss_nat_loses_no_flow() {
+    let _serial = serial();
     node_loss(Mode::Nat, "fcn");
 }
 
 #[test]
 fn node_loss_dsr_loses_no_flow() {
+    let _serial = serial();
     node_loss(Mode::Dsr, "fcd");
 }
 
@@ -238,6 +251,7 @@ fn split_window(lab: &ClusterLab, since: Instant, old: Backend, new: Backend) ->
 /// reaches the standby, no flow is lost; healed, the node comes back.
 #[test]
 fn a_node_cut_off_from_the_primary_moves_no_tier() {
+    let _serial = serial();
     let mut lab = lab(
         "fcp",
         Options {
@@ -289,6 +303,7 @@ fn a_node_cut_off_from_the_primary_moves_no_tier() {
 /// announces again.
 #[test]
 fn a_node_cut_off_from_etcd_withdraws() {
+    let _serial = serial();
     let mut lab = lab(
         "fce",
         Options {
@@ -362,6 +377,7 @@ fn a_node_cut_off_from_etcd_withdraws() {
 /// every 5 ms, spread over both nodes by ECMP).
 #[test]
 fn failover_and_failback_have_no_split_brain_window() {
+    let _serial = serial();
     let mut lab = lab(
         "fcf",
         Options {
@@ -413,6 +429,7 @@ fn failover_and_failback_have_no_split_brain_window() {
 /// the cluster goes on.
 #[test]
 fn etcd_down_changes_nothing() {
+    let _serial = serial();
     let mut lab = lab(
         "fcx",
         Options {
@@ -542,6 +559,7 @@ fn leader(lab: &ClusterLab) -> Option<Node> {
 /// the new one took its first.
 #[test]
 fn leader_killed_mid_promote_hook_runs_it_once() {
+    let _serial = serial();
     let mut lab = lab(
         "fck",
         Options {

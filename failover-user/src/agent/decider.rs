@@ -440,6 +440,17 @@ impl Decider {
         backend: &str,
         action: AdminAction,
     ) -> Result<Change, AdminError> {
+        if self.decided_mode
+            && matches!(action, AdminAction::ForceRelease)
+            && self
+                .svcs
+                .iter()
+                .any(|s| s.cfg.name == service && s.promo.is_some())
+        {
+            return Err(AdminError::Conflict(
+                "in a cluster the leader holds the fence: put the key /failover/v1/<cluster>/release/<service>/<backend> in etcd (docs/cluster.md)".into(),
+            ));
+        }
         let i = self
             .backends
             .iter()

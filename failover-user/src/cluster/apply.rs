@@ -51,7 +51,13 @@ fn observation(node: &str, view: &NodeView) -> Observation {
         o.services
             .entry(b.service.clone())
             .or_default()
-            .insert(b.backend.clone(), matches!(b.health, "up" | "suspect"));
+            // Serving by this node's machine: its checks *and* its
+            // failback policy (hold-down, damping, manual failback: a
+            // held backend is not offered as healthy).
+            .insert(
+                b.backend.clone(),
+                matches!(b.state, "up" | "suspect" | "standby"),
+            );
         if b.role == Some("active") {
             o.active_checked
                 .entry(b.service.clone())
