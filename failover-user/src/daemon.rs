@@ -224,18 +224,19 @@ async fn run_daemon(path: PathBuf, cfg: Config, detach_on_exit: bool) -> anyhow:
     // capabilities are still there; it announces nothing before the first
     // probe round and the warmup.
     let handle = agent.read().await.as_ref().map(Agent::handle);
-    let cluster = match handle.map(|h| crate::cluster::ClusterRt::start(&cfg, h)) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            let _ = stop_tx.send(true);
-            if let Some(a) = agent.write().await.take() {
-                let _ = a.stop().await;
+    let cluster =
+        match handle.map(|h| crate::cluster::ClusterRt::start(&cfg, h, agent_metrics.clone())) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                let _ = stop_tx.send(true);
+                if let Some(a) = agent.write().await.take() {
+                    let _ = a.stop().await;
+                }
+                rollback(&cfg, &attached, created_pin_dir);
+                return Err(e.context("starting the cluster"));
             }
-            rollback(&cfg, &attached, created_pin_dir);
-            return Err(e.context("starting the cluster"));
-        }
-        None => None,
-    };
+            None => None,
+        };
     let cluster = std::sync::Arc::new(cluster);
     // Attached and listening: from here on only map writes need a
     // privilege.

@@ -385,6 +385,7 @@ pub async fn run(
     services: Vec<Service>,
     session: watch::Receiver<Session>,
     is_leader: watch::Sender<bool>,
+    metrics: crate::observe::metrics::Shared,
     mut stop: watch::Receiver<bool>,
 ) {
     let period = Duration::from_millis(25);
@@ -442,6 +443,22 @@ pub async fn run(
                     continue;
                 }
             };
+            // Do the nodes on the decision in force build the same tables?
+            let hashes: BTreeSet<&str> = inp
+                .live
+                .iter()
+                .filter_map(|n| inp.acks.get(n))
+                .filter(|a| a.number == cur.number)
+                .map(|a| a.tables.as_str())
+                .collect();
+            let agree = hashes.len() <= 1;
+            if let Ok(mut m) = metrics.lock() {
+                let c = m.cluster.get_or_insert_with(Default::default);
+                if c.tables_agree != agree && !agree {
+                    warn!(decision = cur.number, hashes = ?hashes, "cluster: the nodes' Maglev tables differ (different configs?): flows that move between nodes may change backend");
+                }
+                c.tables_agree = agree;
+            }
             // Finished promotion attempts.
             while let Ok(o) = done_rx.try_recv() {
                 promos.busy.remove(&o.service);

@@ -165,7 +165,11 @@ impl ClusterRt {
     /// Creates the liveness device (needs CAP_NET_ADMIN: before the
     /// capabilities are dropped) and starts the tasks. Nothing is
     /// announced until [`ClusterRt::attached`] and the warmup.
-    pub fn start(cfg: &Config, agent: AgentHandle) -> anyhow::Result<Option<Self>> {
+    pub fn start(
+        cfg: &Config,
+        agent: AgentHandle,
+        metrics: crate::observe::metrics::Shared,
+    ) -> anyhow::Result<Option<Self>> {
         let Some(cluster) = cfg.cluster.clone() else {
             return Ok(None);
         };
@@ -206,13 +210,20 @@ impl ClusterRt {
                 sess_tx,
                 stop_rx.clone(),
             )));
-            let (leader_tx, _leader_rx) = watch::channel(false);
+            let (leader_tx, leader_rx) = watch::channel(false);
+            tasks.push(tokio::spawn(report(
+                view.clone(),
+                leader_rx,
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
             tasks.push(tokio::spawn(leader::run(
                 prefix.clone(),
                 cluster.node.clone(),
                 cfg.services.clone(),
                 sess_rx.clone(),
                 leader_tx,
+                metrics.clone(),
                 stop_rx.clone(),
             )));
             tasks.push(tokio::spawn(apply::run(
@@ -237,6 +248,7 @@ impl ClusterRt {
                 vips(cfg),
                 view.clone(),
                 wd,
+                metrics.clone(),
                 announcer_rx,
             )));
         }
@@ -292,6 +304,41 @@ impl ClusterRt {
     }
 }
 
+/// Copies the node's view into the metrics every 100 ms.
+async fn report(
+    view: Arc<Mutex<NodeView>>,
+    leader: watch::Receiver<bool>,
+    metrics: crate::observe::metrics::Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Ok(v) = view.lock().map(|v| {
+            (
+                v.applied.as_ref().map_or(0, |d| d.number),
+                v.lease_valid,
+                v.failsafe_ok,
+            )
+        }) else {
+            return;
+        };
+        if let Ok(mut m) = metrics.lock() {
+            let c = m
+                .cluster
+                .get_or_insert_with(|| crate::observe::metrics::ClusterMetrics {
+                    tables_agree: true,
+                    ..Default::default()
+                });
+            (c.decision, c.lease_valid, c.failsafe) = v;
+            c.leader = *leader.borrow();
+        }
+    }
+}
+
 /// Keeps BIRD's announcements equal to [`gate`]'s verdicts; beats the
 /// watchdog. On stop: withdraws everything, then returns.
 async fn announce_task(
@@ -300,6 +347,7 @@ async fn announce_task(
     vips: BTreeMap<IpAddr, Vec<Service>>,
     view: Arc<Mutex<NodeView>>,
     watchdog: live::Watchdog,
+    metrics: crate::observe::metrics::Shared,
     mut stop: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_millis(500);
@@ -338,6 +386,10 @@ async fn announce_task(
                 }
                 want.insert(*vip, verdict.is_ok());
             }
+        }
+        if let Ok(mut m) = metrics.lock() {
+            let c = m.cluster.get_or_insert_with(Default::default);
+            c.announced = want.iter().map(|(v, on)| (v.to_string(), *on)).collect();
         }
         if shown.as_ref() != Some(&want) || conn.is_none() {
             match push(&cluster, &bgp, &mut conn, shown.as_ref(), &want, timeout).await {

@@ -118,6 +118,23 @@ pub struct AgentMetrics {
     pub promotion_token: BTreeMap<String, u64>,
     /// service -> the last drill's measured RTO (seconds).
     pub drill_rto: BTreeMap<String, f64>,
+    /// `[cluster]`: what this node knows of the cluster.
+    pub cluster: Option<ClusterMetrics>,
+}
+
+/// A cluster node's view (`cluster/`), for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    pub leader: bool,
+    /// The decision applied.
+    pub decision: u64,
+    pub lease_valid: bool,
+    pub failsafe: bool,
+    /// VIP -> announced.
+    pub announced: BTreeMap<String, bool>,
+    /// As the leader sees it: every node that acknowledged the decision in
+    /// force reported the same tables hash.
+    pub tables_agree: bool,
 }
 
 impl Default for AgentMetrics {
@@ -134,6 +151,7 @@ impl Default for AgentMetrics {
             promotions: BTreeMap::new(),
             promotion_failed: BTreeMap::new(),
             promotion_token: BTreeMap::new(),
+            cluster: None,
             drill_rto: BTreeMap::new(),
         }
     }
@@ -404,6 +422,56 @@ pub fn render(agent: &AgentMetrics, src: Option<&inspect::Source>) -> String {
     for (s, t) in &agent.drill_rto {
         o.sample(labels([("service", s)]), Sample::GaugeF(*t));
     }
+    if let Some(c) = &agent.cluster {
+        let one = |o: &mut Scrape, name, help, v: bool| {
+            o.family(name, MetricType::Gauge, help);
+            o.sample(labels([]), Sample::Gauge(i64::from(v)));
+        };
+        one(
+            &mut o,
+            "failover_cluster_leader",
+            "1 while this node is the cluster's elected leader.",
+            c.leader,
+        );
+        one(
+            &mut o,
+            "failover_cluster_lease_valid",
+            "1 while this node's etcd lease is surely alive (it may announce active-passive VIPs).",
+            c.lease_valid,
+        );
+        one(
+            &mut o,
+            "failover_cluster_failsafe",
+            "1 while this node has no lease but every peer confirms the same (an etcd outage): it keeps the decision in force.",
+            c.failsafe,
+        );
+        one(
+            &mut o,
+            "failover_cluster_tables_agree",
+            "0 when, as the leader sees it, the nodes acknowledged the decision in force with different Maglev table hashes (configs differ).",
+            c.tables_agree,
+        );
+        o.family(
+            "failover_cluster_decision",
+            MetricType::Gauge,
+            "The number of the cluster decision this node applied.",
+        );
+        o.sample(
+            labels([]),
+            Sample::Gauge(i64::try_from(c.decision).unwrap_or(i64::MAX)),
+        );
+        o.family(
+            "failover_cluster_announced",
+            MetricType::Gauge,
+            "1 while this node announces the VIP to its BGP peers (through BIRD).",
+        );
+        for (vip, on) in &c.announced {
+            o.sample(
+                labels([("vip", vip.as_str())]),
+                Sample::Gauge(i64::from(*on)),
+            );
+        }
+    }
     if let Some(src) = src {
         dataplane(&mut o, src);
     }
@@ -530,6 +598,33 @@ fn dataplane(o: &mut Scrape, src: &inspect::Source) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_metrics_render_only_in_cluster_mode() {
+        let m = AgentMetrics::default();
+        assert!(!render(&m, None).contains("failover_cluster_"));
+        let mut m = AgentMetrics::default();
+        let mut c = ClusterMetrics {
+            leader: true,
+            decision: 7,
+            lease_valid: true,
+            tables_agree: true,
+            ..Default::default()
+        };
+        c.announced.insert("198.18.100.10".into(), true);
+        m.cluster = Some(c);
+        let s = render(&m, None);
+        for line in [
+            "failover_cluster_leader 1\n",
+            "failover_cluster_decision 7\n",
+            "failover_cluster_lease_valid 1\n",
+            "failover_cluster_failsafe 0\n",
+            "failover_cluster_tables_agree 1\n",
+            "failover_cluster_announced{vip=\"198.18.100.10\"} 1\n",
+        ] {
+            assert!(s.contains(line), "{line} not in\n{s}");
+        }
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
