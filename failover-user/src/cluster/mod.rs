@@ -398,6 +398,10 @@ async fn announce_task(
                     warn!(error = %format!("{e:#}"), "cluster: updating BIRD failed (retrying)");
                     conn = None;
                     shown = None;
+                    if stopping {
+                        // No tick paces the loop while stopping.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }
