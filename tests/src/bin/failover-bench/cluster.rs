@@ -575,10 +575,24 @@ impl Bench {
 
     fn udp_run(&mut self, e: Event) -> anyhow::Result<UdpOutcome> {
         let client = UdpFlows::start(&self.lab)?;
+        // A route may be missing for a moment (a BFD session that flapped
+        // under load comes back within a second or two): ask again.
         let paths: Vec<(Node, Node)> = client
             .ports
             .iter()
-            .map(|&p| self.paths(p))
+            .map(|&p| {
+                let mut tries = 0;
+                loop {
+                    match self.paths(p) {
+                        Ok(v) => break Ok(v),
+                        Err(e) if tries >= 30 => break Err(e),
+                        Err(_) => {
+                            tries += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
             .collect::<anyhow::Result<_>>()?;
         let steady_by = Instant::now() + Duration::from_secs(5);
         std::thread::sleep(Duration::from_millis(300));
