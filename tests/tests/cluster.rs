@@ -522,6 +522,86 @@ impl Drop for RoleFiles {
     }
 }
 
+/// The cluster lab with roles on `web` (see [`RoleFiles`]), both daemons
+/// running and announcing.
+fn roles_lab(tag: &str) -> (ClusterLab, RoleFiles) {
+    let mut lab = lab(
+        tag,
+        Options {
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    let roles = RoleFiles::new(&lab.prefix);
+    let exe = failover_exe();
+    for n in [Node::Lb1, Node::Lb2] {
+        let text = lab.config(n, true).replacen(
+            "[service.check]\ntype = \"none\"\n",
+            &roles.service_text(),
+            1,
+        );
+        let path = lab.config_path(n);
+        std::fs::write(&path, text).expect("config");
+        if let Err(e) = lab.start_daemon_with(n, &exe, &path) {
+            panic!("starting {n}: {e:#}\n{}", diag(&lab));
+        }
+    }
+    for n in [Node::Lb1, Node::Lb2] {
+        lab.wait_daemon_attached(n).expect("attached");
+    }
+    if let Err(e) = lab.wait_nexthops(VIP4, &[Node::Lb1, Node::Lb2], Duration::from_secs(20)) {
+        panic!("never announced: {e:#}\n{}", diag(&lab));
+    }
+    (lab, roles)
+}
+
+/// After a promotion of b2 that began at `t`: b2 takes new flows, the
+/// promote hook ran once, and b1 took no new flow after b2's first.
+fn promoted_once_without_split(lab: &ClusterLab, roles: &RoleFiles, fresh: NewFlows, t: Instant) {
+    let wait = Instant::now();
+    while lab.accepts(Backend::B2).into_iter().all(|a| a < t)
+        && wait.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed) = fresh.stop();
+    println!(
+        "new connections: {ok} answered, {failed} failed; hook runs: {:?}",
+        roles.runs()
+    );
+    let starts = roles
+        .runs()
+        .iter()
+        .filter(|l| l.starts_with("start"))
+        .count();
+    assert_eq!(
+        starts,
+        1,
+        "the promote hook ran {starts} times\n{}",
+        diag(lab)
+    );
+    let Some(first_b2) = lab
+        .accepts(Backend::B2)
+        .into_iter()
+        .filter(|a| *a >= t)
+        .min()
+    else {
+        panic!("the new active never took a new flow\n{}", diag(lab));
+    };
+    let late_b1 = lab
+        .accepts(Backend::B1)
+        .into_iter()
+        .filter(|a| *a >= first_b2)
+        .count();
+    assert_eq!(
+        late_b1,
+        0,
+        "split brain: b1 took new flows after b2\n{}",
+        diag(lab)
+    );
+}
+
 /// The node leading the cluster now (etcd's election: the oldest key).
 fn leader(lab: &ClusterLab) -> Option<Node> {
     let eps = format!(
@@ -560,33 +640,7 @@ fn leader(lab: &ClusterLab) -> Option<Node> {
 #[test]
 fn leader_killed_mid_promote_hook_runs_it_once() {
     let _serial = serial();
-    let mut lab = lab(
-        "fck",
-        Options {
-            warmup: "500ms".into(),
-            ..Options::default()
-        },
-    );
-    let roles = RoleFiles::new(&lab.prefix);
-    let exe = failover_exe();
-    for n in [Node::Lb1, Node::Lb2] {
-        let text = lab.config(n, true).replacen(
-            "[service.check]\ntype = \"none\"\n",
-            &roles.service_text(),
-            1,
-        );
-        let path = lab.config_path(n);
-        std::fs::write(&path, text).expect("config");
-        if let Err(e) = lab.start_daemon_with(n, &exe, &path) {
-            panic!("starting {n}: {e:#}\n{}", diag(&lab));
-        }
-    }
-    for n in [Node::Lb1, Node::Lb2] {
-        lab.wait_daemon_attached(n).expect("attached");
-    }
-    if let Err(e) = lab.wait_nexthops(VIP4, &[Node::Lb1, Node::Lb2], Duration::from_secs(20)) {
-        panic!("never announced: {e:#}\n{}", diag(&lab));
-    }
+    let (mut lab, roles) = roles_lab("fck");
     let Some(first_leader) = leader(&lab) else {
         panic!("no leader\n{}", diag(&lab));
     };
@@ -621,46 +675,36 @@ fn leader_killed_mid_promote_hook_runs_it_once() {
         "switch completed {:?} after the primary was lost",
         t.elapsed()
     );
-    let wait = Instant::now();
-    while lab.accepts(Backend::B2).into_iter().all(|a| a < t)
-        && wait.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    promoted_once_without_split(&lab, &roles, fresh, t);
+}
+
+/// A planned switchover asked of one node (`failover switch` against lb2's
+/// admin socket) is carried out by the leader for the whole cluster: the
+/// active fenced on every node, the promote hook run once, the standby the
+/// active; no new flow reaches the old active after the new one's first.
+#[test]
+fn a_planned_switchover_through_any_node() {
+    let _serial = serial();
+    let (lab, roles) = roles_lab("fcs");
+    let exe = failover_exe();
+    let fresh = NewFlows::start(&lab, Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed) = fresh.stop();
-    println!(
-        "new connections: {ok} answered, {failed} failed; hook runs: {:?}",
-        roles.runs()
-    );
-    let starts = roles
-        .runs()
-        .iter()
-        .filter(|l| l.starts_with("start"))
-        .count();
-    assert_eq!(
-        starts,
-        1,
-        "the promote hook ran {starts} times\n{}",
+    let t = Instant::now();
+    let out = std::process::Command::new(&exe)
+        .args(["switch", "web", "--to", "b2", "--config"])
+        .arg(lab.config_path(Node::Lb2))
+        .output()
+        .expect("failover switch");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("failover switch ({:?}): {said}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "the switch failed: {said}\n{}",
         diag(&lab)
     );
-    let first_b2 = lab
-        .accepts(Backend::B2)
-        .into_iter()
-        .filter(|a| *a >= t)
-        .min();
-    let Some(first_b2) = first_b2 else {
-        panic!("the standby never took a new flow\n{}", diag(&lab));
-    };
-    let late_b1 = lab
-        .accepts(Backend::B1)
-        .into_iter()
-        .filter(|a| *a >= first_b2)
-        .count();
-    assert_eq!(
-        late_b1,
-        0,
-        "split brain: b1 took new flows after b2\n{}",
-        diag(&lab)
-    );
+    if let Err(e) = lab.wait_nexthops(VIP4, &[Node::Lb1, Node::Lb2], Duration::from_secs(10)) {
+        panic!("not announced after the switch: {e:#}\n{}", diag(&lab));
+    }
+    promoted_once_without_split(&lab, &roles, fresh, t);
 }

@@ -19,7 +19,79 @@ pub struct DecidedState {
     pub state: State,
 }
 
+/// A switchover asked of this node in a cluster, waiting for the leader.
+pub(super) struct PendingSwitch {
+    pub(super) to: usize,
+    pub(super) from: Option<usize>,
+    pub(super) cause: crate::model::Cause,
+    pub(super) started: Instant,
+    pub(super) reply: oneshot::Sender<Result<super::PromotionReport, AdminError>>,
+}
+
 impl Decider {
+    /// The switchovers asked of this node: service -> target.
+    pub(super) fn pending_switches(&self) -> BTreeMap<String, String> {
+        self.switches
+            .iter()
+            .map(|(&svc, p)| {
+                (
+                    self.svcs[svc].cfg.name.clone(),
+                    self.backends[p.to].name.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// A switchover the leader did not carry out within the service's
+    /// `ready_within` and 10 s more is answered as failed.
+    pub(super) fn switch_deadlines(&mut self) {
+        let late: Vec<usize> = self
+            .switches
+            .iter()
+            .filter(|(svc, p)| {
+                let limit = self.svcs[**svc]
+                    .promo
+                    .as_ref()
+                    .map_or(Duration::from_secs(30), |pr| pr.cfg.ready_within)
+                    + Duration::from_secs(10);
+                p.started.elapsed() > limit
+            })
+            .map(|(svc, _)| *svc)
+            .collect();
+        for svc in late {
+            if let Some(p) = self.switches.remove(&svc) {
+                let _ = p.reply.send(Err(AdminError::Conflict(format!(
+                    "the cluster did not make {} the active of {} in time (is it a healthy standby on most nodes? see the leader's log)",
+                    self.backends[p.to].name, self.svcs[svc].cfg.name
+                ))));
+            }
+        }
+    }
+
+    /// Answers the switchovers a decision carried out.
+    fn settle_switches(&mut self, number: u64) {
+        let done: Vec<usize> = self
+            .switches
+            .iter()
+            .filter(|(svc, p)| self.promo(**svc).and_then(|pr| pr.active) == Some(p.to))
+            .map(|(svc, _)| *svc)
+            .collect();
+        for svc in done {
+            if let Some(p) = self.switches.remove(&svc) {
+                let report = super::PromotionReport {
+                    service: self.svcs[svc].cfg.name.clone(),
+                    from: p.from.map(|i| self.backends[i].name.clone()),
+                    to: self.backends[p.to].name.clone(),
+                    token: number,
+                    cause: p.cause.name(),
+                    elapsed_ms: p.started.elapsed().as_secs_f64() * 1e3,
+                    map_version: self.stats.map_version,
+                };
+                let _ = p.reply.send(Ok(report));
+            }
+        }
+    }
+
     /// Writes the decided states (number `number`); answers with the hash
     /// of the Maglev tables they give (see [`Decider::tables_hash`]).
     pub(super) fn on_decided(
@@ -98,6 +170,7 @@ impl Decider {
         for &(svc, tier) in &touched {
             self.rebuild(svc, tier);
         }
+        self.settle_switches(number);
         for (svc, b) in before {
             self.report_failover(svc, b, &format!("cluster decision {number}: {why}"));
         }
@@ -133,6 +206,11 @@ impl Decider {
 }
 
 impl AgentHandle {
+    /// Cluster mode: the switchovers asked of this node (service -> to).
+    pub async fn pending_switches(&self) -> Result<BTreeMap<String, String>, AdminError> {
+        self.ask(Cmd::PendingSwitches).await
+    }
+
     /// Applies a cluster decision; the hash of the tables it gives.
     pub async fn decided(
         &self,

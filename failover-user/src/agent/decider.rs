@@ -163,6 +163,8 @@ pub(super) enum Cmd {
         reply: oneshot::Sender<Result<super::promotion::PromotionReport, AdminError>>,
     },
     Promotions(oneshot::Sender<Vec<super::promotion::PromotionView>>),
+    /// Cluster mode: the switchovers asked of this node (service -> to).
+    PendingSwitches(oneshot::Sender<std::collections::BTreeMap<String, String>>),
     /// A cluster decision (see `decided.rs`).
     Decided {
         number: u64,
@@ -202,6 +204,9 @@ pub(super) struct Decider {
     pub(super) decided_mode: bool,
     /// Set while a decided state is being written.
     pub(super) applying: bool,
+    /// Cluster mode: switchovers asked of this node, by service, until a
+    /// decision carries them out.
+    pub(super) switches: HashMap<usize, super::decided::PendingSwitch>,
 }
 
 impl Decider {
@@ -270,7 +275,10 @@ impl Decider {
                         self.enforce_never_dark(svc);
                     }
                 }
-                _ = tick.tick() => self.passive_deadlines(),
+                _ = tick.tick() => {
+                    self.passive_deadlines();
+                    self.switch_deadlines();
+                }
                 Some(m) = promo_rx.recv() => self.on_promo(m),
                 c = cmd_rx.recv() => match c {
                     Some(Cmd::Snapshot(reply)) => {
@@ -291,6 +299,9 @@ impl Decider {
                     }
                     Some(Cmd::Promotions(reply)) => {
                         let _ = reply.send(self.promotion_views());
+                    }
+                    Some(Cmd::PendingSwitches(reply)) => {
+                        let _ = reply.send(self.pending_switches());
                     }
                     Some(Cmd::Decided { number, why, states, active, reply }) => {
                         self.cause = Some(crate::model::Cause::Cluster);

@@ -327,6 +327,7 @@ impl Agent {
             cause: None,
             decided_mode: cfg.cluster.as_ref().is_some_and(|c| c.etcd.is_some()),
             applying: false,
+            switches: HashMap::new(),
         };
         for svc in 0..d.svcs.len() {
             d.set_probe_roles(svc);

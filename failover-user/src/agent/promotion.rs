@@ -1012,14 +1012,6 @@ impl Decider {
         let refuse = |reply: oneshot::Sender<_>, e: AdminError| {
             let _ = reply.send(Err(e));
         };
-        if self.decided_mode {
-            return refuse(
-                reply,
-                AdminError::Conflict(
-                    "in a cluster the elected leader promotes; a planned switchover through it is not built yet (docs/cluster.md)".into(),
-                ),
-            );
-        }
         let Some(svc) = self.svcs.iter().position(|s| s.cfg.name == service) else {
             return refuse(
                 reply,
@@ -1074,6 +1066,29 @@ impl Decider {
                 ),
             };
             return refuse(reply, AdminError::Conflict(why));
+        }
+        if self.decided_mode {
+            // In a cluster the leader switches: the request goes out with
+            // this node's observation and is answered once a decision
+            // makes `to` the active (decided.rs).
+            if self.switches.contains_key(&svc) {
+                return refuse(
+                    reply,
+                    AdminError::Conflict(format!("{service}: a switchover is already asked for")),
+                );
+            }
+            let from = self.promo(svc).and_then(|p| p.active);
+            self.switches.insert(
+                svc,
+                super::decided::PendingSwitch {
+                    to: i,
+                    from,
+                    cause,
+                    started: Instant::now(),
+                    reply,
+                },
+            );
+            return;
         }
         self.start_promotion(svc, cause, Some(i), Some(reply));
     }

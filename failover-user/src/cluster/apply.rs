@@ -122,7 +122,10 @@ pub async fn run(
         if !first_round {
             first_round = snapshot.attached && !snapshot.local.is_empty();
         }
-        let obs = observation(&node, &snapshot);
+        let mut obs = observation(&node, &snapshot);
+        if let Ok(sw) = agent.pending_switches().await {
+            obs.switch_to = sw;
+        }
         if first_round && published.as_ref() != Some(&(s.generation, obs.clone())) {
             let text = serde_json::to_string(&obs).unwrap_or_default();
             match client

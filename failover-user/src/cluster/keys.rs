@@ -91,6 +91,10 @@ pub struct Observation {
     /// role wants.
     #[serde(default)]
     pub active_checked: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Planned switchovers asked of this node: service -> the standby to
+    /// make the active.
+    #[serde(default)]
+    pub switch_to: BTreeMap<String, String>,
 }
 
 /// The agreed state of every backend, numbered. Only the elected leader
@@ -118,6 +122,13 @@ pub struct Decision {
     /// (`release/<service>/<backend>`).
     #[serde(default)]
     pub fenced: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Former actives fenced by a planned switchover: unfenced once the
+    /// nodes agree they pass the standby check.
+    #[serde(default)]
+    pub planned: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// A planned switchover under way: the standby to promote.
+    #[serde(default)]
+    pub switch_to: BTreeMap<String, String>,
     /// The active lost in the fence a promotion is under way for (the
     /// fence hook's target).
     #[serde(default)]

@@ -91,6 +91,8 @@ pub fn next(
         fenced: BTreeMap::new(),
         lost_active: BTreeMap::new(),
         failed: BTreeMap::new(),
+        planned: BTreeMap::new(),
+        switch_to: BTreeMap::new(),
         why: String::new(),
         fence: false,
     };
@@ -168,7 +170,16 @@ pub fn next(
         }
         let cur_states = cur.services.get(&s.name);
         if s.promotion.is_some() {
-            roles(s, cur, inp, promos, &h, &mut target, &mut out, &mut whys);
+            roles(
+                s,
+                cur,
+                inp,
+                promos,
+                &mut h,
+                &mut target,
+                &mut out,
+                &mut whys,
+            );
         } else if s.active_passive() {
             let was = serving_tier(s, cur_states);
             let will = serving_tier(s, Some(&target));
@@ -203,6 +214,8 @@ pub fn next(
         && out.fenced == cur.fenced
         && out.failed == cur.failed
         && out.lost_active == cur.lost_active
+        && out.planned == cur.planned
+        && out.switch_to == cur.switch_to
     {
         return None;
     }
@@ -225,7 +238,7 @@ fn roles(
     cur: &Decision,
     inp: &Inputs,
     promos: &Promotions,
-    h: &BTreeMap<String, bool>,
+    h: &mut BTreeMap<String, bool>,
     target: &mut BTreeMap<String, State>,
     out: &mut Decision,
     whys: &mut Vec<String>,
@@ -245,8 +258,16 @@ fn roles(
                 m.insert(name.clone(), v.clone());
             }
         }
-        if let Some(f) = cur.fenced.get(name) {
-            out.fenced.insert(name.clone(), f.clone());
+        for (m, c) in [
+            (&mut out.fenced, &cur.fenced),
+            (&mut out.planned, &cur.planned),
+        ] {
+            if let Some(f) = c.get(name) {
+                m.insert(name.clone(), f.clone());
+            }
+        }
+        if let Some(t) = cur.switch_to.get(name) {
+            out.switch_to.insert(name.clone(), t.clone());
         }
         return;
     }
@@ -268,19 +289,64 @@ fn roles(
     };
     let mut lost = cur.lost_active.get(name).cloned();
     let mut failed = cur.failed.get(name).cloned();
+    let mut planned = cur.planned.get(name).cloned().unwrap_or_default();
+    let mut switch_to = cur.switch_to.get(name).cloned();
+    // A planned fence is lifted once the nodes agree the old active passes
+    // the standby check (its health is only counted from that check now).
+    planned.retain(|b| {
+        let ok = h.get(b).copied().unwrap_or(false) && active.as_deref() != Some(b.as_str());
+        if ok {
+            fenced.remove(b);
+            whys.push(format!(
+                "{name}/{b} passes the standby check: no longer fenced"
+            ));
+        }
+        !ok
+    });
     match promos.done.get(name) {
         Some((c, Ok(()))) => {
             whys.push(format!("{name}: {c} promoted and ready"));
             active = Some(c.clone());
             lost = None;
             failed = None;
+            switch_to = None;
         }
         Some((c, Err(why))) => {
             whys.push(format!("{name}: promoting {c} failed ({why}); fenced"));
             fenced.insert(c.clone());
             failed = Some(format!("{c}: {why}"));
+            switch_to = None;
         }
         None => {}
+    }
+    // A planned switchover asked of any live node (the smallest target if
+    // nodes disagree): fence the active, promote the target.
+    let asked = inp
+        .live
+        .iter()
+        .filter_map(|n| inp.obs.get(n))
+        .filter_map(|o| o.switch_to.get(name))
+        .min()
+        .cloned();
+    if let (Some(a), Some(to)) = (active.clone(), asked)
+        && a != to
+        && switch_to.is_none()
+        && h.get(&to).copied().unwrap_or(false)
+        && !fenced.contains(&to)
+        && s.tiers.iter().flatten().any(|b| b.name == to)
+    {
+        whys.push(format!(
+            "{name}: planned switchover from {a} to {to}; {a} fenced"
+        ));
+        // Its health is unknown until the standby check says otherwise
+        // (what the nodes saw so far came from the active check).
+        h.insert(a.clone(), false);
+        fenced.insert(a.clone());
+        planned.insert(a.clone());
+        lost = Some(a);
+        active = None;
+        switch_to = Some(to);
+        out.fence = true;
     }
     if let Some(a) = active.clone()
         && !h.get(&a).copied().unwrap_or(false)
@@ -309,6 +375,12 @@ fn roles(
     if !fenced.is_empty() {
         out.fenced.insert(name.clone(), fenced);
     }
+    if !planned.is_empty() {
+        out.planned.insert(name.clone(), planned);
+    }
+    if let Some(t) = switch_to {
+        out.switch_to.insert(name.clone(), t);
+    }
 }
 
 /// The standby to promote for `s` under decision `d`: healthy (by the
@@ -316,6 +388,12 @@ fn roles(
 pub fn candidate(s: &Service, d: &Decision) -> Option<String> {
     let fenced = d.fenced.get(&s.name);
     let health = d.health.get(&s.name)?;
+    if let Some(to) = d.switch_to.get(&s.name) {
+        // A planned switchover promotes its target or nothing.
+        return (health.get(to).copied().unwrap_or(false)
+            && fenced.is_none_or(|f| !f.contains(to)))
+        .then(|| to.clone());
+    }
     s.tiers
         .iter()
         .flatten()
@@ -598,6 +676,7 @@ tier = 1
                 overrides: BTreeMap::new(),
                 // With roles: b1, the first active, gets the active check.
                 active_checked: [("ap".to_string(), ["b1".to_string()].into())].into(),
+                switch_to: BTreeMap::new(),
             },
         )
     }
@@ -818,7 +897,10 @@ type = "tcp"
         let d3 = next(&svcs, &d2, &healthy(true, true), &ready).expect("promoted");
         assert_eq!(d3.active.get("ap").map(String::as_str), Some("b2"));
         assert_eq!((st(&d3, "b1"), st(&d3, "b2")), (State::Down, State::Up));
-        assert!(d3.fenced["ap"].contains("b1"));
+        assert!(
+            d3.fenced.get("ap").is_some_and(|f| f.contains("b1")),
+            "{d3:#?}"
+        );
         assert_eq!(candidate(&svcs[0], &d3).as_deref(), Some("b2"));
         // A failed attempt fences the candidate: no candidate left.
         let failed = Promotions {
@@ -841,5 +923,45 @@ type = "tcp"
         rel.releases.insert(("ap".into(), "b1".into()));
         let d4 = next(&svcs, &d3b, &rel, &idle).expect("released");
         assert_eq!(candidate(&svcs[0], &d4).as_deref(), Some("b1"));
+    }
+
+    #[test]
+    fn a_planned_switchover_asked_of_any_node() {
+        let svcs = roles_services();
+        let idle = Promotions::default();
+        let healthy = |b1, b2| inputs(&[obs("a", b1, b2), obs("b", b1, b2)], 0);
+        let d1 = next(&svcs, &Decision::default(), &healthy(true, true), &idle).expect("first");
+        // Node b is asked to switch to b2.
+        let mut ask = healthy(true, true);
+        if let Some(o) = ask.obs.get_mut("b") {
+            o.switch_to.insert("ap".into(), "b2".into());
+        }
+        let d2 = next(&svcs, &d1, &ask, &idle).expect("fence");
+        assert!(d2.fence && !d2.active.contains_key("ap"));
+        assert_eq!(d2.switch_to.get("ap").map(String::as_str), Some("b2"));
+        assert!(d2.planned["ap"].contains("b1") && d2.fenced["ap"].contains("b1"));
+        assert_eq!(d2.health["ap"].get("b1"), Some(&false), "{d2:#?}");
+        assert_eq!(candidate(&svcs[0], &d2).as_deref(), Some("b2"));
+        // Promoted: b2 active; b1 stays fenced while only active-check
+        // results of it are in.
+        let ready = Promotions {
+            done: [("ap".to_string(), ("b2".to_string(), Ok(())))].into(),
+            ..Default::default()
+        };
+        let d3 = next(&svcs, &d2, &ask, &ready).expect("switched");
+        assert_eq!(d3.active.get("ap").map(String::as_str), Some("b2"));
+        assert!(!d3.switch_to.contains_key("ap"));
+        assert!(
+            d3.fenced.get("ap").is_some_and(|f| f.contains("b1")),
+            "{d3:#?}"
+        );
+        // Both nodes see b1 pass the standby check: unfenced.
+        let mut standby = healthy(true, true);
+        for o in standby.obs.values_mut() {
+            o.active_checked = [("ap".to_string(), ["b2".to_string()].into())].into();
+        }
+        let d4 = next(&svcs, &d3, &standby, &idle).expect("unfenced");
+        assert!(d4.fenced.get("ap").is_none_or(|f| !f.contains("b1")));
+        assert_eq!((st(&d4, "b1"), st(&d4, "b2")), (State::Down, State::Up));
     }
 }
