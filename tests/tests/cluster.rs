@@ -707,4 +707,37 @@ fn a_planned_switchover_through_any_node() {
         panic!("not announced after the switch: {e:#}\n{}", diag(&lab));
     }
     promoted_once_without_split(&lab, &roles, fresh, t);
+    // b1 rebuilt as a standby: the nodes agree it passes the standby check,
+    // its planned fence is lifted, and a drill through lb1 moves the
+    // service back to it (the hook once more, for b1).
+    std::fs::remove_file(roles.0.join("b1.primary")).expect("rm b1.primary");
+    std::fs::write(roles.0.join("b1.standby"), "").expect("b1.standby");
+    let t = Instant::now();
+    let drill = loop {
+        let out = std::process::Command::new(&exe)
+            .args(["drill", "web", "--to", "b1", "--config"])
+            .arg(lab.config_path(Node::Lb1))
+            .output()
+            .expect("failover drill");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        // Refused while b1 is still fenced (the nodes have not agreed yet).
+        if out.status.success() || t.elapsed() > Duration::from_secs(10) {
+            break (out.status.success(), said);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("failover drill ({:?}): {}", t.elapsed(), drill.1);
+    assert!(drill.0, "the drill failed: {}\n{}", drill.1, diag(&lab));
+    let b1_runs = roles
+        .runs()
+        .iter()
+        .filter(|l| l.starts_with("start b1"))
+        .count();
+    assert_eq!(
+        b1_runs,
+        1,
+        "the promote hook ran {b1_runs} times for b1\n{}",
+        diag(&lab)
+    );
 }
