@@ -525,7 +525,7 @@ impl ClusterLab {
             // itself or has GRO on (NAPI): GRO, so that no eBPF object is
             // needed here.
             let port = n.router_port();
-            r.run(|| ethtool_set(port, ETHTOOL_SGRO, 1))?;
+            r.run(|| crate::netns::ethtool_set(port, ETHTOOL_SGRO, 1))?;
             r.run(|| netns::disable_tx_checksum(port))?;
         }
         r.run(|| netns::disable_tx_checksum("rc"))?;
@@ -1636,49 +1636,6 @@ fn open_tun(name: &str) -> anyhow::Result<File> {
 }
 
 const ETHTOOL_SGRO: u32 = 0x2c;
-
-/// `ethtool -K DEV` for one boolean feature command (in the calling
-/// thread's namespace).
-fn ethtool_set(dev: &str, cmd: u32, value: u32) -> anyhow::Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [libc::c_char; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    if dev.len() >= libc::IFNAMSIZ {
-        bail!("interface name {dev:?} too long");
-    }
-    let mut v = EthtoolValue { cmd, data: value };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut v,
-        _pad: [0; 16],
-    };
-    for (d, s) in req.name.iter_mut().zip(dev.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a live value.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("ethtool command {cmd:#x} on {dev}: {err}");
-    }
-    Ok(())
-}
 
 // -------------------------------------------------------------------- client
 

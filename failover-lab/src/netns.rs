@@ -128,8 +128,15 @@ pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) -> anyhow::Result<()> 
 /// the checksum is still partial, so the receiver would drop it. Real NICs
 /// compute them; the lab's senders must do it in software.
 pub fn disable_tx_checksum(dev: &str) -> anyhow::Result<()> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
     const ETHTOOL_STXCSUM: u32 = 0x17;
+    ethtool_set(dev, ETHTOOL_STXCSUM, 0)
+        .with_context(|| format!("turning off tx checksum offload on {dev}"))
+}
+
+/// `ethtool -K DEV` for one boolean feature command (`ETHTOOL_S*`), in the
+/// calling thread's namespace.
+pub fn ethtool_set(dev: &str, cmd: u32, value: u32) -> anyhow::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
     #[repr(C)]
     struct EthtoolValue {
         cmd: u32,
@@ -141,34 +148,76 @@ pub fn disable_tx_checksum(dev: &str) -> anyhow::Result<()> {
         data: *mut EthtoolValue,
         _pad: [u8; 16],
     }
-    if dev.len() >= libc::IFNAMSIZ {
-        bail!("interface name {dev:?} too long");
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: 0,
-    };
+    let mut v = EthtoolValue { cmd, data: value };
     let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
+        name: ifname(dev)?,
+        data: &mut v,
         _pad: [0; 16],
     };
-    for (d, s) in req.name.iter_mut().zip(dev.bytes()) {
+    with_dgram_socket(|fd| {
+        // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a
+        // live ethtool_value for the duration of the call.
+        unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) }
+    })
+    .with_context(|| format!("ethtool command {cmd:#x} on {dev}"))
+}
+
+/// `ip link set DEV up|down` in the calling thread's namespace, through
+/// SIOCGIFFLAGS/SIOCSIFFLAGS (no process to start: the event happens at
+/// the instant of the call).
+pub fn set_link_up(dev: &str, up: bool) -> anyhow::Result<()> {
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: ifname(dev)?,
+        flags: 0,
+        _pad: [0; 22],
+    };
+    with_dgram_socket(|fd| {
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq (name,
+        // flags) that lives across both calls.
+        unsafe {
+            let rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReq);
+            if rc != 0 {
+                return rc;
+            }
+            let f = libc::IFF_UP as libc::c_short;
+            req.flags = if up { req.flags | f } else { req.flags & !f };
+            libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req as *mut IfReq)
+        }
+    })
+    .with_context(|| format!("setting {dev} {}", if up { "up" } else { "down" }))
+}
+
+/// An interface name as `struct ifreq` holds it.
+fn ifname(dev: &str) -> anyhow::Result<[libc::c_char; libc::IFNAMSIZ]> {
+    if dev.is_empty() || dev.len() >= libc::IFNAMSIZ {
+        anyhow::bail!("interface name {dev:?}: 1-15 bytes");
+    }
+    let mut name = [0; libc::IFNAMSIZ];
+    for (d, s) in name.iter_mut().zip(dev.bytes()) {
         *d = s as libc::c_char;
     }
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    Ok(name)
+}
+
+/// Runs one ioctl on a fresh datagram socket; its error if it returned
+/// non-zero.
+fn with_dgram_socket(f: impl FnOnce(libc::c_int) -> libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: a plain socket(2) call; the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("socket");
     }
-    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live
-    // ethtool_value for the duration of the call.
-    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req as *mut IfReq) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
+    // SAFETY: `fd` is a fresh fd nobody else owns; dropping closes it.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let rc = f(std::os::fd::AsRawFd::as_raw_fd(&sock));
     if rc != 0 {
-        bail!("turning off tx checksum offload on {dev}: {err}");
+        return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
 }

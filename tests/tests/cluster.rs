@@ -118,13 +118,7 @@ fn node_loss(mode: Mode, tag: &str) {
         },
     );
     start_both(&mut lab);
-    let client = lab.flow_client(&FlowOptions {
-        flows: 16,
-        interval: Duration::from_millis(10),
-        duration: Duration::from_secs(40),
-        port: 80,
-        timeout: Duration::from_millis(1500),
-    });
+    let client = long_flows(&lab, Duration::from_secs(40));
     std::thread::sleep(Duration::from_millis(800));
     // 1. kill -9 of lb1's daemon: its tun goes with it.
     let t = Instant::now();
@@ -192,6 +186,33 @@ fn node_loss_dsr_loses_no_flow() {
     node_loss(Mode::Dsr, "fcd");
 }
 
+/// 16 long-lived TCP flows to `web`, a request every 10 ms each, for at
+/// most `duration`.
+fn long_flows(lab: &ClusterLab, duration: Duration) -> failover_lab::cluster::FlowClient {
+    lab.flow_client(&FlowOptions {
+        flows: 16,
+        interval: Duration::from_millis(10),
+        duration,
+        port: 80,
+        timeout: Duration::from_millis(1500),
+    })
+}
+
+/// The lab with [`CHECK`] on every service, both daemons running and both
+/// nodes announcing.
+fn checked_lab(tag: &str) -> ClusterLab {
+    let mut lab = lab(
+        tag,
+        Options {
+            check: Some(CHECK.into()),
+            warmup: "500ms".into(),
+            ..Options::default()
+        },
+    );
+    start_both(&mut lab);
+    lab
+}
+
 /// Fast TCP checks for every service (detection in ~100 ms).
 const CHECK: &str = "type = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2";
 
@@ -252,23 +273,9 @@ fn split_window(lab: &ClusterLab, since: Instant, old: Backend, new: Backend) ->
 #[test]
 fn a_node_cut_off_from_the_primary_moves_no_tier() {
     let _serial = serial();
-    let mut lab = lab(
-        "fcp",
-        Options {
-            check: Some(CHECK.into()),
-            warmup: "500ms".into(),
-            ..Options::default()
-        },
-    );
-    start_both(&mut lab);
+    let lab = checked_lab("fcp");
     let since = Instant::now();
-    let client = lab.flow_client(&FlowOptions {
-        flows: 16,
-        interval: Duration::from_millis(10),
-        duration: Duration::from_secs(30),
-        port: 80,
-        timeout: Duration::from_millis(1500),
-    });
+    let client = long_flows(&lab, Duration::from_secs(30));
     let fresh = NewFlows::start(&lab, Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(800));
     lab.cut_backend(Node::Lb1, Backend::B1, true).expect("cut");
@@ -304,22 +311,8 @@ fn a_node_cut_off_from_the_primary_moves_no_tier() {
 #[test]
 fn a_node_cut_off_from_etcd_withdraws() {
     let _serial = serial();
-    let mut lab = lab(
-        "fce",
-        Options {
-            check: Some(CHECK.into()),
-            warmup: "500ms".into(),
-            ..Options::default()
-        },
-    );
-    start_both(&mut lab);
-    let client = lab.flow_client(&FlowOptions {
-        flows: 16,
-        interval: Duration::from_millis(10),
-        duration: Duration::from_secs(30),
-        port: 80,
-        timeout: Duration::from_millis(1500),
-    });
+    let lab = checked_lab("fce");
+    let client = long_flows(&lab, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(800));
     let t = Instant::now();
     lab.cut_etcd(Node::Lb1, true).expect("cut");
@@ -378,15 +371,7 @@ fn a_node_cut_off_from_etcd_withdraws() {
 #[test]
 fn failover_and_failback_have_no_split_brain_window() {
     let _serial = serial();
-    let mut lab = lab(
-        "fcf",
-        Options {
-            check: Some(CHECK.into()),
-            warmup: "500ms".into(),
-            ..Options::default()
-        },
-    );
-    start_both(&mut lab);
+    let mut lab = checked_lab("fcf");
     let fresh = NewFlows::start(&lab, Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(800));
     let t_fail = Instant::now();
@@ -430,22 +415,8 @@ fn failover_and_failback_have_no_split_brain_window() {
 #[test]
 fn etcd_down_changes_nothing() {
     let _serial = serial();
-    let mut lab = lab(
-        "fcx",
-        Options {
-            check: Some(CHECK.into()),
-            warmup: "500ms".into(),
-            ..Options::default()
-        },
-    );
-    start_both(&mut lab);
-    let client = lab.flow_client(&FlowOptions {
-        flows: 16,
-        interval: Duration::from_millis(10),
-        duration: Duration::from_secs(30),
-        port: 80,
-        timeout: Duration::from_millis(1500),
-    });
+    let mut lab = checked_lab("fcx");
+    let client = long_flows(&lab, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(800));
     lab.stop_etcd_all();
     // Well past the lease TTL (3 s): both nodes still announce, every

@@ -704,6 +704,17 @@ tier = 1
         }
     }
 
+    /// The next decision after `cur` with these observations, every node
+    /// having acknowledged decision `acked`, no promotion running.
+    fn step(
+        svcs: &[Service],
+        cur: &Decision,
+        o: &[(String, Observation)],
+        acked: u64,
+    ) -> Option<Decision> {
+        next(svcs, cur, &inputs(o, acked), &Promotions::default())
+    }
+
     fn st(d: &Decision, b: &str) -> State {
         d.services["ap"][b]
     }
@@ -713,30 +724,30 @@ tier = 1
         let svcs = services();
         let cur = Decision::default();
         // Both nodes see both healthy: tier 0 serves.
-        let d1 = next(
+        let d1 = step(
             &svcs,
             &cur,
-            &inputs(&[obs("a", true, true), obs("b", true, true)], 0),
-            &Promotions::default(),
+            &[obs("a", true, true), obs("b", true, true)],
+            0,
         )
         .expect("first");
         assert_eq!((st(&d1, "b1"), st(&d1, "b2")), (State::Up, State::Up));
         // One node cut off from b1: nothing moves.
         assert!(
-            next(
+            step(
                 &svcs,
                 &d1,
-                &inputs(&[obs("a", false, true), obs("b", true, true)], 1),
-                &Promotions::default()
+                &[obs("a", false, true), obs("b", true, true)],
+                1
             )
             .is_none()
         );
         // Both see b1 dead: a fence first (nothing takes new flows) ...
-        let d2 = next(
+        let d2 = step(
             &svcs,
             &d1,
-            &inputs(&[obs("a", false, true), obs("b", false, true)], 1),
-            &Promotions::default(),
+            &[obs("a", false, true), obs("b", false, true)],
+            1,
         )
         .expect("fence");
         assert!(d2.fence);
@@ -746,42 +757,36 @@ tier = 1
         );
         // ... held until every live node acknowledged it ...
         assert!(
-            next(
+            step(
                 &svcs,
                 &d2,
-                &inputs(&[obs("a", false, true), obs("b", false, true)], 1),
-                &Promotions::default()
+                &[obs("a", false, true), obs("b", false, true)],
+                1
             )
             .is_none()
         );
         // ... then tier 1.
-        let d3 = next(
+        let d3 = step(
             &svcs,
             &d2,
-            &inputs(&[obs("a", false, true), obs("b", false, true)], 2),
-            &Promotions::default(),
+            &[obs("a", false, true), obs("b", false, true)],
+            2,
         )
         .expect("switch");
         assert!(!d3.fence);
         assert_eq!((st(&d3, "b1"), st(&d3, "b2")), (State::Down, State::Up));
         // b1 back on one node only: stays down (both must see it).
         assert!(
-            next(
+            step(
                 &svcs,
                 &d3,
-                &inputs(&[obs("a", true, true), obs("b", false, true)], 3),
-                &Promotions::default()
+                &[obs("a", true, true), obs("b", false, true)],
+                3
             )
             .is_none()
         );
         // A lone surviving node decides alone.
-        let d4 = next(
-            &svcs,
-            &d3,
-            &inputs(&[obs("a", true, true)], 3),
-            &Promotions::default(),
-        )
-        .expect("failback fence");
+        let d4 = step(&svcs, &d3, &[obs("a", true, true)], 3).expect("failback fence");
         assert!(d4.fence);
         assert_eq!(
             (st(&d4, "b1"), st(&d4, "b2")),

@@ -493,7 +493,10 @@ impl Bench {
             Event::Kill => self.lab.kill_daemon(LOST, libc::SIGKILL),
             // In-process (an ioctl): at the instant, not a process start
             // later.
-            Event::LinkDown => self.lab.lb(LOST).run(|| set_link_up(UPLINK, false)),
+            Event::LinkDown => self
+                .lab
+                .lb(LOST)
+                .run(|| failover_lab::netns::set_link_up(UPLINK, false)),
             Event::SilentDrop => self.lab.silent_drop(LOST, true),
         }
     }
@@ -899,48 +902,4 @@ fn parse_answer(b: &[u8], flow: usize) -> Option<u64> {
     let (f, n) = req.strip_prefix('f')?.split_once('n')?;
     (f.parse::<usize>().ok()? == flow).then_some(())?;
     n.parse().ok()
-}
-
-/// `ip link set DEV up|down` in the calling thread's namespace, through
-/// SIOCGIFFLAGS/SIOCSIFFLAGS.
-fn set_link_up(dev: &str, up: bool) -> anyhow::Result<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [libc::c_char; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    if dev.len() >= libc::IFNAMSIZ {
-        bail!("interface name {dev:?} too long");
-    }
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    for (d, c) in req.name.iter_mut().zip(dev.bytes()) {
-        *d = c as libc::c_char;
-    }
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq (name, flags).
-    let rc = unsafe {
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReq);
-        if rc == 0 {
-            let f = libc::IFF_UP as libc::c_short;
-            req.flags = if up { req.flags | f } else { req.flags & !f };
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req as *mut IfReq);
-        }
-        rc
-    };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("setting {dev} {}: {err}", if up { "up" } else { "down" });
-    }
-    Ok(())
 }

@@ -398,7 +398,9 @@ impl VrrpLab {
                 }
                 // In-process (an ioctl, not `ip`): the event happens at t0,
                 // not a process start later.
-                Event::LinkDown => self.lb[0].run(|| set_link_up("lan0", false)),
+                Event::LinkDown => {
+                    self.lb[0].run(|| failover_lab::netns::set_link_up("lan0", false))
+                }
             };
             let vip = poll
                 .join()
@@ -469,50 +471,6 @@ impl Drop for VrrpLab {
             }
         }
     }
-}
-
-/// `ip link set DEV up|down` in the calling thread's namespace, through
-/// SIOCGIFFLAGS/SIOCSIFFLAGS.
-fn set_link_up(dev: &str, up: bool) -> anyhow::Result<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [libc::c_char; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    if dev.len() >= libc::IFNAMSIZ {
-        bail!("interface name {dev:?} too long");
-    }
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    for (d, c) in req.name.iter_mut().zip(dev.bytes()) {
-        *d = c as libc::c_char;
-    }
-    // SAFETY: a plain datagram socket, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq (name, flags).
-    let rc = unsafe {
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req as *mut IfReq);
-        if rc == 0 {
-            let f = libc::IFF_UP as libc::c_short;
-            req.flags = if up { req.flags | f } else { req.flags & !f };
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &mut req as *mut IfReq);
-        }
-        rc
-    };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        bail!("setting {dev} {}: {err}", if up { "up" } else { "down" });
-    }
-    Ok(())
 }
 
 /// Whether the VIP is a local address in the calling thread's namespace
