@@ -44,6 +44,10 @@ pub(super) struct BackendRt {
     /// fence (a planned handover is lifted after `rise` of them; a
     /// release needs the last one to have passed).
     pub(super) standby_passes: u32,
+    /// With roles: probe results made with the check its current role
+    /// wants, since the role last changed (a cluster observation of it
+    /// waits until its machine reflects only those).
+    pub(super) role_results: u32,
 }
 
 /// A datapath mark-down waiting for the probes' verdict.
@@ -348,7 +352,25 @@ impl Decider {
             map_word: word_name(b.word),
             kept_last: b.kept_last,
             role: role.map(|r| r.name()),
+            role_settled: self.role_settled(i),
         }
+    }
+
+    /// Whether backend `i`'s machine reflects only results of the check
+    /// its role wants now (`rise` and `fall` of them since the role last
+    /// changed); always without roles.
+    fn role_settled(&self, i: usize) -> bool {
+        let svc = self.backends[i].svc;
+        let Some(p) = self.svcs[svc].promo.as_ref() else {
+            return true;
+        };
+        let check = if p.active == Some(i) {
+            self.svcs[svc].cfg.check.as_ref()
+        } else {
+            Some(&p.cfg.standby_check)
+        };
+        let need = check.map_or(1, |c| c.rise.max(c.fall));
+        self.backends[i].role_results >= need
     }
 
     /// Asks the table task to rebuild tier `ti` of service `svc` over its
@@ -592,6 +614,7 @@ impl Decider {
                 // about the role it has now.
                 return;
             }
+            self.backends[i].role_results = self.backends[i].role_results.saturating_add(1);
             if role == crate::model::Role::Fenced {
                 let b = &mut self.backends[i];
                 b.standby_passes = if m.result.ok {

@@ -125,6 +125,11 @@ pub struct BackendView {
     /// With `[service.promotion]`: active, standby or fenced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
+    /// With roles: its state comes only from the check its role wants
+    /// now (see `Decider::role_settled`). A cluster observation leaves it
+    /// out until then.
+    #[serde(skip)]
+    pub role_settled: bool,
 }
 
 /// A hook's outcome: a `hook` event (events file and audit log) and
@@ -258,6 +263,7 @@ impl Agent {
                         unconfirmed: None,
                         active_tx,
                         standby_passes: 0,
+                        role_results: 0,
                     });
                     idxs.push(idx);
                 }

@@ -499,17 +499,22 @@ impl Decider {
     }
 
     /// Tells each probe task of service `svc` which check its backend gets.
-    pub(super) fn set_probe_roles(&self, svc: usize) {
+    pub(super) fn set_probe_roles(&mut self, svc: usize) {
         let Some(p) = self.promo(svc) else {
             return;
         };
+        let mut changed = Vec::new();
         for &i in &self.svcs[svc].backends {
             let active = p.active == Some(i) || p.trying() == Some(i);
             let b = &self.backends[i];
             if *b.active_tx.borrow() != active {
                 let _ = b.active_tx.send(active);
                 b.probe_now.notify_one();
+                changed.push(i);
             }
+        }
+        for i in changed {
+            self.backends[i].role_results = 0;
         }
     }
 

@@ -48,6 +48,7 @@ impl Svc {
                     unconfirmed: None,
                     active_tx: watch::channel(false).0,
                     standby_passes: 0,
+                    role_results: 0,
                 }
             })
             .collect::<Vec<_>>();

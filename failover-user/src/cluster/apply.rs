@@ -48,6 +48,11 @@ fn observation(node: &str, view: &NodeView) -> Observation {
         ..Default::default()
     };
     for b in &view.local {
+        if !b.role_settled {
+            // Its state still carries results of the check its previous
+            // role got: no evidence either way yet.
+            continue;
+        }
         o.services
             .entry(b.service.clone())
             .or_default()

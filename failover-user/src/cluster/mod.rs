@@ -511,6 +511,7 @@ include = "/i"
             map_word: word,
             kept_last: false,
             role: None,
+            role_settled: true,
         };
         vec![one("b1", 0, b1, word1), one("b2", 1, b2, "up")]
     }
